@@ -1,0 +1,354 @@
+//! Configuration: TOML, every key optional, embedded defaults.
+//!
+//! The file is parsed into [`Config`] with `deny_unknown_fields` everywhere, so a misspelt key
+//! fails at start with a message naming the key and the file (exit code 2). `docs/config.md`
+//! lists every key with its default and the reason for it; keep the two in step.
+
+use serde::Deserialize;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Protocol served on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Smtp,
+    Submission,
+    Pop3,
+    Imap,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Submission => "submission",
+            Protocol::Pop3 => "pop3",
+            Protocol::Imap => "imap",
+        })
+    }
+}
+
+/// How TLS is used on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plaintext only.
+    None,
+    /// Plaintext, upgraded by STARTTLS/STLS.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (SMTPS 465, POP3S 995, IMAPS 993).
+    Implicit,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub protocol: Protocol,
+    pub bind: SocketAddr,
+    #[serde(default)]
+    pub tls: TlsMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Name used in the greeting, EHLO reply and Received headers.
+    pub hostname: String,
+    /// Where the store, the generated certificate and the admin socket live.
+    pub data_dir: PathBuf,
+    /// Domains we accept mail for; more can be added at run time with `mailgate domain add`.
+    pub local_domains: Vec<String>,
+    /// Seconds that running sessions get to finish after SIGTERM before they are cut.
+    pub shutdown_grace_secs: u64,
+    /// Sub-address delimiter: `alice+news@x` is delivered to `alice@x` when no exact match exists.
+    /// Empty disables it.
+    pub recipient_delimiter: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            hostname: system_hostname(),
+            data_dir: PathBuf::from("./mailgate-data"),
+            local_domains: vec!["localhost".into()],
+            shutdown_grace_secs: 30,
+            recipient_delimiter: "+".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain. Absent: a self-signed certificate is made in data_dir on first start.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policies {
+    pub dir: PathBuf,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies {
+            dir: PathBuf::from("./policies"),
+        }
+    }
+}
+
+/// SMTP limits. Every limit has a reason; see docs/config.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// Largest message accepted, in bytes; advertised in EHLO SIZE (552 5.3.4 above it).
+    pub max_message_size: usize,
+    /// Recipients per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100); 452 4.5.3 above it.
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included (RFC 5321 says 512; extensions need more).
+    pub max_line_length: usize,
+    /// Protocol errors before we answer 421 and close (a client that keeps failing is a prober).
+    pub max_errors: u32,
+    /// Idle time allowed between commands (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    pub command_timeout_secs: u64,
+    /// Idle time allowed between two reads inside DATA/BDAT (RFC 5321 §4.5.3.2.5: 3 minutes).
+    pub data_timeout_secs: u64,
+    /// Concurrent SMTP connections over all listeners (421 4.7.0 above it).
+    pub max_connections: usize,
+    /// Concurrent connections from one client IP (421 4.7.0 above it).
+    pub max_connections_per_ip: usize,
+    /// Text after the host name in the 220 greeting.
+    pub banner: String,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            max_message_size: 25 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_length: 4096,
+            max_errors: 10,
+            command_timeout_secs: 300,
+            data_timeout_secs: 180,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+            banner: "ESMTP mailgate".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// sled page cache, in MiB.
+    pub cache_mb: u64,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store { cache_mb: 128 }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<Listener>,
+    pub tls: Tls,
+    pub policies: Policies,
+    pub smtp: Smtp,
+    pub store: Store,
+    /// Where the config came from, for messages; not a key.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// A configuration error that names the file and the key.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The listeners used when the config names none: loopback high ports, so `mailgate serve`
+/// runs unprivileged next to a system MTA. `examples/mailhost.toml` shows production ports.
+pub fn default_listeners() -> Vec<Listener> {
+    let l = |protocol, port: u16, tls| Listener {
+        protocol,
+        bind: SocketAddr::from(([127, 0, 0, 1], port)),
+        tls,
+    };
+    vec![l(Protocol::Smtp, 2525, TlsMode::Starttls)]
+}
+
+impl Config {
+    /// Embedded defaults, no file.
+    pub fn defaults() -> Config {
+        let mut c = Config::default();
+        c.listeners = default_listeners();
+        c
+    }
+
+    /// Loads `path`, or the embedded defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::defaults());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{}: cannot read config: {e}", path.display())))?;
+        let mut c = Config::parse(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
+        c.source = Some(path.to_path_buf());
+        Ok(c)
+    }
+
+    /// Parses and validates TOML text. Errors name the key.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let mut c: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        if c.listeners.is_empty() {
+            c.listeners = default_listeners();
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&mut self) -> Result<(), String> {
+        let s = &mut self.server;
+        if s.hostname.trim().is_empty() || s.hostname.contains(char::is_whitespace) {
+            return Err(format!("server.hostname: invalid host name {:?}", s.hostname));
+        }
+        for d in &mut s.local_domains {
+            *d = d.trim().to_ascii_lowercase();
+            if !crate::address::is_valid_domain(d) {
+                return Err(format!("server.local_domains: invalid domain {d:?}"));
+            }
+        }
+        if s.recipient_delimiter.chars().count() > 1 {
+            return Err("server.recipient_delimiter: must be one character or empty".into());
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => return Err("tls.key: required when tls.cert is set".into()),
+            (None, Some(_)) => return Err("tls.cert: required when tls.key is set".into()),
+            _ => {}
+        }
+        let m = &self.smtp;
+        let positive = [
+            ("smtp.max_message_size", m.max_message_size as u64),
+            ("smtp.max_recipients", m.max_recipients as u64),
+            ("smtp.max_errors", m.max_errors as u64),
+            ("smtp.command_timeout_secs", m.command_timeout_secs),
+            ("smtp.data_timeout_secs", m.data_timeout_secs),
+            ("smtp.max_connections", m.max_connections as u64),
+            ("smtp.max_connections_per_ip", m.max_connections_per_ip as u64),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        if m.max_line_length < 512 {
+            return Err("smtp.max_line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.protocol == Protocol::Smtp && l.tls == TlsMode::Implicit {
+                // Allowed (some run SMTPS on an MX), but unusual enough to mention in logs.
+                tracing::debug!("listener[{i}]: implicit TLS on an smtp listener");
+            }
+            let dup = self.listeners[..i].iter().any(|o| o.bind == l.bind && l.bind.port() != 0);
+            if dup {
+                return Err(format!("listener[{i}].bind: address {} is used twice", l.bind));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.server.data_dir.join("store")
+    }
+
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.server.data_dir.join("admin.sock")
+    }
+}
+
+/// The system host name, or `localhost` when it cannot be read.
+fn system_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for buf.len() bytes; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        if let Ok(s) = std::str::from_utf8(&buf[..end])
+            && !s.is_empty()
+        {
+            return s.to_string();
+        }
+    }
+    "localhost".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.local_domains, vec!["localhost"]);
+        assert_eq!(c.listeners.len(), default_listeners().len());
+        assert_eq!(c.smtp.max_recipients, 100);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[smtp]\nmax_message_sise = 10\n").unwrap_err();
+        assert!(e.contains("max_message_sise"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = Config::parse("[[listener]]\nprotocol = \"smtp\"\nbind = \"nowhere\"\n").unwrap_err();
+        assert!(e.contains("bind"), "{e}");
+        let e = Config::parse("[[listener]]\nprotocol = \"gopher\"\nbind = \"127.0.0.1:1\"\n").unwrap_err();
+        assert!(e.contains("protocol") || e.contains("gopher"), "{e}");
+        let e = Config::parse("[smtp]\nmax_recipients = 0\n").unwrap_err();
+        assert!(e.contains("smtp.max_recipients"), "{e}");
+        let e = Config::parse("[server]\nlocal_domains = [\"bad domain\"]\n").unwrap_err();
+        assert!(e.contains("server.local_domains"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_keys_parse() {
+        let text = r#"
+[server]
+hostname = "mx.example.test"
+data_dir = "./mailgate-data"
+local_domains = ["localhost"]
+[[listener]]
+protocol = "smtp"
+bind = "127.0.0.1:2525"
+tls = "starttls"
+[tls]
+cert = "path.pem"
+key = "path.pem"
+[policies]
+dir = "./policies"
+"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.server.hostname, "mx.example.test");
+        assert_eq!(c.listeners[0].tls, TlsMode::Starttls);
+    }
+}

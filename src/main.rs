@@ -1,0 +1,204 @@
+//! The `mailgate` command: a thin CLI over the library.
+
+use clap::{Parser, Subcommand};
+use mailgate::admin::{self, Request};
+use mailgate::config::Config;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "mailgate", version, about = "Mail server and spam gateway")]
+struct Cli {
+    /// Configuration file (TOML). Without it, embedded defaults are used.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every configured listener.
+    Serve,
+    /// Accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Local domains (besides server.local_domains in the config).
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Aliases; a source of `@domain` is a catch-all.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Look into mailboxes.
+    #[command(subcommand)]
+    Mailbox(MailboxCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add an account (with INBOX, Sent, Drafts, Junk, Trash).
+    Add {
+        address: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an account and all its mail.
+    Del { address: String },
+    /// List accounts.
+    List,
+    /// Change an account's password.
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainCmd {
+    Add { domain: String },
+    Del { domain: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Point SOURCE (address or @domain) at one or more local addresses.
+    Add {
+        source: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    Del {
+        source: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum MailboxCmd {
+    /// List messages: UID, size, flags, date, From, Subject.
+    List {
+        address: String,
+        #[arg(default_value = "INBOX")]
+        folder: String,
+    },
+    /// Print one message, raw.
+    Show {
+        address: String,
+        uid: u32,
+        #[arg(default_value = "INBOX")]
+        folder: String,
+    },
+}
+
+/// Exit code for configuration errors (as the issue and sysexits-style tools expect).
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(matches!(cli.command, Command::Serve));
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mailgate: config error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mailgate: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => rt.block_on(serve(config)),
+        other => match request(other) {
+            Ok(req) => rt.block_on(admin::client::run(&config, req)).map(|out| {
+                let _ = std::io::stdout().write_all(&out);
+            }),
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mailgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(server: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if server { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let running = mailgate::server::start(config).await.map_err(|e| format!("{e:#}"))?;
+    // One line per listener on stdout, for scripts and tests that bind port 0.
+    for (proto, addr) in &running.addrs {
+        println!("listening {proto} {addr}");
+    }
+    let _ = std::io::stdout().flush();
+    let trigger = running.shutdown_handle();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        let _ = trigger.send(true);
+    });
+    running.wait().await;
+    Ok(())
+}
+
+fn password(address: &str, from_stdin: bool) -> Result<String, String> {
+    let pw = if from_stdin {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading password: {e}"))?;
+        s.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        let a = rpassword::prompt_password(format!("Password for {address}: ")).map_err(|e| e.to_string())?;
+        let b = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if a != b {
+            return Err("passwords do not match".into());
+        }
+        a
+    };
+    if pw.is_empty() {
+        return Err("empty password".into());
+    }
+    admin::hash_password(&pw)
+}
+
+fn request(cmd: Command) -> Result<Request, String> {
+    Ok(match cmd {
+        Command::Serve => unreachable!("handled by main"),
+        Command::User(UserCmd::Add { address, password_stdin }) => {
+            let password_hash = password(&address, password_stdin)?;
+            Request::UserAdd { address, password_hash }
+        }
+        Command::User(UserCmd::Del { address }) => Request::UserDel { address },
+        Command::User(UserCmd::List) => Request::UserList,
+        Command::User(UserCmd::Passwd { address, password_stdin }) => {
+            let password_hash = password(&address, password_stdin)?;
+            Request::UserPasswd { address, password_hash }
+        }
+        Command::Domain(DomainCmd::Add { domain }) => Request::DomainAdd { domain },
+        Command::Domain(DomainCmd::Del { domain }) => Request::DomainDel { domain },
+        Command::Domain(DomainCmd::List) => Request::DomainList,
+        Command::Alias(AliasCmd::Add { source, targets }) => Request::AliasAdd { source, targets },
+        Command::Alias(AliasCmd::Del { source }) => Request::AliasDel { source },
+        Command::Alias(AliasCmd::List) => Request::AliasList,
+        Command::Mailbox(MailboxCmd::List { address, folder }) => Request::MailboxList { address, folder },
+        Command::Mailbox(MailboxCmd::Show { address, uid, folder }) => Request::MailboxShow { address, uid, folder },
+    })
+}

@@ -1,0 +1,264 @@
+//! A client connection, plaintext or TLS, with the buffered line/bytes reading every protocol
+//! session needs.
+//!
+//! Output is buffered and flushed only when the session is about to wait for input, so replies
+//! to pipelined commands leave in one write (RFC 2920). [`Conn::start_tls`] throws away any
+//! input buffered before the upgrade: plaintext pipelined after STARTTLS/STLS must never be
+//! read as if it came over TLS (CVE-2011-0411).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// How long a TLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while upgrading.
+    Gone,
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// What reading a line produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A line without its line ending (CRLF or bare LF).
+    Ok(Vec<u8>),
+    /// The line was longer than the limit; it has been skipped up to its end.
+    TooLong,
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub enum ReadError {
+    Closed,
+    Timeout,
+    Io(io::Error),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+pub struct Conn {
+    stream: Stream,
+    inbuf: Vec<u8>,
+    /// Start of unread input in `inbuf`.
+    pos: usize,
+    outbuf: Vec<u8>,
+    scratch: Box<[u8]>,
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+impl Conn {
+    pub fn plain(tcp: TcpStream) -> Conn {
+        let _ = tcp.set_nodelay(true);
+        Conn {
+            stream: Stream::Plain(tcp),
+            inbuf: Vec::with_capacity(READ_CHUNK),
+            pos: 0,
+            outbuf: Vec::with_capacity(1024),
+            scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+        }
+    }
+
+    /// Accepts a TLS connection from its first byte (implicit TLS).
+    pub async fn implicit_tls(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<Conn> {
+        let mut c = Conn::plain(tcp);
+        c.start_tls(acceptor).await?;
+        Ok(c)
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// TLS version and cipher suite, for Received headers and logs.
+    pub fn tls_info(&self) -> Option<String> {
+        let Stream::Tls(s) = &self.stream else { return None };
+        let (_, conn) = s.get_ref();
+        let version = conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
+        let suite = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        Some(format!("{version} with {suite}"))
+    }
+
+    /// Upgrades to TLS after flushing pending output; buffered plaintext input is discarded.
+    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> io::Result<()> {
+        self.flush().await?;
+        self.inbuf.clear();
+        self.pos = 0;
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(io::Error::other("TLS already active"));
+        };
+        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Bytes received but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.inbuf[self.pos..]
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) {
+        self.outbuf.extend_from_slice(bytes);
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.outbuf.is_empty() {
+            self.stream.write_all(&self.outbuf).await?;
+            self.outbuf.clear();
+        }
+        self.stream.flush().await
+    }
+
+    /// Closes the write side after flushing (best effort).
+    pub async fn close(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+
+    /// Reads more input, flushing pending output first (we are about to wait).
+    async fn fill(&mut self, timeout: Duration) -> Result<(), ReadError> {
+        self.flush().await?;
+        if self.pos > 0 && self.pos == self.inbuf.len() {
+            self.inbuf.clear();
+            self.pos = 0;
+        } else if self.pos > READ_CHUNK {
+            self.inbuf.drain(..self.pos);
+            self.pos = 0;
+        }
+        // Read into scratch space so that a cancelled read (a session's select! on shutdown)
+        // leaves the input buffer as it was.
+        let n = match tokio::time::timeout(timeout, self.stream.read(&mut self.scratch[..])).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(r) => r?,
+        };
+        if n == 0 {
+            return Err(ReadError::Closed);
+        }
+        self.inbuf.extend_from_slice(&self.scratch[..n]);
+        Ok(())
+    }
+
+    /// Reads one line of at most `max` bytes including its line ending. A longer line is
+    /// skipped through its end and reported as [`Line::TooLong`], so a flood of bytes without a
+    /// newline never grows memory past `max`.
+    pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<Line, ReadError> {
+        let mut skipping = false;
+        loop {
+            let avail = &self.inbuf[self.pos..];
+            if let Some(i) = memchr::memchr(b'\n', avail) {
+                let line_end = self.pos + i + 1;
+                let mut line = self.inbuf[self.pos..self.pos + i].to_vec();
+                self.pos = line_end;
+                if skipping || i + 1 > max {
+                    return Ok(Line::TooLong);
+                }
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(Line::Ok(line));
+            }
+            if avail.len() >= max {
+                skipping = true;
+                self.pos = self.inbuf.len();
+            }
+            self.fill(timeout).await?;
+        }
+    }
+
+    /// Hands buffered input to `sink` (which returns how much it consumed and whether it is
+    /// done), reading more as needed.
+    pub async fn read_with<F>(&mut self, timeout: Duration, mut sink: F) -> Result<(), ReadError>
+    where
+        F: FnMut(&[u8]) -> (usize, bool),
+    {
+        loop {
+            if self.pos < self.inbuf.len() {
+                let (used, done) = sink(&self.inbuf[self.pos..]);
+                self.pos += used;
+                if done {
+                    return Ok(());
+                }
+            }
+            self.fill(timeout).await?;
+        }
+    }
+
+    /// Reads exactly `n` bytes (BDAT chunks), appending to `out` while it stays within `cap`
+    /// bytes; bytes past `cap` are read and dropped. Returns false if some were dropped.
+    pub async fn read_exact_capped(
+        &mut self,
+        mut n: usize,
+        out: &mut Vec<u8>,
+        cap: usize,
+        timeout: Duration,
+    ) -> Result<bool, ReadError> {
+        if n == 0 {
+            return Ok(true);
+        }
+        let mut all_kept = true;
+        self.read_with(timeout, |avail| {
+            let take = avail.len().min(n);
+            let room = cap.saturating_sub(out.len());
+            if take <= room {
+                out.extend_from_slice(&avail[..take]);
+            } else {
+                out.extend_from_slice(&avail[..room]);
+                all_kept = false;
+            }
+            n -= take;
+            (take, n == 0)
+        })
+        .await?;
+        Ok(all_kept)
+    }
+}

@@ -1,0 +1,190 @@
+//! Listeners, connection limits, graceful shutdown.
+//!
+//! [`start`] opens the store, binds every listener (port 0 is fine: the bound addresses come
+//! back in [`Running::addrs`]), serves the admin socket, and returns at once. Shutdown stops
+//! accepting, tells idle sessions to close (421), waits up to `shutdown_grace_secs` for the
+//! rest, flushes the store and ends.
+
+pub mod conn;
+pub mod limits;
+pub mod tls;
+
+use crate::config::{Config, Protocol, TlsMode};
+use crate::route::Router;
+use crate::store::{MailStore, SledStore};
+use anyhow::{Context, Result};
+use conn::Conn;
+use limits::ConnLimits;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+/// What every session shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn MailStore>,
+    pub router: Router,
+    pub tls: Option<TlsAcceptor>,
+    /// Becomes `true` when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A running server.
+pub struct Running {
+    /// Bound address of each listener, in config order.
+    pub addrs: Vec<(Protocol, SocketAddr)>,
+    pub shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn addr(&self, protocol: Protocol) -> Option<SocketAddr> {
+        self.addrs.iter().find(|(p, _)| *p == protocol).map(|(_, a)| *a)
+    }
+
+    /// Stops accepting, lets sessions finish (bounded by the grace period), flushes the store.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server has stopped (after [`Running::trigger_shutdown`] or a signal).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+
+    /// A handle that can trigger shutdown from elsewhere (signal handlers).
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown_tx.clone()
+    }
+}
+
+/// Opens the store and starts every listener and the admin socket.
+pub async fn start(config: Config) -> Result<Running> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.server.data_dir)
+        .with_context(|| format!("server.data_dir: creating {}", config.server.data_dir.display()))?;
+    let store: Arc<dyn MailStore> = Arc::new(SledStore::open(&config.store_path(), config.store.cache_mb)?);
+    let tls = if config.listeners.iter().any(|l| l.tls != TlsMode::None) {
+        Some(tls::acceptor(&config)?)
+    } else {
+        None
+    };
+    let router = Router::new(
+        store.clone(),
+        config.server.local_domains.clone(),
+        &config.server.recipient_delimiter,
+    );
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        config: config.clone(),
+        store: store.clone(),
+        router,
+        tls,
+        shutdown: shutdown_rx.clone(),
+    });
+
+    // Every session holds a clone of `alive`; when all are dropped, `drained` ends.
+    let (alive, mut drained) = mpsc::channel::<()>(1);
+    let limits = ConnLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
+    let mut addrs = Vec::new();
+    let mut accept_tasks = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        if l.protocol != Protocol::Smtp {
+            tracing::warn!("listener[{i}]: {} is not served by this build yet; skipped", l.protocol);
+            continue;
+        }
+        let listener = TcpListener::bind(l.bind)
+            .await
+            .with_context(|| format!("listener[{i}].bind: cannot bind {}", l.bind))?;
+        let local = listener.local_addr()?;
+        tracing::info!("listening {} {local} (tls {:?})", l.protocol, l.tls);
+        addrs.push((l.protocol, local));
+        accept_tasks.push(tokio::spawn(accept_loop(
+            listener,
+            l.tls,
+            shared.clone(),
+            limits.clone(),
+            alive.clone(),
+        )));
+    }
+    let admin = crate::admin::server::serve(&config, store.clone(), shutdown_rx.clone()).await?;
+    drop(alive);
+
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let mut wait_rx = shutdown_rx;
+    let done = tokio::spawn(async move {
+        while !*wait_rx.borrow() {
+            if wait_rx.changed().await.is_err() {
+                break;
+            }
+        }
+        tracing::info!("shutting down: no new connections; waiting up to {grace:?} for sessions");
+        for t in &accept_tasks {
+            t.abort();
+        }
+        if tokio::time::timeout(grace, drained.recv()).await.is_err() {
+            tracing::warn!("sessions still running after the grace period; closing them");
+        }
+        admin.abort();
+        if let Err(e) = store.sync().await {
+            tracing::error!("final flush failed: {e}");
+        }
+        tracing::info!("stopped");
+    });
+    Ok(Running {
+        addrs,
+        shared,
+        shutdown_tx,
+        done,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls_mode: TlsMode,
+    shared: Arc<Shared>,
+    limits: ConnLimits,
+    alive: mpsc::Sender<()>,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => {
+                backoff = Duration::from_millis(5);
+                x
+            }
+            Err(e) => {
+                // EMFILE and friends: wait and retry rather than spin or die.
+                tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let alive = alive.clone();
+        let permit = limits.try_acquire(peer.ip());
+        tokio::spawn(async move {
+            let _alive = alive;
+            let mut conn = Conn::plain(tcp);
+            let Ok(_permit) = permit else {
+                conn.write(b"421 4.7.0 Too many connections, try again later\r\n");
+                conn.close().await;
+                return;
+            };
+            if tls_mode == TlsMode::Implicit {
+                let Some(acceptor) = shared.tls.clone() else { return };
+                if let Err(e) = conn.start_tls(&acceptor).await {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+            }
+            crate::smtp::Session::new(shared, conn, peer, tls_mode).run().await;
+        });
+    }
+}

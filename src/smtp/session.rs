@@ -1,0 +1,527 @@
+//! One inbound SMTP session (RFC 5321), from greeting to QUIT.
+//!
+//! Commands are parsed by `smtp-proto`; the state (greeted, transaction, TLS) and every reply
+//! are ours. Each protocol error maps to one reply in [`Session::parse_error`]. A message is
+//! answered 250 only after the store has flushed it (see [`crate::store::MailStore::sync`]).
+
+use super::data::{DataReceiver, Progress, canonical_line_endings};
+use crate::address::Address;
+use crate::config::TlsMode;
+use crate::route::Route;
+use crate::server::Shared;
+use crate::server::conn::{Conn, Line, ReadError};
+use crate::store::{MailboxId, now_secs};
+use smtp_proto::{
+    Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Messages above this size are stored from a blocking thread (hashing and copying a large
+/// body would otherwise stall other sessions on the same worker).
+const BLOCKING_DELIVERY_SIZE: usize = 256 * 1024;
+
+/// MAIL FROM flags we advertise and therefore accept.
+const ACCEPTED_MAIL_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
+
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Transaction {
+    mail_from: String,
+    smtputf8: bool,
+    /// Accounts the accepted recipients resolved to, deduplicated.
+    accounts: Vec<String>,
+    /// Recipients accepted (as given), for the Received header and logs.
+    rcpts: Vec<String>,
+    /// Recipients tried, accepted or not (the limit counts attempts).
+    attempted: usize,
+    /// BDAT chunks received so far.
+    bdat: Option<Vec<u8>>,
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    conn: Conn,
+    peer: SocketAddr,
+    tls_mode: TlsMode,
+    helo: Option<String>,
+    esmtp: bool,
+    tx: Option<Transaction>,
+    errors: u32,
+}
+
+static QUEUE_IDS: AtomicU64 = AtomicU64::new(0);
+
+fn queue_id() -> String {
+    let n = QUEUE_IDS.fetch_add(1, Ordering::Relaxed);
+    format!("{:08X}{:06X}", now_secs() as u32, n & 0xFF_FFFF)
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, conn: Conn, peer: SocketAddr, tls_mode: TlsMode) -> Session {
+        Session {
+            shared,
+            conn,
+            peer,
+            tls_mode,
+            helo: None,
+            esmtp: false,
+            tx: None,
+            errors: 0,
+        }
+    }
+
+    fn cfg(&self) -> &crate::config::Smtp {
+        &self.shared.config.smtp
+    }
+
+    /// Queues a reply; counts it as an error when it is a 4xx/5xx. An empty `enhanced` leaves
+    /// the enhanced status code out (greeting-style replies, 354, HELO).
+    fn reply(&mut self, code: u16, enhanced: &str, text: &str) {
+        let line = if enhanced.is_empty() {
+            format!("{code} {text}\r\n")
+        } else {
+            format!("{code} {enhanced} {text}\r\n")
+        };
+        self.conn.write(line.as_bytes());
+        if code >= 400 {
+            self.errors += 1;
+        }
+    }
+
+    /// After an error reply: close when the client has used up its error allowance.
+    fn after_error(&mut self) -> Flow {
+        if self.errors >= self.cfg().max_errors {
+            self.conn.write(b"421 4.7.0 Too many errors, closing connection\r\n");
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+
+    pub async fn run(mut self) {
+        let greeting = format!("220 {} {}\r\n", self.shared.config.server.hostname, self.cfg().banner);
+        self.conn.write(greeting.as_bytes());
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            let max = self.cfg().max_line_length;
+            let timeout = Duration::from_secs(self.cfg().command_timeout_secs);
+            let line = tokio::select! {
+                r = self.conn.read_line(max, timeout) => r,
+                _ = shutdown.changed() => {
+                    self.conn.write(b"421 4.3.2 Service shutting down, closing connection\r\n");
+                    break;
+                }
+            };
+            let flow = match line {
+                Ok(Line::Ok(bytes)) => self.command(&bytes).await,
+                Ok(Line::TooLong) => {
+                    self.reply(500, "5.5.2", "Line too long");
+                    self.after_error()
+                }
+                Err(ReadError::Timeout) => {
+                    self.conn.write(b"421 4.4.2 Timeout exceeded, closing connection\r\n");
+                    break;
+                }
+                Err(ReadError::Closed) => break,
+                Err(ReadError::Io(e)) => {
+                    tracing::debug!(peer = %self.peer, "read error: {e}");
+                    break;
+                }
+            };
+            if flow == Flow::Close {
+                break;
+            }
+        }
+        self.conn.close().await;
+    }
+
+    async fn command(&mut self, line: &[u8]) -> Flow {
+        // smtp-proto wants the line ending it found the end of the command by.
+        let mut with_end = Vec::with_capacity(line.len() + 2);
+        with_end.extend_from_slice(line);
+        with_end.extend_from_slice(b"\r\n");
+        let request = match Request::parse(&mut with_end.iter()) {
+            Ok(r) => r.into_owned(),
+            Err(e) => return self.parse_error(e),
+        };
+        match request {
+            Request::Ehlo { host } => self.hello(host, true),
+            Request::Helo { host } => self.hello(host, false),
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => self.data().await,
+            Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last).await,
+            Request::Rset => {
+                self.tx = None;
+                self.reply(250, "2.0.0", "Ok");
+                Flow::Continue
+            }
+            Request::Noop { .. } => {
+                self.reply(250, "2.0.0", "Ok");
+                Flow::Continue
+            }
+            Request::Quit => {
+                self.reply(221, "2.0.0", "Bye");
+                Flow::Close
+            }
+            Request::Vrfy { .. } => {
+                // Answering VRFY truthfully lets spammers harvest addresses (RFC 5321 §7.3).
+                self.reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery");
+                Flow::Continue
+            }
+            Request::Help { .. } => {
+                self.reply(
+                    214,
+                    "2.0.0",
+                    "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS",
+                );
+                Flow::Continue
+            }
+            Request::StartTls => self.starttls().await,
+            Request::Lhlo { .. } => self.refuse(500, "5.5.1", "LHLO is for LMTP; this is SMTP"),
+            Request::Auth { .. } => self.refuse(503, "5.5.1", "AUTH is not offered on this port"),
+            Request::Expn { .. } => self.refuse(502, "5.5.1", "EXPN not available"),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                self.refuse(502, "5.5.1", "Command not implemented")
+            }
+        }
+    }
+
+    fn refuse(&mut self, code: u16, enhanced: &str, text: &str) -> Flow {
+        self.reply(code, enhanced, text);
+        self.after_error()
+    }
+
+    /// One reply per protocol error.
+    fn parse_error(&mut self, e: ProtoError) -> Flow {
+        match e {
+            ProtoError::UnknownCommand => self.refuse(500, "5.5.2", "Syntax error, command unrecognized"),
+            ProtoError::InvalidSenderAddress => self.refuse(501, "5.1.7", "Bad sender address syntax"),
+            ProtoError::InvalidRecipientAddress => self.refuse(501, "5.1.3", "Bad recipient address syntax"),
+            ProtoError::SyntaxError { syntax } => self.refuse(501, "5.5.4", &format!("Syntax: {syntax}")),
+            ProtoError::InvalidParameter { param } => self.refuse(501, "5.5.4", &format!("Invalid parameter {param}")),
+            ProtoError::UnsupportedParameter { param } => {
+                let param: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
+                self.refuse(555, "5.5.4", &format!("Unsupported parameter {param}"))
+            }
+            ProtoError::ResponseTooLong | ProtoError::NeedsMoreData { .. } => self.refuse(500, "5.5.2", "Line too long"),
+            ProtoError::InvalidResponse { .. } => self.refuse(500, "5.5.2", "Syntax error"),
+        }
+    }
+
+    fn hello(&mut self, host: String, esmtp: bool) -> Flow {
+        let host = host.trim().to_string();
+        if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return self.refuse(501, "5.5.4", "Syntax: EHLO hostname");
+        }
+        self.tx = None;
+        self.esmtp = esmtp;
+        let name = self.shared.config.server.hostname.clone();
+        if !esmtp {
+            self.reply(250, "", &name);
+        } else {
+            let mut lines = vec![format!("{name} Hello {host} [{}]", self.peer.ip())];
+            lines.push("PIPELINING".into());
+            lines.push(format!("SIZE {}", self.cfg().max_message_size));
+            lines.push("8BITMIME".into());
+            lines.push("ENHANCEDSTATUSCODES".into());
+            lines.push("SMTPUTF8".into());
+            lines.push("CHUNKING".into());
+            if self.tls_available() {
+                lines.push("STARTTLS".into());
+            }
+            lines.push("HELP".into());
+            let last = lines.len() - 1;
+            for (i, l) in lines.iter().enumerate() {
+                let sep = if i == last { ' ' } else { '-' };
+                self.conn.write(format!("250{sep}{l}\r\n").as_bytes());
+            }
+        }
+        self.helo = Some(host);
+        Flow::Continue
+    }
+
+    fn tls_available(&self) -> bool {
+        self.shared.tls.is_some() && self.tls_mode == TlsMode::Starttls && !self.conn.is_tls()
+    }
+
+    fn mail(&mut self, from: MailFrom<String>) -> Flow {
+        if self.helo.is_none() {
+            return self.refuse(503, "5.5.1", "Send EHLO/HELO first");
+        }
+        if self.tx.is_some() {
+            return self.refuse(503, "5.5.1", "Nested MAIL command");
+        }
+        if from.flags & !ACCEPTED_MAIL_FLAGS != 0 || from.env_id.is_some() {
+            return self.refuse(555, "5.5.4", "Unsupported MAIL parameter");
+        }
+        let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
+        if !self.esmtp && (from.flags != 0 || from.size != 0) {
+            return self.refuse(501, "5.5.4", "MAIL parameters need EHLO");
+        }
+        if from.size > self.cfg().max_message_size {
+            return self.refuse(552, "5.3.4", "Message size exceeds fixed maximum message size");
+        }
+        let address = from.address.trim().to_string();
+        if !address.is_empty() {
+            if Address::parse(&address).is_err() {
+                return self.refuse(501, "5.1.7", "Bad sender address syntax");
+            }
+            if !address.is_ascii() && !smtputf8 {
+                return self.refuse(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+            }
+        }
+        self.tx = Some(Transaction {
+            mail_from: address,
+            smtputf8,
+            accounts: Vec::new(),
+            rcpts: Vec::new(),
+            attempted: 0,
+            bdat: None,
+        });
+        self.reply(250, "2.1.0", "Ok");
+        Flow::Continue
+    }
+
+    fn rcpt(&mut self, to: RcptTo<String>) -> Flow {
+        let max_rcpts = self.cfg().max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return self.refuse(503, "5.5.1", "Need MAIL command first");
+        };
+        if tx.bdat.is_some() {
+            return self.refuse(503, "5.5.1", "RCPT not allowed during BDAT transfer");
+        }
+        if tx.attempted >= max_rcpts {
+            return self.refuse(452, "4.5.3", "Too many recipients");
+        }
+        tx.attempted += 1;
+        if to.flags != 0 || to.orcpt.is_some() {
+            return self.refuse(555, "5.5.4", "Unsupported RCPT parameter");
+        }
+        let smtputf8 = tx.smtputf8;
+        let mut given = to.address.trim().to_string();
+        if !given.is_ascii() && !smtputf8 {
+            return self.refuse(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+        }
+        // RFC 5321 §4.1.1.3: "Postmaster" without a domain must be accepted.
+        if given.eq_ignore_ascii_case("postmaster") {
+            let first = self.shared.config.server.local_domains.first().cloned().unwrap_or_default();
+            given = format!("postmaster@{first}");
+        }
+        let address = match Address::parse(&given) {
+            Ok(a) => a,
+            Err(_) => return self.refuse(501, "5.1.3", "Bad recipient address syntax"),
+        };
+        match self.shared.router.route(&address) {
+            Ok(Route::Local(accounts)) => {
+                let tx = self.tx.as_mut().expect("checked above");
+                for a in accounts {
+                    if !tx.accounts.contains(&a) {
+                        tx.accounts.push(a);
+                    }
+                }
+                tx.rcpts.push(given);
+                self.reply(250, "2.1.5", "Ok");
+                Flow::Continue
+            }
+            Ok(Route::UnknownUser) => {
+                self.refuse(550, "5.1.1", &format!("<{given}>: Recipient address rejected: User unknown"))
+            }
+            Ok(Route::RelayDenied) => self.refuse(554, "5.7.1", &format!("<{given}>: Relay access denied")),
+            Err(e) => {
+                tracing::error!("routing {given}: {e}");
+                self.refuse(451, "4.3.0", "Temporary lookup failure")
+            }
+        }
+    }
+
+    /// Checks that a message may be sent now; replies and returns false otherwise.
+    fn ready_for_content(&mut self, via_bdat: bool) -> bool {
+        let (code, enhanced, text) = match &self.tx {
+            None => (503, "5.5.1", "Need MAIL command first"),
+            Some(tx) if tx.rcpts.is_empty() => (554, "5.5.1", "No valid recipients"),
+            Some(tx) if !via_bdat && tx.bdat.is_some() => (503, "5.5.1", "DATA not allowed after BDAT"),
+            Some(_) => return true,
+        };
+        self.reply(code, enhanced, text);
+        false
+    }
+
+    async fn data(&mut self) -> Flow {
+        if !self.ready_for_content(false) {
+            return self.after_error();
+        }
+        self.reply(354, "", "End data with <CR><LF>.<CR><LF>");
+        let limit = self.cfg().max_message_size;
+        let timeout = Duration::from_secs(self.cfg().data_timeout_secs);
+        let mut receiver = DataReceiver::new(limit);
+        let mut bare = false;
+        let read = self
+            .conn
+            .read_with(timeout, |buf| match receiver.feed(buf) {
+                Progress::NeedMore => (buf.len(), false),
+                Progress::Done { consumed } => (consumed, true),
+                Progress::BareLineEnding => {
+                    bare = true;
+                    (buf.len(), true)
+                }
+            })
+            .await;
+        match read {
+            Ok(()) => {}
+            Err(ReadError::Timeout) => {
+                self.conn.write(b"421 4.4.2 Timeout exceeded during DATA, closing connection\r\n");
+                return Flow::Close;
+            }
+            Err(_) => return Flow::Close, // vanished mid-message: nothing stored, nothing acknowledged
+        }
+        if bare {
+            // Nothing after a bare line ending can be trusted to be where the client meant it
+            // (SMTP smuggling): refuse the message and end the session, as Postfix does.
+            tracing::warn!(peer = %self.peer, "bare CR or LF in DATA; message refused");
+            self.tx = None;
+            self.conn.write(b"521 5.5.2 Bare CR or LF received; message refused, closing connection\r\n");
+            return Flow::Close;
+        }
+        if receiver.overflowed() {
+            self.tx = None;
+            return self.refuse(552, "5.3.4", "Message size exceeds fixed maximum message size");
+        }
+        let body = receiver.into_body();
+        self.deliver(body).await
+    }
+
+    async fn bdat(&mut self, size: usize, last: bool) -> Flow {
+        let timeout = Duration::from_secs(self.cfg().data_timeout_secs);
+        let limit = self.cfg().max_message_size;
+        if !self.ready_for_content(true) {
+            // The chunk follows the command whatever we answer: read it off the wire.
+            return match self.conn.read_exact_capped(size, &mut Vec::new(), 0, timeout).await {
+                Ok(_) => self.after_error(),
+                Err(_) => Flow::Close,
+            };
+        }
+        let tx = self.tx.as_mut().expect("checked by ready_for_content");
+        let buf = tx.bdat.get_or_insert_with(Vec::new);
+        let kept = match self.conn.read_exact_capped(size, buf, limit, timeout).await {
+            Ok(kept) => kept,
+            Err(ReadError::Timeout) => {
+                self.conn.write(b"421 4.4.2 Timeout exceeded during BDAT, closing connection\r\n");
+                return Flow::Close;
+            }
+            Err(_) => return Flow::Close,
+        };
+        if !kept {
+            self.tx = None;
+            return self.refuse(552, "5.3.4", "Message size exceeds fixed maximum message size");
+        }
+        if !last {
+            self.reply(250, "2.0.0", &format!("{size} octets received"));
+            return Flow::Continue;
+        }
+        let body = self.tx.as_mut().and_then(|t| t.bdat.take()).unwrap_or_default();
+        self.deliver(canonical_line_endings(body)).await
+    }
+
+    /// The trace headers of RFC 5321 §4.4, prepended once for all recipients.
+    fn trace_headers(&self, tx: &Transaction, id: &str) -> String {
+        let mut proto = String::new();
+        if tx.smtputf8 {
+            proto.push_str("UTF8");
+        }
+        proto.push_str(if self.esmtp { "ESMTP" } else { "SMTP" });
+        if self.conn.is_tls() {
+            proto.push('S');
+        }
+        let tls = self.conn.tls_info().map(|t| format!("\r\n\t(using {t})")).unwrap_or_default();
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let for_clause = match tx.rcpts.as_slice() {
+            [one] => format!("\r\n\tfor <{one}>"),
+            _ => String::new(), // several recipients share one stored copy: name none
+        };
+        let date = mail_parser::DateTime::from_timestamp(now_secs()).to_rfc822();
+        format!(
+            "Return-Path: <{}>\r\nReceived: from {helo} ([{}]){tls}\r\n\tby {} (mailgate) with {proto} id {id}{for_clause};\r\n\t{date}\r\n",
+            tx.mail_from,
+            self.peer.ip(),
+            self.shared.config.server.hostname,
+        )
+    }
+
+    async fn deliver(&mut self, body: Vec<u8>) -> Flow {
+        let Some(tx) = self.tx.take() else {
+            return self.refuse(503, "5.5.1", "Need MAIL command first");
+        };
+        let id = queue_id();
+        let mut raw = self.trace_headers(&tx, &id).into_bytes();
+        raw.extend_from_slice(&body);
+        drop(body);
+        match self.store_message(&tx, raw).await {
+            Ok(n) => {
+                tracing::info!(id, from = %tx.mail_from, rcpts = ?tx.rcpts, mailboxes = n, "delivered");
+                self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::error!(id, "delivery failed: {e}");
+                self.refuse(451, "4.3.0", "Temporary storage failure, try again later")
+            }
+        }
+    }
+
+    /// Writes the message into every recipient's INBOX and waits until it is on disk.
+    async fn store_message(&self, tx: &Transaction, raw: Vec<u8>) -> anyhow::Result<usize> {
+        let store = self.shared.store.clone();
+        let mut targets: Vec<MailboxId> = Vec::with_capacity(tx.accounts.len());
+        for account in &tx.accounts {
+            match store.mailbox(account, "INBOX")? {
+                Some(m) => targets.push(m.id),
+                None => tracing::warn!(account, "account vanished since RCPT; skipped"),
+            }
+        }
+        if targets.is_empty() {
+            anyhow::bail!("no mailbox left to deliver to");
+        }
+        let now = now_secs();
+        if raw.len() >= BLOCKING_DELIVERY_SIZE {
+            let (s, t) = (store.clone(), targets.clone());
+            tokio::task::spawn_blocking(move || s.deliver(&raw, now, &t)).await??;
+        } else {
+            store.deliver(&raw, now, &targets)?;
+        }
+        store.sync().await?;
+        Ok(targets.len())
+    }
+
+    /// STARTTLS (RFC 3207): reply, drop anything pipelined behind the command, handshake, and
+    /// forget everything learnt before (the client must EHLO again).
+    async fn starttls(&mut self) -> Flow {
+        let Some(acceptor) = self.shared.tls.clone() else {
+            return self.refuse(454, "4.7.0", "TLS not available");
+        };
+        if self.conn.is_tls() {
+            return self.refuse(503, "5.5.1", "TLS already active");
+        }
+        if self.tls_mode != TlsMode::Starttls {
+            return self.refuse(454, "4.7.0", "TLS not available on this port");
+        }
+        if !self.conn.buffered().is_empty() {
+            tracing::warn!(peer = %self.peer, "plaintext pipelined after STARTTLS discarded");
+        }
+        self.reply(220, "2.0.0", "Ready to start TLS");
+        if let Err(e) = self.conn.start_tls(&acceptor).await {
+            tracing::debug!(peer = %self.peer, "TLS handshake failed: {e}");
+            return Flow::Close;
+        }
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = None;
+        Flow::Continue
+    }
+}

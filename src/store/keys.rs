@@ -1,0 +1,107 @@
+//! The on-disk key layout, in one place.
+//!
+//! Everything lives in one sled tree (`mail`) so that one `sled::Batch` can change accounts,
+//! mailboxes, messages and blobs **atomically**: a crash leaves either the whole delivery or
+//! none of it. Keys start with a one-byte tag; integers are big-endian so range scans come back
+//! in numeric order.
+//!
+//! | tag | key after the tag | value |
+//! |---|---|---|
+//! | `A` | address (`local@domain`, lower case) | JSON [`super::Account`] |
+//! | `D` | domain (lower case) | empty |
+//! | `L` | alias source (`local@domain` or `@domain` for a catch-all) | JSON list of targets |
+//! | `N` | account `0x00` mailbox name | mailbox id, u64 |
+//! | `B` | mailbox id, u64 | JSON [`super::MailboxMeta`] |
+//! | `G` | mailbox id u64, uid u64 | [`super::MessageMeta`], binary (see `encode`) |
+//! | `O` | blob id (SHA-256 of the bytes) | the message bytes |
+//! | `R` | blob id | reference count, u64 |
+//! | `C` | counter name | u64 (`mailbox` = last mailbox id) |
+//! | `V` | `schema` | layout version, u64 |
+//!
+//! The value formats change only with a bump of [`SCHEMA_VERSION`].
+
+pub const SCHEMA_VERSION: u64 = 1;
+
+pub const ACCOUNT: u8 = b'A';
+pub const DOMAIN: u8 = b'D';
+pub const ALIAS: u8 = b'L';
+pub const MAILBOX_NAME: u8 = b'N';
+pub const MAILBOX: u8 = b'B';
+pub const MESSAGE: u8 = b'G';
+pub const BLOB: u8 = b'O';
+pub const BLOB_REFS: u8 = b'R';
+pub const COUNTER: u8 = b'C';
+pub const VERSION: u8 = b'V';
+
+pub fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + rest.len());
+    k.push(tag);
+    k.extend_from_slice(rest);
+    k
+}
+
+pub fn account(address: &str) -> Vec<u8> {
+    tagged(ACCOUNT, address.as_bytes())
+}
+
+pub fn domain(domain: &str) -> Vec<u8> {
+    tagged(DOMAIN, domain.as_bytes())
+}
+
+pub fn alias(source: &str) -> Vec<u8> {
+    tagged(ALIAS, source.as_bytes())
+}
+
+/// Prefix of all mailbox names of one account.
+pub fn mailbox_names_of(account: &str) -> Vec<u8> {
+    let mut k = tagged(MAILBOX_NAME, account.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn mailbox_name(account: &str, name: &str) -> Vec<u8> {
+    let mut k = mailbox_names_of(account);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn mailbox(id: u64) -> Vec<u8> {
+    tagged(MAILBOX, &id.to_be_bytes())
+}
+
+/// Prefix of all messages of one mailbox.
+pub fn messages_of(mailbox: u64) -> Vec<u8> {
+    tagged(MESSAGE, &mailbox.to_be_bytes())
+}
+
+pub fn message(mailbox: u64, uid: u32) -> Vec<u8> {
+    let mut k = messages_of(mailbox);
+    k.extend_from_slice(&u64::from(uid).to_be_bytes());
+    k
+}
+
+/// The uid at the end of a message key.
+pub fn uid_of_message_key(k: &[u8]) -> Option<u32> {
+    let tail: [u8; 8] = k.get(9..17)?.try_into().ok()?;
+    u32::try_from(u64::from_be_bytes(tail)).ok()
+}
+
+pub fn blob(id: &[u8; 32]) -> Vec<u8> {
+    tagged(BLOB, id)
+}
+
+pub fn blob_refs(id: &[u8; 32]) -> Vec<u8> {
+    tagged(BLOB_REFS, id)
+}
+
+pub fn counter(name: &str) -> Vec<u8> {
+    tagged(COUNTER, name.as_bytes())
+}
+
+pub fn version() -> Vec<u8> {
+    tagged(VERSION, b"schema")
+}
+
+pub fn u64_value(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}

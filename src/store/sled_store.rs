@@ -1,0 +1,465 @@
+//! [`MailStore`] on sled.
+//!
+//! All data sits in one tree so each change is one atomic `Batch` (see [`super::keys`]).
+//! Read-modify-write changes (uid allocation, reference counts) run under one writer mutex:
+//! they take microseconds in memory, so a mutex is cheaper than sled transactions that would
+//! conflict and retry when twenty sessions deliver to the same INBOX. Durability is separate:
+//! [`SledStore::sync`] flushes, and callers queued behind a running flush find their writes
+//! already covered when it ends (group commit).
+
+use super::keys::{self, u64_value};
+use super::*;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct SledStore {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Serialises read-modify-write batches.
+    writer: Mutex<()>,
+    /// Count of batches applied; a flush that starts after batch n makes 1..=n durable.
+    written: AtomicU64,
+    durable: AtomicU64,
+    flush_lock: tokio::sync::Mutex<()>,
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialise")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Backend(format!("corrupt {what} record: {e}")))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `path`. Fails if another process holds it.
+    pub fn open(path: &Path, cache_mb: u64) -> Result<SledStore> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_mb << 20)
+            // Our own flushes make acknowledged data durable; the background flush only
+            // bounds the loss of unacknowledged writes.
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(|e| match e {
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Backend(format!(
+                    "{} is locked by another process (is a server running without its admin socket?)",
+                    path.display()
+                )),
+                e => StoreError::from(e),
+            })?;
+        let tree = db.open_tree("mail")?;
+        match tree.get(keys::version())? {
+            None => {
+                tree.insert(keys::version(), &keys::SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(v) if u64_value(&v) == keys::SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Backend(format!(
+                    "store layout version {} is not the supported {}",
+                    u64_value(&v),
+                    keys::SCHEMA_VERSION
+                )));
+            }
+        }
+        Ok(SledStore {
+            db,
+            tree,
+            writer: Mutex::new(()),
+            written: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            flush_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic while holding the lock cannot leave a half-applied batch (batches are
+        // atomic), so a poisoned lock is safe to keep using.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply(&self, batch: sled::Batch) -> Result<()> {
+        self.tree.apply_batch(batch)?;
+        self.written.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Flushes synchronously (for the CLI, which has no runtime pressure).
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Reserves `n` consecutive values of a counter in `batch`; returns the first.
+    fn reserve_ids(&self, batch: &mut sled::Batch, name: &str, n: u64) -> Result<u64> {
+        let k = keys::counter(name);
+        let first = self.tree.get(&k)?.map(|v| u64_value(&v)).unwrap_or(0) + 1;
+        batch.insert(k, &(first + n - 1).to_be_bytes());
+        Ok(first)
+    }
+
+    fn mailbox_by_id(&self, id: MailboxId) -> Result<Option<MailboxMeta>> {
+        match self.tree.get(keys::mailbox(id))? {
+            Some(v) => Ok(Some(from_json("mailbox", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a new mailbox to `batch`. UIDVALIDITY comes from the clock and the mailbox id, so
+    /// a name deleted and re-created gets a new one (RFC 3501 §2.3.1.1).
+    fn new_mailbox(batch: &mut sled::Batch, id: MailboxId, account: &str, name: &str, special_use: Option<&str>) {
+        let uidvalidity = ((now_secs() as u64).wrapping_add(id) & 0x7fff_ffff).max(1) as u32;
+        let meta = MailboxMeta {
+            id,
+            account: account.to_string(),
+            name: name.to_string(),
+            uidvalidity,
+            uidnext: 1,
+            highestmodseq: 1,
+            special_use: special_use.map(str::to_string),
+            subscribed: true,
+        };
+        batch.insert(keys::mailbox_name(account, name), &id.to_be_bytes());
+        batch.insert(keys::mailbox(id), json(&meta));
+    }
+
+    /// Adds to `batch` the removal of a mailbox and all its messages, and returns the blob
+    /// reference decrements it implies.
+    fn remove_mailbox(&self, batch: &mut sled::Batch, meta: &MailboxMeta, unref: &mut Vec<BlobId>) -> Result<()> {
+        for item in self.tree.scan_prefix(keys::messages_of(meta.id)) {
+            let (k, v) = item?;
+            if let Some(m) = MessageMeta::decode(&v) {
+                unref.push(m.blob);
+            }
+            batch.remove(k);
+        }
+        batch.remove(keys::mailbox_name(&meta.account, &meta.name));
+        batch.remove(keys::mailbox(meta.id));
+        Ok(())
+    }
+
+    /// Adds reference-count changes to `batch`; blobs that reach zero are removed.
+    fn adjust_refs(&self, batch: &mut sled::Batch, changes: &[(BlobId, i64)]) -> Result<()> {
+        let mut merged: Vec<(BlobId, i64)> = Vec::new();
+        for (id, d) in changes {
+            match merged.iter_mut().find(|(m, _)| m == id) {
+                Some((_, total)) => *total += d,
+                None => merged.push((*id, *d)),
+            }
+        }
+        for (id, delta) in merged {
+            let k = keys::blob_refs(&id);
+            let now = self.tree.get(&k)?.map(|v| u64_value(&v)).unwrap_or(0) as i64 + delta;
+            if now <= 0 {
+                batch.remove(k);
+                batch.remove(keys::blob(&id));
+            } else {
+                batch.insert(k, &(now as u64).to_be_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_json<T: serde::de::DeserializeOwned>(&self, tag: u8, what: &str) -> Result<Vec<(String, T)>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([tag]) {
+            let (k, v) = item?;
+            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            out.push((name, from_json(what, &v)?));
+        }
+        Ok(out)
+    }
+}
+
+fn blob_id(raw: &[u8]) -> BlobId {
+    Sha256::digest(raw).into()
+}
+
+impl MailStore for SledStore {
+    fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
+        let _w = self.lock();
+        if self.tree.contains_key(keys::account(address))? {
+            return Err(StoreError::Exists(format!("account {address}")));
+        }
+        let mut batch = sled::Batch::default();
+        let account = Account {
+            address: address.to_string(),
+            password_hash: password_hash.to_string(),
+            created: now_secs(),
+        };
+        batch.insert(keys::account(address), json(&account));
+        let first = self.reserve_ids(&mut batch, "mailbox", DEFAULT_MAILBOXES.len() as u64)?;
+        for ((name, special), id) in DEFAULT_MAILBOXES.into_iter().zip(first..) {
+            Self::new_mailbox(&mut batch, id, address, name, special);
+        }
+        self.apply(batch)
+    }
+
+    fn delete_account(&self, address: &str) -> Result<()> {
+        let _w = self.lock();
+        if !self.tree.contains_key(keys::account(address))? {
+            return Err(StoreError::NotFound(format!("account {address}")));
+        }
+        let mut batch = sled::Batch::default();
+        let mut unref = Vec::new();
+        for mb in self.mailboxes(address)? {
+            self.remove_mailbox(&mut batch, &mb, &mut unref)?;
+        }
+        let changes: Vec<_> = unref.into_iter().map(|b| (b, -1)).collect();
+        self.adjust_refs(&mut batch, &changes)?;
+        batch.remove(keys::account(address));
+        self.apply(batch)
+    }
+
+    fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
+        let _w = self.lock();
+        let mut account = self.account(address)?.ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
+        account.password_hash = password_hash.to_string();
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::account(address), json(&account));
+        self.apply(batch)
+    }
+
+    fn account(&self, address: &str) -> Result<Option<Account>> {
+        match self.tree.get(keys::account(address))? {
+            Some(v) => Ok(Some(from_json("account", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>> {
+        Ok(self.scan_json::<Account>(keys::ACCOUNT, "account")?.into_iter().map(|(_, a)| a).collect())
+    }
+
+    fn add_domain(&self, domain: &str) -> Result<()> {
+        let _w = self.lock();
+        if self.tree.contains_key(keys::domain(domain))? {
+            return Err(StoreError::Exists(format!("domain {domain}")));
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::domain(domain), &[]);
+        self.apply(batch)
+    }
+
+    fn delete_domain(&self, domain: &str) -> Result<()> {
+        let _w = self.lock();
+        if !self.tree.contains_key(keys::domain(domain))? {
+            return Err(StoreError::NotFound(format!("domain {domain}")));
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(keys::domain(domain));
+        self.apply(batch)
+    }
+
+    fn domains(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([keys::DOMAIN]) {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k[1..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    fn has_domain(&self, domain: &str) -> Result<bool> {
+        Ok(self.tree.contains_key(keys::domain(domain))?)
+    }
+
+    fn set_alias(&self, source: &str, targets: &[String]) -> Result<()> {
+        if targets.is_empty() {
+            return Err(StoreError::Invalid("an alias needs at least one target".into()));
+        }
+        let _w = self.lock();
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::alias(source), json(&targets));
+        self.apply(batch)
+    }
+
+    fn delete_alias(&self, source: &str) -> Result<()> {
+        let _w = self.lock();
+        if !self.tree.contains_key(keys::alias(source))? {
+            return Err(StoreError::NotFound(format!("alias {source}")));
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(keys::alias(source));
+        self.apply(batch)
+    }
+
+    fn alias(&self, source: &str) -> Result<Option<Vec<String>>> {
+        match self.tree.get(keys::alias(source))? {
+            Some(v) => Ok(Some(from_json("alias", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
+        self.scan_json(keys::ALIAS, "alias")
+    }
+
+    fn mailbox(&self, account: &str, name: &str) -> Result<Option<MailboxMeta>> {
+        let name = if name.eq_ignore_ascii_case("INBOX") { "INBOX" } else { name };
+        match self.tree.get(keys::mailbox_name(account, name))? {
+            Some(id) => self.mailbox_by_id(u64_value(&id)),
+            None => Ok(None),
+        }
+    }
+
+    fn mailboxes(&self, account: &str) -> Result<Vec<MailboxMeta>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(keys::mailbox_names_of(account)) {
+            let (_, id) = item?;
+            if let Some(m) = self.mailbox_by_id(u64_value(&id))? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    fn deliver(&self, raw: &[u8], internal_date: i64, targets: &[MailboxId]) -> Result<Vec<u32>> {
+        let id = blob_id(raw);
+        let _w = self.lock();
+        let mut batch = sled::Batch::default();
+        let mut uids = Vec::with_capacity(targets.len());
+        let mut metas: Vec<MailboxMeta> = Vec::new();
+        for &mb in targets {
+            // The same mailbox twice in one delivery gets two uids, from one updated record.
+            let pos = match metas.iter().position(|m| m.id == mb) {
+                Some(p) => p,
+                None => {
+                    let m = self
+                        .mailbox_by_id(mb)?
+                        .ok_or_else(|| StoreError::NotFound(format!("mailbox {mb}")))?;
+                    metas.push(m);
+                    metas.len() - 1
+                }
+            };
+            let m = &mut metas[pos];
+            let uid = m.uidnext;
+            m.uidnext = m.uidnext.checked_add(1).ok_or_else(|| StoreError::Invalid("uid space exhausted".into()))?;
+            m.highestmodseq += 1;
+            let meta = MessageMeta {
+                blob: id,
+                size: raw.len() as u64,
+                internal_date,
+                modseq: m.highestmodseq,
+                flags: Flags::default(),
+                keywords: Vec::new(),
+            };
+            batch.insert(keys::message(mb, uid), meta.encode());
+            uids.push(uid);
+        }
+        for m in &metas {
+            batch.insert(keys::mailbox(m.id), json(m));
+        }
+        if !self.tree.contains_key(keys::blob(&id))? {
+            batch.insert(keys::blob(&id), raw);
+        }
+        self.adjust_refs(&mut batch, &[(id, targets.len() as i64)])?;
+        self.apply(batch)?;
+        Ok(uids)
+    }
+
+    fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(keys::messages_of(mailbox)) {
+            let (k, v) = item?;
+            let (Some(uid), Some(meta)) = (keys::uid_of_message_key(&k), MessageMeta::decode(&v)) else {
+                return Err(StoreError::Backend("corrupt message record".into()));
+            };
+            out.push(StoredMessage { mailbox, uid, meta });
+        }
+        Ok(out)
+    }
+
+    fn message(&self, mailbox: MailboxId, uid: u32) -> Result<Option<StoredMessage>> {
+        Ok(self
+            .tree
+            .get(keys::message(mailbox, uid))?
+            .and_then(|v| MessageMeta::decode(&v))
+            .map(|meta| StoredMessage { mailbox, uid, meta }))
+    }
+
+    fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(keys::blob(id))?.map(|v| v.to_vec()))
+    }
+
+    fn blob_count(&self) -> Result<usize> {
+        Ok(self.tree.scan_prefix([keys::BLOB]).count())
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let target = self.written.load(Ordering::SeqCst);
+            if self.durable.load(Ordering::SeqCst) >= target {
+                return Ok(());
+            }
+            let _flushing = self.flush_lock.lock().await;
+            if self.durable.load(Ordering::SeqCst) >= target {
+                return Ok(()); // the flush we waited behind covered our write
+            }
+            let covered = self.written.load(Ordering::SeqCst);
+            self.db.flush_async().await?;
+            self.durable.fetch_max(covered, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(&dir.path().join("store"), 16).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn account_gets_special_use_mailboxes() {
+        let (_d, s) = store();
+        s.create_account("alice@localhost", "h").unwrap();
+        let names: Vec<_> = s.mailboxes("alice@localhost").unwrap().into_iter().map(|m| m.name).collect();
+        assert_eq!(names.len(), 5);
+        for n in ["INBOX", "Sent", "Drafts", "Junk", "Trash"] {
+            assert!(names.iter().any(|x| x == n), "{n} missing in {names:?}");
+        }
+        assert!(matches!(s.create_account("alice@localhost", "h"), Err(StoreError::Exists(_))));
+        assert_eq!(s.mailbox("alice@localhost", "inbox").unwrap().unwrap().name, "INBOX");
+    }
+
+    #[test]
+    fn one_blob_for_many_recipients_and_refcounts() {
+        let (_d, s) = store();
+        s.create_account("a@x.test", "h").unwrap();
+        s.create_account("b@x.test", "h").unwrap();
+        let a = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        let b = s.mailbox("b@x.test", "INBOX").unwrap().unwrap();
+        let uids = s.deliver(b"Subject: hi\r\n\r\nbody\r\n", 1, &[a.id, b.id]).unwrap();
+        assert_eq!(uids, vec![1, 1]);
+        assert_eq!(s.deliver(b"second", 2, &[a.id]).unwrap(), vec![2]);
+        assert_eq!(s.blob_count().unwrap(), 2);
+        let a2 = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        assert_eq!(a2.uidnext, 3);
+        assert!(a2.highestmodseq > a.highestmodseq);
+        s.delete_account("a@x.test").unwrap();
+        // "second" was only in a's INBOX; the shared blob is still referenced by b.
+        assert_eq!(s.blob_count().unwrap(), 1);
+        assert_eq!(s.messages(b.id).unwrap().len(), 1);
+        s.delete_account("b@x.test").unwrap();
+        assert_eq!(s.blob_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn recreated_account_gets_new_uidvalidity_space() {
+        let (_d, s) = store();
+        s.create_account("a@x.test", "h").unwrap();
+        let first = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        s.delete_account("a@x.test").unwrap();
+        s.create_account("a@x.test", "h").unwrap();
+        let second = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        assert_ne!(first.id, second.id);
+        assert_ne!(first.uidvalidity, second.uidvalidity);
+    }
+}
