@@ -109,7 +109,11 @@ mod tests {
     fn routing_syntax_is_detected() {
         assert!(Address::parse("bob%evil.test@localhost").unwrap().has_routing_syntax());
         assert!(Address::parse("evil.test!bob@localhost").unwrap().has_routing_syntax());
-        assert!(Address::parse("\"bob@evil.test\"@localhost").unwrap().has_routing_syntax());
+        assert!(
+            Address::parse("\"bob@evil.test\"@localhost")
+                .unwrap()
+                .has_routing_syntax()
+        );
         assert!(!Address::parse("bob.smith+tag@localhost").unwrap().has_routing_syntax());
     }
 }

@@ -136,7 +136,10 @@ fn init_logging(server: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if server { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn serve(config: Config) -> Result<(), String> {
@@ -163,7 +166,9 @@ async fn serve(config: Config) -> Result<(), String> {
 fn password(address: &str, from_stdin: bool) -> Result<String, String> {
     let pw = if from_stdin {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| format!("reading password: {e}"))?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("reading password: {e}"))?;
         s.trim_end_matches(['\r', '\n']).to_string()
     } else {
         let a = rpassword::prompt_password(format!("Password for {address}: ")).map_err(|e| e.to_string())?;
@@ -182,13 +187,19 @@ fn password(address: &str, from_stdin: bool) -> Result<String, String> {
 fn request(cmd: Command) -> Result<Request, String> {
     Ok(match cmd {
         Command::Serve => unreachable!("handled by main"),
-        Command::User(UserCmd::Add { address, password_stdin }) => {
+        Command::User(UserCmd::Add {
+            address,
+            password_stdin,
+        }) => {
             let password_hash = password(&address, password_stdin)?;
             Request::UserAdd { address, password_hash }
         }
         Command::User(UserCmd::Del { address }) => Request::UserDel { address },
         Command::User(UserCmd::List) => Request::UserList,
-        Command::User(UserCmd::Passwd { address, password_stdin }) => {
+        Command::User(UserCmd::Passwd {
+            address,
+            password_stdin,
+        }) => {
             let password_hash = password(&address, password_stdin)?;
             Request::UserPasswd { address, password_hash }
         }

@@ -30,7 +30,10 @@ async fn via_socket(mut stream: UnixStream, req: &Request) -> Result<Vec<u8>, St
     stream.write_all(&line).await.map_err(io)?;
     let mut reply = Vec::new();
     stream.read_to_end(&mut reply).await.map_err(io)?;
-    let nl = reply.iter().position(|&b| b == b'\n').ok_or("admin socket: truncated reply")?;
+    let nl = reply
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or("admin socket: truncated reply")?;
     let header: Header = serde_json::from_slice(&reply[..nl]).map_err(|e| format!("admin socket: {e}"))?;
     if !header.ok {
         return Err(header.error.unwrap_or_else(|| "failed".into()));

@@ -56,7 +56,9 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 pub fn verify_password(password: &str, phc: &str) -> bool {
     use argon2::PasswordVerifier;
     match argon2::password_hash::phc::PasswordHash::new(phc) {
-        Ok(h) => argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok(),
+        Ok(h) => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -66,7 +68,9 @@ fn local_domain(store: &dyn MailStore, config: &Config, domain: &str) -> Result<
     if configured || store.has_domain(domain).map_err(|e| e.to_string())? {
         Ok(())
     } else {
-        Err(format!("{domain} is not a local domain (add it with `mailgate domain add {domain}`)"))
+        Err(format!(
+            "{domain} is not a local domain (add it with `mailgate domain add {domain}`)"
+        ))
     }
 }
 
@@ -124,7 +128,9 @@ fn run(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, 
         Request::DomainDel { domain } => {
             let d = domain.trim().to_lowercase();
             if config.server.local_domains.contains(&d) {
-                return Err(format!("{d} comes from server.local_domains in the config; remove it there"));
+                return Err(format!(
+                    "{d} comes from server.local_domains in the config; remove it there"
+                ));
             }
             store.delete_domain(&d).map_err(e)?;
             writeln!(out, "deleted domain {d}").ok();
@@ -167,8 +173,12 @@ fn run(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, 
         }
         Request::MailboxList { address, folder } => {
             let (mailbox, _) = find_mailbox(store, &address, &folder)?;
-            writeln!(out, "{:>6}  {:>8}  {:<20}  {:<31}  {:<30}  SUBJECT", "UID", "SIZE", "FLAGS", "DATE", "FROM")
-                .ok();
+            writeln!(
+                out,
+                "{:>6}  {:>8}  {:<20}  {:<31}  {:<30}  SUBJECT",
+                "UID", "SIZE", "FLAGS", "DATE", "FROM"
+            )
+            .ok();
             for m in store.messages(mailbox).map_err(e)? {
                 let raw = store.blob(&m.meta.blob).map_err(e)?.unwrap_or_default();
                 let parsed = mail_parser::MessageParser::default().parse_headers(&raw);

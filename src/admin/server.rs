@@ -71,8 +71,22 @@ async fn handle(stream: UnixStream, store: &dyn MailStore, config: &Config) -> R
         Err(e) => Err(format!("bad admin request: {e}")),
     };
     let (header, body) = match result {
-        Ok(body) => (Header { ok: true, len: body.len(), error: None }, body),
-        Err(e) => (Header { ok: false, len: 0, error: Some(e) }, Vec::new()),
+        Ok(body) => (
+            Header {
+                ok: true,
+                len: body.len(),
+                error: None,
+            },
+            body,
+        ),
+        Err(e) => (
+            Header {
+                ok: false,
+                len: 0,
+                error: Some(e),
+            },
+            Vec::new(),
+        ),
     };
     let mut out = serde_json::to_vec(&header)?;
     out.push(b'\n');

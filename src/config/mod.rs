@@ -198,9 +198,10 @@ pub fn default_listeners() -> Vec<Listener> {
 impl Config {
     /// Embedded defaults, no file.
     pub fn defaults() -> Config {
-        let mut c = Config::default();
-        c.listeners = default_listeners();
-        c
+        Config {
+            listeners: default_listeners(),
+            ..Config::default()
+        }
     }
 
     /// Loads `path`, or the embedded defaults when `path` is `None`.
@@ -267,7 +268,9 @@ impl Config {
                 // Allowed (some run SMTPS on an MX), but unusual enough to mention in logs.
                 tracing::debug!("listener[{i}]: implicit TLS on an smtp listener");
             }
-            let dup = self.listeners[..i].iter().any(|o| o.bind == l.bind && l.bind.port() != 0);
+            let dup = self.listeners[..i]
+                .iter()
+                .any(|o| o.bind == l.bind && l.bind.port() != 0);
             if dup {
                 return Err(format!("listener[{i}].bind: address {} is used twice", l.bind));
             }

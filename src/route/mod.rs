@@ -50,7 +50,11 @@ impl Router {
         }
         let mut found = Vec::new();
         self.expand(rcpt, 0, &mut found)?;
-        Ok(if found.is_empty() { Route::UnknownUser } else { Route::Local(found) })
+        Ok(if found.is_empty() {
+            Route::UnknownUser
+        } else {
+            Route::Local(found)
+        })
     }
 
     fn expand(&self, addr: &Address, depth: usize, out: &mut Vec<String>) -> Result<()> {
@@ -90,7 +94,9 @@ impl Router {
                     // are found by the exact lookup first, so plain recursion is safe.
                     self.expand(&a, depth + 1, out)?;
                 }
-                Ok(a) => tracing::warn!(alias = source, target = %a, "alias target outside local domains skipped (no relay yet)"),
+                Ok(a) => {
+                    tracing::warn!(alias = source, target = %a, "alias target outside local domains skipped (no relay yet)")
+                }
                 Err(e) => tracing::warn!(alias = source, target = t, "bad alias target: {e}"),
             }
         }
@@ -119,12 +125,25 @@ mod tests {
         let (_d, s, r) = router();
         s.create_account("alice@localhost", "h").unwrap();
         s.create_account("bob@localhost", "h").unwrap();
-        s.set_alias("team@localhost", &["alice@localhost".into(), "bob@localhost".into(), "alice@localhost".into()])
-            .unwrap();
+        s.set_alias(
+            "team@localhost",
+            &[
+                "alice@localhost".into(),
+                "bob@localhost".into(),
+                "alice@localhost".into(),
+            ],
+        )
+        .unwrap();
         s.set_alias("loop1@localhost", &["loop2@localhost".into()]).unwrap();
         s.set_alias("loop2@localhost", &["loop1@localhost".into()]).unwrap();
-        assert_eq!(r.route(&a("Alice@LOCALHOST")).unwrap(), Route::Local(vec!["alice@localhost".into()]));
-        assert_eq!(r.route(&a("alice+news@localhost")).unwrap(), Route::Local(vec!["alice@localhost".into()]));
+        assert_eq!(
+            r.route(&a("Alice@LOCALHOST")).unwrap(),
+            Route::Local(vec!["alice@localhost".into()])
+        );
+        assert_eq!(
+            r.route(&a("alice+news@localhost")).unwrap(),
+            Route::Local(vec!["alice@localhost".into()])
+        );
         assert_eq!(
             r.route(&a("team@localhost")).unwrap(),
             Route::Local(vec!["alice@localhost".into(), "bob@localhost".into()])
@@ -132,9 +151,15 @@ mod tests {
         assert_eq!(r.route(&a("nobody@localhost")).unwrap(), Route::UnknownUser);
         assert_eq!(r.route(&a("loop1@localhost")).unwrap(), Route::UnknownUser);
         assert_eq!(r.route(&a("alice@elsewhere.test")).unwrap(), Route::RelayDenied);
-        assert_eq!(r.route(&a("alice%elsewhere.test@localhost")).unwrap(), Route::RelayDenied);
+        assert_eq!(
+            r.route(&a("alice%elsewhere.test@localhost")).unwrap(),
+            Route::RelayDenied
+        );
         s.set_alias("@localhost", &["bob@localhost".into()]).unwrap();
-        assert_eq!(r.route(&a("anything@localhost")).unwrap(), Route::Local(vec!["bob@localhost".into()]));
+        assert_eq!(
+            r.route(&a("anything@localhost")).unwrap(),
+            Route::Local(vec!["bob@localhost".into()])
+        );
         s.add_domain("example.test").unwrap();
         assert_eq!(r.route(&a("x@example.test")).unwrap(), Route::UnknownUser);
     }

@@ -123,7 +123,10 @@ impl Conn {
         let Stream::Tls(s) = &self.stream else { return None };
         let (_, conn) = s.get_ref();
         let version = conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
-        let suite = conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+        let suite = conn
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
         Some(format!("{version} with {suite}"))
     }
 

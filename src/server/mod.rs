@@ -172,7 +172,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _alive = alive;
             let mut conn = Conn::plain(tcp);
-            let Ok(_permit) = permit else {
+            let Ok(permit) = permit else {
                 conn.write(b"421 4.7.0 Too many connections, try again later\r\n");
                 conn.close().await;
                 return;
@@ -184,7 +184,9 @@ async fn accept_loop(
                     return;
                 }
             }
-            crate::smtp::Session::new(shared, conn, peer, tls_mode).run().await;
+            crate::smtp::Session::new(shared, conn, peer, tls_mode)
+                .run(permit)
+                .await;
         });
     }
 }

@@ -61,7 +61,8 @@ pub fn acceptor(config: &Config) -> Result<TlsAcceptor> {
     if certs.is_empty() {
         anyhow::bail!("tls.cert: no certificate in {}", cert_path.display());
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("tls.key: reading {}", key_path.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&key_path).with_context(|| format!("tls.key: reading {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -123,7 +123,10 @@ impl DataReceiver {
 /// Turns every bare LF into CRLF (BDAT content is stored with canonical line endings; BDAT
 /// has no end marker, so this is normalisation, not a smuggling risk).
 pub fn canonical_line_endings(body: Vec<u8>) -> Vec<u8> {
-    let bare = body.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || body[i - 1] != b'\r'));
+    let bare = body
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || body[i - 1] != b'\r'));
     if !bare {
         return body;
     }
@@ -150,7 +153,13 @@ mod tests {
                 Progress::NeedMore => off += chunk.len(),
                 Progress::Done { consumed } => {
                     let over = r.overflowed();
-                    return (Progress::Done { consumed: off + consumed }, r.into_body(), over);
+                    return (
+                        Progress::Done {
+                            consumed: off + consumed,
+                        },
+                        r.into_body(),
+                        over,
+                    );
                 }
                 p => return (p, Vec::new(), false),
             }

@@ -11,9 +11,7 @@ use crate::route::Route;
 use crate::server::Shared;
 use crate::server::conn::{Conn, Line, ReadError};
 use crate::store::{MailboxId, now_secs};
-use smtp_proto::{
-    Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request,
-};
+use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +52,13 @@ pub struct Session {
     esmtp: bool,
     tx: Option<Transaction>,
     errors: u32,
+}
+
+/// `RCPT TO:<Postmaster>` (no domain), which RFC 5321 §4.1.1.3 requires us to accept; the
+/// codec returns it as an empty address.
+fn is_bare_postmaster(line: &[u8]) -> bool {
+    let l = String::from_utf8_lossy(line).to_ascii_lowercase();
+    l.trim_end() == "rcpt to:<postmaster>"
 }
 
 static QUEUE_IDS: AtomicU64 = AtomicU64::new(0);
@@ -104,7 +109,9 @@ impl Session {
         Flow::Continue
     }
 
-    pub async fn run(mut self) {
+    /// Serves the session to its end. `permit` (the connection-limit slot) is released before
+    /// the socket closes, so a client that saw the close can connect again at once.
+    pub async fn run<P>(mut self, permit: P) {
         let greeting = format!("220 {} {}\r\n", self.shared.config.server.hostname, self.cfg().banner);
         self.conn.write(greeting.as_bytes());
         let mut shutdown = self.shared.shutdown.clone();
@@ -138,6 +145,7 @@ impl Session {
                 break;
             }
         }
+        drop(permit);
         self.conn.close().await;
     }
 
@@ -146,10 +154,16 @@ impl Session {
         let mut with_end = Vec::with_capacity(line.len() + 2);
         with_end.extend_from_slice(line);
         with_end.extend_from_slice(b"\r\n");
-        let request = match Request::parse(&mut with_end.iter()) {
+        let mut request = match Request::parse(&mut with_end.iter()) {
             Ok(r) => r.into_owned(),
             Err(e) => return self.parse_error(e),
         };
+        if let Request::Rcpt { to } = &mut request
+            && to.address.is_empty()
+            && is_bare_postmaster(line)
+        {
+            to.address = "postmaster".into();
+        }
         match request {
             Request::Ehlo { host } => self.hello(host, true),
             Request::Helo { host } => self.hello(host, false),
@@ -172,7 +186,11 @@ impl Session {
             }
             Request::Vrfy { .. } => {
                 // Answering VRFY truthfully lets spammers harvest addresses (RFC 5321 §7.3).
-                self.reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery");
+                self.reply(
+                    252,
+                    "2.5.2",
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                );
                 Flow::Continue
             }
             Request::Help { .. } => {
@@ -210,7 +228,9 @@ impl Session {
                 let param: String = param.chars().filter(|c| !c.is_control()).take(64).collect();
                 self.refuse(555, "5.5.4", &format!("Unsupported parameter {param}"))
             }
-            ProtoError::ResponseTooLong | ProtoError::NeedsMoreData { .. } => self.refuse(500, "5.5.2", "Line too long"),
+            ProtoError::ResponseTooLong | ProtoError::NeedsMoreData { .. } => {
+                self.refuse(500, "5.5.2", "Line too long")
+            }
             ProtoError::InvalidResponse { .. } => self.refuse(500, "5.5.2", "Syntax error"),
         }
     }
@@ -311,7 +331,14 @@ impl Session {
         }
         // RFC 5321 §4.1.1.3: "Postmaster" without a domain must be accepted.
         if given.eq_ignore_ascii_case("postmaster") {
-            let first = self.shared.config.server.local_domains.first().cloned().unwrap_or_default();
+            let first = self
+                .shared
+                .config
+                .server
+                .local_domains
+                .first()
+                .cloned()
+                .unwrap_or_default();
             given = format!("postmaster@{first}");
         }
         let address = match Address::parse(&given) {
@@ -330,9 +357,11 @@ impl Session {
                 self.reply(250, "2.1.5", "Ok");
                 Flow::Continue
             }
-            Ok(Route::UnknownUser) => {
-                self.refuse(550, "5.1.1", &format!("<{given}>: Recipient address rejected: User unknown"))
-            }
+            Ok(Route::UnknownUser) => self.refuse(
+                550,
+                "5.1.1",
+                &format!("<{given}>: Recipient address rejected: User unknown"),
+            ),
             Ok(Route::RelayDenied) => self.refuse(554, "5.7.1", &format!("<{given}>: Relay access denied")),
             Err(e) => {
                 tracing::error!("routing {given}: {e}");
@@ -376,7 +405,8 @@ impl Session {
         match read {
             Ok(()) => {}
             Err(ReadError::Timeout) => {
-                self.conn.write(b"421 4.4.2 Timeout exceeded during DATA, closing connection\r\n");
+                self.conn
+                    .write(b"421 4.4.2 Timeout exceeded during DATA, closing connection\r\n");
                 return Flow::Close;
             }
             Err(_) => return Flow::Close, // vanished mid-message: nothing stored, nothing acknowledged
@@ -386,7 +416,8 @@ impl Session {
             // (SMTP smuggling): refuse the message and end the session, as Postfix does.
             tracing::warn!(peer = %self.peer, "bare CR or LF in DATA; message refused");
             self.tx = None;
-            self.conn.write(b"521 5.5.2 Bare CR or LF received; message refused, closing connection\r\n");
+            self.conn
+                .write(b"521 5.5.2 Bare CR or LF received; message refused, closing connection\r\n");
             return Flow::Close;
         }
         if receiver.overflowed() {
@@ -412,7 +443,8 @@ impl Session {
         let kept = match self.conn.read_exact_capped(size, buf, limit, timeout).await {
             Ok(kept) => kept,
             Err(ReadError::Timeout) => {
-                self.conn.write(b"421 4.4.2 Timeout exceeded during BDAT, closing connection\r\n");
+                self.conn
+                    .write(b"421 4.4.2 Timeout exceeded during BDAT, closing connection\r\n");
                 return Flow::Close;
             }
             Err(_) => return Flow::Close,
@@ -439,7 +471,11 @@ impl Session {
         if self.conn.is_tls() {
             proto.push('S');
         }
-        let tls = self.conn.tls_info().map(|t| format!("\r\n\t(using {t})")).unwrap_or_default();
+        let tls = self
+            .conn
+            .tls_info()
+            .map(|t| format!("\r\n\t(using {t})"))
+            .unwrap_or_default();
         let helo = self.helo.as_deref().unwrap_or("unknown");
         let for_clause = match tx.rcpts.as_slice() {
             [one] => format!("\r\n\tfor <{one}>"),

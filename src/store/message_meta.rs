@@ -27,12 +27,19 @@ impl Flags {
 
     /// IMAP names of the set flags, e.g. `["\\Seen"]`.
     pub fn names(self) -> Vec<&'static str> {
-        Self::NAMES.iter().filter(|(b, _)| self.contains(*b)).map(|(_, n)| *n).collect()
+        Self::NAMES
+            .iter()
+            .filter(|(b, _)| self.contains(*b))
+            .map(|(_, n)| *n)
+            .collect()
     }
 
     /// Bit of a system flag name (case-insensitive), if it is one.
     pub fn bit_of(name: &str) -> Option<u8> {
-        Self::NAMES.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)).map(|(b, _)| *b)
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(b, _)| *b)
     }
 }
 

@@ -215,7 +215,9 @@ impl MailStore for SledStore {
 
     fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
         let _w = self.lock();
-        let mut account = self.account(address)?.ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
+        let mut account = self
+            .account(address)?
+            .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
         account.password_hash = password_hash.to_string();
         let mut batch = sled::Batch::default();
         batch.insert(keys::account(address), json(&account));
@@ -230,7 +232,11 @@ impl MailStore for SledStore {
     }
 
     fn accounts(&self) -> Result<Vec<Account>> {
-        Ok(self.scan_json::<Account>(keys::ACCOUNT, "account")?.into_iter().map(|(_, a)| a).collect())
+        Ok(self
+            .scan_json::<Account>(keys::ACCOUNT, "account")?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect())
     }
 
     fn add_domain(&self, domain: &str) -> Result<()> {
@@ -298,7 +304,11 @@ impl MailStore for SledStore {
     }
 
     fn mailbox(&self, account: &str, name: &str) -> Result<Option<MailboxMeta>> {
-        let name = if name.eq_ignore_ascii_case("INBOX") { "INBOX" } else { name };
+        let name = if name.eq_ignore_ascii_case("INBOX") {
+            "INBOX"
+        } else {
+            name
+        };
         match self.tree.get(keys::mailbox_name(account, name))? {
             Some(id) => self.mailbox_by_id(u64_value(&id)),
             None => Ok(None),
@@ -336,7 +346,10 @@ impl MailStore for SledStore {
             };
             let m = &mut metas[pos];
             let uid = m.uidnext;
-            m.uidnext = m.uidnext.checked_add(1).ok_or_else(|| StoreError::Invalid("uid space exhausted".into()))?;
+            m.uidnext = m
+                .uidnext
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Invalid("uid space exhausted".into()))?;
             m.highestmodseq += 1;
             let meta = MessageMeta {
                 blob: id,
@@ -420,12 +433,20 @@ mod tests {
     fn account_gets_special_use_mailboxes() {
         let (_d, s) = store();
         s.create_account("alice@localhost", "h").unwrap();
-        let names: Vec<_> = s.mailboxes("alice@localhost").unwrap().into_iter().map(|m| m.name).collect();
+        let names: Vec<_> = s
+            .mailboxes("alice@localhost")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
         assert_eq!(names.len(), 5);
         for n in ["INBOX", "Sent", "Drafts", "Junk", "Trash"] {
             assert!(names.iter().any(|x| x == n), "{n} missing in {names:?}");
         }
-        assert!(matches!(s.create_account("alice@localhost", "h"), Err(StoreError::Exists(_))));
+        assert!(matches!(
+            s.create_account("alice@localhost", "h"),
+            Err(StoreError::Exists(_))
+        ));
         assert_eq!(s.mailbox("alice@localhost", "inbox").unwrap().unwrap().name, "INBOX");
     }
 

@@ -1,0 +1,132 @@
+//! The admin CLI, with and without a running server, and config errors.
+
+use crate::common::*;
+
+#[test]
+fn config_errors_name_the_key_and_file_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[smtp]\nmax_mesage_size = 5\n", "max_mesage_size"),
+        ("[[listener]]\nprotocol = \"smtp\"\nbind = \"not-an-address\"\n", "bind"),
+        ("[server]\nlocal_domains = [\"bad domain\"]\n", "server.local_domains"),
+        ("[smtp]\nmax_recipients = 0\n", "smtp.max_recipients"),
+        ("[bogus]\nx = 1\n", "bogus"),
+    ];
+    for (text, key) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let (code, _, err) = cli(&path, &["user", "list"], "");
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(err.contains(key), "{text}: stderr names {key}: {err}");
+        assert!(err.contains("bad.toml"), "{text}: stderr names the file: {err}");
+    }
+    let (code, _, err) = cli(&dir.path().join("missing.toml"), &["serve"], "");
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn cli_without_a_server_uses_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_child_config(dir.path());
+    let (code, out, err) = cli(&cfg, &["user", "add", "carol@localhost", "--password-stdin"], "pw\n");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("added carol@localhost"), "{out}");
+    let (code, out, _) = cli(&cfg, &["user", "list"], "");
+    assert_eq!((code, out.as_str()), (0, "carol@localhost\n"));
+    let (code, _, err) = cli(&cfg, &["user", "add", "carol@localhost", "--password-stdin"], "pw\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("already exists"), "{err}");
+    let (code, _, err) = cli(&cfg, &["user", "add", "x@notours.test", "--password-stdin"], "pw\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("not a local domain"), "{err}");
+    let (code, _, err) = cli(&cfg, &["user", "add", "not-an-address", "--password-stdin"], "pw\n");
+    assert_eq!(code, 1);
+    assert!(err.contains("bad address"), "{err}");
+}
+
+#[test]
+fn cli_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_child_config(dir.path());
+    let server = ChildServer::start(&cfg);
+    let run = |args: &[&str], stdin: &str| {
+        let (code, out, err) = cli(&cfg, args, stdin);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    run(&["user", "add", "dave@localhost", "--password-stdin"], "s3cret\n");
+    run(&["domain", "add", "Example.Test"], "");
+    let domains = run(&["domain", "list"], "");
+    assert!(
+        domains.contains("localhost\t(config)") && domains.contains("example.test"),
+        "{domains}"
+    );
+    run(&["user", "add", "erin@example.test", "--password-stdin"], "pw\n");
+    run(
+        &[
+            "alias",
+            "add",
+            "sales@example.test",
+            "dave@localhost",
+            "erin@example.test",
+        ],
+        "",
+    );
+    run(&["alias", "add", "@example.test", "erin@example.test"], "");
+    let aliases = run(&["alias", "list"], "");
+    assert!(
+        aliases.contains("sales@example.test -> dave@localhost, erin@example.test"),
+        "{aliases}"
+    );
+
+    // Mail through the running server, then read it back through the CLI.
+    let addr = server.smtp;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = connect(addr).await;
+        c.cmd("EHLO client.test", "250").await;
+        let r = send_mail(
+            &mut c,
+            "boss@example.org",
+            &["sales@example.test"],
+            &message("quarterly", "numbers"),
+        )
+        .await;
+        assert!(r.starts_with("250"), "{r}");
+        c.cmd("QUIT", "221").await;
+    });
+    let list = run(&["mailbox", "list", "dave@localhost"], "");
+    assert!(
+        list.lines().count() == 2 && list.contains("sender@example.org") && list.contains("quarterly"),
+        "{list}"
+    );
+    let shown = run(&["mailbox", "show", "dave@localhost", "1"], "");
+    assert!(
+        shown.starts_with("Return-Path: <boss@example.org>\r\n") && shown.ends_with("\r\n\r\nnumbers\r\n"),
+        "{shown}"
+    );
+    let erin = run(&["mailbox", "list", "erin@example.test", "INBOX"], "");
+    assert!(erin.contains("quarterly"), "{erin}");
+
+    // Clear errors, non-zero exit, while the server runs.
+    let (code, _, err) = cli(&cfg, &["mailbox", "list", "nobody@localhost"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no account nobody@localhost"), "{err}");
+    let (code, _, err) = cli(&cfg, &["mailbox", "show", "dave@localhost", "99"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no message with UID 99"), "{err}");
+    let (code, _, err) = cli(&cfg, &["domain", "del", "localhost"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("config"), "{err}");
+
+    run(&["user", "passwd", "dave@localhost", "--password-stdin"], "new\n");
+    run(&["alias", "del", "sales@example.test"], "");
+    run(&["user", "del", "erin@example.test"], "");
+    assert_eq!(run(&["user", "list"], ""), "dave@localhost\n");
+    assert!(server.terminate().success(), "SIGTERM ends the server with exit 0");
+    // After the server is gone the CLI opens the store itself and sees the same data.
+    assert_eq!(run(&["user", "list"], ""), "dave@localhost\n");
+}

@@ -1,0 +1,268 @@
+//! Starting servers and talking to them.
+
+use mailgate::config::{Config, Listener, Protocol, TlsMode};
+use mailgate::server::{Running, start};
+use mailgate::store::{MailStore, StoredMessage};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub running: Running,
+    pub smtp: SocketAddr,
+}
+
+/// A config for tests: one SMTP listener on a free loopback port, data in `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::defaults();
+    c.server.hostname = "mx.test".into();
+    c.server.data_dir = dir.to_path_buf();
+    c.server.local_domains = vec!["localhost".into(), "example.test".into()];
+    c.server.shutdown_grace_secs = 5;
+    c.listeners = vec![Listener {
+        protocol: Protocol::Smtp,
+        bind: "127.0.0.1:0".parse().unwrap(),
+        tls: TlsMode::Starttls,
+    }];
+    c
+}
+
+/// Starts a server with `alice@localhost` and `bob@localhost`; `tweak` edits the config.
+pub async fn start_server(tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    start_in(dir, tweak).await
+}
+
+pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let mut config = test_config(dir.path());
+    tweak(&mut config);
+    let running = start(config).await.expect("server starts");
+    let smtp = running.addr(Protocol::Smtp).unwrap();
+    let store = &running.shared.store;
+    for u in ["alice@localhost", "bob@localhost"] {
+        if store.account(u).unwrap().is_none() {
+            store.create_account(u, "unused").unwrap();
+        }
+    }
+    TestServer { dir, running, smtp }
+}
+
+impl TestServer {
+    pub fn store(&self) -> &Arc<dyn MailStore> {
+        &self.running.shared.store
+    }
+
+    pub fn inbox(&self, account: &str) -> Vec<StoredMessage> {
+        inbox_of(&**self.store(), account)
+    }
+
+    pub fn body(&self, m: &StoredMessage) -> Vec<u8> {
+        self.store().blob(&m.meta.blob).unwrap().expect("blob present")
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("tls/cert.pem")
+    }
+}
+
+pub fn inbox_of(store: &dyn MailStore, account: &str) -> Vec<StoredMessage> {
+    let mb = store.mailbox(account, "INBOX").unwrap().expect("INBOX exists");
+    store.messages(mb.id).unwrap()
+}
+
+/// A line-level SMTP client for transcripts, over any stream (plain or TLS).
+pub struct Client<S> {
+    pub io: BufReader<S>,
+}
+
+pub async fn connect(addr: SocketAddr) -> Client<TcpStream> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let mut c = Client { io: BufReader::new(s) };
+    let greeting = c.reply().await;
+    assert!(greeting.starts_with("220 "), "greeting: {greeting}");
+    c
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Reads one (possibly multi-line) reply; "" when the server closed.
+    pub async fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = tokio::time::timeout(Duration::from_secs(20), self.io.read_line(&mut line))
+                .await
+                .expect("reply within 20 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.io.get_mut().write_all(bytes).await.unwrap();
+    }
+
+    /// Sends one command line and checks the reply starts with `expect`.
+    pub async fn cmd(&mut self, line: &str, expect: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        let r = self.reply().await;
+        assert!(r.starts_with(expect), "{line:?}: expected {expect:?}, got {r:?}");
+        r
+    }
+
+    /// True when the server has closed the connection.
+    pub async fn closed(&mut self) -> bool {
+        self.reply().await.is_empty()
+    }
+}
+
+/// A plain message with CRLF line endings.
+pub fn message(subject: &str, body: &str) -> String {
+    format!(
+        "From: sender@example.org\r\nTo: alice@localhost\r\nSubject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n\r\n{body}\r\n"
+    )
+}
+
+/// Value of the Subject header of a stored message.
+pub fn subject_of(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// A full transaction on an open session; returns the final reply.
+pub async fn send_mail<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Client<S>,
+    from: &str,
+    to: &[&str],
+    data: &str,
+) -> String {
+    c.cmd(&format!("MAIL FROM:<{from}>"), "250").await;
+    for t in to {
+        c.cmd(&format!("RCPT TO:<{t}>"), "250").await;
+    }
+    c.cmd("DATA", "354").await;
+    c.send(data.as_bytes()).await;
+    c.send(b".\r\n").await;
+    c.reply().await
+}
+
+/// Path of the built `mailgate` binary.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mailgate")
+}
+
+/// Runs python3 with a script and arguments; returns stdout, panicking with stderr on failure.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A `mailgate serve` child process, for tests that need a separate process (CLI, kill -9).
+pub struct ChildServer {
+    pub proc: std::process::Child,
+    pub smtp: SocketAddr,
+}
+
+/// Writes a config for `dir` (SMTP on a free port, no TLS) and returns its path.
+pub fn write_child_config(dir: &Path) -> PathBuf {
+    let path = dir.join("mailgate.toml");
+    let text = format!(
+        "[server]\nhostname = \"mx.test\"\ndata_dir = \"{}\"\nlocal_domains = [\"localhost\"]\nshutdown_grace_secs = 5\n\n[[listener]]\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl ChildServer {
+    /// Starts `mailgate --config CONFIG serve` and waits for its "listening smtp" line.
+    /// The child is waited for by `kill9`/`terminate`, which every test calls.
+    #[allow(clippy::zombie_processes)]
+    pub fn start(config: &Path) -> ChildServer {
+        use std::io::BufRead;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.with_extension("log"))
+            .unwrap();
+        let mut proc = std::process::Command::new(bin())
+            .arg("--config")
+            .arg(config)
+            .arg("serve")
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(proc.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                let _ = proc.wait();
+                let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+                panic!("server exited before listening:\n{log}");
+            }
+            if let Some(addr) = line.trim().strip_prefix("listening smtp ") {
+                let smtp = addr.parse().unwrap();
+                return ChildServer { proc, smtp };
+            }
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.proc.kill().unwrap(); // SIGKILL
+        self.proc.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(self.proc.id() as i32, libc::SIGTERM) };
+        self.proc.wait().unwrap()
+    }
+}
+
+/// Runs the CLI with `--config`, feeding `stdin`; returns (exit code, stdout, stderr).
+pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut p = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    p.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,10 @@
+//! Integration tests: real servers on 127.0.0.1 port 0, real clients (raw sockets, lettre,
+//! Python's smtplib), real TLS and real fsync. One test binary keeps link time down.
+
+mod cli;
+mod common;
+mod crash;
+mod smtp;
+mod smtp_clients;
+mod smtp_limits;
+mod smtp_tls;

@@ -1,0 +1,122 @@
+//! Every SMTP limit answers with its documented code.
+
+use crate::common::*;
+use tokio::io::AsyncReadExt;
+
+#[tokio::test]
+async fn message_size_limit() {
+    let s = start_server(|c| c.smtp.max_message_size = 1000).await;
+    let mut c = connect(s.smtp).await;
+    let ehlo = c.cmd("EHLO client.test", "250").await;
+    assert!(ehlo.contains("SIZE 1000\r\n"), "{ehlo}");
+    c.cmd("MAIL FROM:<a@example.org> SIZE=1001", "552 5.3.4").await;
+    c.cmd("MAIL FROM:<a@example.org> SIZE=500", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "250").await;
+    c.cmd("DATA", "354").await;
+    let big = message("big", &vec!["x".repeat(70); 20].join("\r\n"));
+    c.send(big.as_bytes()).await;
+    c.cmd(".", "552 5.3.4").await;
+    // The session goes on, and a BDAT message over the limit is refused the same way.
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "250").await;
+    c.send(format!("BDAT {} LAST\r\n{big}", big.len()).as_bytes()).await;
+    assert!(c.reply().await.starts_with("552 5.3.4"));
+    c.cmd("NOOP", "250").await;
+    assert!(s.inbox("alice@localhost").is_empty());
+}
+
+#[tokio::test]
+async fn recipient_limit() {
+    let s = start_server(|c| c.smtp.max_recipients = 2).await;
+    let mut c = connect(s.smtp).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "250").await;
+    c.cmd("RCPT TO:<bob@localhost>", "250").await;
+    c.cmd("RCPT TO:<alice+x@localhost>", "452 4.5.3").await;
+}
+
+#[tokio::test]
+async fn too_many_errors_disconnects() {
+    let s = start_server(|c| c.smtp.max_errors = 3).await;
+    let mut c = connect(s.smtp).await;
+    c.cmd("BOGUS", "500").await;
+    c.cmd("BOGUS", "500").await;
+    let r = c.cmd("BOGUS", "500").await;
+    assert!(r.is_empty() || r.starts_with("500"));
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn overlong_line_is_refused_without_buffering_it() {
+    let s = start_server(|c| c.smtp.max_line_length = 512).await;
+    let mut c = connect(s.smtp).await;
+    c.send(format!("EHLO {}\r\n", "a".repeat(100_000)).as_bytes()).await;
+    c.send(b"NOOP\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("500 5.5.2 Line too long"), "{r}");
+    let r = c.reply().await;
+    assert!(r.starts_with("250"), "the NOOP after it is answered: {r}");
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_capped() {
+    let s = start_server(|c| c.smtp.max_connections_per_ip = 2).await;
+    let mut a = connect(s.smtp).await;
+    let _b = connect(s.smtp).await;
+    let mut third = tokio::net::TcpStream::connect(s.smtp).await.unwrap();
+    let mut buf = String::new();
+    third.read_to_string(&mut buf).await.unwrap();
+    assert!(buf.starts_with("421 4.7.0"), "{buf}");
+    // The slot is released when a session ends, before its socket closes.
+    a.cmd("QUIT", "221").await;
+    assert!(a.closed().await);
+    let _c = connect(s.smtp).await;
+}
+
+#[tokio::test]
+async fn idle_client_times_out() {
+    let s = start_server(|c| c.smtp.command_timeout_secs = 1).await;
+    let mut c = connect(s.smtp).await;
+    c.cmd("EHLO client.test", "250").await;
+    let r = c.reply().await; // nothing sent: the server gives up
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn vanished_client_mid_data_stores_nothing() {
+    let s = start_server(|_| {}).await;
+    let mut c = connect(s.smtp).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: half\r\n\r\nhalf a mess").await;
+    drop(c);
+    // The server must still serve others, and the half message is nowhere.
+    let mut c2 = connect(s.smtp).await;
+    c2.cmd("EHLO client.test", "250").await;
+    let r = send_mail(&mut c2, "a@example.org", &["alice@localhost"], &message("whole", "x")).await;
+    assert!(r.starts_with("250"));
+    let subjects: Vec<_> = s
+        .inbox("alice@localhost")
+        .iter()
+        .map(|m| subject_of(&s.body(m)))
+        .collect();
+    assert_eq!(subjects, vec!["whole"]);
+}
+
+#[tokio::test]
+async fn shutdown_tells_idle_sessions() {
+    let s = start_server(|_| {}).await;
+    let mut c = connect(s.smtp).await;
+    c.cmd("EHLO client.test", "250").await;
+    let TestServer { running, dir: _dir, .. } = s;
+    let stop = tokio::spawn(running.shutdown());
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    stop.await.unwrap();
+}
