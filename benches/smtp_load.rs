@@ -1,1 +1,215 @@
-fn main() {}
+//! SMTP intake load generator: C concurrent sessions send N messages of S bytes.
+//!
+//! ```text
+//! cargo bench --bench smtp_load -- [--sessions 20] [--messages 5000] [--size 5000] [--addr HOST:PORT]
+//! ```
+//!
+//! Without `--addr` it starts the release `mailgate` binary on a fresh data dir (loopback, port
+//! 0, account alice@localhost) and also reports that process's CPU time. Each message is one
+//! pipelined MAIL/RCPT/DATA group (as PIPELINING clients send), then the body; latency is from
+//! MAIL to the 250 after the final dot, which the server sends only once the message is on disk.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+struct Args {
+    sessions: usize,
+    messages: usize,
+    size: usize,
+    addr: Option<SocketAddr>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        sessions: 20,
+        messages: 5000,
+        size: 5000,
+        addr: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let val = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--sessions" => a.sessions = val.parse().expect("--sessions N"),
+            "--messages" => a.messages = val.parse().expect("--messages N"),
+            "--size" => a.size = val.parse().expect("--size BYTES"),
+            "--addr" => a.addr = Some(val.parse().expect("--addr HOST:PORT")),
+            _ => {
+                i += 1; // cargo bench passes --bench; ignore unknown flags
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+/// A message of about `size` bytes with CRLF lines of 76 characters.
+fn message(size: usize, n: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: load@example.org\r\nTo: alice@localhost\r\nSubject: load {n}\r\nMessage-ID: <load-{n}@example.org>\r\n\r\n"
+    )
+    .into_bytes();
+    let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n";
+    while m.len() + line.len() <= size {
+        m.extend_from_slice(line);
+    }
+    m.extend_from_slice(b".\r\n");
+    m
+}
+
+async fn read_reply(r: &mut BufReader<TcpStream>, line: &mut String) -> String {
+    loop {
+        line.clear();
+        if r.read_line(line).await.unwrap_or(0) == 0 {
+            panic!("server closed the connection");
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return line.clone();
+        }
+    }
+}
+
+async fn session(addr: SocketAddr, count: usize, size: usize, first: usize) -> Vec<Duration> {
+    let mut r = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
+    r.get_ref().set_nodelay(true).unwrap();
+    let mut line = String::new();
+    read_reply(&mut r, &mut line).await;
+    r.get_mut().write_all(b"EHLO load.test\r\n").await.unwrap();
+    read_reply(&mut r, &mut line).await;
+    let mut lat = Vec::with_capacity(count);
+    for n in first..first + count {
+        let body = message(size, n);
+        let t = Instant::now();
+        r.get_mut()
+            .write_all(b"MAIL FROM:<load@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")
+            .await
+            .unwrap();
+        for expect in ["250", "250", "354"] {
+            let rep = read_reply(&mut r, &mut line).await;
+            assert!(rep.starts_with(expect), "expected {expect}, got {rep}");
+        }
+        r.get_mut().write_all(&body).await.unwrap();
+        let rep = read_reply(&mut r, &mut line).await;
+        assert!(rep.starts_with("250"), "message refused: {rep}");
+        lat.push(t.elapsed());
+    }
+    r.get_mut().write_all(b"QUIT\r\n").await.unwrap();
+    lat
+}
+
+/// utime + stime of a process, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, s)| s).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0) + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz.max(1))
+}
+
+struct Spawned {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+fn spawn_server() -> Spawned {
+    let bin = env!("CARGO_BIN_EXE_mailgate");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndata_dir = \"{}\"\n[smtp]\nmax_connections_per_ip = 1000\n[[listener]]\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut add = std::process::Command::new(bin)
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "user",
+            "add",
+            "alice@localhost",
+            "--password-stdin",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    add.stdin.take().unwrap().write_all(b"bench").unwrap();
+    assert!(add.wait().unwrap().success());
+    let mut child = std::process::Command::new(bin)
+        .args(["--config", cfg.to_str().unwrap(), "serve"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "server failed to start");
+        if let Some(a) = line.trim().strip_prefix("listening smtp ") {
+            break a.parse().unwrap();
+        }
+    };
+    Spawned { child, addr, _dir: dir }
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let spawned = if a.addr.is_none() { Some(spawn_server()) } else { None };
+    let addr = a.addr.unwrap_or_else(|| spawned.as_ref().unwrap().addr);
+    let pid = spawned.as_ref().map(|s| s.child.id());
+    let cpu0 = pid.map(cpu_time);
+    let per = a.messages / a.sessions;
+    let extra = a.messages % a.sessions;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let mut first = 0;
+    for i in 0..a.sessions {
+        let n = per + usize::from(i < extra);
+        tasks.push(tokio::spawn(session(addr, n, a.size, first)));
+        first += n;
+    }
+    let mut lat = Vec::with_capacity(a.messages);
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let wall = start.elapsed();
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "smtp intake: {} msgs x {} B over {} sessions in {:.2?}: {:.0} msgs/s, latency p50 {:.2?} p99 {:.2?}",
+        lat.len(),
+        a.size,
+        a.sessions,
+        wall,
+        lat.len() as f64 / wall.as_secs_f64(),
+        pct(0.50),
+        pct(0.99)
+    );
+    if let (Some(pid), Some(c0)) = (pid, cpu0) {
+        let cpu = cpu_time(pid) - c0;
+        println!(
+            "server CPU: {:.2?} ({:.0}% of one core, {:.0} us per message)",
+            cpu,
+            cpu.as_secs_f64() / wall.as_secs_f64() * 100.0,
+            cpu.as_secs_f64() * 1e6 / lat.len() as f64
+        );
+    }
+    if let Some(mut s) = spawned {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+        let _ = s.child.wait();
+    }
+}

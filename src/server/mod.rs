@@ -131,10 +131,10 @@ pub async fn start(config: Config) -> Result<Running> {
             tracing::warn!("sessions still running after the grace period; closing them");
         }
         admin.abort();
-        if let Err(e) = store.sync().await {
-            tracing::error!("final flush failed: {e}");
+        if let Err(e) = store.checkpoint().await {
+            tracing::error!("final checkpoint failed: {e}");
         }
-        tracing::info!("stopped");
+        tracing::info!("stopped; store: {}", store.stats());
     });
     Ok(Running {
         addrs,

@@ -5,6 +5,7 @@
 //! [`MailStore::sync`] returns: callers acknowledge a message (SMTP 250, IMAP APPEND OK, POP3
 //! update) only after that. Concurrent callers share one flush (group commit).
 
+mod journal;
 pub mod keys;
 mod message_meta;
 mod sled_store;
@@ -121,9 +122,16 @@ pub trait MailStore: Send + Sync + 'static {
     /// Number of stored blobs (distinct message bodies), for checks and status.
     fn blob_count(&self) -> Result<usize>;
 
+    /// One line of counters for logs (writes, flushes).
+    fn stats(&self) -> String;
+
     /// Waits until every write made before the call is on disk. Concurrent callers share one
     /// flush.
     fn sync(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Makes everything durable in the backing store itself (not only the journal) and
+    /// trims the journal; run at shutdown and periodically.
+    fn checkpoint(&self) -> BoxFuture<'_, Result<()>>;
 }
 
 /// Seconds since the Unix epoch.

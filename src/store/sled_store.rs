@@ -1,29 +1,46 @@
-//! [`MailStore`] on sled.
+//! [`MailStore`] on sled, made durable by a write-ahead journal.
 //!
-//! All data sits in one tree so each change is one atomic `Batch` (see [`super::keys`]).
+//! All data sits in one tree so each change is one atomic batch (see [`super::keys`]).
 //! Read-modify-write changes (uid allocation, reference counts) run under one writer mutex:
 //! they take microseconds in memory, so a mutex is cheaper than sled transactions that would
 //! conflict and retry when twenty sessions deliver to the same INBOX. Durability is separate:
-//! [`SledStore::sync`] flushes, and callers queued behind a running flush find their writes
-//! already covered when it ends (group commit).
+//! each change set is also queued in the [`super::journal`], and [`MailStore::sync`] writes
+//! and `fdatasync`s everything queued so far; sessions queued behind a running flush find their
+//! change sets already covered when it ends (group commit).
 
+use super::journal::{self, BodyPtr, Journal, WriteSet};
 use super::keys::{self, u64_value};
 use super::*;
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+/// The store; a handle on shared internals so the checkpoint task can hold them weakly
+/// (dropping the store must release sled's file lock).
 pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for SledStore {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+pub struct Inner {
     db: sled::Db,
     tree: sled::Tree,
-    /// Serialises read-modify-write batches.
+    /// Serialises read-modify-write change sets; also orders them in the journal.
     writer: Mutex<()>,
-    /// Count of batches applied; a flush that starts after batch n makes 1..=n durable.
-    written: AtomicU64,
-    durable: AtomicU64,
-    flush_lock: tokio::sync::Mutex<()>,
+    /// Number of the last change set applied.
+    seq: AtomicU64,
+    journal: Journal,
 }
+
+/// How often the journal is checkpointed into sled (and its old segments deleted).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("store records serialise")
@@ -39,9 +56,10 @@ impl SledStore {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_mb << 20)
-            // Our own flushes make acknowledged data durable; the background flush only
-            // bounds the loss of unacknowledged writes.
+            // The journal makes acknowledged data durable; sled's background flush and our
+            // checkpoints only let old journal segments go.
             .flush_every_ms(Some(1000))
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => StoreError::Backend(format!(
@@ -64,36 +82,67 @@ impl SledStore {
                 )));
             }
         }
-        Ok(SledStore {
+        let journal_dir = path.with_extension("journal");
+        let (journal, last) = Journal::open(&journal_dir, &db, &tree)
+            .map_err(|e| StoreError::Backend(format!("journal {}: {e}", journal_dir.display())))?;
+        let inner = Arc::new(Inner {
             db,
             tree,
             writer: Mutex::new(()),
-            written: AtomicU64::new(0),
-            durable: AtomicU64::new(0),
-            flush_lock: tokio::sync::Mutex::new(()),
-        })
+            seq: AtomicU64::new(last),
+            journal,
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(checkpoints(Arc::downgrade(&inner)));
+        }
+        Ok(SledStore { inner })
     }
 
+    /// Makes all writes durable without a runtime (the CLI's direct mode, tests).
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.journal
+            .sync_blocking(self.journal.written())
+            .map_err(|e| StoreError::Backend(format!("journal: {e}")))
+    }
+}
+
+impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // A panic while holding the lock cannot leave a half-applied batch (batches are
         // atomic), so a poisoned lock is safe to keep using.
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn apply(&self, batch: sled::Batch) -> Result<()> {
-        self.tree.apply_batch(batch)?;
-        self.written.fetch_add(1, Ordering::SeqCst);
+    /// Applies a change set (caller holds the writer lock): journal first, then sled, with
+    /// the pointers to any bodies it carries. `released` are bodies that lost their last
+    /// reference in it.
+    fn apply_with(&self, ws: WriteSet, released: Vec<BodyPtr>) -> Result<()> {
+        let seq = self.seq.load(Ordering::SeqCst) + 1;
+        let ptrs = self.journal.append(seq, &ws).map_err(Inner::io)?;
+        // From here the change set is in the journal: a failed sled apply is re-done by replay.
+        self.seq.store(seq, Ordering::SeqCst);
+        let mut ops = ws.batch;
+        // Body pointers first, then the records that refer to them.
+        for (id, ptr) in ptrs.into_iter().rev() {
+            ops.insert(0, (keys::blob(&id), Some(ptr.encode().to_vec())));
+        }
+        journal::apply(&self.tree, ops, seq)?;
+        for p in &released {
+            self.journal.release(p);
+        }
         Ok(())
     }
 
-    /// Flushes synchronously (for the CLI, which has no runtime pressure).
-    pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
+    fn apply(&self, batch: WriteSet) -> Result<()> {
+        self.apply_with(batch, Vec::new())
+    }
+
+    fn io(e: std::io::Error) -> StoreError {
+        StoreError::Backend(format!("journal: {e}"))
     }
 
     /// Reserves `n` consecutive values of a counter in `batch`; returns the first.
-    fn reserve_ids(&self, batch: &mut sled::Batch, name: &str, n: u64) -> Result<u64> {
+    fn reserve_ids(&self, batch: &mut WriteSet, name: &str, n: u64) -> Result<u64> {
         let k = keys::counter(name);
         let first = self.tree.get(&k)?.map(|v| u64_value(&v)).unwrap_or(0) + 1;
         batch.insert(k, &(first + n - 1).to_be_bytes());
@@ -109,7 +158,7 @@ impl SledStore {
 
     /// Adds a new mailbox to `batch`. UIDVALIDITY comes from the clock and the mailbox id, so
     /// a name deleted and re-created gets a new one (RFC 3501 §2.3.1.1).
-    fn new_mailbox(batch: &mut sled::Batch, id: MailboxId, account: &str, name: &str, special_use: Option<&str>) {
+    fn new_mailbox(batch: &mut WriteSet, id: MailboxId, account: &str, name: &str, special_use: Option<&str>) {
         let uidvalidity = ((now_secs() as u64).wrapping_add(id) & 0x7fff_ffff).max(1) as u32;
         let meta = MailboxMeta {
             id,
@@ -127,7 +176,7 @@ impl SledStore {
 
     /// Adds to `batch` the removal of a mailbox and all its messages, and returns the blob
     /// reference decrements it implies.
-    fn remove_mailbox(&self, batch: &mut sled::Batch, meta: &MailboxMeta, unref: &mut Vec<BlobId>) -> Result<()> {
+    fn remove_mailbox(&self, batch: &mut WriteSet, meta: &MailboxMeta, unref: &mut Vec<BlobId>) -> Result<()> {
         for item in self.tree.scan_prefix(keys::messages_of(meta.id)) {
             let (k, v) = item?;
             if let Some(m) = MessageMeta::decode(&v) {
@@ -140,8 +189,8 @@ impl SledStore {
         Ok(())
     }
 
-    /// Adds reference-count changes to `batch`; blobs that reach zero are removed.
-    fn adjust_refs(&self, batch: &mut sled::Batch, changes: &[(BlobId, i64)]) -> Result<()> {
+    /// Adds reference-count changes to `batch`; returns the bodies that reach zero.
+    fn adjust_refs(&self, batch: &mut WriteSet, changes: &[(BlobId, i64)]) -> Result<Vec<BodyPtr>> {
         let mut merged: Vec<(BlobId, i64)> = Vec::new();
         for (id, d) in changes {
             match merged.iter_mut().find(|(m, _)| m == id) {
@@ -149,17 +198,21 @@ impl SledStore {
                 None => merged.push((*id, *d)),
             }
         }
+        let mut gone = Vec::new();
         for (id, delta) in merged {
             let k = keys::blob_refs(&id);
             let now = self.tree.get(&k)?.map(|v| u64_value(&v)).unwrap_or(0) as i64 + delta;
             if now <= 0 {
+                if let Some(ptr) = self.tree.get(keys::blob(&id))?.and_then(|v| BodyPtr::decode(&v)) {
+                    gone.push(ptr);
+                }
                 batch.remove(k);
                 batch.remove(keys::blob(&id));
             } else {
-                batch.insert(k, &(now as u64).to_be_bytes());
+                batch.insert(k, (now as u64).to_be_bytes());
             }
         }
-        Ok(())
+        Ok(gone)
     }
 
     fn scan_json<T: serde::de::DeserializeOwned>(&self, tag: u8, what: &str) -> Result<Vec<(String, T)>> {
@@ -183,7 +236,7 @@ impl MailStore for SledStore {
         if self.tree.contains_key(keys::account(address))? {
             return Err(StoreError::Exists(format!("account {address}")));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteSet::default();
         let account = Account {
             address: address.to_string(),
             password_hash: password_hash.to_string(),
@@ -192,7 +245,7 @@ impl MailStore for SledStore {
         batch.insert(keys::account(address), json(&account));
         let first = self.reserve_ids(&mut batch, "mailbox", DEFAULT_MAILBOXES.len() as u64)?;
         for ((name, special), id) in DEFAULT_MAILBOXES.into_iter().zip(first..) {
-            Self::new_mailbox(&mut batch, id, address, name, special);
+            Inner::new_mailbox(&mut batch, id, address, name, special);
         }
         self.apply(batch)
     }
@@ -202,15 +255,15 @@ impl MailStore for SledStore {
         if !self.tree.contains_key(keys::account(address))? {
             return Err(StoreError::NotFound(format!("account {address}")));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteSet::default();
         let mut unref = Vec::new();
         for mb in self.mailboxes(address)? {
             self.remove_mailbox(&mut batch, &mb, &mut unref)?;
         }
         let changes: Vec<_> = unref.into_iter().map(|b| (b, -1)).collect();
-        self.adjust_refs(&mut batch, &changes)?;
+        let gone = self.adjust_refs(&mut batch, &changes)?;
         batch.remove(keys::account(address));
-        self.apply(batch)
+        self.apply_with(batch, gone)
     }
 
     fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
@@ -219,7 +272,7 @@ impl MailStore for SledStore {
             .account(address)?
             .ok_or_else(|| StoreError::NotFound(format!("account {address}")))?;
         account.password_hash = password_hash.to_string();
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteSet::default();
         batch.insert(keys::account(address), json(&account));
         self.apply(batch)
     }
@@ -244,7 +297,7 @@ impl MailStore for SledStore {
         if self.tree.contains_key(keys::domain(domain))? {
             return Err(StoreError::Exists(format!("domain {domain}")));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteSet::default();
         batch.insert(keys::domain(domain), &[]);
         self.apply(batch)
     }
@@ -254,7 +307,7 @@ impl MailStore for SledStore {
         if !self.tree.contains_key(keys::domain(domain))? {
             return Err(StoreError::NotFound(format!("domain {domain}")));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteSet::default();
         batch.remove(keys::domain(domain));
         self.apply(batch)
     }
@@ -277,7 +330,7 @@ impl MailStore for SledStore {
             return Err(StoreError::Invalid("an alias needs at least one target".into()));
         }
         let _w = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteSet::default();
         batch.insert(keys::alias(source), json(&targets));
         self.apply(batch)
     }
@@ -287,7 +340,7 @@ impl MailStore for SledStore {
         if !self.tree.contains_key(keys::alias(source))? {
             return Err(StoreError::NotFound(format!("alias {source}")));
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteSet::default();
         batch.remove(keys::alias(source));
         self.apply(batch)
     }
@@ -329,7 +382,7 @@ impl MailStore for SledStore {
     fn deliver(&self, raw: &[u8], internal_date: i64, targets: &[MailboxId]) -> Result<Vec<u32>> {
         let id = blob_id(raw);
         let _w = self.lock();
-        let mut batch = sled::Batch::default();
+        let mut batch = WriteSet::default();
         let mut uids = Vec::with_capacity(targets.len());
         let mut metas: Vec<MailboxMeta> = Vec::new();
         for &mb in targets {
@@ -366,7 +419,7 @@ impl MailStore for SledStore {
             batch.insert(keys::mailbox(m.id), json(m));
         }
         if !self.tree.contains_key(keys::blob(&id))? {
-            batch.insert(keys::blob(&id), raw);
+            batch.body(&id, raw);
         }
         self.adjust_refs(&mut batch, &[(id, targets.len() as i64)])?;
         self.apply(batch)?;
@@ -394,28 +447,61 @@ impl MailStore for SledStore {
     }
 
     fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(keys::blob(id))?.map(|v| v.to_vec()))
+        match self.tree.get(keys::blob(id))?.and_then(|v| BodyPtr::decode(&v)) {
+            Some(ptr) => self.journal.read(&ptr).map(Some).map_err(Inner::io),
+            None => Ok(None),
+        }
     }
 
     fn blob_count(&self) -> Result<usize> {
         Ok(self.tree.scan_prefix([keys::BLOB]).count())
     }
 
+    fn stats(&self) -> String {
+        format!(
+            "{} change sets, {} journal flushes",
+            self.seq.load(Ordering::Relaxed),
+            self.journal.flushes()
+        )
+    }
+
+    fn checkpoint(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.inner.clone().checkpoint_now())
+    }
+
     fn sync(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            let target = self.written.load(Ordering::SeqCst);
-            if self.durable.load(Ordering::SeqCst) >= target {
-                return Ok(());
-            }
-            let _flushing = self.flush_lock.lock().await;
-            if self.durable.load(Ordering::SeqCst) >= target {
-                return Ok(()); // the flush we waited behind covered our write
-            }
-            let covered = self.written.load(Ordering::SeqCst);
-            self.db.flush_async().await?;
-            self.durable.fetch_max(covered, Ordering::SeqCst);
-            Ok(())
+            let target = self.journal.written();
+            self.journal
+                .sync(target)
+                .await
+                .map_err(|e| StoreError::Backend(format!("journal: {e}")))
         })
+    }
+}
+
+impl Inner {
+    /// Flushes sled up to a consistent journal position and drops dead journal segments.
+    async fn checkpoint_now(self: Arc<Inner>) -> Result<()> {
+        let (pos, live) = {
+            let _w = self.lock();
+            self.journal.checkpoint_begin()
+        };
+        tokio::task::spawn_blocking(move || self.journal.checkpoint_finish(&self.db, &self.tree, pos, &live))
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .map_err(|e| StoreError::Backend(format!("journal checkpoint: {e}")))
+    }
+}
+
+/// Checkpoints the journal every [`CHECKPOINT_EVERY`] while the store lives.
+async fn checkpoints(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if let Err(e) = inner.checkpoint_now().await {
+            tracing::error!("{e}");
+        }
     }
 }
 
@@ -482,5 +568,65 @@ mod tests {
         let second = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
         assert_ne!(first.id, second.id);
         assert_ne!(first.uidvalidity, second.uidvalidity);
+    }
+
+    #[test]
+    fn journal_replays_what_sled_lacks_and_only_that() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        {
+            let s = SledStore::open(&a, 16).unwrap();
+            s.create_account("a@x.test", "h").unwrap();
+            let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+            s.deliver(b"one", 1, &[inbox.id]).unwrap();
+            s.deliver(b"two", 2, &[inbox.id]).unwrap();
+            s.flush_blocking().unwrap();
+            // A second store whose sled has nothing: only the journal survives.
+            let b = dir.path().join("b");
+            std::fs::create_dir_all(b.with_extension("journal")).unwrap();
+            for e in std::fs::read_dir(a.with_extension("journal")).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), b.with_extension("journal").join(e.file_name())).unwrap();
+            }
+        }
+        let b = SledStore::open(&dir.path().join("b"), 16).unwrap();
+        let inbox = b.mailbox("a@x.test", "INBOX").unwrap().expect("account replayed");
+        let msgs = b.messages(inbox.id).unwrap();
+        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(b.blob(&msgs[1].meta.blob).unwrap().unwrap(), b"two");
+        assert_eq!(inbox.uidnext, 3);
+        // Reopening the original replays nothing twice.
+        let a = SledStore::open(&a, 16).unwrap();
+        let inbox = a.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        assert_eq!(a.messages(inbox.id).unwrap().len(), 2);
+        assert_eq!(a.deliver(b"three", 3, &[inbox.id]).unwrap(), vec![3]);
+    }
+
+    fn wal_files(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("s.journal")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn dead_segments_go_at_checkpoint_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        {
+            let s = SledStore::open(&path, 16).unwrap();
+            s.create_account("a@x.test", "h").unwrap();
+            let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+            s.deliver(b"kept until the account goes", 1, &[inbox.id]).unwrap();
+            s.sync().await.unwrap();
+        }
+        let s = SledStore::open(&path, 16).unwrap();
+        assert_eq!(wal_files(dir.path()), 2, "a new segment after reopening");
+        s.checkpoint().await.unwrap();
+        assert_eq!(wal_files(dir.path()), 2, "segment 1 holds a live body");
+        let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        let m = &s.messages(inbox.id).unwrap()[0];
+        assert_eq!(s.blob(&m.meta.blob).unwrap().unwrap(), b"kept until the account goes");
+        s.delete_account("a@x.test").unwrap();
+        s.sync().await.unwrap();
+        s.checkpoint().await.unwrap();
+        assert_eq!(wal_files(dir.path()), 1, "segment 1 is dead and deleted");
     }
 }
