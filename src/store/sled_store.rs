@@ -145,7 +145,7 @@ impl Inner {
     fn reserve_ids(&self, batch: &mut WriteSet, name: &str, n: u64) -> Result<u64> {
         let k = keys::counter(name);
         let first = self.tree.get(&k)?.map(|v| u64_value(&v)).unwrap_or(0) + 1;
-        batch.insert(k, &(first + n - 1).to_be_bytes());
+        batch.insert(k, (first + n - 1).to_be_bytes());
         Ok(first)
     }
 
@@ -170,7 +170,7 @@ impl Inner {
             special_use: special_use.map(str::to_string),
             subscribed: true,
         };
-        batch.insert(keys::mailbox_name(account, name), &id.to_be_bytes());
+        batch.insert(keys::mailbox_name(account, name), id.to_be_bytes());
         batch.insert(keys::mailbox(id), json(&meta));
     }
 
@@ -298,7 +298,7 @@ impl MailStore for SledStore {
             return Err(StoreError::Exists(format!("domain {domain}")));
         }
         let mut batch = WriteSet::default();
-        batch.insert(keys::domain(domain), &[]);
+        batch.insert(keys::domain(domain), []);
         self.apply(batch)
     }
 
