@@ -334,6 +334,17 @@ mod tests {
     }
 
     #[test]
+    fn shipped_examples_parse() {
+        for text in [
+            include_str!("../../examples/mailhost.toml"),
+            include_str!("../../examples/edge-gateway.toml"),
+            include_str!("../../examples/plugin-dev.toml"),
+        ] {
+            Config::parse(text).unwrap();
+        }
+    }
+
+    #[test]
     fn the_documented_keys_parse() {
         let text = r#"
 [server]
