@@ -12,9 +12,9 @@
 //! acknowledged. Message bodies are written only here: sled keeps a pointer
 //! `(segment, offset, length)` to the bytes inside the record.
 //!
-//! Each change set also sets the sled key `V applied` to its sequence number in the same batch,
-//! so after a crash [`Journal::open`] re-applies exactly the records sled lacks, starting at the
-//! last checkpoint position. A checkpoint flushes sled, records the position, and deletes old
+//! sled gets each change set's ops one by one and then the key `V applied` = its sequence
+//! number, so after a crash [`Journal::open`] re-applies exactly the change sets sled lacks
+//! (or has only part of), starting at the last checkpoint position. A checkpoint flushes sled, records the position, and deletes old
 //! segments that hold no live body. Segments are rotated at [`SEGMENT_SIZE`].
 //!
 //! Record: `magic "MGJ1" | len u32 | crc32(payload) u32 | payload`, payload:

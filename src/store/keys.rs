@@ -1,9 +1,9 @@
 //! The on-disk key layout, in one place.
 //!
-//! Everything lives in one sled tree (`mail`) so that one `sled::Batch` can change accounts,
-//! mailboxes, messages and blobs **atomically**: a crash leaves either the whole delivery or
-//! none of it. Keys start with a one-byte tag; integers are big-endian so range scans come back
-//! in numeric order.
+//! Metadata lives in one sled tree (`mail`); message bodies live in the journal segments
+//! (`store.journal/NNNN.wal`, see [`super::journal`]) and sled keeps a pointer to them. Keys
+//! start with a one-byte tag; integers are big-endian so range scans come back in numeric
+//! order. Change sets are made atomic by the journal, not by sled batches.
 //!
 //! | tag | key after the tag | value |
 //! |---|---|---|
@@ -12,11 +12,13 @@
 //! | `L` | alias source (`local@domain` or `@domain` for a catch-all) | JSON list of targets |
 //! | `N` | account `0x00` mailbox name | mailbox id, u64 |
 //! | `B` | mailbox id, u64 | JSON [`super::MailboxMeta`] |
-//! | `G` | mailbox id u64, uid u64 | [`super::MessageMeta`], binary (see `encode`) |
-//! | `O` | blob id (SHA-256 of the bytes) | the message bytes |
+//! | `G` | mailbox id u64, uid u64 | [`super::MessageMeta`], binary (see `MessageMeta::encode`) |
+//! | `O` | blob id (SHA-256 of the message bytes) | body pointer: segment u64, offset u64, length u64 |
 //! | `R` | blob id | reference count, u64 |
 //! | `C` | counter name | u64 (`mailbox` = last mailbox id) |
 //! | `V` | `schema` | layout version, u64 |
+//! | `V` | `applied` | sequence number of the last journal change set applied |
+//! | `V` | `checkpoint` | journal position (segment u64, offset u64) replay starts from |
 //!
 //! The value formats change only with a bump of [`SCHEMA_VERSION`].
 
