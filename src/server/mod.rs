@@ -52,7 +52,7 @@ impl Running {
         let _ = self.done.await;
     }
 
-    /// Waits until the server has stopped (after [`Running::trigger_shutdown`] or a signal).
+    /// Waits until the server has stopped (after a send on [`Running::shutdown_handle`]).
     pub async fn wait(self) {
         let _ = self.done.await;
     }

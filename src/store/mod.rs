@@ -5,7 +5,7 @@
 //! [`MailStore::sync`] returns: callers acknowledge a message (SMTP 250, IMAP APPEND OK, POP3
 //! update) only after that. Concurrent callers share one flush (group commit).
 
-mod journal;
+pub mod journal;
 pub mod keys;
 mod message_meta;
 mod sled_store;
