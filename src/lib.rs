@@ -16,7 +16,9 @@
 
 pub mod address;
 pub mod admin;
+pub mod auth;
 pub mod config;
+pub mod pop3;
 pub mod route;
 pub mod server;
 pub mod smtp;

@@ -143,6 +143,66 @@ impl Default for Smtp {
     }
 }
 
+/// When plaintext passwords (POP3 USER/PASS, AUTH PLAIN/LOGIN, IMAP LOGIN) are accepted
+/// without TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plaintext {
+    /// Only over TLS.
+    Never,
+    /// Over TLS, or from a loopback address (as Dovecot's `disable_plaintext_auth = yes`).
+    Loopback,
+    /// Always (only behind a trusted network).
+    Always,
+}
+
+/// Login policy shared by POP3 and IMAP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    pub plaintext: Plaintext,
+    /// Pause before answering a failed login (slows guessing; the session waits, not the server).
+    pub failure_delay_ms: u64,
+    /// Failed logins from one IP within `failure_window_secs` before further attempts from it
+    /// are refused outright.
+    pub max_failures_per_ip: u32,
+    pub failure_window_secs: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            plaintext: Plaintext::Loopback,
+            failure_delay_ms: 1000,
+            max_failures_per_ip: 20,
+            failure_window_secs: 600,
+        }
+    }
+}
+
+/// POP3 limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pop3 {
+    /// Idle time before the session is closed (RFC 1939 §3: at least 10 minutes).
+    pub idle_timeout_secs: u64,
+    /// Longest command line including CRLF (RFC 2449 says 255; SASL responses need more).
+    pub max_line_length: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for Pop3 {
+    fn default() -> Self {
+        Pop3 {
+            idle_timeout_secs: 600,
+            max_line_length: 4096,
+            max_connections: 1000,
+            max_connections_per_ip: 20,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
@@ -166,6 +226,8 @@ pub struct Config {
     pub tls: Tls,
     pub policies: Policies,
     pub smtp: Smtp,
+    pub pop3: Pop3,
+    pub auth: Auth,
     pub store: Store,
     /// Where the config came from, for messages; not a key.
     #[serde(skip)]
@@ -192,7 +254,11 @@ pub fn default_listeners() -> Vec<Listener> {
         bind: SocketAddr::from(([127, 0, 0, 1], port)),
         tls,
     };
-    vec![l(Protocol::Smtp, 2525, TlsMode::Starttls)]
+    vec![
+        l(Protocol::Smtp, 2525, TlsMode::Starttls),
+        l(Protocol::Pop3, 2110, TlsMode::Starttls),
+        l(Protocol::Pop3, 2995, TlsMode::Implicit),
+    ]
 }
 
 impl Config {
@@ -259,6 +325,21 @@ impl Config {
             if v == 0 {
                 return Err(format!("{key}: must be greater than 0"));
             }
+        }
+        let p = &self.pop3;
+        for (key, v) in [
+            ("pop3.idle_timeout_secs", p.idle_timeout_secs),
+            ("pop3.max_connections", p.max_connections as u64),
+            ("pop3.max_connections_per_ip", p.max_connections_per_ip as u64),
+            ("auth.max_failures_per_ip", self.auth.max_failures_per_ip as u64),
+            ("auth.failure_window_secs", self.auth.failure_window_secs),
+        ] {
+            if v == 0 {
+                return Err(format!("{key}: must be greater than 0"));
+            }
+        }
+        if p.max_line_length < 256 {
+            return Err("pop3.max_line_length: must be at least 256 (RFC 2449 §4)".into());
         }
         if m.max_line_length < 512 {
             return Err("smtp.max_line_length: must be at least 512 (RFC 5321 §4.5.3.1.4)".into());

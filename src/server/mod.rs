@@ -28,6 +28,9 @@ pub struct Shared {
     pub store: Arc<dyn MailStore>,
     pub router: Router,
     pub tls: Option<TlsAcceptor>,
+    pub auth: crate::auth::Authenticator,
+    /// POP3 maildrop locks.
+    pub pop3_locks: crate::pop3::Maildrops,
     /// Becomes `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -85,19 +88,26 @@ pub async fn start(config: Config) -> Result<Running> {
         store: store.clone(),
         router,
         tls,
+        auth: crate::auth::Authenticator::new(store.clone(), config.auth.clone()),
+        pop3_locks: Default::default(),
         shutdown: shutdown_rx.clone(),
     });
 
     // Every session holds a clone of `alive`; when all are dropped, `drained` ends.
     let (alive, mut drained) = mpsc::channel::<()>(1);
-    let limits = ConnLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
+    let smtp_limits = ConnLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
+    let pop3_limits = ConnLimits::new(config.pop3.max_connections, config.pop3.max_connections_per_ip);
     let mut addrs = Vec::new();
     let mut accept_tasks = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        if l.protocol != Protocol::Smtp {
-            tracing::warn!("listener[{i}]: {} is not served by this build yet; skipped", l.protocol);
-            continue;
-        }
+        let limits = match l.protocol {
+            Protocol::Smtp => smtp_limits.clone(),
+            Protocol::Pop3 => pop3_limits.clone(),
+            Protocol::Submission | Protocol::Imap => {
+                tracing::warn!("listener[{i}]: {} is not served by this build yet; skipped", l.protocol);
+                continue;
+            }
+        };
         let listener = TcpListener::bind(l.bind)
             .await
             .with_context(|| format!("listener[{i}].bind: cannot bind {}", l.bind))?;
@@ -106,9 +116,10 @@ pub async fn start(config: Config) -> Result<Running> {
         addrs.push((l.protocol, local));
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
+            l.protocol,
             l.tls,
             shared.clone(),
-            limits.clone(),
+            limits,
             alive.clone(),
         )));
     }
@@ -146,6 +157,7 @@ pub async fn start(config: Config) -> Result<Running> {
 
 async fn accept_loop(
     listener: TcpListener,
+    protocol: Protocol,
     tls_mode: TlsMode,
     shared: Arc<Shared>,
     limits: ConnLimits,
@@ -173,7 +185,10 @@ async fn accept_loop(
             let _alive = alive;
             let mut conn = Conn::plain(tcp);
             let Ok(permit) = permit else {
-                conn.write(b"421 4.7.0 Too many connections, try again later\r\n");
+                conn.write(match protocol {
+                    Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+                    _ => b"421 4.7.0 Too many connections, try again later\r\n",
+                });
                 conn.close().await;
                 return;
             };
@@ -184,9 +199,18 @@ async fn accept_loop(
                     return;
                 }
             }
-            crate::smtp::Session::new(shared, conn, peer, tls_mode)
-                .run(permit)
-                .await;
+            match protocol {
+                Protocol::Pop3 => {
+                    crate::pop3::Session::new(shared, conn, peer, tls_mode)
+                        .run(permit)
+                        .await
+                }
+                _ => {
+                    crate::smtp::Session::new(shared, conn, peer, tls_mode)
+                        .run(permit)
+                        .await
+                }
+            }
         });
     }
 }

@@ -116,6 +116,9 @@ pub trait MailStore: Send + Sync + 'static {
     /// Stores `raw` once and adds it to every mailbox in `targets`, atomically. Returns the
     /// uid given in each mailbox, in order. Not durable until [`MailStore::sync`].
     fn deliver(&self, raw: &[u8], internal_date: i64, targets: &[MailboxId]) -> Result<Vec<u32>>;
+    /// Removes messages by uid (absent uids are ignored) and returns the uids removed.
+    /// Bodies no longer referenced anywhere are released. Not durable until `sync`.
+    fn expunge(&self, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>>;
     fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>>;
     fn message(&self, mailbox: MailboxId, uid: u32) -> Result<Option<StoredMessage>>;
     fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>>;

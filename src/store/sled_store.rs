@@ -426,6 +426,32 @@ impl MailStore for SledStore {
         Ok(uids)
     }
 
+    fn expunge(&self, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>> {
+        let _w = self.lock();
+        let mut meta = self
+            .mailbox_by_id(mailbox)?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+        let mut batch = WriteSet::default();
+        let mut removed = Vec::new();
+        let mut unref = Vec::new();
+        for &uid in uids {
+            let k = keys::message(mailbox, uid);
+            if let Some(m) = self.tree.get(&k)?.and_then(|v| MessageMeta::decode(&v)) {
+                batch.remove(k);
+                unref.push((m.blob, -1));
+                removed.push(uid);
+            }
+        }
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        meta.highestmodseq += 1;
+        batch.insert(keys::mailbox(mailbox), json(&meta));
+        let gone = self.adjust_refs(&mut batch, &unref)?;
+        self.apply_with(batch, gone)?;
+        Ok(removed)
+    }
+
     fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(keys::messages_of(mailbox)) {

@@ -14,6 +14,16 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub running: Running,
     pub smtp: SocketAddr,
+    pub pop3: SocketAddr,
+}
+
+/// The password of every account the tests make.
+pub const PASSWORD: &str = "pw";
+
+/// argon2 hash of [`PASSWORD`], computed once.
+pub fn password_hash() -> &'static str {
+    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    H.get_or_init(|| mailgate::admin::hash_password(PASSWORD).unwrap())
 }
 
 /// A config for tests: one SMTP listener on a free loopback port, data in `dir`.
@@ -23,11 +33,13 @@ pub fn test_config(dir: &Path) -> Config {
     c.server.data_dir = dir.to_path_buf();
     c.server.local_domains = vec!["localhost".into(), "example.test".into()];
     c.server.shutdown_grace_secs = 5;
-    c.listeners = vec![Listener {
-        protocol: Protocol::Smtp,
+    let listener = |protocol| Listener {
+        protocol,
         bind: "127.0.0.1:0".parse().unwrap(),
         tls: TlsMode::Starttls,
-    }];
+    };
+    c.listeners = vec![listener(Protocol::Smtp), listener(Protocol::Pop3)];
+    c.auth.failure_delay_ms = 0;
     c
 }
 
@@ -42,13 +54,19 @@ pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -
     tweak(&mut config);
     let running = start(config).await.expect("server starts");
     let smtp = running.addr(Protocol::Smtp).unwrap();
+    let pop3 = running.addr(Protocol::Pop3).unwrap_or(smtp);
     let store = &running.shared.store;
     for u in ["alice@localhost", "bob@localhost"] {
         if store.account(u).unwrap().is_none() {
-            store.create_account(u, "unused").unwrap();
+            store.create_account(u, password_hash()).unwrap();
         }
     }
-    TestServer { dir, running, smtp }
+    TestServer {
+        dir,
+        running,
+        smtp,
+        pop3,
+    }
 }
 
 impl TestServer {
@@ -117,6 +135,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let r = self.reply().await;
         assert!(r.starts_with(expect), "{line:?}: expected {expect:?}, got {r:?}");
         r
+    }
+
+    /// Reads one line (POP3 status lines, continuation requests); "" when closed.
+    pub async fn line(&mut self) -> String {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(20), self.io.read_line(&mut line))
+            .await
+            .expect("line within 20 s")
+            .unwrap_or(0);
+        line
+    }
+
+    /// Sends a line and checks the one-line answer starts with `expect`.
+    pub async fn pop(&mut self, line: &str, expect: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        let r = self.line().await;
+        assert!(r.starts_with(expect), "{line:?}: expected {expect:?}, got {r:?}");
+        r
+    }
+
+    /// Reads the body of a POP3 multi-line response, up to and without the ".\r\n".
+    pub async fn multiline(&mut self) -> Vec<u8> {
+        let mut all = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            tokio::time::timeout(Duration::from_secs(20), self.io.read_until(b'\n', &mut line))
+                .await
+                .expect("line within 20 s")
+                .unwrap();
+            assert!(!line.is_empty(), "connection closed inside a multi-line response");
+            if line == b".\r\n" {
+                return all;
+            }
+            all.extend_from_slice(&line);
+        }
     }
 
     /// True when the server has closed the connection.
@@ -265,4 +318,16 @@ pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Upgrades a plaintext client to TLS, verifying the server's generated certificate.
+pub async fn tls_upgrade(c: Client<TcpStream>, cert: &Path) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = c.io.into_inner();
+    let tls = crate::smtp_tls::connector(cert)
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("handshake verifies");
+    Client {
+        io: BufReader::new(tls),
+    }
 }

@@ -1,0 +1,167 @@
+//! Logins for POP3 and IMAP: password checks off the async threads, failure delays and a
+//! per-IP failure budget, the plaintext-over-cleartext policy, and SASL PLAIN/LOGIN decoding.
+
+use crate::address::Address;
+use crate::config::{Auth as AuthConfig, Plaintext};
+use crate::store::MailStore;
+use base64::Engine as _;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a login attempt came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The canonical account address.
+    Ok(String),
+    Failed,
+    /// Too many failures from this IP lately: refused without checking.
+    Throttled,
+    /// The store could not be read.
+    TempFail,
+}
+
+pub struct Authenticator {
+    store: Arc<dyn MailStore>,
+    config: AuthConfig,
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn MailStore>, config: AuthConfig) -> Authenticator {
+        Authenticator {
+            store,
+            config,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// May a plaintext password be sent on this connection?
+    pub fn plaintext_allowed(&self, tls: bool, peer: IpAddr) -> bool {
+        tls || match self.config.plaintext {
+            Plaintext::Always => true,
+            Plaintext::Loopback => peer.is_loopback(),
+            Plaintext::Never => false,
+        }
+    }
+
+    fn recent_failures(&self, ip: IpAddr) -> u32 {
+        let window = Duration::from_secs(self.config.failure_window_secs);
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(q) = map.get_mut(&ip) else { return 0 };
+        while q.front().is_some_and(|t| t.elapsed() > window) {
+            q.pop_front();
+        }
+        let n = q.len() as u32;
+        if n == 0 {
+            map.remove(&ip);
+        }
+        n
+    }
+
+    fn note_failure(&self, ip: IpAddr) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let q = map.entry(ip).or_default();
+        q.push_back(Instant::now());
+        while q.len() > self.config.max_failures_per_ip as usize {
+            q.pop_front();
+        }
+    }
+
+    /// Checks a user name and password. Failures wait `failure_delay_ms` before returning.
+    pub async fn login(&self, ip: IpAddr, user: &str, password: &str) -> Outcome {
+        if self.recent_failures(ip) >= self.config.max_failures_per_ip {
+            return Outcome::Throttled;
+        }
+        let outcome = self.check(user, password).await;
+        if outcome == Outcome::Failed {
+            self.note_failure(ip);
+            tracing::info!(%ip, user, "login failed");
+            tokio::time::sleep(Duration::from_millis(self.config.failure_delay_ms)).await;
+        }
+        outcome
+    }
+
+    async fn check(&self, user: &str, password: &str) -> Outcome {
+        let Ok(address) = Address::parse(user) else {
+            return Outcome::Failed;
+        };
+        let address = address.to_string();
+        let account = match self.store.account(&address) {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                // Spend the same time as a real check so timing does not reveal accounts.
+                let pw = password.to_string();
+                let _ = tokio::task::spawn_blocking(move || crate::admin::verify_password(&pw, dummy_hash())).await;
+                return Outcome::Failed;
+            }
+            Err(e) => {
+                tracing::error!("account lookup: {e}");
+                return Outcome::TempFail;
+            }
+        };
+        let pw = password.to_string();
+        let hash = account.password_hash.clone();
+        match tokio::task::spawn_blocking(move || crate::admin::verify_password(&pw, &hash)).await {
+            Ok(true) => Outcome::Ok(address),
+            Ok(false) => Outcome::Failed,
+            Err(_) => Outcome::TempFail,
+        }
+    }
+}
+
+/// An argon2id hash (same parameters as real ones) checked for unknown users, so a miss costs
+/// what a wrong password costs.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| crate::admin::hash_password("no such user").unwrap_or_default())
+}
+
+pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+}
+
+pub fn b64_encode(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Decodes a SASL PLAIN response (RFC 4616): `authzid NUL authcid NUL password`. An authzid
+/// other than empty or the authcid (acting as someone else) is refused.
+pub fn sasl_plain(response_b64: &str) -> Option<(String, String)> {
+    let raw = b64_decode(response_b64)?;
+    let mut parts = raw.split(|&b| b == 0);
+    let authz = std::str::from_utf8(parts.next()?).ok()?;
+    let authc = std::str::from_utf8(parts.next()?).ok()?;
+    let pass = std::str::from_utf8(parts.next()?).ok()?;
+    if parts.next().is_some() || authc.is_empty() || (!authz.is_empty() && authz != authc) {
+        return None;
+    }
+    Some((authc.to_string(), pass.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_decoding() {
+        let ok = b64_encode(b"\0alice@localhost\0pw with space");
+        assert_eq!(
+            sasl_plain(&ok),
+            Some(("alice@localhost".into(), "pw with space".into()))
+        );
+        let same = b64_encode(b"alice@localhost\0alice@localhost\0pw");
+        assert!(sasl_plain(&same).is_some());
+        let other = b64_encode(b"bob@localhost\0alice@localhost\0pw");
+        assert_eq!(sasl_plain(&other), None);
+        assert_eq!(sasl_plain("not base64!"), None);
+        assert_eq!(sasl_plain(&b64_encode(b"no nuls")), None);
+    }
+
+    #[test]
+    fn dummy_hash_is_well_formed() {
+        assert!(argon2::password_hash::phc::PasswordHash::new(dummy_hash()).is_ok());
+        assert!(!crate::admin::verify_password("guess", dummy_hash()));
+    }
+}
