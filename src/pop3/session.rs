@@ -55,21 +55,29 @@ const PLAINTEXT_REFUSED: &str =
 /// Writes `body` as a multi-line response body: CRLF line endings, leading dots doubled,
 /// terminated by `.CRLF` (RFC 1939 §3).
 fn write_stuffed(out: &mut Vec<u8>, body: &[u8]) {
-    let mut at_line_start = true;
-    let mut prev = 0u8;
-    for &b in body {
-        if at_line_start && b == b'.' {
+    out.reserve(body.len() + body.len() / 64 + 5);
+    let mut rest = body;
+    while !rest.is_empty() {
+        // One line per step, copied whole (memchr finds the ends fast).
+        if rest[0] == b'.' {
             out.push(b'.');
         }
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+        match memchr::memchr(b'\n', rest) {
+            Some(i) => {
+                let line = &rest[..i];
+                out.extend_from_slice(line);
+                if line.last() != Some(&b'\r') {
+                    out.push(b'\r'); // bare LF in storage: send CRLF anyway
+                }
+                out.push(b'\n');
+                rest = &rest[i + 1..];
+            }
+            None => {
+                out.extend_from_slice(rest);
+                out.extend_from_slice(b"\r\n");
+                rest = &[];
+            }
         }
-        out.push(b);
-        at_line_start = b == b'\n';
-        prev = b;
-    }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b".\r\n");
 }
@@ -418,9 +426,11 @@ impl Session {
     fn retr(&mut self, args: &str) {
         let Some(i) = self.msg_index(args) else { return };
         let Some(raw) = self.body(i) else { return };
-        let mut out = format!("+OK {} octets\r\n", self.maildrop().msgs[i].size).into_bytes();
-        write_stuffed(&mut out, &raw);
-        self.conn.write(&out);
+        let status = format!("+OK {} octets\r\n", self.maildrop().msgs[i].size);
+        self.conn.write_with(|out| {
+            out.extend_from_slice(status.as_bytes());
+            write_stuffed(out, &raw);
+        });
     }
 
     fn top(&mut self, args: &str) {
@@ -433,9 +443,10 @@ impl Session {
         };
         let Some(i) = self.msg_index(n) else { return };
         let Some(raw) = self.body(i) else { return };
-        let mut out = b"+OK\r\n".to_vec();
-        write_stuffed(&mut out, top(&raw, lines));
-        self.conn.write(&out);
+        self.conn.write_with(|out| {
+            out.extend_from_slice(b"+OK\r\n");
+            write_stuffed(out, top(&raw, lines));
+        });
     }
 
     fn dele(&mut self, args: &str) {

@@ -154,6 +154,11 @@ impl Conn {
         self.outbuf.extend_from_slice(bytes);
     }
 
+    /// Lets a formatter write straight into the output buffer (saves a copy of large bodies).
+    pub fn write_with(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        f(&mut self.outbuf);
+    }
+
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.outbuf.is_empty() {
             self.stream.write_all(&self.outbuf).await?;

@@ -331,3 +331,22 @@ async fn plaintext_pipelined_after_stls_is_discarded() {
     t.pop("STAT", "-ERR").await;
     t.pop("PASS x", "-ERR").await; // and USER was forgotten too
 }
+
+#[tokio::test]
+async fn pop3s_implicit_tls() {
+    let s = start_server(|c| c.listeners[1].tls = mailgate::config::TlsMode::Implicit).await;
+    let tcp = TcpStream::connect(s.pop3).await.unwrap();
+    let tls = crate::smtp_tls::connector(&s.cert_path())
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut c = Client {
+        io: tokio::io::BufReader::new(tls),
+    };
+    assert!(c.line().await.starts_with("+OK"));
+    c.pop("CAPA", "+OK").await;
+    let caps = String::from_utf8(c.multiline().await).unwrap();
+    assert!(!caps.contains("STLS"), "{caps}");
+    c.pop("USER alice@localhost", "+OK").await;
+    c.pop(&format!("PASS {PASSWORD}"), "+OK").await;
+}
