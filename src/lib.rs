@@ -18,6 +18,7 @@ pub mod address;
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod hooks;
 pub mod pop3;
 pub mod route;
 pub mod server;

@@ -17,7 +17,7 @@ pub async fn run(config: &Config, req: Request) -> Result<Vec<u8>, String> {
         // does hold it, sled's lock makes this fail with a clear message.
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
             let store = SledStore::open(&config.store_path(), 16).map_err(|e| e.to_string())?;
-            execute(&store, config, req).await
+            execute(&store, config, None, req).await
         }
         Err(e) => Err(format!("admin socket {}: {e}", path.display())),
     }

@@ -28,6 +28,8 @@ pub enum Request {
     AliasList,
     MailboxList { address: String, folder: String },
     MailboxShow { address: String, uid: u32, folder: String },
+    PolicyReload,
+    PolicyStatus,
 }
 
 impl Request {
@@ -39,6 +41,8 @@ impl Request {
                 | Request::AliasList
                 | Request::MailboxList { .. }
                 | Request::MailboxShow { .. }
+                | Request::PolicyReload
+                | Request::PolicyStatus
         )
     }
 }
@@ -79,9 +83,35 @@ fn parse_address(s: &str) -> Result<Address, String> {
 }
 
 /// Runs one command. The output is what the CLI prints.
-pub async fn execute(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, String> {
+pub async fn execute(
+    store: &dyn MailStore,
+    config: &Config,
+    engine: Option<&crate::hooks::Engine>,
+    req: Request,
+) -> Result<Vec<u8>, String> {
     let writes = req.writes();
-    let out = run(store, config, req)?;
+    let out = match req {
+        Request::PolicyReload | Request::PolicyStatus => {
+            let Some(engine) = engine else {
+                return Err("no server is running (policy reload/status talk to the running server; `mailgate policy check` works offline)".into());
+            };
+            if req == Request::PolicyReload {
+                engine.reload()?;
+            }
+            let st = engine.status();
+            let mut out = format!(
+                "version {}\nloaded_at {}\nplugins {}\n",
+                st.version,
+                st.loaded_at,
+                st.plugins.join(" ")
+            );
+            if let Some(e) = st.last_error {
+                out.push_str(&format!("last_error {e}\n"));
+            }
+            out.into_bytes()
+        }
+        req => run(store, config, req)?,
+    };
     if writes {
         store.sync().await.map_err(|e| e.to_string())?;
     }
@@ -209,6 +239,7 @@ fn run(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, 
                 .ok();
             }
         }
+        Request::PolicyReload | Request::PolicyStatus => unreachable!("handled by execute"),
         Request::MailboxShow { address, uid, folder } => {
             let (mailbox, name) = find_mailbox(store, &address, &folder)?;
             let m = store

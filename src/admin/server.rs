@@ -32,6 +32,7 @@ pub struct Header {
 pub async fn serve(
     config: &Arc<Config>,
     store: Arc<dyn MailStore>,
+    engine: Option<Arc<crate::hooks::Engine>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let path = config.admin_socket_path();
@@ -48,9 +49,9 @@ pub async fn serve(
                 },
                 _ = shutdown.changed() => break,
             };
-            let (store, config) = (store.clone(), config.clone());
+            let (store, config, engine) = (store.clone(), config.clone(), engine.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &*store, &config).await {
+                if let Err(e) = handle(stream, &*store, &config, engine.as_deref()).await {
                     tracing::debug!("admin connection: {e}");
                 }
             });
@@ -59,14 +60,19 @@ pub async fn serve(
     }))
 }
 
-async fn handle(stream: UnixStream, store: &dyn MailStore, config: &Config) -> Result<()> {
+async fn handle(
+    stream: UnixStream,
+    store: &dyn MailStore,
+    config: &Config,
+    engine: Option<&crate::hooks::Engine>,
+) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     BufReader::new(rd).take(MAX_REQUEST).read_line(&mut line).await?;
     let result = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             tracing::info!(?req, "admin request");
-            execute(store, config, req).await
+            execute(store, config, engine, req).await
         }
         Err(e) => Err(format!("bad admin request: {e}")),
     };

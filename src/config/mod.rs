@@ -92,13 +92,70 @@ pub struct Tls {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policies {
+    /// Lua (and WASM) policies, run in file-name order.
     pub dir: PathBuf,
+    /// Lua states per plugin: calls on different states run in parallel (one per core).
+    pub lua_states: usize,
+    /// Add an `X-Mailgate-Trace` header (which policy said what, how long) on local delivery.
+    pub trace_header: bool,
+    /// Quiet time after the last change in `dir` before a reload.
+    pub reload_debounce_ms: u64,
 }
 
 impl Default for Policies {
     fn default() -> Self {
         Policies {
             dir: PathBuf::from("./policies"),
+            lua_states: 2,
+            trace_header: true,
+            reload_debounce_ms: 200,
+        }
+    }
+}
+
+/// Score thresholds: the total score of a message maps to one action.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Add X-Spam-Flag/Score/Symbols headers.
+    pub tag: f64,
+    /// Deliver into Junk.
+    pub quarantine: f64,
+    /// Refuse at SMTP time with 550 5.7.1.
+    pub reject: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            tag: 5.0,
+            quarantine: 10.0,
+            reject: 15.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Spam {
+    pub thresholds: Thresholds,
+}
+
+/// DNS used by policies (and the spam analyzers).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dns {
+    /// Name servers as `IP:port`; empty means the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// Per lookup.
+    pub timeout_ms: u64,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            servers: Vec::new(),
+            timeout_ms: 2000,
         }
     }
 }
@@ -228,6 +285,8 @@ pub struct Config {
     pub smtp: Smtp,
     pub pop3: Pop3,
     pub auth: Auth,
+    pub spam: Spam,
+    pub dns: Dns,
     pub store: Store,
     /// Where the config came from, for messages; not a key.
     #[serde(skip)]
@@ -333,10 +392,16 @@ impl Config {
             ("pop3.max_connections_per_ip", p.max_connections_per_ip as u64),
             ("auth.max_failures_per_ip", self.auth.max_failures_per_ip as u64),
             ("auth.failure_window_secs", self.auth.failure_window_secs),
+            ("policies.lua_states", self.policies.lua_states as u64),
+            ("dns.timeout_ms", self.dns.timeout_ms),
         ] {
             if v == 0 {
                 return Err(format!("{key}: must be greater than 0"));
             }
+        }
+        let t = &self.spam.thresholds;
+        if !(t.tag <= t.quarantine && t.quarantine <= t.reject) {
+            return Err("spam.thresholds: need tag <= quarantine <= reject".into());
         }
         if p.max_line_length < 256 {
             return Err("pop3.max_line_length: must be at least 256 (RFC 2449 §4)".into());

@@ -29,6 +29,7 @@ pub struct Shared {
     pub router: Router,
     pub tls: Option<TlsAcceptor>,
     pub auth: crate::auth::Authenticator,
+    pub engine: Arc<crate::hooks::Engine>,
     /// POP3 maildrop locks.
     pub pop3_locks: crate::pop3::Maildrops,
     /// Becomes `true` when the server shuts down.
@@ -77,6 +78,22 @@ pub async fn start(config: Config) -> Result<Running> {
     } else {
         None
     };
+    let resolver = match crate::hooks::host::resolver(&config.dns) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!("{e}; policies get no DNS");
+            None
+        }
+    };
+    let host = Arc::new(crate::hooks::host::HostServices {
+        store: Some(store.clone()),
+        resolver,
+        dns_timeout: Duration::from_millis(config.dns.timeout_ms),
+    });
+    let engine = Arc::new(
+        crate::hooks::Engine::new(&config.policies.dir, host, config.policies.lua_states)
+            .map_err(|e| anyhow::anyhow!("policies: {e}"))?,
+    );
     let router = Router::new(
         store.clone(),
         config.server.local_domains.clone(),
@@ -89,6 +106,7 @@ pub async fn start(config: Config) -> Result<Running> {
         router,
         tls,
         auth: crate::auth::Authenticator::new(store.clone(), config.auth.clone()),
+        engine: engine.clone(),
         pop3_locks: Default::default(),
         shutdown: shutdown_rx.clone(),
     });
@@ -123,7 +141,14 @@ pub async fn start(config: Config) -> Result<Running> {
             alive.clone(),
         )));
     }
-    let admin = crate::admin::server::serve(&config, store.clone(), shutdown_rx.clone()).await?;
+    let debounce = Duration::from_millis(config.policies.reload_debounce_ms);
+    if let Err(e) = engine.watch(debounce, shutdown_rx.clone()) {
+        tracing::warn!(
+            "cannot watch {}: {e}; reload with SIGHUP or `mailgate policy reload`",
+            config.policies.dir.display()
+        );
+    }
+    let admin = crate::admin::server::serve(&config, store.clone(), Some(engine.clone()), shutdown_rx.clone()).await?;
     drop(alive);
 
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);

@@ -2,6 +2,7 @@
 //! CHUNKING and STARTTLS.
 
 pub mod data;
+pub mod policy;
 mod session;
 
 pub use session::Session;

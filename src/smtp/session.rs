@@ -5,12 +5,15 @@
 //! answered 250 only after the store has flushed it (see [`crate::store::MailStore::sync`]).
 
 use super::data::{DataReceiver, Progress, canonical_line_endings};
+use super::policy::{self, PolicyState};
 use crate::address::Address;
 use crate::config::TlsMode;
+use crate::hooks::contract::{Header, RouteKind, Session as SessionInfo};
+use crate::hooks::{Action, Event, Hook, Outcome, PolicySet, Stage, edit_headers, parse_message, trace_header};
 use crate::route::Route;
 use crate::server::Shared;
 use crate::server::conn::{Conn, Line, ReadError};
-use crate::store::{MailboxId, now_secs};
+use crate::store::{Target, now_secs};
 use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +26,13 @@ const BLOCKING_DELIVERY_SIZE: usize = 256 * 1024;
 
 /// MAIL FROM flags we advertise and therefore accept.
 const ACCEPTED_MAIL_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
+
+/// Why storing a message did not end in 250.
+enum Stored {
+    /// An `on_deliver` policy refused it.
+    Refused(Box<Outcome>),
+    Failed(anyhow::Error),
+}
 
 #[derive(PartialEq, Eq)]
 enum Flow {
@@ -41,6 +51,9 @@ struct Transaction {
     attempted: usize,
     /// BDAT chunks received so far.
     bdat: Option<Vec<u8>>,
+    /// What policies see of this transaction (envelope, scores so far).
+    event: Event,
+    policy: PolicyState,
 }
 
 pub struct Session {
@@ -52,6 +65,11 @@ pub struct Session {
     esmtp: bool,
     tx: Option<Transaction>,
     errors: u32,
+    /// The policy set this session started with (a reload does not change it mid-session).
+    policies: Arc<PolicySet>,
+    /// Scores and verdicts from the connect and helo stages.
+    event: Event,
+    policy: PolicyState,
 }
 
 /// `RCPT TO:<Postmaster>` (no domain), which RFC 5321 §4.1.1.3 requires us to accept; the
@@ -70,6 +88,7 @@ fn queue_id() -> String {
 
 impl Session {
     pub fn new(shared: Arc<Shared>, conn: Conn, peer: SocketAddr, tls_mode: TlsMode) -> Session {
+        let policies = shared.engine.current();
         Session {
             shared,
             conn,
@@ -79,7 +98,53 @@ impl Session {
             esmtp: false,
             tx: None,
             errors: 0,
+            policies,
+            event: Event::default(),
+            policy: PolicyState::default(),
         }
+    }
+
+    fn session_info(&self) -> SessionInfo {
+        SessionInfo {
+            client_ip: self.peer.ip().to_string(),
+            helo: self.helo.clone(),
+            tls: self.conn.is_tls(),
+            auth_user: None,
+            listener: "smtp".into(),
+        }
+    }
+
+    /// Runs `on_receive` at `stage` over `event`. On a refusal the reply is written and the
+    /// flow to follow is returned as the error.
+    async fn receive(&mut self, stage: Stage, event: &mut Event) -> Result<Outcome, Flow> {
+        event.hook = Hook::Receive;
+        event.stage = Some(stage);
+        event.session = self.session_info();
+        let out = self.policies.run(Hook::Receive, event).await;
+        self.refusal(&out).map(|_| out)
+    }
+
+    /// Writes the reply for a refusing outcome; Ok when the outcome does not refuse.
+    fn refusal(&mut self, out: &Outcome) -> Result<(), Flow> {
+        match out.action {
+            Action::Reject | Action::Tempfail => {
+                let (code, enhanced, text) = out.reply();
+                self.reply(code, &enhanced, &text);
+                Err(self.after_error())
+            }
+            Action::Disconnect => {
+                let (code, enhanced, text) = out.reply();
+                self.conn.write(format!("{code} {enhanced} {text}\r\n").as_bytes());
+                Err(Flow::Close)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether on_receive should run at `stage` in the current scope.
+    fn wants(&self, stage: Stage) -> bool {
+        let accepted = self.tx.as_ref().is_some_and(|t| t.policy.accepted) || self.policy.accepted;
+        !accepted && self.policies.wants(Hook::Receive, Some(stage))
     }
 
     fn cfg(&self) -> &crate::config::Smtp {
@@ -112,8 +177,27 @@ impl Session {
     /// Serves the session to its end. `permit` (the connection-limit slot) is released before
     /// the socket closes, so a client that saw the close can connect again at once.
     pub async fn run<P>(mut self, permit: P) {
+        if self.wants(Stage::Connect) {
+            let mut ev = std::mem::take(&mut self.event);
+            ev.session = self.session_info();
+            ev.hook = Hook::Receive;
+            ev.stage = Some(Stage::Connect);
+            let out = self.policies.run(Hook::Receive, &mut ev).await;
+            self.event = ev;
+            if matches!(out.action, Action::Reject | Action::Tempfail | Action::Disconnect) {
+                // Refused at connect: a 554 greeting (RFC 5321 §3.1) or 421, then close.
+                let (code, enhanced, text) = out.reply();
+                let code = if code >= 500 { 554 } else { 421 };
+                self.conn.write(format!("{code} {enhanced} {text}\r\n").as_bytes());
+                drop(permit);
+                self.conn.close().await;
+                return;
+            }
+            self.policy.absorb(out);
+        }
         let greeting = format!("220 {} {}\r\n", self.shared.config.server.hostname, self.cfg().banner);
         self.conn.write(greeting.as_bytes());
+
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             let max = self.cfg().max_line_length;
@@ -165,10 +249,10 @@ impl Session {
             to.address = "postmaster".into();
         }
         match request {
-            Request::Ehlo { host } => self.hello(host, true),
-            Request::Helo { host } => self.hello(host, false),
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            Request::Ehlo { host } => self.hello(host, true).await,
+            Request::Helo { host } => self.hello(host, false).await,
+            Request::Mail { from } => self.mail(from).await,
+            Request::Rcpt { to } => self.rcpt(to).await,
             Request::Data => self.data().await,
             Request::Bdat { chunk_size, is_last } => self.bdat(chunk_size, is_last).await,
             Request::Rset => {
@@ -235,12 +319,25 @@ impl Session {
         }
     }
 
-    fn hello(&mut self, host: String, esmtp: bool) -> Flow {
+    async fn hello(&mut self, host: String, esmtp: bool) -> Flow {
         let host = host.trim().to_string();
         if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return self.refuse(501, "5.5.4", "Syntax: EHLO hostname");
         }
         self.tx = None;
+        if self.wants(Stage::Helo) {
+            let previous = self.helo.replace(host.clone());
+            let mut ev = std::mem::take(&mut self.event);
+            let r = self.receive(Stage::Helo, &mut ev).await;
+            self.event = ev;
+            match r {
+                Ok(out) => self.policy.absorb(out),
+                Err(flow) => {
+                    self.helo = previous;
+                    return flow;
+                }
+            }
+        }
         self.esmtp = esmtp;
         let name = self.shared.config.server.hostname.clone();
         if !esmtp {
@@ -271,7 +368,7 @@ impl Session {
         self.shared.tls.is_some() && self.tls_mode == TlsMode::Starttls && !self.conn.is_tls()
     }
 
-    fn mail(&mut self, from: MailFrom<String>) -> Flow {
+    async fn mail(&mut self, from: MailFrom<String>) -> Flow {
         if self.helo.is_none() {
             return self.refuse(503, "5.5.1", "Send EHLO/HELO first");
         }
@@ -297,6 +394,16 @@ impl Session {
                 return self.refuse(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
             }
         }
+        let mut event = self.event.clone();
+        event.envelope.mail_from = Some(address.clone());
+        event.envelope.rcpt_to.clear();
+        let mut state = self.policy.clone();
+        if self.wants(Stage::Mail) {
+            match self.receive(Stage::Mail, &mut event).await {
+                Ok(out) => state.absorb(out),
+                Err(flow) => return flow,
+            }
+        }
         self.tx = Some(Transaction {
             mail_from: address,
             smtputf8,
@@ -304,12 +411,14 @@ impl Session {
             rcpts: Vec::new(),
             attempted: 0,
             bdat: None,
+            event,
+            policy: state,
         });
         self.reply(250, "2.1.0", "Ok");
         Flow::Continue
     }
 
-    fn rcpt(&mut self, to: RcptTo<String>) -> Flow {
+    async fn rcpt(&mut self, to: RcptTo<String>) -> Flow {
         let max_rcpts = self.cfg().max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return self.refuse(503, "5.5.1", "Need MAIL command first");
@@ -345,27 +454,103 @@ impl Session {
             Ok(a) => a,
             Err(_) => return self.refuse(501, "5.1.3", "Bad recipient address syntax"),
         };
-        match self.shared.router.route(&address) {
-            Ok(Route::Local(accounts)) => {
-                let tx = self.tx.as_mut().expect("checked above");
-                for a in accounts {
-                    if !tx.accounts.contains(&a) {
-                        tx.accounts.push(a);
-                    }
-                }
-                tx.rcpts.push(given);
-                self.reply(250, "2.1.5", "Ok");
-                Flow::Continue
+        let route = match self.route(&given, &address).await {
+            Ok(r) => r,
+            Err(flow) => return flow,
+        };
+        let accounts = match route {
+            Ok(Route::Local(accounts)) => accounts,
+            Ok(Route::UnknownUser) => {
+                return self.refuse(
+                    550,
+                    "5.1.1",
+                    &format!("<{given}>: Recipient address rejected: User unknown"),
+                );
             }
-            Ok(Route::UnknownUser) => self.refuse(
-                550,
-                "5.1.1",
-                &format!("<{given}>: Recipient address rejected: User unknown"),
-            ),
-            Ok(Route::RelayDenied) => self.refuse(554, "5.7.1", &format!("<{given}>: Relay access denied")),
+            Ok(Route::RelayDenied) => return self.refuse(554, "5.7.1", &format!("<{given}>: Relay access denied")),
             Err(e) => {
                 tracing::error!("routing {given}: {e}");
-                self.refuse(451, "4.3.0", "Temporary lookup failure")
+                return self.refuse(451, "4.3.0", "Temporary lookup failure");
+            }
+        };
+        if self.wants(Stage::Rcpt) {
+            let mut ev = self.tx.as_ref().expect("checked above").event.clone();
+            ev.recipient = Some(given.clone());
+            match self.receive(Stage::Rcpt, &mut ev).await {
+                Ok(out) => {
+                    let tx = self.tx.as_mut().expect("checked above");
+                    tx.event.score = ev.score;
+                    tx.event.symbols = ev.symbols;
+                    tx.policy.absorb(out);
+                }
+                Err(flow) => return flow,
+            }
+        }
+        let tx = self.tx.as_mut().expect("checked above");
+        for a in accounts {
+            if !tx.accounts.contains(&a) {
+                tx.accounts.push(a);
+            }
+        }
+        tx.event.envelope.rcpt_to.push(given.clone());
+        tx.rcpts.push(given);
+        self.reply(250, "2.1.5", "Ok");
+        Flow::Continue
+    }
+
+    /// The built-in route, then `on_route` policies, which may override it. The outer error
+    /// is a refusal already answered.
+    async fn route(&mut self, given: &str, address: &Address) -> Result<crate::store::Result<Route>, Flow> {
+        let builtin = self.shared.router.route(address);
+        let Ok(default) = &builtin else { return Ok(builtin) };
+        if !self.policies.wants(Hook::Route, None) {
+            return Ok(builtin);
+        }
+        let mut ev = self.tx.as_ref().map(|t| t.event.clone()).unwrap_or_default();
+        ev.hook = Hook::Route;
+        ev.stage = None;
+        ev.session = self.session_info();
+        ev.recipient = Some(given.to_string());
+        ev.default_route = Some(
+            match default {
+                Route::Local(_) => "local",
+                Route::UnknownUser => "unknown",
+                Route::RelayDenied => "relay-denied",
+            }
+            .into(),
+        );
+        let out = self.policies.run(Hook::Route, &mut ev).await;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.policy.trace.extend(out.trace.iter().cloned());
+        }
+        self.refusal(&out)?;
+        match out.route {
+            None => Ok(builtin),
+            Some(RouteKind::Local) => {
+                let target = out.mailbox.clone().unwrap_or_else(|| given.to_string());
+                Ok(match Address::parse(&target) {
+                    // A rewrite may only name local accounts: a policy cannot open a relay.
+                    Ok(a) => match self.shared.router.route(&a) {
+                        Ok(Route::RelayDenied) => Ok(Route::UnknownUser),
+                        r => r,
+                    },
+                    Err(_) => Ok(Route::UnknownUser),
+                })
+            }
+            Some(RouteKind::Reject) => {
+                let code = out.code.filter(|c| (400..600).contains(c)).unwrap_or(550);
+                let enhanced = out.enhanced.clone().unwrap_or_else(|| "5.1.1".into());
+                let text = out
+                    .text
+                    .clone()
+                    .unwrap_or_else(|| format!("<{given}>: Recipient address rejected"));
+                self.reply(code, &enhanced, &text);
+                Err(self.after_error())
+            }
+            Some(RouteKind::Relay) => {
+                // Relay to a next hop needs the outbound queue (a later issue).
+                self.reply(451, "4.3.2", "Relay to the next hop is not available yet");
+                Err(self.after_error())
             }
         }
     }
@@ -490,49 +675,162 @@ impl Session {
         )
     }
 
+    /// End of DATA/BDAT: the data stage, the score thresholds, header edits, `on_deliver` per
+    /// recipient, then the store; 250 only once it is on disk.
     async fn deliver(&mut self, body: Vec<u8>) -> Flow {
-        let Some(tx) = self.tx.take() else {
+        let Some(mut tx) = self.tx.take() else {
             return self.refuse(503, "5.5.1", "Need MAIL command first");
         };
         let id = queue_id();
+        let wants_data = !tx.policy.accepted && self.policies.wants(Hook::Receive, Some(Stage::Data));
+        // Parsed once, shared by every policy of every hook.
+        let message = (wants_data || self.policies.wants(Hook::Deliver, None)).then(|| parse_message(&body));
+        if wants_data {
+            let mut ev = std::mem::take(&mut tx.event);
+            ev.message = message.clone();
+            let r = self.receive(Stage::Data, &mut ev).await;
+            ev.message = None;
+            tx.event = ev;
+            match r {
+                Ok(out) => tx.policy.absorb(out),
+                Err(flow) => return flow,
+            }
+        }
+        let score = tx.event.score;
+        let judged = if tx.policy.accepted {
+            policy::Verdict::Clean
+        } else {
+            policy::judge(score, &self.shared.config.spam.thresholds)
+        };
+        if judged == policy::Verdict::Reject {
+            let reasons = policy::main_symbols(&tx.event.symbols, 3);
+            tracing::info!(id, score, reasons, "rejected as spam");
+            return self.refuse(
+                550,
+                "5.7.1",
+                &format!("Message rejected as spam (score {score:.1}: {reasons})"),
+            );
+        }
+        if tx.policy.discard {
+            tracing::info!(id, from = %tx.mail_from, "discarded by policy");
+            self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
+            return Flow::Continue;
+        }
+        let quarantine = tx.policy.quarantine || judged == policy::Verdict::Quarantine;
+        let mut add = tx.policy.add_headers.clone();
+        add.extend(policy::spam_headers(
+            score,
+            &tx.event.symbols,
+            judged != policy::Verdict::Clean,
+        ));
+        if self.shared.config.policies.trace_header && !tx.policy.trace.is_empty() {
+            add.push(Header {
+                name: "X-Mailgate-Trace".into(),
+                value: format!("v={}; {}", self.policies.version, trace_header(&tx.policy.trace)),
+            });
+        }
         let mut raw = self.trace_headers(&tx, &id).into_bytes();
-        raw.extend_from_slice(&body);
+        raw.extend_from_slice(&edit_headers(&body, &add, &tx.policy.remove_headers));
         drop(body);
-        match self.store_message(&tx, raw).await {
+        match self.store_message(&tx, raw, message, quarantine).await {
             Ok(n) => {
-                tracing::info!(id, from = %tx.mail_from, rcpts = ?tx.rcpts, mailboxes = n, "delivered");
+                tracing::info!(id, from = %tx.mail_from, rcpts = ?tx.rcpts, mailboxes = n, score, quarantine, "delivered");
                 self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
                 Flow::Continue
             }
-            Err(e) => {
+            Err(Stored::Refused(out)) => self.refusal(&out).err().unwrap_or(Flow::Continue),
+            Err(Stored::Failed(e)) => {
                 tracing::error!(id, "delivery failed: {e}");
                 self.refuse(451, "4.3.0", "Temporary storage failure, try again later")
             }
         }
     }
 
-    /// Writes the message into every recipient's INBOX and waits until it is on disk.
-    async fn store_message(&self, tx: &Transaction, raw: Vec<u8>) -> anyhow::Result<usize> {
+    /// Runs `on_deliver` for each recipient, writes the message into the chosen folders
+    /// (one stored copy per distinct set of added headers) and waits until it is on disk.
+    async fn store_message(
+        &self,
+        tx: &Transaction,
+        raw: Vec<u8>,
+        message: Option<crate::hooks::contract::Message>,
+        quarantine: bool,
+    ) -> Result<usize, Stored> {
         let store = self.shared.store.clone();
-        let mut targets: Vec<MailboxId> = Vec::with_capacity(tx.accounts.len());
+        let mut groups: Vec<(Vec<Header>, Vec<Target>)> = Vec::new();
         for account in &tx.accounts {
-            match store.mailbox(account, "INBOX")? {
-                Some(m) => targets.push(m.id),
-                None => tracing::warn!(account, "account vanished since RCPT; skipped"),
+            let mut folder = if quarantine { "Junk" } else { "INBOX" }.to_string();
+            let (mut flags, mut keywords, mut extra) = (Default::default(), Vec::new(), Vec::new());
+            if self.policies.wants(Hook::Deliver, None) {
+                let mut ev = tx.event.clone();
+                ev.hook = Hook::Deliver;
+                ev.stage = None;
+                ev.session = self.session_info();
+                ev.recipient = Some(account.clone());
+                ev.mailbox = Some(folder.clone());
+                ev.message = message.clone();
+                let out = self.policies.run(Hook::Deliver, &mut ev).await;
+                match out.action {
+                    Action::Discard => continue,
+                    Action::Reject | Action::Tempfail | Action::Disconnect => {
+                        return Err(Stored::Refused(Box::new(out)));
+                    }
+                    _ => {}
+                }
+                if out.quarantine {
+                    folder = "Junk".into();
+                }
+                if let Some(f) = out.folder.clone() {
+                    folder = f;
+                }
+                (flags, keywords) = policy::parse_flags(&out.flags);
+                extra = out.add_headers;
+            }
+            let mailbox = match store.mailbox(account, &folder).map_err(|e| Stored::Failed(e.into()))? {
+                Some(m) => m,
+                None => {
+                    tracing::warn!(account, folder, "no such folder; delivering to INBOX");
+                    match store.mailbox(account, "INBOX").map_err(|e| Stored::Failed(e.into()))? {
+                        Some(m) => m,
+                        None => {
+                            tracing::warn!(account, "account vanished since RCPT; skipped");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let target = Target {
+                mailbox: mailbox.id,
+                flags,
+                keywords,
+            };
+            match groups.iter_mut().find(|(h, _)| *h == extra) {
+                Some((_, targets)) => targets.push(target),
+                None => groups.push((extra, vec![target])),
             }
         }
-        if targets.is_empty() {
-            anyhow::bail!("no mailbox left to deliver to");
-        }
+        let mut delivered = 0;
         let now = now_secs();
-        if raw.len() >= BLOCKING_DELIVERY_SIZE {
-            let (s, t) = (store.clone(), targets.clone());
-            tokio::task::spawn_blocking(move || s.deliver(&raw, now, &t)).await??;
-        } else {
-            store.deliver(&raw, now, &targets)?;
+        for (extra, targets) in groups {
+            let copy = if extra.is_empty() {
+                raw.clone()
+            } else {
+                edit_headers(&raw, &extra, &[])
+            };
+            if copy.len() >= BLOCKING_DELIVERY_SIZE {
+                let (s, t) = (store.clone(), targets.clone());
+                tokio::task::spawn_blocking(move || s.deliver_to(&copy, now, &t))
+                    .await
+                    .map_err(|e| Stored::Failed(e.into()))?
+                    .map_err(|e| Stored::Failed(e.into()))?;
+            } else {
+                store
+                    .deliver_to(&copy, now, &targets)
+                    .map_err(|e| Stored::Failed(e.into()))?;
+            }
+            delivered += targets.len();
         }
-        store.sync().await?;
-        Ok(targets.len())
+        store.sync().await.map_err(|e| Stored::Failed(e.into()))?;
+        Ok(delivered)
     }
 
     /// STARTTLS (RFC 3207): reply, drop anything pipelined behind the command, handshake, and

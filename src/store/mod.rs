@@ -52,6 +52,14 @@ pub struct MailboxMeta {
     pub subscribed: bool,
 }
 
+/// Where one copy of a delivered message goes, and with which flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub mailbox: MailboxId,
+    pub flags: Flags,
+    pub keywords: Vec<String>,
+}
+
 /// One message as listed: where it is and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -113,9 +121,21 @@ pub trait MailStore: Send + Sync + 'static {
     // --- mailboxes and messages ---
     fn mailbox(&self, account: &str, name: &str) -> Result<Option<MailboxMeta>>;
     fn mailboxes(&self, account: &str) -> Result<Vec<MailboxMeta>>;
-    /// Stores `raw` once and adds it to every mailbox in `targets`, atomically. Returns the
-    /// uid given in each mailbox, in order. Not durable until [`MailStore::sync`].
-    fn deliver(&self, raw: &[u8], internal_date: i64, targets: &[MailboxId]) -> Result<Vec<u32>>;
+    /// Stores `raw` once and adds it to every mailbox in `targets` with its flags, atomically.
+    /// Returns the uid given in each mailbox, in order. Not durable until [`MailStore::sync`].
+    fn deliver_to(&self, raw: &[u8], internal_date: i64, targets: &[Target]) -> Result<Vec<u32>>;
+
+    /// [`MailStore::deliver_to`] with no flags.
+    fn deliver(&self, raw: &[u8], internal_date: i64, targets: &[MailboxId]) -> Result<Vec<u32>> {
+        let t: Vec<Target> = targets
+            .iter()
+            .map(|&mailbox| Target {
+                mailbox,
+                ..Target::default()
+            })
+            .collect();
+        self.deliver_to(raw, internal_date, &t)
+    }
     /// Removes messages by uid (absent uids are ignored) and returns the uids removed.
     /// Bodies no longer referenced anywhere are released. Not durable until `sync`.
     fn expunge(&self, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>>;
@@ -124,6 +144,12 @@ pub trait MailStore: Send + Sync + 'static {
     fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>>;
     /// Number of stored blobs (distinct message bodies), for checks and status.
     fn blob_count(&self) -> Result<usize>;
+
+    /// Plugin key-value state (greylisting and the like). Kept in its own tree, outside the
+    /// journal: it is made durable by the periodic checkpoint, not before each answer.
+    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Sets (`Some`) or removes (`None`) a key.
+    fn kv_set(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
 
     /// One line of counters for logs (writes, flushes).
     fn stats(&self) -> String;

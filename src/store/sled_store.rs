@@ -32,6 +32,7 @@ impl std::ops::Deref for SledStore {
 pub struct Inner {
     db: sled::Db,
     tree: sled::Tree,
+    kv: sled::Tree,
     /// Serialises read-modify-write change sets; also orders them in the journal.
     writer: Mutex<()>,
     /// Number of the last change set applied.
@@ -85,9 +86,11 @@ impl SledStore {
         let journal_dir = path.with_extension("journal");
         let (journal, last) = Journal::open(&journal_dir, &db, &tree)
             .map_err(|e| StoreError::Backend(format!("journal {}: {e}", journal_dir.display())))?;
+        let kv = db.open_tree("kv")?;
         let inner = Arc::new(Inner {
             db,
             tree,
+            kv,
             writer: Mutex::new(()),
             seq: AtomicU64::new(last),
             journal,
@@ -379,13 +382,14 @@ impl MailStore for SledStore {
         Ok(out)
     }
 
-    fn deliver(&self, raw: &[u8], internal_date: i64, targets: &[MailboxId]) -> Result<Vec<u32>> {
+    fn deliver_to(&self, raw: &[u8], internal_date: i64, targets: &[Target]) -> Result<Vec<u32>> {
         let id = blob_id(raw);
         let _w = self.lock();
         let mut batch = WriteSet::default();
         let mut uids = Vec::with_capacity(targets.len());
         let mut metas: Vec<MailboxMeta> = Vec::new();
-        for &mb in targets {
+        for t in targets {
+            let mb = t.mailbox;
             // The same mailbox twice in one delivery gets two uids, from one updated record.
             let pos = match metas.iter().position(|m| m.id == mb) {
                 Some(p) => p,
@@ -409,8 +413,8 @@ impl MailStore for SledStore {
                 size: raw.len() as u64,
                 internal_date,
                 modseq: m.highestmodseq,
-                flags: Flags::default(),
-                keywords: Vec::new(),
+                flags: t.flags,
+                keywords: t.keywords.clone(),
             };
             batch.insert(keys::message(mb, uid), meta.encode());
             uids.push(uid);
@@ -481,6 +485,18 @@ impl MailStore for SledStore {
 
     fn blob_count(&self) -> Result<usize> {
         Ok(self.tree.scan_prefix([keys::BLOB]).count())
+    }
+
+    fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.kv.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn kv_set(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        match value {
+            Some(v) => self.kv.insert(key.as_bytes(), v)?,
+            None => self.kv.remove(key.as_bytes())?,
+        };
+        Ok(())
     }
 
     fn stats(&self) -> String {

@@ -40,6 +40,7 @@ pub fn test_config(dir: &Path) -> Config {
     };
     c.listeners = vec![listener(Protocol::Smtp), listener(Protocol::Pop3)];
     c.auth.failure_delay_ms = 0;
+    c.policies.dir = dir.join("policies");
     c
 }
 
@@ -244,8 +245,9 @@ pub struct ChildServer {
 pub fn write_child_config(dir: &Path) -> PathBuf {
     let path = dir.join("mailgate.toml");
     let text = format!(
-        "[server]\nhostname = \"mx.test\"\ndata_dir = \"{}\"\nlocal_domains = [\"localhost\"]\nshutdown_grace_secs = 5\n\n[[listener]]\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n",
-        dir.join("data").display()
+        "[server]\nhostname = \"mx.test\"\ndata_dir = \"{}\"\nlocal_domains = [\"localhost\"]\nshutdown_grace_secs = 5\n\n[policies]\ndir = \"{}\"\n\n[[listener]]\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n",
+        dir.join("data").display(),
+        dir.join("policies").display()
     );
     std::fs::write(&path, text).unwrap();
     path

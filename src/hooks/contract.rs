@@ -1,0 +1,239 @@
+//! The hook contract: what a policy sees ([`Event`]) and what it may answer ([`Verdict`]).
+//!
+//! Defined once, here. Lua sees these as tables (field names as below); WASM plugins get the
+//! same JSON (see `plugins/wit/mailgate.wit`). `docs/hooks.md` is the prose version; keep the
+//! three in step.
+
+use serde::{Deserialize, Serialize};
+
+/// The four hook points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Receive,
+    Route,
+    Deliver,
+    Fetch,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [Hook::Receive, Hook::Route, Hook::Deliver, Hook::Fetch];
+
+    /// The function a plugin defines for this hook.
+    pub fn function(self) -> &'static str {
+        match self {
+            Hook::Receive => "on_receive",
+            Hook::Route => "on_route",
+            Hook::Deliver => "on_deliver",
+            Hook::Fetch => "on_fetch",
+        }
+    }
+}
+
+/// SMTP stages at which `on_receive` may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Connect,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+}
+
+impl Stage {
+    pub fn parse(s: &str) -> Option<Stage> {
+        Some(match s {
+            "connect" => Stage::Connect,
+            "helo" => Stage::Helo,
+            "mail" => Stage::Mail,
+            "rcpt" => Stage::Rcpt,
+            "data" => Stage::Data,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Session {
+    pub client_ip: String,
+    pub helo: Option<String>,
+    pub tls: bool,
+    pub auth_user: Option<String>,
+    /// The listener's protocol: smtp, submission, pop3, imap.
+    pub listener: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    /// Empty string for the null sender `<>`.
+    pub mail_from: Option<String>,
+    pub rcpt_to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+/// The message, parsed once per transaction and shared by every policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Message {
+    /// Decoded Subject.
+    pub subject: String,
+    /// Address in From.
+    pub from: String,
+    pub to: Vec<String>,
+    /// Decoded body text (text parts, HTML reduced to text).
+    pub text: String,
+    /// Every header in order, raw value (unfolded).
+    pub headers: Vec<Header>,
+    pub size: usize,
+    pub attachments: usize,
+}
+
+/// Sender-authentication results (filled by the spam analyzers when enabled).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuthResults {
+    pub spf: Option<String>,
+    pub dkim: Option<String>,
+    pub dmarc: Option<String>,
+}
+
+/// A named score contribution with its reason.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Symbol {
+    pub name: String,
+    pub score: f64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// What every hook sees. Fields that do not apply to a hook are absent (nil in Lua).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub hook: Hook,
+    /// For `on_receive`: the SMTP stage.
+    pub stage: Option<Stage>,
+    pub session: Session,
+    pub envelope: Envelope,
+    /// `on_route`, `on_deliver`: the recipient; `on_receive` at `rcpt`: the one being added.
+    pub recipient: Option<String>,
+    /// `on_route`: what the built-in routing decided: `local`, `unknown`, `relay-denied`.
+    pub default_route: Option<String>,
+    /// At `data`, `on_deliver`, `on_fetch`.
+    pub message: Option<Message>,
+    pub auth: Option<AuthResults>,
+    /// Score so far (earlier policies in the chain, earlier stages).
+    pub score: f64,
+    pub symbols: Vec<Symbol>,
+    /// `on_deliver`: the folder chosen so far; `on_fetch`: the folder read from.
+    pub mailbox: Option<String>,
+    /// `on_fetch`: the account reading.
+    pub user: Option<String>,
+}
+
+impl Default for Event {
+    fn default() -> Event {
+        Event::new(Hook::Receive, Session::default())
+    }
+}
+
+impl Event {
+    pub fn new(hook: Hook, session: Session) -> Event {
+        Event {
+            hook,
+            stage: None,
+            session,
+            envelope: Envelope::default(),
+            recipient: None,
+            default_route: None,
+            message: None,
+            auth: None,
+            score: 0.0,
+            symbols: Vec::new(),
+            mailbox: None,
+            user: None,
+        }
+    }
+}
+
+/// Actions a policy can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Go on with the next policy (the default).
+    #[default]
+    Continue,
+    /// Accept now: later policies and the score thresholds are skipped.
+    Accept,
+    /// Permanent refusal (5xx).
+    Reject,
+    /// Temporary refusal (4xx).
+    Tempfail,
+    /// Accept and drop silently.
+    Discard,
+    /// Close the connection (after a 421).
+    Disconnect,
+    /// Deliver into the Junk folder.
+    Quarantine,
+    /// `on_fetch`: do not show this message.
+    Hide,
+}
+
+impl Action {
+    /// Ends the chain.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Action::Accept | Action::Reject | Action::Tempfail | Action::Discard | Action::Disconnect | Action::Hide
+        )
+    }
+}
+
+/// `on_route` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// Deliver into the local account `mailbox` (or the recipient itself).
+    Local,
+    /// Send on to `host` (needs the outbound queue; refused with 451 until then).
+    Relay,
+    /// Refuse this recipient (`code`/`enhanced`/`text`, default 550 5.1.1).
+    Reject,
+}
+
+/// What a policy answers. Every field is optional; an empty verdict (Lua `nil`) continues.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    #[serde(default)]
+    pub action: Action,
+    pub code: Option<u16>,
+    pub enhanced: Option<String>,
+    pub text: Option<String>,
+    /// Score to add, with the symbol and reason it is reported under.
+    pub score: Option<f64>,
+    pub symbol: Option<String>,
+    pub reason: Option<String>,
+    /// Several scored symbols at once.
+    #[serde(default)]
+    pub symbols: Vec<Symbol>,
+    /// `on_deliver`: folder to deliver into.
+    pub folder: Option<String>,
+    /// `on_deliver`: IMAP flags to set (`\\Seen`, `\\Flagged`, keywords).
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// Headers to add (on top) to the message.
+    #[serde(default)]
+    pub add_headers: Vec<Header>,
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove_headers: Vec<String>,
+    pub route: Option<RouteKind>,
+    /// `on_route` local: the account to deliver to instead.
+    pub mailbox: Option<String>,
+    /// `on_route` relay: next hop `host[:port]`.
+    pub host: Option<String>,
+}

@@ -1,0 +1,180 @@
+//! Host services plugins may call (the Lua `mailgate` table; WASM host imports mirror it):
+//! DNS through hickory, a per-plugin key-value store kept in the mail store, and a regex cache.
+
+use crate::store::MailStore;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use regex::Regex;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Regexes a plugin may keep compiled at once (a plugin building patterns from message text
+/// must not grow memory without bound).
+const REGEX_CACHE: usize = 256;
+
+/// Shared by all plugins of a server (or of one `policy test` run).
+pub struct HostServices {
+    pub store: Option<Arc<dyn MailStore>>,
+    pub resolver: Option<Arc<TokioResolver>>,
+    pub dns_timeout: Duration,
+}
+
+impl HostServices {
+    pub fn none() -> Arc<HostServices> {
+        Arc::new(HostServices {
+            store: None,
+            resolver: None,
+            dns_timeout: Duration::from_secs(2),
+        })
+    }
+
+    /// Looks up `name` (`A`, `AAAA`, `MX`, `TXT`, `PTR`); answers as strings (MX as
+    /// "preference exchange", TXT strings joined). NXDOMAIN and no-data give an empty list.
+    pub async fn dns(&self, kind: &str, name: &str) -> Result<Vec<String>, String> {
+        let resolver = self.resolver.as_ref().ok_or("DNS is not available here")?;
+        let kind = kind.to_ascii_uppercase();
+        let lookup = async {
+            if kind == "PTR" {
+                let ip: IpAddr = name
+                    .parse()
+                    .map_err(|_| format!("PTR needs an IP address, got {name:?}"))?;
+                return match resolver.reverse_lookup(ip).await {
+                    Ok(l) => Ok(l.answers().iter().map(|r| rdata_string(&r.data)).collect()),
+                    Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            let rtype = match kind.as_str() {
+                "A" => RecordType::A,
+                "AAAA" => RecordType::AAAA,
+                "MX" => RecordType::MX,
+                "TXT" => RecordType::TXT,
+                other => return Err(format!("unsupported DNS type {other}")),
+            };
+            match resolver.lookup(name, rtype).await {
+                Ok(l) => Ok(l
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .map(|r| rdata_string(&r.data))
+                    .collect()),
+                Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        tokio::time::timeout(self.dns_timeout, lookup)
+            .await
+            .map_err(|_| format!("DNS {kind} {name}: timed out"))?
+    }
+
+    fn kv_key(plugin: &str, key: &str) -> String {
+        format!("{plugin}\0{key}")
+    }
+
+    /// A value set by this plugin, unless expired.
+    pub fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<String>, String> {
+        let store = self.store.as_ref().ok_or("no store here")?;
+        let Some(raw) = store.kv_get(&Self::kv_key(plugin, key)).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let (expiry, value) = raw.split_at(8.min(raw.len()));
+        let expiry = i64::from_be_bytes(expiry.try_into().unwrap_or_default());
+        if expiry != 0 && expiry < crate::store::now_secs() {
+            return Ok(None);
+        }
+        Ok(Some(String::from_utf8_lossy(value).into_owned()))
+    }
+
+    /// Sets a value, optionally expiring after `ttl_secs`.
+    pub fn kv_set(&self, plugin: &str, key: &str, value: &str, ttl_secs: Option<i64>) -> Result<(), String> {
+        let store = self.store.as_ref().ok_or("no store here")?;
+        let expiry = ttl_secs.map(|t| crate::store::now_secs() + t).unwrap_or(0);
+        let mut raw = expiry.to_be_bytes().to_vec();
+        raw.extend_from_slice(value.as_bytes());
+        store
+            .kv_set(&Self::kv_key(plugin, key), Some(&raw))
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn kv_del(&self, plugin: &str, key: &str) -> Result<(), String> {
+        let store = self.store.as_ref().ok_or("no store here")?;
+        store
+            .kv_set(&Self::kv_key(plugin, key), None)
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn rdata_string(d: &RData) -> String {
+    match d {
+        RData::A(a) => a.0.to_string(),
+        RData::AAAA(a) => a.0.to_string(),
+        RData::MX(mx) => format!("{} {}", mx.preference, mx.exchange),
+        RData::TXT(txt) => txt
+            .txt_data
+            .iter()
+            .map(|s| String::from_utf8_lossy(s))
+            .collect::<Vec<_>>()
+            .join(""),
+        RData::PTR(p) => p.0.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Compiled regexes of one plugin, compiled once and reused across calls.
+#[derive(Default)]
+pub struct RegexCache {
+    map: Mutex<HashMap<String, Regex>>,
+}
+
+impl RegexCache {
+    pub fn get(&self, pattern: &str) -> Result<Regex, String> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = map.get(pattern) {
+            return Ok(r.clone());
+        }
+        let r = regex::RegexBuilder::new(pattern)
+            .size_limit(1 << 20)
+            .build()
+            .map_err(|e| format!("bad regex {pattern:?}: {e}"))?;
+        if map.len() >= REGEX_CACHE {
+            map.clear();
+        }
+        map.insert(pattern.to_string(), r.clone());
+        Ok(r)
+    }
+}
+
+/// The resolver policies use: the configured name servers, or the system's.
+pub fn resolver(cfg: &crate::config::Dns) -> Result<Arc<TokioResolver>, String> {
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let builder = if cfg.servers.is_empty() {
+        hickory_resolver::Resolver::builder_tokio().map_err(|e| format!("system DNS configuration: {e}"))?
+    } else {
+        let servers = cfg
+            .servers
+            .iter()
+            .map(|a| {
+                let mut ns = NameServerConfig::udp_and_tcp(a.ip());
+                for c in &mut ns.connections {
+                    c.port = a.port();
+                }
+                ns
+            })
+            .collect();
+        hickory_resolver::Resolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_millis(cfg.timeout_ms);
+    opts.attempts = 1;
+    builder
+        .with_options(opts)
+        .build()
+        .map(Arc::new)
+        .map_err(|e| format!("DNS resolver: {e}"))
+}

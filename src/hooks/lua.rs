@@ -1,0 +1,321 @@
+//! Lua policies (mlua, Lua 5.4 vendored).
+//!
+//! Each plugin gets a small pool of sandboxed states (one per worker thread), each loaded
+//! with the script: only the `table`, `string`, `math`, `utf8` and `coroutine` libraries;
+//! `io`, `os`, `package`, `debug`, `require`, `load`, `dofile`... do not exist. Budgets per
+//! call: VM instructions (a global hook every 1000 instructions, which also stops loops inside
+//! coroutines), wall time (checked in the same hook, and by a timeout around the call for time
+//! spent in host calls), and heap (`set_memory_limit`). After an error the state stays usable.
+
+use super::PluginError;
+use super::contract::{Event, Hook, Stage, Verdict};
+use super::host::{HostServices, RegexCache};
+use super::manifest::Manifest;
+use mlua::{HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Value, VmState};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Instructions between two budget checks.
+const HOOK_EVERY: u32 = 1000;
+
+#[derive(Default)]
+struct Budget {
+    /// Units of [`HOOK_EVERY`] instructions left.
+    instr_left: AtomicI64,
+    deadline: Mutex<Option<Instant>>,
+    dns_left: AtomicU32,
+    /// 0 none, 1 instructions, 2 time.
+    exceeded: AtomicU8,
+}
+
+impl Budget {
+    fn arm(&self, m: &Manifest) {
+        self.instr_left
+            .store((m.instructions / HOOK_EVERY as u64).max(1) as i64, Ordering::SeqCst);
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(Instant::now() + Duration::from_millis(m.timeout_ms));
+        self.dns_left.store(m.dns_lookups, Ordering::SeqCst);
+        self.exceeded.store(0, Ordering::SeqCst);
+    }
+
+    fn disarm(&self) {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+struct State {
+    lua: Lua,
+    budget: Arc<Budget>,
+}
+
+pub struct LuaPlugin {
+    name: String,
+    manifest: Manifest,
+    states: Vec<tokio::sync::Mutex<State>>,
+    hooks: HashSet<Hook>,
+    stages: Vec<Stage>,
+}
+
+/// Turns an mlua error into a readable one-line message (the traceback is noise here).
+fn lua_error(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => lua_error(cause),
+        mlua::Error::MemoryError(_) => "out of memory (memory_mb exceeded)".into(),
+        other => other.to_string().lines().next().unwrap_or("").to_string(),
+    }
+}
+
+fn new_state(
+    name: &str,
+    path: &Path,
+    source: &str,
+    manifest: &Manifest,
+    host: &Arc<HostServices>,
+    regexes: &Arc<RegexCache>,
+) -> Result<State, String> {
+    let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE;
+    let lua = Lua::new_with(libs, LuaOptions::default()).map_err(|e| lua_error(&e))?;
+    let budget = Arc::new(Budget::default());
+    (|| -> mlua::Result<()> {
+        let g = lua.globals();
+        for n in [
+            "dofile",
+            "loadfile",
+            "load",
+            "require",
+            "collectgarbage",
+            "print",
+            "loadstring",
+        ] {
+            g.set(n, Value::Nil)?;
+        }
+        let b = budget.clone();
+        lua.set_global_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
+            if b.instr_left.fetch_sub(1, Ordering::Relaxed) <= 0 {
+                b.exceeded.store(1, Ordering::SeqCst);
+                return Err(mlua::Error::runtime("instruction budget exceeded"));
+            }
+            if let Some(d) = *b.deadline.lock().unwrap_or_else(|p| p.into_inner())
+                && Instant::now() > d
+            {
+                b.exceeded.store(2, Ordering::SeqCst);
+                return Err(mlua::Error::runtime("time budget exceeded"));
+            }
+            Ok(VmState::Continue)
+        })?;
+        install_host_table(&lua, name, manifest, host, regexes, &budget)?;
+        lua.set_memory_limit((manifest.memory_mb as usize) << 20)?;
+        Ok(())
+    })()
+    .map_err(|e| lua_error(&e))?;
+    // Top-level code runs under the budget too (a script that loops while loading is broken).
+    budget.arm(manifest);
+    // "@path" makes Lua report errors as "path:line: message".
+    let loaded = lua.load(source).set_name(format!("@{}", path.display())).exec();
+    budget.disarm();
+    loaded.map_err(|e| lua_error(&e))?;
+    Ok(State { lua, budget })
+}
+
+fn install_host_table(
+    lua: &Lua,
+    plugin: &str,
+    manifest: &Manifest,
+    host: &Arc<HostServices>,
+    regexes: &Arc<RegexCache>,
+    budget: &Arc<Budget>,
+) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    let name = plugin.to_string();
+    t.set(
+        "log",
+        lua.create_function(move |_, (a, b): (String, Option<String>)| {
+            match b {
+                Some(msg) => match a.as_str() {
+                    "error" => tracing::error!(plugin = %name, "{msg}"),
+                    "warn" => tracing::warn!(plugin = %name, "{msg}"),
+                    "debug" => tracing::debug!(plugin = %name, "{msg}"),
+                    _ => tracing::info!(plugin = %name, "{msg}"),
+                },
+                None => tracing::info!(plugin = %name, "{a}"),
+            }
+            Ok(())
+        })?,
+    )?;
+    let r = regexes.clone();
+    t.set(
+        "regex_match",
+        lua.create_function(move |_, (pattern, text): (String, String)| {
+            r.get(&pattern)
+                .map(|re| re.is_match(&text))
+                .map_err(mlua::Error::runtime)
+        })?,
+    )?;
+    let r = regexes.clone();
+    t.set(
+        "regex_find",
+        lua.create_function(move |_, (pattern, text): (String, String)| {
+            let re = r.get(&pattern).map_err(mlua::Error::runtime)?;
+            Ok(re.find(&text).map(|m| m.as_str().to_string()))
+        })?,
+    )?;
+    let (h, b) = (host.clone(), budget.clone());
+    t.set(
+        "dns",
+        lua.create_async_function(move |lua, (kind, name): (String, String)| {
+            let (h, b) = (h.clone(), b.clone());
+            async move {
+                if b.dns_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    return Err(mlua::Error::runtime("DNS lookup budget exceeded (dns_lookups)"));
+                }
+                let answers = h.dns(&kind, &name).await.map_err(mlua::Error::runtime)?;
+                lua.to_value(&answers)
+            }
+        })?,
+    )?;
+    let (h, n) = (host.clone(), plugin.to_string());
+    t.set(
+        "kv_get",
+        lua.create_function(move |_, key: String| h.kv_get(&n, &key).map_err(mlua::Error::runtime))?,
+    )?;
+    let (h, n) = (host.clone(), plugin.to_string());
+    t.set(
+        "kv_set",
+        lua.create_function(move |_, (key, value, ttl): (String, String, Option<i64>)| {
+            h.kv_set(&n, &key, &value, ttl).map_err(mlua::Error::runtime)
+        })?,
+    )?;
+    let (h, n) = (host.clone(), plugin.to_string());
+    t.set(
+        "kv_del",
+        lua.create_function(move |_, key: String| h.kv_del(&n, &key).map_err(mlua::Error::runtime))?,
+    )?;
+    t.set("now", lua.create_function(|_, ()| Ok(crate::store::now_secs()))?)?;
+    t.set("config", lua.to_value(&manifest.config)?)?;
+    t.set("plugin", plugin)?;
+    lua.globals().set("mailgate", t)?;
+    Ok(())
+}
+
+impl LuaPlugin {
+    /// Loads and checks a script; `states` copies are made (one per worker thread).
+    pub fn load(
+        path: &Path,
+        source: &str,
+        manifest: Manifest,
+        host: &Arc<HostServices>,
+        states: usize,
+    ) -> Result<LuaPlugin, String> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let shown = path.display();
+        let regexes = Arc::new(RegexCache::default());
+        let mut pool = Vec::with_capacity(states.max(1));
+        for _ in 0..states.max(1) {
+            pool.push(new_state(&name, path, source, &manifest, host, &regexes)?);
+        }
+        let first = &pool[0].lua;
+        let g = first.globals();
+        let hooks: HashSet<Hook> = Hook::ALL
+            .into_iter()
+            .filter(|h| matches!(g.get::<Value>(h.function()), Ok(Value::Function(_))))
+            .collect();
+        if hooks.is_empty() {
+            return Err(format!(
+                "{shown}: defines none of on_receive, on_route, on_deliver, on_fetch"
+            ));
+        }
+        let stages = match g.get::<Value>("stages") {
+            Ok(Value::Nil) => vec![Stage::Data],
+            Ok(Value::Table(t)) => {
+                let mut out = Vec::new();
+                for v in t.sequence_values::<String>() {
+                    let v = v.map_err(|e| format!("{shown}: stages: {}", lua_error(&e)))?;
+                    out.push(Stage::parse(&v).ok_or_else(|| format!("{shown}: stages: unknown stage {v:?}"))?);
+                }
+                out
+            }
+            _ => {
+                return Err(format!(
+                    "{shown}: stages must be a list like {{ \"connect\", \"data\" }}"
+                ));
+            }
+        };
+        Ok(LuaPlugin {
+            name,
+            manifest,
+            states: pool.into_iter().map(tokio::sync::Mutex::new).collect(),
+            hooks,
+            stages,
+        })
+    }
+
+    pub fn hooks(&self) -> &HashSet<Hook> {
+        &self.hooks
+    }
+
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    async fn acquire(&self) -> tokio::sync::MutexGuard<'_, State> {
+        for s in &self.states {
+            if let Ok(g) = s.try_lock() {
+                return g;
+            }
+        }
+        // All busy: wait for one (spread waiters by address so they do not all pile on one).
+        let i = (self as *const _ as usize / 64) % self.states.len();
+        self.states[i].lock().await
+    }
+
+    pub async fn call(&self, hook: Hook, event: &Event) -> Result<Verdict, PluginError> {
+        let st = self.acquire().await;
+        let f: mlua::Function = match st.lua.globals().get(hook.function()) {
+            Ok(f) => f,
+            Err(_) => return Ok(Verdict::default()),
+        };
+        let opts = mlua::serde::SerializeOptions::new()
+            .serialize_none_to_null(false)
+            .serialize_unit_to_null(false);
+        let arg = st
+            .lua
+            .to_value_with(event, opts)
+            .map_err(|e| PluginError::Runtime(format!("{}: event: {}", self.name, lua_error(&e))))?;
+        st.budget.arm(&self.manifest);
+        // The hook stops Lua code; the timeout also covers time spent waiting in host calls.
+        let limit = Duration::from_millis(self.manifest.timeout_ms);
+        let result = tokio::time::timeout(limit, f.call_async::<Value>(arg)).await;
+        st.budget.disarm();
+        let value = match result {
+            Err(_) => return Err(PluginError::Timeout),
+            Ok(Err(e)) => {
+                return Err(match st.budget.exceeded.load(Ordering::SeqCst) {
+                    1 => PluginError::Budget("instruction budget exceeded".into()),
+                    2 => PluginError::Timeout,
+                    _ if matches!(e, mlua::Error::MemoryError(_)) => PluginError::Memory,
+                    _ => match lua_error(&e) {
+                        m if m.contains("out of memory") || m.contains("not enough memory") => PluginError::Memory,
+                        m => PluginError::Runtime(m),
+                    },
+                });
+            }
+            Ok(Ok(v)) => v,
+        };
+        match value {
+            Value::Nil => Ok(Verdict::default()),
+            v => st
+                .lua
+                .from_value::<Verdict>(v)
+                .map_err(|e| PluginError::BadVerdict(lua_error(&e))),
+        }
+    }
+}

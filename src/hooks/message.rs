@@ -1,0 +1,141 @@
+//! The message as policies see it (parsed once per transaction), and header edits.
+
+use super::contract::{Header, Message};
+
+/// Longest body text handed to policies; spam text past 1 MiB adds nothing to a verdict.
+const MAX_TEXT: usize = 1 << 20;
+
+/// Raw header fields, unfolded, in order; stops at the blank line.
+pub fn raw_headers(raw: &[u8]) -> Vec<Header> {
+    let end = memchr::memmem::find(raw, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(raw.len());
+    let text = String::from_utf8_lossy(&raw[..end]);
+    let mut out: Vec<Header> = Vec::new();
+    for line in text.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.value.push(' ');
+                last.value.push_str(line.trim());
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            out.push(Header {
+                name: name.trim().to_string(),
+                value: value.trim().to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// Parses a message once for every policy: decoded subject, From, To, text, headers.
+pub fn parse_message(raw: &[u8]) -> Message {
+    let parsed = mail_parser::MessageParser::default().parse(raw);
+    let mut m = Message {
+        headers: raw_headers(raw),
+        size: raw.len(),
+        ..Message::default()
+    };
+    let Some(p) = parsed else { return m };
+    m.subject = p.subject().unwrap_or("").to_string();
+    m.from = p
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.address())
+        .unwrap_or("")
+        .to_string();
+    m.to = p
+        .to()
+        .map(|a| a.iter().filter_map(|x| x.address()).map(str::to_string).collect())
+        .unwrap_or_default();
+    // Text parts, or HTML parts reduced to text when a part has no text form.
+    let mut text = String::new();
+    for i in 0.. {
+        let Some(t) = p.body_text(i) else { break };
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&t);
+        if text.len() > MAX_TEXT {
+            let mut cut = MAX_TEXT;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            break;
+        }
+    }
+    m.text = text;
+    m.attachments = p.attachment_count();
+    m
+}
+
+/// Adds headers on top and removes every field named in `remove` (case-insensitive, with its
+/// continuation lines).
+pub fn edit_headers(raw: &[u8], add: &[Header], remove: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 256);
+    for h in add {
+        let clean = |s: &str| s.replace(['\r', '\n'], " ");
+        out.extend_from_slice(format!("{}: {}\r\n", clean(&h.name), clean(&h.value)).as_bytes());
+    }
+    if remove.is_empty() {
+        out.extend_from_slice(raw);
+        return out;
+    }
+    let end = memchr::memmem::find(raw, b"\r\n\r\n")
+        .map(|i| i + 2)
+        .unwrap_or(raw.len());
+    let mut dropping = false;
+    let mut pos = 0;
+    while pos < end {
+        let line_end = memchr::memchr(b'\n', &raw[pos..end])
+            .map(|i| pos + i + 1)
+            .unwrap_or(end);
+        let line = &raw[pos..line_end];
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            let name = line.split(|b| *b == b':').next().unwrap_or(&[]);
+            let name = String::from_utf8_lossy(name);
+            dropping = remove.iter().any(|r| r.eq_ignore_ascii_case(name.trim()));
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+        pos = line_end;
+    }
+    out.extend_from_slice(&raw[end..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_once_for_policies() {
+        let raw = b"From: \"A\" <a@example.org>\r\nTo: b@example.test\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\nX-Long: one\r\n two\r\n\r\nHello body\r\n";
+        let m = parse_message(raw);
+        assert_eq!(m.subject, "caf\u{e9}");
+        assert_eq!(m.from, "a@example.org");
+        assert_eq!(m.to, vec!["b@example.test"]);
+        assert!(m.text.contains("Hello body"));
+        assert_eq!(
+            m.headers[3],
+            Header {
+                name: "X-Long".into(),
+                value: "one two".into()
+            }
+        );
+    }
+
+    #[test]
+    fn header_edits() {
+        let raw = b"A: 1\r\nX-Bad: x\r\n y\r\nB: 2\r\n\r\nX-Bad: body stays\r\n";
+        let add = [Header {
+            name: "X-New".into(),
+            value: "v".into(),
+        }];
+        let out = edit_headers(raw, &add, &["x-bad".into()]);
+        assert_eq!(out, b"X-New: v\r\nA: 1\r\nB: 2\r\n\r\nX-Bad: body stays\r\n");
+    }
+}

@@ -1,0 +1,430 @@
+//! The hook engine: policies in `[policies] dir`, run in file-name order at four hook points.
+//!
+//! A [`PolicySet`] is everything loaded from the directory at one moment, with a version hash.
+//! The [`Engine`] holds the live set in an `ArcSwap`: a reload builds and validates a whole new
+//! set, then swaps it in atomically; a session keeps the set it started with; a broken file
+//! keeps the old set running and is reported (log, `mailgate policy status`). The directory is
+//! watched (notify, debounced); SIGHUP and `mailgate policy reload` reload too.
+//!
+//! `docs/hooks.md` is the author's guide to the contract in [`contract`].
+
+pub mod contract;
+pub mod host;
+pub mod lua;
+pub mod manifest;
+mod message;
+
+pub use contract::{Action, Event, Hook, Stage, Verdict};
+pub use message::{edit_headers, parse_message};
+
+use arc_swap::ArcSwap;
+use contract::{Header, RouteKind, Symbol};
+use host::HostServices;
+use manifest::{Manifest, OnError};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PluginError {
+    Timeout,
+    Budget(String),
+    Memory,
+    Runtime(String),
+    BadVerdict(String),
+}
+
+impl std::fmt::Display for PluginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginError::Timeout => f.write_str("time budget exceeded"),
+            PluginError::Budget(s) => f.write_str(s),
+            PluginError::Memory => f.write_str("memory budget exceeded"),
+            PluginError::Runtime(s) => write!(f, "error: {s}"),
+            PluginError::BadVerdict(s) => write!(f, "bad verdict: {s}"),
+        }
+    }
+}
+
+enum Runtime {
+    Lua(lua::LuaPlugin),
+}
+
+/// One loaded policy.
+pub struct Plugin {
+    pub name: String,
+    pub manifest: Manifest,
+    runtime: Runtime,
+}
+
+impl Plugin {
+    fn implements(&self, hook: Hook, stage: Option<Stage>) -> bool {
+        match &self.runtime {
+            Runtime::Lua(p) => {
+                p.hooks().contains(&hook) && (hook != Hook::Receive || stage.is_none_or(|s| p.stages().contains(&s)))
+            }
+        }
+    }
+
+    async fn call(&self, hook: Hook, event: &Event) -> Result<Verdict, PluginError> {
+        match &self.runtime {
+            Runtime::Lua(p) => p.call(hook, event).await,
+        }
+    }
+}
+
+/// One line of the trace: which plugin said what, how long it took.
+#[derive(Debug, Clone, Serialize)]
+pub struct TraceEntry {
+    pub plugin: String,
+    pub hook: Hook,
+    pub stage: Option<Stage>,
+    pub action: Action,
+    pub score: f64,
+    pub symbols: Vec<String>,
+    pub micros: u64,
+    pub error: Option<String>,
+}
+
+/// What a chain of policies decided.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    pub action: Action,
+    pub code: Option<u16>,
+    pub enhanced: Option<String>,
+    pub text: Option<String>,
+    /// Some policy asked for Junk.
+    pub quarantine: bool,
+    /// Score added by this chain.
+    pub score: f64,
+    pub symbols: Vec<Symbol>,
+    pub add_headers: Vec<Header>,
+    pub remove_headers: Vec<String>,
+    pub folder: Option<String>,
+    pub flags: Vec<String>,
+    pub route: Option<RouteKind>,
+    pub mailbox: Option<String>,
+    pub host: Option<String>,
+    pub trace: Vec<TraceEntry>,
+}
+
+impl Outcome {
+    /// The SMTP reply for a refusing outcome: the policy's own code and text, or defaults.
+    pub fn reply(&self) -> (u16, String, String) {
+        let (code, enh, text) = match self.action {
+            Action::Tempfail => (451, "4.7.1", "Try again later"),
+            Action::Disconnect => (421, "4.7.0", "Closing connection"),
+            _ => (550, "5.7.1", "Rejected by policy"),
+        };
+        let code = self.code.filter(|c| (400..600).contains(c)).unwrap_or(code);
+        // Keep the class of the enhanced code in step with the reply code.
+        let enh = self
+            .enhanced
+            .clone()
+            .filter(|e| e.starts_with(&(code / 100).to_string()))
+            .unwrap_or(enh.into());
+        let text: String = self
+            .text
+            .clone()
+            .unwrap_or(text.into())
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(200)
+            .collect();
+        (code, enh, text)
+    }
+}
+
+/// Policies loaded from the directory at one moment.
+pub struct PolicySet {
+    pub version: String,
+    pub plugins: Vec<Plugin>,
+    pub loaded_at: SystemTime,
+}
+
+impl PolicySet {
+    pub fn empty() -> PolicySet {
+        PolicySet {
+            version: "empty".into(),
+            plugins: Vec::new(),
+            loaded_at: SystemTime::now(),
+        }
+    }
+
+    /// Loads every `*.lua` in `dir` (file-name order) with its manifest. Any error fails the
+    /// whole set, naming the file (and line, for script errors).
+    pub fn load(dir: &Path, host: &Arc<HostServices>, states: usize) -> Result<PolicySet, String> {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "lua"))
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
+        files.sort();
+        let mut hash = Sha256::new();
+        let mut plugins = Vec::new();
+        for path in files {
+            let source = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let (manifest, manifest_text) = Manifest::for_plugin(&path)?;
+            hash.update(path.file_name().unwrap_or_default().as_encoded_bytes());
+            hash.update(source.as_bytes());
+            hash.update(manifest_text.unwrap_or_default().as_bytes());
+            let plugin = lua::LuaPlugin::load(&path, &source, manifest.clone(), host, states)?;
+            plugins.push(Plugin {
+                name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                manifest,
+                runtime: Runtime::Lua(plugin),
+            });
+        }
+        let digest = hash.finalize();
+        let version: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        Ok(PolicySet {
+            version,
+            plugins,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// True when some policy implements `hook` (at `stage`): lets callers skip building events.
+    pub fn wants(&self, hook: Hook, stage: Option<Stage>) -> bool {
+        self.plugins.iter().any(|p| p.implements(hook, stage))
+    }
+
+    /// Runs the chain for `hook`. Scores and symbols are added to `event` as they come, so
+    /// later policies see them; a terminal action ends the chain.
+    pub async fn run(&self, hook: Hook, event: &mut Event) -> Outcome {
+        let mut out = Outcome::default();
+        for p in self.plugins.iter().filter(|p| p.implements(hook, event.stage)) {
+            let started = Instant::now();
+            let result = p.call(hook, event).await;
+            let micros = started.elapsed().as_micros() as u64;
+            let mut entry = TraceEntry {
+                plugin: p.name.clone(),
+                hook,
+                stage: event.stage,
+                action: Action::Continue,
+                score: 0.0,
+                symbols: Vec::new(),
+                micros,
+                error: None,
+            };
+            let v = match result {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(plugin = %p.name, ?hook, "policy failed: {e}");
+                    entry.error = Some(e.to_string());
+                    match p.manifest.on_error {
+                        OnError::Continue => {
+                            out.trace.push(entry);
+                            continue;
+                        }
+                        OnError::Tempfail => Verdict {
+                            action: Action::Tempfail,
+                            code: Some(451),
+                            enhanced: Some("4.3.0".into()),
+                            text: Some("Temporary policy failure, try again later".into()),
+                            ..Verdict::default()
+                        },
+                        OnError::Reject => Verdict {
+                            action: Action::Reject,
+                            code: Some(550),
+                            enhanced: Some("5.7.1".into()),
+                            text: Some("Rejected by policy".into()),
+                            ..Verdict::default()
+                        },
+                    }
+                }
+            };
+            entry.action = v.action;
+            let mut symbols = v.symbols.clone();
+            if let Some(score) = v.score {
+                symbols.push(Symbol {
+                    name: v.symbol.clone().unwrap_or_else(|| p.name.clone()),
+                    score,
+                    reason: v.reason.clone().unwrap_or_default(),
+                });
+            }
+            for s in symbols {
+                entry.score += s.score;
+                entry.symbols.push(s.name.clone());
+                out.score += s.score;
+                event.score += s.score;
+                event.symbols.push(s.clone());
+                out.symbols.push(s);
+            }
+            out.add_headers.extend(v.add_headers);
+            out.remove_headers.extend(v.remove_headers);
+            if v.folder.is_some() {
+                out.folder = v.folder;
+            }
+            out.flags.extend(v.flags);
+            out.trace.push(entry);
+            if v.action == Action::Quarantine {
+                out.quarantine = true;
+            }
+            if hook == Hook::Route && v.route.is_some() {
+                out.route = v.route;
+                out.mailbox = v.mailbox;
+                out.host = v.host;
+                out.code = v.code;
+                out.enhanced = v.enhanced;
+                out.text = v.text;
+                break; // a routing decision ends the route chain
+            }
+            if v.action.is_terminal() {
+                out.action = v.action;
+                out.code = v.code;
+                out.enhanced = v.enhanced;
+                out.text = v.text;
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// `X-Mailgate-Trace` value: `plugin=action[+score SYMBOLS](ms)` per call.
+pub fn trace_header(trace: &[TraceEntry]) -> String {
+    let parts: Vec<String> = trace
+        .iter()
+        .map(|t| {
+            let mut s = t.plugin.clone();
+            if let Some(stage) = t.stage {
+                s.push_str(&format!("@{stage:?}").to_lowercase());
+            }
+            s.push_str(&format!(
+                "={}",
+                serde_json::to_string(&t.action).unwrap_or_default().trim_matches('"')
+            ));
+            if t.score != 0.0 {
+                s.push_str(&format!(" {:+.2}", t.score));
+            }
+            if !t.symbols.is_empty() {
+                s.push_str(&format!(" [{}]", t.symbols.join(",")));
+            }
+            if let Some(e) = &t.error {
+                s.push_str(&format!(" error({})", e.replace([';', '\r', '\n'], " ")));
+            }
+            s.push_str(&format!(" {:.2}ms", t.micros as f64 / 1000.0));
+            s
+        })
+        .collect();
+    parts.join("; ")
+}
+
+/// Reload status, for `mailgate policy status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub version: String,
+    pub plugins: Vec<String>,
+    pub loaded_at: u64,
+    pub last_error: Option<String>,
+}
+
+/// The live policy set and how to replace it.
+pub struct Engine {
+    dir: PathBuf,
+    states: usize,
+    host: Arc<HostServices>,
+    current: ArcSwap<PolicySet>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Engine {
+    /// Loads the directory; an error here stops the server from starting.
+    pub fn new(dir: &Path, host: Arc<HostServices>, states: usize) -> Result<Engine, String> {
+        let set = PolicySet::load(dir, &host, states)?;
+        tracing::info!(version = %set.version, plugins = set.plugins.len(), dir = %dir.display(), "policies loaded");
+        Ok(Engine {
+            dir: dir.to_path_buf(),
+            states,
+            host,
+            current: ArcSwap::from_pointee(set),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The live set; a session keeps the one it got for its whole life.
+    pub fn current(&self) -> Arc<PolicySet> {
+        self.current.load_full()
+    }
+
+    /// Builds a new set from the directory; swaps it in only if all of it loads.
+    pub fn reload(&self) -> Result<String, String> {
+        match PolicySet::load(&self.dir, &self.host, self.states) {
+            Ok(set) => {
+                let version = set.version.clone();
+                let n = set.plugins.len();
+                self.current.store(Arc::new(set));
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!(%version, plugins = n, "policies reloaded");
+                Ok(version)
+            }
+            Err(e) => {
+                tracing::error!("policy reload failed, keeping version {}: {e}", self.current().version);
+                *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let set = self.current();
+        Status {
+            version: set.version.clone(),
+            plugins: set.plugins.iter().map(|p| p.name.clone()).collect(),
+            loaded_at: set
+                .loaded_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    /// Watches the directory and reloads after changes settle (`debounce`). Runs until the
+    /// engine is dropped or `shutdown` fires.
+    pub fn watch(
+        self: &Arc<Self>,
+        debounce: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        use notify::Watcher;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && !matches!(ev.kind, notify::EventKind::Access(_))
+            {
+                let _ = tx.send(());
+            }
+        })?;
+        std::fs::create_dir_all(&self.dir)?;
+        watcher.watch(&self.dir, notify::RecursiveMode::NonRecursive)?;
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let _watcher = watcher; // lives as long as this task
+            loop {
+                tokio::select! {
+                    got = rx.recv() => if got.is_none() { return },
+                    _ = shutdown.changed() => return,
+                }
+                // Debounce: editors write, rename and chmod in bursts.
+                loop {
+                    match tokio::time::timeout(debounce, rx.recv()).await {
+                        Ok(Some(())) => continue,
+                        Ok(None) => return,
+                        Err(_) => break,
+                    }
+                }
+                let Some(engine) = engine.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || engine.reload()).await;
+            }
+        });
+        Ok(())
+    }
+}
