@@ -33,6 +33,37 @@ enum Command {
     /// Look into mailboxes.
     #[command(subcommand)]
     Mailbox(MailboxCmd),
+    /// Policies: validate, try on a message, reload, status.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Load every policy in DIR (default: [policies] dir) and report errors as file:line.
+    Check { dir: Option<PathBuf> },
+    /// Run the whole chain on a message offline and print the verdict and trace.
+    Test {
+        file: PathBuf,
+        #[arg(long, default_value = "sender@example.org")]
+        from: String,
+        /// Recipient (repeatable).
+        #[arg(long = "to", default_value = "postmaster@localhost")]
+        to: Vec<String>,
+        #[arg(long, default_value = "192.0.2.1")]
+        ip: String,
+        #[arg(long, default_value = "client.example.org")]
+        helo: String,
+        /// Policies directory (default: [policies] dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running server to reload its policies now.
+    Reload,
+    /// Show the running server's policy version, plugins and last error.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +147,28 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve => rt.block_on(serve(config)),
+        Command::Policy(PolicyCmd::Check { dir }) => {
+            let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
+            return match rt.block_on(policy_check(&config, &dir)) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            };
+        }
+        Command::Policy(PolicyCmd::Test {
+            file,
+            from,
+            to,
+            ip,
+            helo,
+            dir,
+            json,
+        }) => rt.block_on(policy_test(&config, dir, &file, from, to, ip, helo, json)),
         other => match request(other) {
             Ok(req) => rt.block_on(admin::client::run(&config, req)).map(|out| {
                 let _ = std::io::stdout().write_all(&out);
@@ -150,6 +203,17 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     let _ = std::io::stdout().flush();
     let trigger = running.shutdown_handle();
+    let engine = running.shared.engine.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let e = engine.clone();
+            let _ = tokio::task::spawn_blocking(move || e.reload()).await;
+        }
+    });
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -160,6 +224,80 @@ async fn serve(config: Config) -> Result<(), String> {
         let _ = trigger.send(true);
     });
     running.wait().await;
+    Ok(())
+}
+
+/// Host services for offline policy runs: DNS as configured, a scratch key-value store.
+fn offline_host(config: &Config) -> (std::sync::Arc<mailgate::hooks::host::HostServices>, PathBuf) {
+    let scratch = std::env::temp_dir().join(format!("mailgate-policy-{}", std::process::id()));
+    let store = mailgate::store::SledStore::open(&scratch, 8)
+        .ok()
+        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn mailgate::store::MailStore>);
+    let host = mailgate::hooks::host::HostServices {
+        store,
+        resolver: mailgate::hooks::host::resolver(&config.dns).ok(),
+        dns_timeout: std::time::Duration::from_millis(config.dns.timeout_ms),
+    };
+    (std::sync::Arc::new(host), scratch)
+}
+
+fn remove_scratch(scratch: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(scratch);
+    let _ = std::fs::remove_dir_all(scratch.with_extension("journal"));
+}
+
+async fn policy_check(config: &Config, dir: &std::path::Path) -> Result<String, String> {
+    let (host, scratch) = offline_host(config);
+    let set = mailgate::hooks::PolicySet::load(dir, &host, 1);
+    drop(host);
+    remove_scratch(&scratch);
+    let set = set?;
+    let names: Vec<_> = set.plugins.iter().map(|p| p.name.as_str()).collect();
+    Ok(format!(
+        "ok: {} policies in {} (version {}): {}",
+        names.len(),
+        dir.display(),
+        set.version,
+        names.join(" ")
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn policy_test(
+    config: &Config,
+    dir: Option<PathBuf>,
+    file: &std::path::Path,
+    from: String,
+    to: Vec<String>,
+    ip: String,
+    helo: String,
+    json: bool,
+) -> Result<(), String> {
+    use mailgate::hooks::simulate;
+    let raw = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let raw = simulate::normalize_eml(&raw);
+    let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
+    let (host, scratch) = offline_host(config);
+    let result = match mailgate::hooks::PolicySet::load(&dir, &host, 1) {
+        Ok(set) => {
+            let env = simulate::Envelope {
+                client_ip: ip,
+                helo,
+                mail_from: from,
+                rcpt_to: to,
+            };
+            Ok(simulate::run(&set, &config.spam.thresholds, &env, &raw).await)
+        }
+        Err(e) => Err(e),
+    };
+    drop(host);
+    remove_scratch(&scratch);
+    let report = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", simulate::render(&report));
+    }
     Ok(())
 }
 
@@ -186,7 +324,11 @@ fn password(address: &str, from_stdin: bool) -> Result<String, String> {
 
 fn request(cmd: Command) -> Result<Request, String> {
     Ok(match cmd {
-        Command::Serve => unreachable!("handled by main"),
+        Command::Serve | Command::Policy(PolicyCmd::Check { .. } | PolicyCmd::Test { .. }) => {
+            unreachable!("handled by main")
+        }
+        Command::Policy(PolicyCmd::Reload) => Request::PolicyReload,
+        Command::Policy(PolicyCmd::Status) => Request::PolicyStatus,
         Command::User(UserCmd::Add {
             address,
             password_stdin,

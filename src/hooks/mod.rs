@@ -13,6 +13,7 @@ pub mod host;
 pub mod lua;
 pub mod manifest;
 mod message;
+pub mod simulate;
 
 pub use contract::{Action, Event, Hook, Stage, Verdict};
 pub use message::{edit_headers, parse_message};
@@ -333,6 +334,8 @@ pub struct Engine {
     host: Arc<HostServices>,
     current: ArcSwap<PolicySet>,
     last_error: Mutex<Option<String>>,
+    /// The live version, for anyone who wants to await a reload.
+    version: tokio::sync::watch::Sender<String>,
 }
 
 impl Engine {
@@ -340,12 +343,14 @@ impl Engine {
     pub fn new(dir: &Path, host: Arc<HostServices>, states: usize) -> Result<Engine, String> {
         let set = PolicySet::load(dir, &host, states)?;
         tracing::info!(version = %set.version, plugins = set.plugins.len(), dir = %dir.display(), "policies loaded");
+        let (version, _) = tokio::sync::watch::channel(set.version.clone());
         Ok(Engine {
             dir: dir.to_path_buf(),
             states,
             host,
             current: ArcSwap::from_pointee(set),
             last_error: Mutex::new(None),
+            version,
         })
     }
 
@@ -362,6 +367,7 @@ impl Engine {
                 let n = set.plugins.len();
                 self.current.store(Arc::new(set));
                 *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                self.version.send_replace(version.clone());
                 tracing::info!(%version, plugins = n, "policies reloaded");
                 Ok(version)
             }
@@ -371,6 +377,11 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Notified with the new version after every successful reload.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<String> {
+        self.version.subscribe()
     }
 
     pub fn status(&self) -> Status {

@@ -9,6 +9,7 @@
 use super::MaildropLock;
 use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
+use crate::hooks::{Action, Event, Hook};
 use crate::server::Shared;
 use crate::server::conn::{Conn, Line, ReadError};
 use crate::store::{BlobId, MailboxId};
@@ -23,6 +24,7 @@ struct Msg {
 }
 
 struct Maildrop {
+    account: String,
     mailbox: MailboxId,
     uidvalidity: u32,
     msgs: Vec<Msg>,
@@ -47,6 +49,8 @@ pub struct Session {
     peer: SocketAddr,
     tls_mode: TlsMode,
     state: State,
+    /// The policy set this session started with.
+    policies: Arc<crate::hooks::PolicySet>,
 }
 
 const PLAINTEXT_REFUSED: &str =
@@ -102,7 +106,9 @@ fn top(raw: &[u8], lines: usize) -> &[u8] {
 
 impl Session {
     pub fn new(shared: Arc<Shared>, conn: Conn, peer: SocketAddr, tls_mode: TlsMode) -> Session {
+        let policies = shared.engine.current();
         Session {
+            policies,
             shared,
             conn,
             peer,
@@ -173,8 +179,8 @@ impl Session {
             (State::Transaction(_), "STAT") => self.stat(),
             (State::Transaction(_), "LIST") => self.list(args),
             (State::Transaction(_), "UIDL") => self.uidl(args),
-            (State::Transaction(_), "RETR") => self.retr(args),
-            (State::Transaction(_), "TOP") => self.top(args),
+            (State::Transaction(_), "RETR") => self.retr(args).await,
+            (State::Transaction(_), "TOP") => self.top(args).await,
             (State::Transaction(_), "DELE") => self.dele(args),
             (State::Transaction(_), "NOOP") => self.ok(""),
             (State::Transaction(_), "RSET") => self.rset(),
@@ -340,6 +346,7 @@ impl Session {
             })
             .collect();
         Ok(Maildrop {
+            account: account.to_string(),
             mailbox: inbox.id,
             uidvalidity: inbox.uidvalidity,
             deleted: vec![false; msgs.len()],
@@ -407,7 +414,41 @@ impl Session {
         self.listing(args, |d, i| format!("{:08x}{:08x}", d.uidvalidity, d.msgs[i].uid));
     }
 
-    fn body(&mut self, i: usize) -> Option<Vec<u8>> {
+    /// The message as the client may see it: `on_fetch` policies can hide it or add headers.
+    async fn body(&mut self, i: usize) -> Option<Vec<u8>> {
+        let raw = self.stored_body(i)?;
+        if !self.policies.wants(Hook::Fetch, None) {
+            return Some(raw);
+        }
+        let mut ev = Event::new(
+            Hook::Fetch,
+            crate::hooks::contract::Session {
+                client_ip: self.peer.ip().to_string(),
+                helo: None,
+                tls: self.conn.is_tls(),
+                auth_user: Some(self.maildrop().account.clone()),
+                listener: "pop3".into(),
+            },
+        );
+        ev.user = Some(self.maildrop().account.clone());
+        ev.mailbox = Some("INBOX".into());
+        ev.message = Some(crate::hooks::parse_message(&raw));
+        let out = self.policies.run(Hook::Fetch, &mut ev).await;
+        match out.action {
+            Action::Hide | Action::Reject | Action::Discard => {
+                self.err("Message unavailable (withheld by policy)");
+                None
+            }
+            Action::Tempfail => {
+                self.err("[SYS/TEMP] Message unavailable now; try later");
+                None
+            }
+            _ if out.add_headers.is_empty() && out.remove_headers.is_empty() => Some(raw),
+            _ => Some(crate::hooks::edit_headers(&raw, &out.add_headers, &out.remove_headers)),
+        }
+    }
+
+    fn stored_body(&mut self, i: usize) -> Option<Vec<u8>> {
         let blob = self.maildrop().msgs[i].blob;
         match self.shared.store.blob(&blob) {
             Ok(Some(b)) => Some(b),
@@ -423,17 +464,17 @@ impl Session {
         }
     }
 
-    fn retr(&mut self, args: &str) {
+    async fn retr(&mut self, args: &str) {
         let Some(i) = self.msg_index(args) else { return };
-        let Some(raw) = self.body(i) else { return };
-        let status = format!("+OK {} octets\r\n", self.maildrop().msgs[i].size);
+        let Some(raw) = self.body(i).await else { return };
+        let status = format!("+OK {} octets\r\n", raw.len());
         self.conn.write_with(|out| {
             out.extend_from_slice(status.as_bytes());
             write_stuffed(out, &raw);
         });
     }
 
-    fn top(&mut self, args: &str) {
+    async fn top(&mut self, args: &str) {
         let mut it = args.split_whitespace();
         let (Some(n), Some(lines), None) = (it.next(), it.next(), it.next()) else {
             return self.err("Syntax: TOP msg lines");
@@ -442,7 +483,7 @@ impl Session {
             return self.err("Syntax: TOP msg lines (lines must be a number)");
         };
         let Some(i) = self.msg_index(n) else { return };
-        let Some(raw) = self.body(i) else { return };
+        let Some(raw) = self.body(i).await else { return };
         self.conn.write_with(|out| {
             out.extend_from_slice(b"+OK\r\n");
             write_stuffed(out, top(&raw, lines));

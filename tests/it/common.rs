@@ -50,6 +50,20 @@ pub async fn start_server(tweak: impl FnOnce(&mut Config)) -> TestServer {
     start_in(dir, tweak).await
 }
 
+/// Like [`start_server`], with files (name, content) in its policies directory.
+pub async fn start_with_policies(files: &[(&str, &str)], tweak: impl FnOnce(&mut Config)) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    write_policies(&dir.path().join("policies"), files);
+    start_in(dir, tweak).await
+}
+
+pub fn write_policies(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
 pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
     let mut config = test_config(dir.path());
     tweak(&mut config);
@@ -81,6 +95,32 @@ impl TestServer {
 
     pub fn body(&self, m: &StoredMessage) -> Vec<u8> {
         self.store().blob(&m.meta.blob).unwrap().expect("blob present")
+    }
+
+    pub fn policies_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// Subjects of the messages in `account`'s `folder`.
+    pub fn subjects(&self, account: &str, folder: &str) -> Vec<String> {
+        let mb = self.store().mailbox(account, folder).unwrap().expect("folder exists");
+        self.store()
+            .messages(mb.id)
+            .unwrap()
+            .iter()
+            .map(|m| subject_of(&self.body(m)))
+            .collect()
+    }
+
+    /// The raw messages in `account`'s `folder`, as text.
+    pub fn texts(&self, account: &str, folder: &str) -> Vec<String> {
+        let mb = self.store().mailbox(account, folder).unwrap().expect("folder exists");
+        self.store()
+            .messages(mb.id)
+            .unwrap()
+            .iter()
+            .map(|m| String::from_utf8(self.body(m)).unwrap())
+            .collect()
     }
 
     pub fn cert_path(&self) -> PathBuf {

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod crash;
+mod hooks;
 mod pop3;
 mod smtp;
 mod smtp_clients;

@@ -1,0 +1,430 @@
+//! The hook engine through real SMTP (and POP3) sessions: every verdict path, budgets and
+//! failures, reloads.
+
+use crate::common::*;
+use std::time::Duration;
+
+/// Sends one message from `from` to `to`; returns the reply to the final dot (or the first
+/// refusal on the way).
+async fn transact(s: &TestServer, from: &str, to: &[&str], subject: &str, body: &str) -> String {
+    let mut c = connect(s.smtp).await;
+    c.cmd("EHLO client.test", "250").await;
+    let r = c.cmd(&format!("MAIL FROM:<{from}>"), "").await;
+    if !r.starts_with("250") {
+        return r;
+    }
+    for t in to {
+        let r = c.cmd(&format!("RCPT TO:<{t}>"), "").await;
+        if !r.starts_with("250") {
+            return r;
+        }
+    }
+    c.cmd("DATA", "354").await;
+    c.send(message(subject, body).as_bytes()).await;
+    c.cmd(".", "").await
+}
+
+const VERDICTS: &str = r#"
+stages = { "mail", "rcpt", "data" }
+
+function on_receive(event)
+  if event.stage == "mail" and event.envelope.mail_from == "later@example.org" then
+    return { action = "tempfail", code = 451, enhanced = "4.7.1", text = "greylisted, come back" }
+  end
+  if event.stage == "rcpt" and event.recipient == "bob@localhost" and event.envelope.mail_from == "x@spam.test" then
+    return { action = "reject", code = 550, enhanced = "5.7.1", text = "bob takes no mail from you" }
+  end
+  if event.stage == "data" then
+    local s = event.message.subject
+    if s == "discard me" then return { action = "discard" } end
+    if s == "junk" then return { action = "quarantine", score = 1, symbol = "MANUAL_JUNK" } end
+    if s == "stamp" then
+      return { add_headers = { { name = "X-Stamp", value = "seen by " .. mailgate.plugin } }, remove_headers = { "X-Secret" } }
+    end
+    if s == "go away" then return { action = "disconnect" } end
+  end
+end
+"#;
+
+#[tokio::test]
+async fn each_verdict_through_a_real_session() {
+    let s = start_with_policies(&[("10-verdicts.lua", VERDICTS)], |_| {}).await;
+    let r = transact(&s, "later@example.org", &["alice@localhost"], "t", "x").await;
+    assert!(r.starts_with("451 4.7.1 greylisted, come back"), "{r}");
+    let r = transact(&s, "x@spam.test", &["bob@localhost"], "t", "x").await;
+    assert!(r.starts_with("550 5.7.1 bob takes no mail from you"), "{r}");
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "discard me", "x").await;
+    assert!(r.starts_with("250"), "discard still answers 250: {r}");
+    assert!(s.inbox("alice@localhost").is_empty(), "discarded message not stored");
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "junk", "x").await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(s.subjects("alice@localhost", "Junk"), vec!["junk"]);
+    let junk = &s.texts("alice@localhost", "Junk")[0];
+    assert!(junk.contains("X-Spam-Symbols: MANUAL_JUNK(1.00)"), "{junk}");
+    // Header added, header removed, trace header present.
+    let mut c = connect(s.smtp).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: stamp\r\nX-Secret: hush\r\n\r\nbody\r\n").await;
+    assert!(c.cmd(".", "250").await.starts_with("250"));
+    let raw = &s.texts("alice@localhost", "INBOX")[0];
+    assert!(raw.contains("X-Stamp: seen by 10-verdicts.lua\r\n"), "{raw}");
+    assert!(!raw.contains("X-Secret"), "{raw}");
+    assert!(raw.contains("X-Mailgate-Trace: v="), "{raw}");
+    assert!(raw.contains("10-verdicts.lua@data=continue"), "{raw}");
+    // Disconnect: 421 and the connection closes.
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(message("go away", "x").as_bytes()).await;
+    assert!(c.cmd(".", "421").await.starts_with("421"));
+    assert!(c.closed().await);
+}
+
+const ROUTES: &str = r#"
+function on_route(event)
+  if event.recipient == "sales@localhost" then
+    return { route = "local", mailbox = "bob@localhost" }
+  end
+  if event.recipient == "alice@localhost" and event.envelope.mail_from == "blocked@example.org" then
+    return { route = "reject", code = 550, enhanced = "5.7.1", text = "alice is not for you" }
+  end
+  if event.recipient == "outside@elsewhere.test" then
+    -- a policy cannot turn a rewrite into an open relay
+    return { route = "local", mailbox = "victim@elsewhere.test" }
+  end
+end
+"#;
+
+#[tokio::test]
+async fn route_policies_rewrite_and_refuse() {
+    let s = start_with_policies(&[("20-routes.lua", ROUTES)], |_| {}).await;
+    let r = transact(&s, "a@example.org", &["sales@localhost"], "to sales", "x").await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(s.subjects("bob@localhost", "INBOX"), vec!["to sales"]);
+    let r = transact(&s, "blocked@example.org", &["alice@localhost"], "x", "x").await;
+    assert!(r.starts_with("550 5.7.1 alice is not for you"), "{r}");
+    let r = transact(&s, "a@example.org", &["outside@elsewhere.test"], "x", "x").await;
+    assert!(r.starts_with("550 5.1.1"), "{r}");
+    // Without a route answer the built-in routing stands.
+    let r = transact(&s, "a@example.org", &["nobody@localhost"], "x", "x").await;
+    assert!(r.starts_with("550 5.1.1"), "{r}");
+    let r = transact(&s, "a@example.org", &["x@elsewhere.test"], "x", "x").await;
+    assert!(r.starts_with("554 5.7.1"), "{r}");
+}
+
+const DELIVER: &str = r#"
+function on_deliver(event)
+  if event.recipient == "bob@localhost" and string.find(event.message.subject, "report") then
+    return { folder = "Drafts", flags = { "\\Flagged", "$Report" }, add_headers = { { name = "X-For", value = event.recipient } } }
+  end
+end
+"#;
+
+#[tokio::test]
+async fn on_deliver_chooses_folder_flags_and_per_recipient_headers() {
+    let s = start_with_policies(&[("30-deliver.lua", DELIVER)], |_| {}).await;
+    let r = transact(
+        &s,
+        "a@example.org",
+        &["alice@localhost", "bob@localhost"],
+        "weekly report",
+        "x",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(s.subjects("alice@localhost", "INBOX"), vec!["weekly report"]);
+    assert!(s.subjects("bob@localhost", "INBOX").is_empty());
+    let drafts = s.store().mailbox("bob@localhost", "Drafts").unwrap().unwrap();
+    let m = &s.store().messages(drafts.id).unwrap()[0];
+    assert!(m.meta.flags.contains(mailgate::store::Flags::FLAGGED));
+    assert_eq!(m.meta.keywords, vec!["$Report"]);
+    assert!(
+        String::from_utf8(s.body(m))
+            .unwrap()
+            .starts_with("X-For: bob@localhost\r\n")
+    );
+    assert!(
+        !s.texts("alice@localhost", "INBOX")[0].contains("X-For"),
+        "alice's copy has no X-For"
+    );
+}
+
+const SCORES: &str = r#"
+function on_receive(event)
+  local n = tonumber(string.match(event.message.subject, "score (%d+)") or "0")
+  if n > 0 then return { score = n, symbol = "TEST_SCORE", reason = "asked for " .. n } end
+end
+"#;
+
+#[tokio::test]
+async fn thresholds_map_scores_to_tag_quarantine_reject() {
+    let s = start_with_policies(&[("50-score.lua", SCORES)], |_| {}).await;
+    assert!(
+        transact(&s, "a@example.org", &["alice@localhost"], "score 1", "x")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        transact(&s, "a@example.org", &["alice@localhost"], "score 6", "x")
+            .await
+            .starts_with("250")
+    );
+    assert!(
+        transact(&s, "a@example.org", &["alice@localhost"], "score 11", "x")
+            .await
+            .starts_with("250")
+    );
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "score 20", "x").await;
+    assert!(
+        r.starts_with("550 5.7.1 Message rejected as spam (score 20.0: TEST_SCORE)"),
+        "{r}"
+    );
+    let inbox = s.texts("alice@localhost", "INBOX");
+    assert_eq!(inbox.len(), 2);
+    assert!(
+        !inbox[0].contains("X-Spam-Flag") && inbox[0].contains("X-Spam-Score: 1.00"),
+        "{}",
+        inbox[0]
+    );
+    assert!(
+        inbox[1].contains("X-Spam-Flag: YES\r\nX-Spam-Score: 6.00\r\nX-Spam-Symbols: TEST_SCORE(6.00)"),
+        "{}",
+        inbox[1]
+    );
+    assert_eq!(s.subjects("alice@localhost", "Junk"), vec!["score 11"]);
+}
+
+#[tokio::test]
+async fn runaway_plugins_never_take_the_server_down() {
+    let looping = "function on_receive(e) while true do end end";
+    let bomb = "function on_receive(e) local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end end";
+    let erroring = "function on_receive(e) error('boom') end";
+    let s = start_with_policies(
+        &[
+            ("10-loop.lua", looping),
+            ("20-bomb.lua", bomb),
+            ("20-bomb.toml", "memory_mb = 4\ntimeout_ms = 2000\n"),
+            ("30-error.lua", erroring),
+        ],
+        |_| {},
+    )
+    .await;
+    // on_error = continue (the default): the message is delivered, the trace tells why.
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "survives", "x").await;
+    assert!(r.starts_with("250"), "{r}");
+    let raw = &s.texts("alice@localhost", "INBOX")[0];
+    assert!(
+        raw.contains("10-loop.lua@data=continue error(time budget exceeded)")
+            || raw.contains("10-loop.lua@data=continue error(instruction budget exceeded)"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("20-bomb.lua@data=continue error(memory budget exceeded)"),
+        "{raw}"
+    );
+    assert!(raw.contains("30-error.lua@data=continue error(error: "), "{raw}");
+    assert!(raw.contains("boom"), "{raw}");
+    // The states stay usable: the same plugins run again on the next message.
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "again", "x").await;
+    assert!(r.starts_with("250"), "{r}");
+}
+
+#[tokio::test]
+async fn on_error_tempfail_and_reject_are_honoured() {
+    let looping = "function on_receive(e) while true do end end";
+    let s = start_with_policies(
+        &[
+            ("10-loop.lua", looping),
+            ("10-loop.toml", "on_error = \"tempfail\"\ntimeout_ms = 20\n"),
+        ],
+        |_| {},
+    )
+    .await;
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "x", "x").await;
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    let s = start_with_policies(
+        &[
+            (
+                "10-err.lua",
+                "function on_receive(e) return { action = 'nonsense' } end",
+            ),
+            ("10-err.toml", "on_error = \"reject\"\n"),
+        ],
+        |_| {},
+    )
+    .await;
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "x", "x").await;
+    assert!(r.starts_with("550 5.7.1"), "a bad verdict is an error too: {r}");
+    assert!(s.inbox("alice@localhost").is_empty());
+}
+
+#[tokio::test]
+async fn sandbox_has_no_io_os_or_loading() {
+    let probe = r#"
+function on_receive(e)
+  local missing = {}
+  for _, n in ipairs({ "io", "os", "require", "load", "loadfile", "dofile", "package", "debug" }) do
+    if _G[n] ~= nil then table.insert(missing, n) end
+  end
+  return { add_headers = { { name = "X-Present", value = table.concat(missing, ",") .. "." } } }
+end"#;
+    let s = start_with_policies(&[("10-probe.lua", probe)], |_| {}).await;
+    transact(&s, "a@example.org", &["alice@localhost"], "x", "x").await;
+    assert!(s.texts("alice@localhost", "INBOX")[0].contains("X-Present: .\r\n"));
+}
+
+const KV: &str = r#"
+stages = { "rcpt" }
+function on_receive(event)
+  local key = event.envelope.mail_from .. "|" .. event.recipient
+  local seen = mailgate.kv_get(key)
+  if seen == nil then
+    mailgate.kv_set(key, tostring(mailgate.now()), 3600)
+    return { action = "tempfail", text = "first sight" }
+  end
+  if not mailgate.regex_match("^[0-9]+$", seen) then return { action = "reject", text = "bad kv" } end
+end
+"#;
+
+#[tokio::test]
+async fn key_value_store_and_regex_host_calls() {
+    let s = start_with_policies(&[("40-kv.lua", KV)], |_| {}).await;
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "x", "x").await;
+    assert!(r.starts_with("451 4.7.1 first sight"), "{r}");
+    let r = transact(&s, "a@example.org", &["alice@localhost"], "x", "x").await;
+    assert!(r.starts_with("250"), "{r}");
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_the_old_set() {
+    let good = "function on_receive(e) return { add_headers = { { name = 'X-Set', value = 'good' } } } end";
+    let s = start_with_policies(&[("10-a.lua", good)], |_| {}).await;
+    let engine = s.running.shared.engine.clone();
+    let before = engine.status().version;
+    write_policies(
+        &s.policies_dir(),
+        &[("10-a.lua", "function on_receive(e)\n  return {\nend\n")],
+    );
+    let err = engine.reload().unwrap_err();
+    assert!(err.contains("10-a.lua:3:"), "error names file and line: {err}");
+    let st = engine.status();
+    assert_eq!(st.version, before);
+    assert!(st.last_error.unwrap().contains("10-a.lua:3:"));
+    transact(&s, "a@example.org", &["alice@localhost"], "x", "x").await;
+    assert!(s.texts("alice@localhost", "INBOX")[0].contains("X-Set: good"));
+}
+
+fn version_policy(v: &str) -> String {
+    format!(
+        "stages = {{ \"data\" }}\nfunction on_receive(e) return {{ add_headers = {{ {{ name = 'X-Policy', value = '{v}' }} }} }} end\n"
+    )
+}
+
+#[tokio::test]
+async fn reload_while_twenty_sessions_are_mid_transaction() {
+    let s = start_with_policies(&[("10-v.lua", &version_policy("A"))], |_| {}).await;
+    let mut sessions = Vec::new();
+    for i in 0..20 {
+        let mut c = connect(s.smtp).await;
+        c.cmd("EHLO client.test", "250").await;
+        c.cmd("MAIL FROM:<a@example.org>", "250").await;
+        c.cmd("RCPT TO:<alice@localhost>", "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(format!("Subject: s{i}\r\n\r\nhalf way").as_bytes()).await;
+        sessions.push(c);
+    }
+    write_policies(&s.policies_dir(), &[("10-v.lua", &version_policy("B"))]);
+    s.running.shared.engine.reload().unwrap();
+    for c in &mut sessions {
+        c.send(b"\r\n.\r\n").await;
+        let r = c.reply().await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let texts = s.texts("alice@localhost", "INBOX");
+    assert_eq!(texts.len(), 20, "all complete");
+    assert!(
+        texts.iter().all(|t| t.contains("X-Policy: A")),
+        "sessions keep the set they started with"
+    );
+    transact(&s, "a@example.org", &["alice@localhost"], "new", "x").await;
+    assert!(
+        s.texts("alice@localhost", "INBOX")[20].contains("X-Policy: B"),
+        "new sessions see the new set"
+    );
+}
+
+#[tokio::test]
+async fn the_directory_is_watched() {
+    let s = start_with_policies(&[("10-v.lua", &version_policy("A"))], |c| {
+        c.policies.reload_debounce_ms = 50
+    })
+    .await;
+    let mut versions = s.running.shared.engine.subscribe();
+    let before = versions.borrow_and_update().clone();
+    write_policies(&s.policies_dir(), &[("10-v.lua", &version_policy("B"))]);
+    tokio::time::timeout(Duration::from_secs(20), versions.changed())
+        .await
+        .expect("reloaded after the change")
+        .unwrap();
+    assert_ne!(*versions.borrow(), before);
+    transact(&s, "a@example.org", &["alice@localhost"], "x", "x").await;
+    assert!(s.texts("alice@localhost", "INBOX")[0].contains("X-Policy: B"));
+}
+
+#[tokio::test]
+async fn connect_and_helo_stages() {
+    let p = r#"
+stages = { "connect", "helo" }
+function on_receive(e)
+  if e.stage == "helo" and e.session.helo == "bad.example" then
+    return { action = "reject", code = 550, enhanced = "5.7.1", text = "no thanks" }
+  end
+  if e.stage == "connect" and e.session.client_ip ~= "127.0.0.1" then return { action = "reject" } end
+end"#;
+    let s = start_with_policies(&[("10-helo.lua", p)], |_| {}).await;
+    let mut c = connect(s.smtp).await;
+    c.cmd("EHLO bad.example", "550 5.7.1 no thanks").await;
+    c.cmd("MAIL FROM:<a@example.org>", "503").await;
+    c.cmd("EHLO good.example", "250").await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    let s2 = start_with_policies(
+        &[(
+            "10-c.lua",
+            "stages = { 'connect' }\nfunction on_receive(e) return { action = 'reject', text = 'go' } end",
+        )],
+        |_| {},
+    )
+    .await;
+    let mut raw = tokio::net::TcpStream::connect(s2.smtp).await.unwrap();
+    let mut buf = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut raw, &mut buf)
+        .await
+        .unwrap();
+    assert!(buf.starts_with("554 5.7.1 go"), "{buf}");
+}
+
+#[tokio::test]
+async fn on_fetch_hides_and_stamps_pop3_reads() {
+    let p = r#"
+function on_fetch(e)
+  if e.message.subject == "secret" then return { action = "hide" } end
+  return { add_headers = { { name = "X-Fetched-By", value = e.user } } }
+end"#;
+    let s = start_with_policies(&[("10-fetch.lua", p)], |_| {}).await;
+    transact(&s, "a@example.org", &["alice@localhost"], "secret", "x").await;
+    transact(&s, "a@example.org", &["alice@localhost"], "open", "x").await;
+    let stream = tokio::net::TcpStream::connect(s.pop3).await.unwrap();
+    let mut c = Client {
+        io: tokio::io::BufReader::new(stream),
+    };
+    c.line().await;
+    c.pop("USER alice@localhost", "+OK").await;
+    c.pop(&format!("PASS {PASSWORD}"), "+OK").await;
+    c.pop("RETR 1", "-ERR").await;
+    c.pop("RETR 2", "+OK").await;
+    let body = String::from_utf8(c.multiline().await).unwrap();
+    assert!(body.starts_with("X-Fetched-By: alice@localhost\r\n"), "{body}");
+}
