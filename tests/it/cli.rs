@@ -130,3 +130,65 @@ fn cli_against_a_running_server() {
     // After the server is gone the CLI opens the store itself and sees the same data.
     assert_eq!(run(&["user", "list"], ""), "dave@localhost\n");
 }
+
+const SCORING: &str = "function on_receive(e)\n  if e.message.subject == 'cheap pills' then\n    return { score = 6, symbol = 'PILLS', reason = 'subject' }\n  end\nend\n";
+
+#[test]
+fn policy_check_and_test_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_child_config(dir.path());
+    let policies = dir.path().join("policies");
+    write_policies(&policies, &[("10-pills.lua", SCORING)]);
+    let (code, out, err) = cli(&cfg, &["policy", "check"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok: 1 policies") && out.contains("10-pills.lua"), "{out}");
+
+    let eml = dir.path().join("pills.eml");
+    // mbox-style leading From line and LF endings, as saved mail often is.
+    std::fs::write(&eml, "From someone Mon Jan  1 00:00:00 2001\nFrom: x@example.org\nSubject: cheap pills\n\nbuy\n").unwrap();
+    let (code, out, err) = cli(&cfg, &["policy", "test", eml.to_str().unwrap(), "--to", "alice@localhost"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("10-pills.lua") && out.contains("PILLS"), "{out}");
+    assert!(out.contains("verdict   tag"), "{out}");
+    assert!(out.contains("header    X-Spam-Flag: YES"), "{out}");
+    let (code, out, err) = cli(&cfg, &["policy", "test", eml.to_str().unwrap(), "--json"], "");
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verdict"], "tag");
+    assert_eq!(v["score"], 6.0);
+    assert_eq!(v["trace"].as_array().unwrap().len(), 1);
+
+    write_policies(&policies, &[("20-bad.lua", "function on_receive(e)\n  return {\nend\n")]);
+    let (code, _, err) = cli(&cfg, &["policy", "check"], "");
+    assert_eq!(code, 2);
+    assert!(err.contains("20-bad.lua:3:"), "file:line in {err}");
+    // No server: reload/status say so.
+    let (code, _, err) = cli(&cfg, &["policy", "status"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("no server is running"), "{err}");
+}
+
+#[test]
+fn policy_reload_and_status_against_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_child_config(dir.path());
+    let policies = dir.path().join("policies");
+    write_policies(&policies, &[("10-pills.lua", SCORING)]);
+    let server = ChildServer::start(&cfg);
+    let (code, status, err) = cli(&cfg, &["policy", "status"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(status.contains("plugins 10-pills.lua"), "{status}");
+    let version = status.lines().next().unwrap().to_string();
+    write_policies(&policies, &[("20-more.lua", SCORING)]);
+    let (code, reloaded, err) = cli(&cfg, &["policy", "reload"], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(reloaded.contains("plugins 10-pills.lua 20-more.lua"), "{reloaded}");
+    assert_ne!(reloaded.lines().next().unwrap(), version, "new version hash");
+    write_policies(&policies, &[("30-broken.lua", "function (")]);
+    let (code, _, err) = cli(&cfg, &["policy", "reload"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("30-broken.lua:1:"), "{err}");
+    let (_, status, _) = cli(&cfg, &["policy", "status"], "");
+    assert!(status.contains("plugins 10-pills.lua 20-more.lua") && status.contains("last_error"), "{status}");
+    assert!(server.terminate().success());
+}

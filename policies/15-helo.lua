@@ -1,0 +1,16 @@
+-- HELO/EHLO sanity: scores names that well-run mail servers do not send.
+--   HELO_BARE_IP  an IP address without the [brackets] RFC 5321 §4.1.3 asks for
+--   HELO_NO_DOT   a single label ("localhost", "desktop"): not a fully qualified name
+-- Scores add to the message's total (see [spam.thresholds] in the config).
+
+stages = { "helo" }
+
+function on_receive(event)
+  local helo = event.session.helo or ""
+  if mailgate.regex_match("^\\d{1,3}(\\.\\d{1,3}){3}$", helo) then
+    return { score = 1.5, symbol = "HELO_BARE_IP", reason = helo }
+  end
+  if not string.find(helo, ".", 1, true) and not string.find(helo, "[", 1, true) then
+    return { score = 0.5, symbol = "HELO_NO_DOT", reason = helo }
+  end
+end
