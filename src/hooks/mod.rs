@@ -14,6 +14,7 @@ pub mod lua;
 pub mod manifest;
 mod message;
 pub mod simulate;
+pub mod wasm;
 
 pub use contract::{Action, Event, Hook, Stage, Verdict};
 pub use message::{edit_headers, parse_message};
@@ -52,6 +53,7 @@ impl std::fmt::Display for PluginError {
 
 enum Runtime {
     Lua(lua::LuaPlugin),
+    Wasm(wasm::WasmPlugin),
 }
 
 /// One loaded policy.
@@ -63,16 +65,17 @@ pub struct Plugin {
 
 impl Plugin {
     fn implements(&self, hook: Hook, stage: Option<Stage>) -> bool {
-        match &self.runtime {
-            Runtime::Lua(p) => {
-                p.hooks().contains(&hook) && (hook != Hook::Receive || stage.is_none_or(|s| p.stages().contains(&s)))
-            }
-        }
+        let (hooks, stages) = match &self.runtime {
+            Runtime::Lua(p) => (p.hooks(), p.stages()),
+            Runtime::Wasm(p) => (p.hooks(), p.stages()),
+        };
+        hooks.contains(&hook) && (hook != Hook::Receive || stage.is_none_or(|s| stages.contains(&s)))
     }
 
     async fn call(&self, hook: Hook, event: &Event) -> Result<Verdict, PluginError> {
         match &self.runtime {
             Runtime::Lua(p) => p.call(hook, event).await,
+            Runtime::Wasm(p) => p.call(event).await,
         }
     }
 }
@@ -155,13 +158,13 @@ impl PolicySet {
         }
     }
 
-    /// Loads every `*.lua` in `dir` (file-name order) with its manifest. Any error fails the
+    /// Loads every `*.lua` and `*.wasm` in `dir` (file-name order) with its manifest. Any error fails the
     /// whole set, naming the file (and line, for script errors).
     pub fn load(dir: &Path, host: &Arc<HostServices>, states: usize) -> Result<PolicySet, String> {
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "lua"))
+                .filter(|p| p.extension().is_some_and(|x| x == "lua" || x == "wasm"))
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(format!("{}: {e}", dir.display())),
@@ -170,16 +173,21 @@ impl PolicySet {
         let mut hash = Sha256::new();
         let mut plugins = Vec::new();
         for path in files {
-            let source = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let (manifest, manifest_text) = Manifest::for_plugin(&path)?;
             hash.update(path.file_name().unwrap_or_default().as_encoded_bytes());
-            hash.update(source.as_bytes());
+            hash.update(&bytes);
             hash.update(manifest_text.unwrap_or_default().as_bytes());
-            let plugin = lua::LuaPlugin::load(&path, &source, manifest.clone(), host, states)?;
+            let runtime = if path.extension().is_some_and(|x| x == "wasm") {
+                Runtime::Wasm(wasm::WasmPlugin::load(&path, manifest.clone(), host)?)
+            } else {
+                let source = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+                Runtime::Lua(lua::LuaPlugin::load(&path, &source, manifest.clone(), host, states)?)
+            };
             plugins.push(Plugin {
                 name: path.file_name().unwrap_or_default().to_string_lossy().into_owned(),
                 manifest,
-                runtime: Runtime::Lua(plugin),
+                runtime,
             });
         }
         let digest = hash.finalize();

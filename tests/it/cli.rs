@@ -141,12 +141,23 @@ fn policy_check_and_test_offline() {
     write_policies(&policies, &[("10-pills.lua", SCORING)]);
     let (code, out, err) = cli(&cfg, &["policy", "check"], "");
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("ok: 1 policies") && out.contains("10-pills.lua"), "{out}");
+    assert!(
+        out.starts_with("ok: 1 policies") && out.contains("10-pills.lua"),
+        "{out}"
+    );
 
     let eml = dir.path().join("pills.eml");
     // mbox-style leading From line and LF endings, as saved mail often is.
-    std::fs::write(&eml, "From someone Mon Jan  1 00:00:00 2001\nFrom: x@example.org\nSubject: cheap pills\n\nbuy\n").unwrap();
-    let (code, out, err) = cli(&cfg, &["policy", "test", eml.to_str().unwrap(), "--to", "alice@localhost"], "");
+    std::fs::write(
+        &eml,
+        "From someone Mon Jan  1 00:00:00 2001\nFrom: x@example.org\nSubject: cheap pills\n\nbuy\n",
+    )
+    .unwrap();
+    let (code, out, err) = cli(
+        &cfg,
+        &["policy", "test", eml.to_str().unwrap(), "--to", "alice@localhost"],
+        "",
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("10-pills.lua") && out.contains("PILLS"), "{out}");
     assert!(out.contains("verdict   tag"), "{out}");
@@ -158,7 +169,10 @@ fn policy_check_and_test_offline() {
     assert_eq!(v["score"], 6.0);
     assert_eq!(v["trace"].as_array().unwrap().len(), 1);
 
-    write_policies(&policies, &[("20-bad.lua", "function on_receive(e)\n  return {\nend\n")]);
+    write_policies(
+        &policies,
+        &[("20-bad.lua", "function on_receive(e)\n  return {\nend\n")],
+    );
     let (code, _, err) = cli(&cfg, &["policy", "check"], "");
     assert_eq!(code, 2);
     assert!(err.contains("20-bad.lua:3:"), "file:line in {err}");
@@ -189,6 +203,9 @@ fn policy_reload_and_status_against_a_running_server() {
     assert_eq!(code, 1);
     assert!(err.contains("30-broken.lua:1:"), "{err}");
     let (_, status, _) = cli(&cfg, &["policy", "status"], "");
-    assert!(status.contains("plugins 10-pills.lua 20-more.lua") && status.contains("last_error"), "{status}");
+    assert!(
+        status.contains("plugins 10-pills.lua 20-more.lua") && status.contains("last_error"),
+        "{status}"
+    );
     assert!(server.terminate().success());
 }

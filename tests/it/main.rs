@@ -4,9 +4,11 @@
 mod cli;
 mod common;
 mod crash;
+mod dns;
 mod hooks;
 mod pop3;
 mod smtp;
 mod smtp_clients;
 mod smtp_limits;
 mod smtp_tls;
+mod wasm;

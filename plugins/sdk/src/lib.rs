@@ -1,0 +1,151 @@
+//! Write mailgate policies in Rust.
+//!
+//! ```ignore
+//! use mailgate_sdk::{Event, Plugin, Verdict};
+//!
+//! struct Stamp;
+//!
+//! impl Plugin for Stamp {
+//!     fn on_receive(event: &Event) -> Verdict {
+//!         Verdict::default().header("X-Stamped", "yes")
+//!     }
+//! }
+//!
+//! mailgate_sdk::export_plugin!(Stamp);
+//! ```
+//!
+//! Build with `cargo build --release --target wasm32-wasip2` and copy the `.wasm` file into
+//! the policies directory. The event and verdict types are the host's own (`contract.rs` is
+//! compiled into this crate unchanged), so the fields are exactly those in `docs/hooks.md`.
+
+#[path = "../../../src/hooks/contract.rs"]
+mod contract;
+
+pub use contract::*;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "policy",
+        path: "../wit",
+        pub_export_macro: true,
+        default_bindings_module: "mailgate_sdk::bindings",
+    });
+}
+
+/// Host functions (the same as the Lua `mailgate` table).
+pub mod host {
+    use super::bindings::mailgate::policy::host as h;
+
+    pub fn log(level: &str, message: &str) {
+        h::log(level, message)
+    }
+    pub fn regex_match(pattern: &str, text: &str) -> Result<bool, String> {
+        h::regex_match(pattern, text)
+    }
+    pub fn dns(kind: &str, name: &str) -> Result<Vec<String>, String> {
+        h::dns(kind, name)
+    }
+    pub fn kv_get(key: &str) -> Option<String> {
+        h::kv_get(key)
+    }
+    pub fn kv_set(key: &str, value: &str, ttl_secs: Option<i64>) -> Result<(), String> {
+        h::kv_set(key, value, ttl_secs)
+    }
+    pub fn kv_del(key: &str) -> Result<(), String> {
+        h::kv_del(key)
+    }
+    pub fn now() -> i64 {
+        h::now()
+    }
+    /// The manifest's `[config]` table.
+    pub fn config() -> serde_json::Value {
+        serde_json::from_str(&h::config()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A policy. Implement the hooks you need; the others continue.
+pub trait Plugin {
+    /// Hooks the host should call. The default is all four; narrowing it saves calls.
+    const HOOKS: &'static [Hook] = &[Hook::Receive, Hook::Route, Hook::Deliver, Hook::Fetch];
+    /// SMTP stages at which `on_receive` runs (default: data only).
+    const STAGES: &'static [Stage] = &[Stage::Data];
+
+    fn on_receive(_event: &Event) -> Verdict {
+        Verdict::default()
+    }
+    fn on_route(_event: &Event) -> Verdict {
+        Verdict::default()
+    }
+    fn on_deliver(_event: &Event) -> Verdict {
+        Verdict::default()
+    }
+    fn on_fetch(_event: &Event) -> Verdict {
+        Verdict::default()
+    }
+}
+
+/// Builders for common answers.
+impl Verdict {
+    pub fn reject(code: u16, enhanced: &str, text: &str) -> Verdict {
+        Verdict {
+            action: Action::Reject,
+            code: Some(code),
+            enhanced: Some(enhanced.into()),
+            text: Some(text.into()),
+            ..Verdict::default()
+        }
+    }
+    pub fn score(score: f64, symbol: &str, reason: &str) -> Verdict {
+        Verdict {
+            score: Some(score),
+            symbol: Some(symbol.into()),
+            reason: Some(reason.into()),
+            ..Verdict::default()
+        }
+    }
+    pub fn header(mut self, name: &str, value: &str) -> Verdict {
+        self.add_headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+}
+
+#[doc(hidden)]
+pub fn describe<P: Plugin>() -> String {
+    serde_json::json!({ "hooks": P::HOOKS, "stages": P::STAGES }).to_string()
+}
+
+#[doc(hidden)]
+pub fn handle<P: Plugin>(event: String) -> Result<String, String> {
+    let event: Event = serde_json::from_str(&event).map_err(|e| format!("event: {e}"))?;
+    let verdict = match event.hook {
+        Hook::Receive => P::on_receive(&event),
+        Hook::Route => P::on_route(&event),
+        Hook::Deliver => P::on_deliver(&event),
+        Hook::Fetch => P::on_fetch(&event),
+    };
+    if verdict == Verdict::default() {
+        return Ok(String::new());
+    }
+    serde_json::to_string(&verdict).map_err(|e| e.to_string())
+}
+
+/// Exports a [`Plugin`] implementation as the component's `describe` and `handle`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        struct __MailgateExport;
+        impl $crate::bindings::Guest for __MailgateExport {
+            fn describe() -> String {
+                $crate::describe::<$plugin>()
+            }
+            fn handle(event: String) -> Result<String, String> {
+                $crate::handle::<$plugin>(event)
+            }
+        }
+        $crate::bindings::export!(__MailgateExport);
+    };
+}

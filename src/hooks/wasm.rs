@@ -1,0 +1,255 @@
+//! WASM policies: components for `wasm32-wasip2` implementing `plugins/wit/mailgate.wit`.
+//!
+//! Each call gets a fresh `Store` and instance (from a pre-linked `InstancePre`), so a plugin
+//! that traps, panics or corrupts its heap cannot affect the next call. Budgets: fuel
+//! (`fuel`), wall time (an epoch deadline; a ticker thread bumps the epoch every 10 ms), and
+//! linear memory (`memory_mb`, via a store limiter that traps on growth past it). WASI is
+//! linked but grants nothing: no files, no environment, no network, no clocks beyond WASI's
+//! defaults. Calls run on the blocking pool (wasmtime's sync API); host DNS calls re-enter
+//! the runtime there.
+
+use super::PluginError;
+use super::contract::{Event, Hook, Stage, Verdict};
+use super::host::{HostServices, RegexCache};
+use super::manifest::Manifest;
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+wasmtime::component::bindgen!({ world: "policy", path: "plugins/wit" });
+
+/// Epoch tick: the resolution of WASM wall-time budgets.
+const TICK: Duration = Duration::from_millis(10);
+
+/// One engine for all plugins; its epoch ticker thread starts with it.
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut c = Config::new();
+        c.consume_fuel(true);
+        c.epoch_interruption(true);
+        let engine = Engine::new(&c).expect("wasmtime engine with fuel and epochs");
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(e) = ticker.upgrade() {
+                    e.increment_epoch();
+                    drop(e);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .expect("epoch thread");
+        engine
+    })
+}
+
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    plugin: Arc<Shared>,
+    dns_left: u32,
+}
+
+/// What every call of one plugin shares.
+struct Shared {
+    name: String,
+    host: Arc<HostServices>,
+    regexes: RegexCache,
+    config_json: String,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl mailgate::policy::host::Host for HostState {
+    fn log(&mut self, level: String, message: String) {
+        let plugin = &self.plugin.name;
+        match level.as_str() {
+            "error" => tracing::error!(plugin, "{message}"),
+            "warn" => tracing::warn!(plugin, "{message}"),
+            "debug" => tracing::debug!(plugin, "{message}"),
+            _ => tracing::info!(plugin, "{message}"),
+        }
+    }
+
+    fn regex_match(&mut self, pattern: String, text: String) -> Result<bool, String> {
+        self.plugin.regexes.get(&pattern).map(|r| r.is_match(&text))
+    }
+
+    fn dns(&mut self, kind: String, name: String) -> Result<Vec<String>, String> {
+        if self.dns_left == 0 {
+            return Err("DNS lookup budget exceeded (dns_lookups)".into());
+        }
+        self.dns_left -= 1;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| "DNS is not available here".to_string())?;
+        handle.block_on(self.plugin.host.dns(&kind, &name))
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<String> {
+        self.plugin.host.kv_get(&self.plugin.name, &key).ok().flatten()
+    }
+
+    fn kv_set(&mut self, key: String, value: String, ttl_secs: Option<i64>) -> Result<(), String> {
+        self.plugin.host.kv_set(&self.plugin.name, &key, &value, ttl_secs)
+    }
+
+    fn kv_del(&mut self, key: String) -> Result<(), String> {
+        self.plugin.host.kv_del(&self.plugin.name, &key)
+    }
+
+    fn now(&mut self) -> i64 {
+        crate::store::now_secs()
+    }
+
+    fn config(&mut self) -> String {
+        self.plugin.config_json.clone()
+    }
+}
+
+struct Inner {
+    manifest: Manifest,
+    pre: PolicyPre<HostState>,
+    shared: Arc<Shared>,
+}
+
+pub struct WasmPlugin {
+    inner: Arc<Inner>,
+    hooks: HashSet<Hook>,
+    stages: Vec<Stage>,
+}
+
+#[derive(serde::Deserialize)]
+struct Description {
+    hooks: Vec<Hook>,
+    #[serde(default)]
+    stages: Vec<Stage>,
+}
+
+impl Inner {
+    fn store(&self) -> Store<HostState> {
+        let m = &self.manifest;
+        let state = HostState {
+            wasi: WasiCtx::builder().build(), // no rights granted
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size((m.memory_mb as usize) << 20)
+                .instances(8)
+                .trap_on_grow_failure(true)
+                .build(),
+            plugin: self.shared.clone(),
+            dns_left: m.dns_lookups,
+        };
+        let mut store = Store::new(engine(), state);
+        store.limiter(|s| &mut s.limits);
+        // Fuel must be set before instantiation: a wasip2 component runs start code.
+        let _ = store.set_fuel(m.fuel);
+        let ticks = m.timeout_ms.div_ceil(TICK.as_millis() as u64) + 1;
+        store.set_epoch_deadline(ticks);
+        store
+    }
+
+    /// One call in a fresh instance.
+    fn invoke<T>(
+        &self,
+        f: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, PluginError> {
+        let mut store = self.store();
+        let result = self.pre.instantiate(&mut store).and_then(|inst| f(&inst, &mut store));
+        result.map_err(|e| classify(&e))
+    }
+}
+
+fn classify(e: &wasmtime::Error) -> PluginError {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => PluginError::Budget("fuel budget exceeded".into()),
+        Some(Trap::Interrupt) => PluginError::Timeout,
+        _ => {
+            let text = format!("{e:#}");
+            if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
+                PluginError::Memory
+            } else {
+                PluginError::Runtime(text.lines().next().unwrap_or("").to_string())
+            }
+        }
+    }
+}
+
+impl WasmPlugin {
+    /// Compiles and links a component and asks it what it implements.
+    pub fn load(path: &Path, manifest: Manifest, host: &Arc<HostServices>) -> Result<WasmPlugin, String> {
+        let shown = path.display();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let bytes = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
+        let component = Component::from_binary(engine(), &bytes)
+            .map_err(|e| format!("{shown}: not a valid WASM component: {e}"))?;
+        let mut linker = Linker::<HostState>::new(engine());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| format!("{shown}: {e}"))?;
+        Policy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(|e| format!("{shown}: {e}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(PolicyPre::new)
+            .map_err(|e| format!("{shown}: does not fit the mailgate:policy world: {e:#}"))?;
+        let config_json = serde_json::to_string(&manifest.config).map_err(|e| format!("{shown}: config: {e}"))?;
+        let inner = Arc::new(Inner {
+            manifest,
+            pre,
+            shared: Arc::new(Shared {
+                name,
+                host: host.clone(),
+                regexes: RegexCache::default(),
+                config_json,
+            }),
+        });
+        let described = inner
+            .invoke(|p, s| p.call_describe(s))
+            .map_err(|e| format!("{shown}: describe() failed: {e}"))?;
+        let d: Description =
+            serde_json::from_str(&described).map_err(|e| format!("{shown}: describe() returned bad JSON: {e}"))?;
+        let stages = if d.stages.is_empty() {
+            vec![Stage::Data]
+        } else {
+            d.stages
+        };
+        Ok(WasmPlugin {
+            inner,
+            hooks: d.hooks.into_iter().collect(),
+            stages,
+        })
+    }
+
+    pub fn hooks(&self) -> &HashSet<Hook> {
+        &self.hooks
+    }
+
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+
+    pub async fn call(&self, event: &Event) -> Result<Verdict, PluginError> {
+        let json = serde_json::to_string(event).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
+        let inner = self.inner.clone();
+        let answer = tokio::task::spawn_blocking(move || inner.invoke(|p, s| p.call_handle(s, &json)))
+            .await
+            .map_err(|e| PluginError::Runtime(format!("plugin task: {e}")))??;
+        match answer {
+            Err(msg) => Err(PluginError::Runtime(msg)),
+            Ok(s) if s.is_empty() => Ok(Verdict::default()),
+            Ok(s) => serde_json::from_str(&s).map_err(|e| PluginError::BadVerdict(e.to_string())),
+        }
+    }
+}
