@@ -20,6 +20,8 @@ struct Args {
     messages: usize,
     size: usize,
     addr: Option<SocketAddr>,
+    /// Policies directory for the spawned server (default: an empty one).
+    policies: Option<String>,
 }
 
 fn args() -> Args {
@@ -28,6 +30,7 @@ fn args() -> Args {
         messages: 5000,
         size: 5000,
         addr: None,
+        policies: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -38,6 +41,7 @@ fn args() -> Args {
             "--messages" => a.messages = val.parse().expect("--messages N"),
             "--size" => a.size = val.parse().expect("--size BYTES"),
             "--addr" => a.addr = Some(val.parse().expect("--addr HOST:PORT")),
+            "--policies" => a.policies = Some(val),
             _ => {
                 i += 1; // cargo bench passes --bench; ignore unknown flags
                 continue;
@@ -120,15 +124,16 @@ struct Spawned {
     _dir: tempfile::TempDir,
 }
 
-fn spawn_server() -> Spawned {
+fn spawn_server(policies: Option<&str>) -> Spawned {
     let bin = env!("CARGO_BIN_EXE_mailgate");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bench.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[server]\ndata_dir = \"{}\"\n[smtp]\nmax_connections_per_ip = 1000\n[[listener]]\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n",
-            dir.path().join("data").display()
+            "[server]\ndata_dir = \"{}\"\n[policies]\ndir = \"{}\"\n[smtp]\nmax_connections_per_ip = 1000\n[[listener]]\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n",
+            dir.path().join("data").display(),
+            policies.map(str::to_string).unwrap_or_else(|| dir.path().join("policies").display().to_string())
         ),
     )
     .unwrap();
@@ -167,7 +172,11 @@ fn spawn_server() -> Spawned {
 #[tokio::main]
 async fn main() {
     let a = args();
-    let spawned = if a.addr.is_none() { Some(spawn_server()) } else { None };
+    let spawned = if a.addr.is_none() {
+        Some(spawn_server(a.policies.as_deref()))
+    } else {
+        None
+    };
     let addr = a.addr.unwrap_or_else(|| spawned.as_ref().unwrap().addr);
     let pid = spawned.as_ref().map(|s| s.child.id());
     let cpu0 = pid.map(cpu_time);

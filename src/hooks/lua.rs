@@ -57,6 +57,9 @@ pub struct LuaPlugin {
     states: Vec<tokio::sync::Mutex<State>>,
     hooks: HashSet<Hook>,
     stages: Vec<Stage>,
+    /// The script calls `mailgate.dns`, the one host function that waits: only then is the
+    /// call made as a coroutine (`call_async`), which costs several times a plain call.
+    uses_async: bool,
 }
 
 /// Turns an mlua error into a readable one-line message (the traceback is noise here).
@@ -250,6 +253,7 @@ impl LuaPlugin {
             }
         };
         Ok(LuaPlugin {
+            uses_async: source.contains("dns"),
             name,
             manifest,
             states: pool.into_iter().map(tokio::sync::Mutex::new).collect(),
@@ -291,9 +295,14 @@ impl LuaPlugin {
             .to_value_with(event, opts)
             .map_err(|e| PluginError::Runtime(format!("{}: event: {}", self.name, lua_error(&e))))?;
         st.budget.arm(&self.manifest);
-        // The hook stops Lua code; the timeout also covers time spent waiting in host calls.
-        let limit = Duration::from_millis(self.manifest.timeout_ms);
-        let result = tokio::time::timeout(limit, f.call_async::<Value>(arg)).await;
+        let result = if self.uses_async {
+            // The hook stops Lua code; the timeout also covers time spent waiting on DNS.
+            let limit = Duration::from_millis(self.manifest.timeout_ms);
+            tokio::time::timeout(limit, f.call_async::<Value>(arg)).await
+        } else {
+            // No waiting host calls: the instruction/time hook alone bounds the call.
+            Ok(f.call::<Value>(arg))
+        };
         st.budget.disarm();
         let value = match result {
             Err(_) => return Err(PluginError::Timeout),

@@ -7,6 +7,7 @@
 //! fuel = 50000000          # WASM fuel per call
 //! dns_lookups = 10         # mailgate.dns calls per call
 //! on_error = "continue"    # continue | tempfail | reject
+//! fresh_instance = false   # WASM: new instance per call (isolation between messages)
 //! [config]                 # handed to the plugin as mailgate.config
 //! words = ["viagra"]
 //! ```
@@ -35,6 +36,8 @@ pub struct Manifest {
     pub fuel: u64,
     pub dns_lookups: u32,
     pub on_error: OnError,
+    /// WASM: a new instance for every call instead of reusing a clean one.
+    pub fresh_instance: bool,
     pub config: toml::Table,
 }
 
@@ -47,6 +50,7 @@ impl Default for Manifest {
             fuel: 500_000_000,
             dns_lookups: 10,
             on_error: OnError::Continue,
+            fresh_instance: false,
             config: toml::Table::new(),
         }
     }

@@ -1,7 +1,10 @@
 //! WASM policies: components for `wasm32-wasip2` implementing `plugins/wit/mailgate.wit`.
 //!
-//! Each call gets a fresh `Store` and instance (from a pre-linked `InstancePre`), so a plugin
-//! that traps, panics or corrupts its heap cannot affect the next call. Budgets: fuel
+//! Instances come from a pre-linked `InstancePre` and are reused from call to call (a new one
+//! costs hundreds of microseconds for a wasip2 component; a reused call a few), with fresh
+//! budgets each time; an instance that trapped, panicked or failed is thrown away, so a broken
+//! heap never serves another message. `fresh_instance = true` in the manifest asks for a new
+//! instance on every call (full isolation between messages, at that cost). Budgets: fuel
 //! (`fuel`), wall time (an epoch deadline; a ticker thread bumps the epoch every 10 ms), and
 //! linear memory (`memory_mb`, via a store limiter that traps on growth past it). WASI is
 //! linked but grants nothing: no files, no environment, no network, no clocks beyond WASI's
@@ -118,11 +121,23 @@ impl mailgate::policy::host::Host for HostState {
     }
 }
 
+/// An instantiated plugin, ready for another call.
+struct Instance {
+    store: Store<HostState>,
+    policy: Policy,
+}
+
 struct Inner {
     manifest: Manifest,
     pre: PolicyPre<HostState>,
     shared: Arc<Shared>,
+    /// Instances that finished their last call cleanly; reused (fresh fuel, deadline and DNS
+    /// budget each call) unless the manifest asks for `fresh_instance`.
+    idle: std::sync::Mutex<Vec<Instance>>,
 }
+
+/// Idle instances kept per plugin (about one per concurrent caller).
+const MAX_IDLE: usize = 8;
 
 pub struct WasmPlugin {
     inner: Arc<Inner>,
@@ -160,14 +175,40 @@ impl Inner {
         store
     }
 
-    /// One call in a fresh instance.
+    /// One call: on an idle instance if there is one, else a new one. An instance that
+    /// trapped or failed is dropped, never reused (its heap may be inconsistent).
     fn invoke<T>(
         &self,
         f: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
-        let mut store = self.store();
-        let result = self.pre.instantiate(&mut store).and_then(|inst| f(&inst, &mut store));
-        result.map_err(|e| classify(&e))
+        let reused = if self.manifest.fresh_instance {
+            None
+        } else {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        };
+        let mut inst = match reused {
+            Some(mut i) => {
+                let m = &self.manifest;
+                let _ = i.store.set_fuel(m.fuel);
+                i.store
+                    .set_epoch_deadline(m.timeout_ms.div_ceil(TICK.as_millis() as u64) + 1);
+                i.store.data_mut().dns_left = m.dns_lookups;
+                i
+            }
+            None => {
+                let mut store = self.store();
+                let policy = self.pre.instantiate(&mut store).map_err(|e| classify(&e))?;
+                Instance { store, policy }
+            }
+        };
+        let result = f(&inst.policy, &mut inst.store).map_err(|e| classify(&e));
+        if result.is_ok() && !self.manifest.fresh_instance {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(inst);
+            }
+        }
+        result
     }
 }
 
@@ -208,6 +249,7 @@ impl WasmPlugin {
         let inner = Arc::new(Inner {
             manifest,
             pre,
+            idle: std::sync::Mutex::new(Vec::new()),
             shared: Arc::new(Shared {
                 name,
                 host: host.clone(),
@@ -243,9 +285,15 @@ impl WasmPlugin {
     pub async fn call(&self, event: &Event) -> Result<Verdict, PluginError> {
         let json = serde_json::to_string(event).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
         let inner = self.inner.clone();
-        let answer = tokio::task::spawn_blocking(move || inner.invoke(|p, s| p.call_handle(s, &json)))
-            .await
-            .map_err(|e| PluginError::Runtime(format!("plugin task: {e}")))??;
+        let run = move || inner.invoke(|p, s| p.call_handle(s, &json));
+        // On the multi-threaded runtime the call runs in place (handing a worker's other tasks
+        // over is much cheaper than a trip to the blocking pool); elsewhere on the pool.
+        let answer = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run)?,
+            _ => tokio::task::spawn_blocking(run)
+                .await
+                .map_err(|e| PluginError::Runtime(format!("plugin task: {e}")))??,
+        };
         match answer {
             Err(msg) => Err(PluginError::Runtime(msg)),
             Ok(s) if s.is_empty() => Ok(Verdict::default()),

@@ -221,7 +221,9 @@ async fn a_broken_wasm_file_is_reported_and_keeps_the_old_set() {
     assert!(s.texts("alice@localhost", "INBOX")[0].contains("X-Stamped-By"));
 }
 
-#[tokio::test]
+/// Multi-threaded, as the server runs: WASM calls then run in place (`block_in_place`) and
+/// the DNS host call re-enters the runtime from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_host_calls_from_lua_and_wasm() {
     let dns = crate::dns::start_dns(&[
         ("mx.example.test.", "A", "127.0.0.9"),
