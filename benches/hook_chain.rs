@@ -121,8 +121,10 @@ async fn main() {
         set.version
     );
     let raw = message();
-    let mut base = Event::default();
-    base.stage = Some(Stage::Data);
+    let mut base = Event {
+        stage: Some(Stage::Data),
+        ..Event::default()
+    };
     base.envelope.mail_from = Some("alice@example.org".into());
     base.envelope.rcpt_to = vec!["bob@example.test".into()];
     for _ in 0..50 {
