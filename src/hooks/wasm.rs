@@ -97,7 +97,13 @@ impl mailgate::policy::host::Host for HostState {
         }
         self.dns_left -= 1;
         let handle = tokio::runtime::Handle::try_current().map_err(|_| "DNS is not available here".to_string())?;
-        handle.block_on(self.plugin.host.dns(&kind, &name))
+        let lookup = self.plugin.host.dns(&kind, &name);
+        match handle.runtime_flavor() {
+            // The call runs on a worker thread: let the runtime move its other tasks, then wait.
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| handle.block_on(lookup)),
+            // The call runs on the blocking pool (see `WasmPlugin::call`).
+            _ => handle.block_on(lookup),
+        }
     }
 
     fn kv_get(&mut self, key: String) -> Option<String> {
@@ -286,10 +292,12 @@ impl WasmPlugin {
         let json = serde_json::to_string(event).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
         let inner = self.inner.clone();
         let run = move || inner.invoke(|p, s| p.call_handle(s, &json));
-        // On the multi-threaded runtime the call runs in place (handing a worker's other tasks
-        // over is much cheaper than a trip to the blocking pool); elsewhere on the pool.
+        // On the multi-threaded runtime the call simply runs here: it is bounded by fuel and
+        // the epoch deadline, and most calls take microseconds, less than any hand-off (a
+        // DNS host call, which waits, moves the worker's other tasks away first). On other
+        // runtimes it goes to the blocking pool.
         let answer = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run)?,
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => run()?,
             _ => tokio::task::spawn_blocking(run)
                 .await
                 .map_err(|e| PluginError::Runtime(format!("plugin task: {e}")))??,
