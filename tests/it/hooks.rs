@@ -4,26 +4,6 @@
 use crate::common::*;
 use std::time::Duration;
 
-/// Sends one message from `from` to `to`; returns the reply to the final dot (or the first
-/// refusal on the way).
-async fn transact(s: &TestServer, from: &str, to: &[&str], subject: &str, body: &str) -> String {
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
-    let r = c.cmd(&format!("MAIL FROM:<{from}>"), "").await;
-    if !r.starts_with("250") {
-        return r;
-    }
-    for t in to {
-        let r = c.cmd(&format!("RCPT TO:<{t}>"), "").await;
-        if !r.starts_with("250") {
-            return r;
-        }
-    }
-    c.cmd("DATA", "354").await;
-    c.send(message(subject, body).as_bytes()).await;
-    c.cmd(".", "").await
-}
-
 const VERDICTS: &str = r#"
 stages = { "mail", "rcpt", "data" }
 

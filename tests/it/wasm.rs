@@ -45,14 +45,9 @@ async fn server_with(files: Vec<(String, Vec<u8>)>, tweak: impl FnOnce(&mut mail
     start_in(dir, tweak).await
 }
 
-async fn transact(s: &TestServer, subject: &str, body: &str) -> String {
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
-    c.cmd("MAIL FROM:<a@example.org>", "250").await;
-    c.cmd("RCPT TO:<alice@localhost>", "250").await;
-    c.cmd("DATA", "354").await;
-    c.send(message(subject, body).as_bytes()).await;
-    c.cmd(".", "").await
+/// One message from a@example.org to alice.
+async fn to_alice(s: &TestServer, subject: &str, body: &str) -> String {
+    transact(s, "a@example.org", &["alice@localhost"], subject, body).await
 }
 
 const KEYWORDS_TOML: &str = "[config]\nblocked = [\"viagra\"]\nsuspicious = [\"winner\", \"lottery\"]\n";
@@ -92,17 +87,17 @@ async fn example_plugins_through_smtp() {
         |_| {},
     )
     .await;
-    let r = transact(&s, "hello there", "plain text").await;
+    let r = to_alice(&s, "hello there", "plain text").await;
     assert!(r.starts_with("250"), "{r}");
     let raw = &s.texts("alice@localhost", "INBOX")[0];
     assert!(raw.contains("X-Stamped-By: header-stamp (wasm)\r\n"), "{raw}");
     assert!(raw.contains("X-Subject-Length: 11\r\n"), "{raw}");
-    let r = transact(&s, "cheap VIAGRA", "x").await;
+    let r = to_alice(&s, "cheap VIAGRA", "x").await;
     assert!(
         r.starts_with("550 5.7.1 Message contains a blocked word (viagra)"),
         "{r}"
     );
-    let r = transact(&s, "you are a winner", "claim your lottery prize").await;
+    let r = to_alice(&s, "you are a winner", "claim your lottery prize").await;
     assert!(r.starts_with("250"), "{r}");
     let raw = &s.texts("alice@localhost", "INBOX")[1];
     assert!(raw.contains("X-Spam-Symbols: KW_SUSPICIOUS(4.00)"), "{raw}");
@@ -133,8 +128,8 @@ async fn lua_and_wasm_give_the_same_results() {
         ("x", "Viagra inside"),
     ];
     for (subject, body) in cases {
-        let a = transact(&lua, subject, body).await;
-        let b = transact(&wasm, subject, body).await;
+        let a = to_alice(&lua, subject, body).await;
+        let b = to_alice(&wasm, subject, body).await;
         assert_eq!(
             a.split(" queued as").next(),
             b.split(" queued as").next(),
@@ -170,7 +165,7 @@ async fn misbehaving_guests_never_take_the_server_down() {
     )
     .await;
     for subject in ["loop", "oom", "panic"] {
-        let r = transact(&s, subject, "x").await;
+        let r = to_alice(&s, subject, "x").await;
         assert!(r.starts_with("250"), "{subject}: on_error continue delivers: {r}");
     }
     let texts = s.texts("alice@localhost", "INBOX");
@@ -187,7 +182,7 @@ async fn misbehaving_guests_never_take_the_server_down() {
         texts[2]
     );
     // A fresh instance per call: the next message is handled normally.
-    assert!(transact(&s, "fine", "x").await.starts_with("250"));
+    assert!(to_alice(&s, "fine", "x").await.starts_with("250"));
     assert!(s.texts("alice@localhost", "INBOX")[3].contains("X-Misbehave: behaved"));
 }
 
@@ -204,7 +199,7 @@ async fn on_error_applies_to_wasm_traps() {
         |_| {},
     )
     .await;
-    let r = transact(&s, "loop", "x").await;
+    let r = to_alice(&s, "loop", "x").await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
 }
 
@@ -217,7 +212,7 @@ async fn a_broken_wasm_file_is_reported_and_keeps_the_old_set() {
         err.contains("20-garbage.wasm") && err.contains("not a valid WASM component"),
         "{err}"
     );
-    assert!(transact(&s, "still", "x").await.starts_with("250"));
+    assert!(to_alice(&s, "still", "x").await.starts_with("250"));
     assert!(s.texts("alice@localhost", "INBOX")[0].contains("X-Stamped-By"));
 }
 
@@ -246,7 +241,7 @@ end"#;
         |c| c.dns.servers = vec![dns],
     )
     .await;
-    assert!(transact(&s, "dns", "x").await.starts_with("250"));
+    assert!(to_alice(&s, "dns", "x").await.starts_with("250"));
     let raw = &s.texts("alice@localhost", "INBOX")[0];
     assert!(raw.contains("X-Lua-Dns: 127.0.0.9|10 mx.example.test.|0\r\n"), "{raw}");
     assert!(raw.contains("X-Dns: 127.0.0.9\r\n"), "{raw}");
