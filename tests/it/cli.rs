@@ -186,6 +186,11 @@ fn policy_check_and_test_offline() {
 fn policy_reload_and_status_against_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_child_config(dir.path());
+    // Keep the directory watcher out of the way: reloads here come from the CLI and SIGHUP.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[policies]\n", "[policies]\nreload_debounce_ms = 600000\n");
+    std::fs::write(&cfg, text).unwrap();
     let policies = dir.path().join("policies");
     write_policies(&policies, &[("10-pills.lua", SCORING)]);
     let server = ChildServer::start(&cfg);
@@ -207,5 +212,20 @@ fn policy_reload_and_status_against_a_running_server() {
         status.contains("plugins 10-pills.lua 20-more.lua") && status.contains("last_error"),
         "{status}"
     );
+    // SIGHUP reloads too. Across processes there is no event to await: ask until it shows.
+    std::fs::remove_file(policies.join("30-broken.lua")).unwrap();
+    std::fs::remove_file(policies.join("20-more.lua")).unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(server.proc.id() as i32, libc::SIGHUP) };
+    let mut reloaded = false;
+    for _ in 0..200 {
+        let (_, status, _) = cli(&cfg, &["policy", "status"], "");
+        if status.contains("plugins 10-pills.lua\n") && !status.contains("last_error") {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(reloaded, "SIGHUP reloaded the fixed set");
     assert!(server.terminate().success());
 }
