@@ -141,6 +141,24 @@ impl Default for Event {
 }
 
 impl Event {
+    /// A copy without the message (runtimes that hand the message over separately).
+    pub fn without_message(&self) -> Event {
+        Event {
+            hook: self.hook,
+            stage: self.stage,
+            session: self.session.clone(),
+            envelope: self.envelope.clone(),
+            recipient: self.recipient.clone(),
+            default_route: self.default_route.clone(),
+            message: None,
+            auth: self.auth.clone(),
+            score: self.score,
+            symbols: self.symbols.clone(),
+            mailbox: self.mailbox.clone(),
+            user: self.user.clone(),
+        }
+    }
+
     pub fn new(hook: Hook, session: Session) -> Event {
         Event {
             hook,

@@ -206,6 +206,40 @@ fn install_host_table(
     Ok(())
 }
 
+/// `event.message` for Lua: fields are made when a script reads them, so a policy that only
+/// looks at the subject never copies the body text or builds the header list.
+struct LuaMessage(super::contract::Message);
+
+impl mlua::UserData for LuaMessage {
+    fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: String| {
+            let m = &this.0;
+            Ok(match key.as_str() {
+                "subject" => Value::String(lua.create_string(&m.subject)?),
+                "from" => Value::String(lua.create_string(&m.from)?),
+                "text" => Value::String(lua.create_string(&m.text)?),
+                "to" => lua.to_value(&m.to)?,
+                "headers" => lua.to_value(&m.headers)?,
+                "size" => Value::Integer(m.size as i64),
+                "attachments" => Value::Integer(m.attachments as i64),
+                _ => Value::Nil,
+            })
+        });
+    }
+}
+
+/// The event as a Lua table, with `message` as a [`LuaMessage`].
+fn event_value(lua: &Lua, event: &Event, opts: mlua::serde::SerializeOptions) -> mlua::Result<Value> {
+    let Some(message) = &event.message else {
+        return lua.to_value_with(event, opts);
+    };
+    let value = lua.to_value_with(&event.without_message(), opts)?;
+    if let Value::Table(t) = &value {
+        t.raw_set("message", lua.create_userdata(LuaMessage(message.clone()))?)?;
+    }
+    Ok(value)
+}
+
 impl LuaPlugin {
     /// Loads and checks a script; `states` copies are made (one per worker thread).
     pub fn load(
@@ -290,9 +324,7 @@ impl LuaPlugin {
         let opts = mlua::serde::SerializeOptions::new()
             .serialize_none_to_null(false)
             .serialize_unit_to_null(false);
-        let arg = st
-            .lua
-            .to_value_with(event, opts)
+        let arg = event_value(&st.lua, event, opts)
             .map_err(|e| PluginError::Runtime(format!("{}: event: {}", self.name, lua_error(&e))))?;
         st.budget.arm(&self.manifest);
         let result = if self.uses_async {
