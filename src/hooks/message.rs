@@ -74,13 +74,19 @@ pub fn parse_message(raw: &[u8]) -> Message {
 /// continuation lines).
 pub fn edit_headers(raw: &[u8], add: &[Header], remove: &[String]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + 256);
+    edit_headers_into(&mut out, raw, add, remove);
+    out
+}
+
+/// [`edit_headers`], appending to `out` (saves a copy of the body on the delivery path).
+pub fn edit_headers_into(out: &mut Vec<u8>, raw: &[u8], add: &[Header], remove: &[String]) {
     for h in add {
         let clean = |s: &str| s.replace(['\r', '\n'], " ");
         out.extend_from_slice(format!("{}: {}\r\n", clean(&h.name), clean(&h.value)).as_bytes());
     }
     if remove.is_empty() {
         out.extend_from_slice(raw);
-        return out;
+        return;
     }
     let end = memchr::memmem::find(raw, b"\r\n\r\n")
         .map(|i| i + 2)
@@ -104,7 +110,6 @@ pub fn edit_headers(raw: &[u8], add: &[Header], remove: &[String]) -> Vec<u8> {
         pos = line_end;
     }
     out.extend_from_slice(&raw[end..]);
-    out
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub mod simulate;
 pub mod wasm;
 
 pub use contract::{Action, Event, Hook, Stage, Verdict};
-pub use message::{edit_headers, parse_message};
+pub use message::{edit_headers, edit_headers_into, parse_message};
 
 use arc_swap::ArcSwap;
 use contract::{Header, RouteKind, Symbol};

@@ -9,7 +9,9 @@ use super::policy::{self, PolicyState};
 use crate::address::Address;
 use crate::config::TlsMode;
 use crate::hooks::contract::{Header, RouteKind, Session as SessionInfo};
-use crate::hooks::{Action, Event, Hook, Outcome, PolicySet, Stage, edit_headers, parse_message, trace_header};
+use crate::hooks::{
+    Action, Event, Hook, Outcome, PolicySet, Stage, edit_headers, edit_headers_into, parse_message, trace_header,
+};
 use crate::route::Route;
 use crate::server::Shared;
 use crate::server::conn::{Conn, Line, ReadError};
@@ -730,7 +732,8 @@ impl Session {
             });
         }
         let mut raw = self.trace_headers(&tx, &id).into_bytes();
-        raw.extend_from_slice(&edit_headers(&body, &add, &tx.policy.remove_headers));
+        raw.reserve(body.len() + 512);
+        edit_headers_into(&mut raw, &body, &add, &tx.policy.remove_headers);
         drop(body);
         match self.store_message(&tx, raw, message, quarantine).await {
             Ok(n) => {

@@ -86,8 +86,7 @@ fn cli_against_a_running_server() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = connect(addr).await;
-        c.cmd("EHLO client.test", "250").await;
+        let mut c = greeted(addr).await;
         let r = send_mail(
             &mut c,
             "boss@example.org",

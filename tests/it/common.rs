@@ -146,6 +146,13 @@ pub async fn connect(addr: SocketAddr) -> Client<TcpStream> {
     c
 }
 
+/// Connected and greeted with EHLO.
+pub async fn greeted(addr: SocketAddr) -> Client<TcpStream> {
+    let mut c = connect(addr).await;
+    c.cmd("EHLO client.test", "250").await;
+    c
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Reads one (possibly multi-line) reply; "" when the server closed.
     pub async fn reply(&mut self) -> String {
@@ -377,8 +384,7 @@ pub async fn tls_upgrade(c: Client<TcpStream>, cert: &Path) -> Client<tokio_rust
 /// Sends one message from `from` to `to`; returns the reply to the final dot (or the first
 /// refusal on the way).
 pub async fn transact(s: &TestServer, from: &str, to: &[&str], subject: &str, body: &str) -> String {
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     let r = c.cmd(&format!("MAIL FROM:<{from}>"), "").await;
     if !r.starts_with("250") {
         return r;

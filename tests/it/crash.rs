@@ -27,8 +27,7 @@ fn kill_9_loses_no_acknowledged_message() {
         for client in 0..CLIENTS {
             let (acked, count, enough) = (acked.clone(), count.clone(), enough.clone());
             tasks.push(tokio::spawn(async move {
-                let mut c = connect(addr).await;
-                c.cmd("EHLO client.test", "250").await;
+                let mut c = greeted(addr).await;
                 for n in 0.. {
                     let subject = format!("crash-{client}-{n}");
                     // Pipeline the whole transaction so the server is mid-message most of the time.
@@ -59,8 +58,7 @@ fn kill_9_loses_no_acknowledged_message() {
     // Restart: the server must come up on the crashed store and keep serving.
     let server = ChildServer::start(&cfg);
     rt.block_on(async {
-        let mut c = connect(server.smtp).await;
-        c.cmd("EHLO client.test", "250").await;
+        let mut c = greeted(server.smtp).await;
         let r = send_mail(
             &mut c,
             "a@example.org",

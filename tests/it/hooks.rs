@@ -42,8 +42,7 @@ async fn each_verdict_through_a_real_session() {
     let junk = &s.texts("alice@localhost", "Junk")[0];
     assert!(junk.contains("X-Spam-Symbols: MANUAL_JUNK(1.00)"), "{junk}");
     // Header added, header removed, trace header present.
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     c.cmd("MAIL FROM:<a@example.org>", "250").await;
     c.cmd("RCPT TO:<alice@localhost>", "250").await;
     c.cmd("DATA", "354").await;
@@ -308,8 +307,7 @@ async fn reload_while_twenty_sessions_are_mid_transaction() {
     let s = start_with_policies(&[("10-v.lua", &version_policy("A"))], |_| {}).await;
     let mut sessions = Vec::new();
     for i in 0..20 {
-        let mut c = connect(s.smtp).await;
-        c.cmd("EHLO client.test", "250").await;
+        let mut c = greeted(s.smtp).await;
         c.cmd("MAIL FROM:<a@example.org>", "250").await;
         c.cmd("RCPT TO:<alice@localhost>", "250").await;
         c.cmd("DATA", "354").await;

@@ -22,8 +22,7 @@ async fn login(c: &mut Client<TcpStream>, user: &str) {
 
 /// Delivers messages to alice over SMTP (as the tests of a real maildrop should).
 async fn deliver(s: &TestServer, bodies: &[(&str, &str)]) {
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     for (subject, body) in bodies {
         // SMTP transparency (RFC 5321 §4.5.2): the client doubles leading dots.
         let stuffed = message(subject, body).replace("\r\n.", "\r\n..");

@@ -5,8 +5,7 @@ use crate::common::*;
 #[tokio::test]
 async fn two_local_recipients_share_one_blob() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     let r = send_mail(
         &mut c,
         "sender@example.org",
@@ -38,8 +37,7 @@ async fn aliases_and_catch_all() {
     st.set_alias("team@localhost", &["alice@localhost".into(), "bob@localhost".into()])
         .unwrap();
     st.set_alias("@example.test", &["bob@localhost".into()]).unwrap();
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     // alice both directly and through the alias: one copy for her.
     let r = send_mail(
         &mut c,
@@ -76,8 +74,7 @@ async fn aliases_and_catch_all() {
 #[tokio::test]
 async fn unknown_users_and_relay_attempts_are_refused() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     c.cmd("MAIL FROM:<x@example.org>", "250").await;
     c.cmd("RCPT TO:<nobody@localhost>", "550 5.1.1").await;
     c.cmd("RCPT TO:<victim@elsewhere.test>", "554 5.7.1").await;
@@ -114,8 +111,7 @@ async fn postmaster_without_domain_is_routed() {
 #[tokio::test]
 async fn pipelined_transaction_gets_replies_in_order() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     let mut batch = String::from(
         "MAIL FROM:<p@example.org>\r\nRCPT TO:<alice@localhost>\r\nRCPT TO:<nobody@localhost>\r\nRCPT TO:<bob@localhost>\r\nDATA\r\n",
     );
@@ -171,8 +167,7 @@ async fn ehlo_advertises_extensions_and_commands_need_order() {
 #[tokio::test]
 async fn bdat_chunks_are_exact() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     c.cmd("MAIL FROM:<b@example.org>", "250").await;
     c.cmd("RCPT TO:<alice@localhost>", "250").await;
     let part1 = "Subject: bdat\r\n\r\nline one\r\n.dot stays\r\n";
@@ -206,8 +201,7 @@ async fn bdat_chunks_are_exact() {
 async fn smtputf8_addresses() {
     let s = start_server(|_| {}).await;
     s.store().create_account("jöran@localhost", "x").unwrap();
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     c.cmd("MAIL FROM:<grüße@example.org>", "553 5.6.7").await;
     c.cmd("MAIL FROM:<grüße@example.org> SMTPUTF8", "250").await;
     c.cmd("RCPT TO:<jöran@localhost>", "250").await;
@@ -226,8 +220,7 @@ async fn smtputf8_addresses() {
 async fn smuggling_vectors_neither_end_data_nor_get_stored() {
     let s = start_server(|_| {}).await;
     for vector in ["\n.\r\n", "\r.\r\n", "\n.\n", "\r\n.\r", "\r\n.\n"] {
-        let mut c = connect(s.smtp).await;
-        c.cmd("EHLO client.test", "250").await;
+        let mut c = greeted(s.smtp).await;
         c.cmd("MAIL FROM:<good@example.org>", "250").await;
         c.cmd("RCPT TO:<alice@localhost>", "250").await;
         c.cmd("DATA", "354").await;
@@ -252,8 +245,7 @@ async fn smuggling_vectors_neither_end_data_nor_get_stored() {
 #[tokio::test]
 async fn bare_lf_in_body_is_refused() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     c.cmd("MAIL FROM:<a@example.org>", "250").await;
     c.cmd("RCPT TO:<alice@localhost>", "250").await;
     c.cmd("DATA", "354").await;
@@ -267,8 +259,7 @@ async fn bare_lf_in_body_is_refused() {
 #[tokio::test]
 async fn dot_unstuffing_is_exact() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     c.cmd("MAIL FROM:<a@example.org>", "250").await;
     c.cmd("RCPT TO:<alice@localhost>", "250").await;
     c.cmd("DATA", "354").await;
@@ -285,8 +276,7 @@ async fn dot_unstuffing_is_exact() {
 #[tokio::test]
 async fn mail_survives_a_restart() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     let r = send_mail(&mut c, "a@example.org", &["alice@localhost"], &message("persist", "x")).await;
     assert!(r.starts_with("250"));
     c.cmd("QUIT", "221").await;
@@ -297,8 +287,7 @@ async fn mail_survives_a_restart() {
     assert_eq!(inbox.len(), 1);
     assert_eq!(subject_of(&s.body(&inbox[0])), "persist");
     // UIDs continue after the restart.
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     send_mail(&mut c, "a@example.org", &["alice@localhost"], &message("second", "x")).await;
     let uids: Vec<_> = s.inbox("alice@localhost").iter().map(|m| m.uid).collect();
     assert_eq!(uids, vec![1, 2]);

@@ -28,8 +28,7 @@ async fn message_size_limit() {
 #[tokio::test]
 async fn recipient_limit() {
     let s = start_server(|c| c.smtp.max_recipients = 2).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     c.cmd("MAIL FROM:<a@example.org>", "250").await;
     c.cmd("RCPT TO:<alice@localhost>", "250").await;
     c.cmd("RCPT TO:<bob@localhost>", "250").await;
@@ -79,8 +78,7 @@ async fn connections_per_ip_are_capped() {
 #[tokio::test]
 async fn idle_client_times_out() {
     let s = start_server(|c| c.smtp.command_timeout_secs = 1).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     let r = c.reply().await; // nothing sent: the server gives up
     assert!(r.starts_with("421 4.4.2"), "{r}");
     assert!(c.closed().await);
@@ -89,16 +87,14 @@ async fn idle_client_times_out() {
 #[tokio::test]
 async fn vanished_client_mid_data_stores_nothing() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     c.cmd("MAIL FROM:<a@example.org>", "250").await;
     c.cmd("RCPT TO:<alice@localhost>", "250").await;
     c.cmd("DATA", "354").await;
     c.send(b"Subject: half\r\n\r\nhalf a mess").await;
     drop(c);
     // The server must still serve others, and the half message is nowhere.
-    let mut c2 = connect(s.smtp).await;
-    c2.cmd("EHLO client.test", "250").await;
+    let mut c2 = greeted(s.smtp).await;
     let r = send_mail(&mut c2, "a@example.org", &["alice@localhost"], &message("whole", "x")).await;
     assert!(r.starts_with("250"));
     let subjects: Vec<_> = s
@@ -112,8 +108,7 @@ async fn vanished_client_mid_data_stores_nothing() {
 #[tokio::test]
 async fn shutdown_tells_idle_sessions() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     let TestServer { running, dir: _dir, .. } = s;
     let stop = tokio::spawn(running.shutdown());
     let r = c.reply().await;

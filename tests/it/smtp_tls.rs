@@ -69,8 +69,7 @@ async fn starttls_with_lettre_verifies_the_generated_certificate() {
 #[tokio::test]
 async fn plaintext_pipelined_after_starttls_is_discarded() {
     let s = start_server(|_| {}).await;
-    let mut c = connect(s.smtp).await;
-    c.cmd("EHLO client.test", "250").await;
+    let mut c = greeted(s.smtp).await;
     // The injected commands arrive in the same packet as STARTTLS (CVE-2011-0411).
     c.send(b"STARTTLS\r\nEHLO evil.test\r\nMAIL FROM:<evil@example.org>\r\n")
         .await;
