@@ -151,6 +151,8 @@ pub struct Journal {
     readers: RwLock<HashMap<u64, Arc<File>>>,
     /// Live body bytes per segment; a segment with none can go once checkpointed.
     live: Mutex<HashMap<u64, u64>>,
+    /// Position recorded by the last checkpoint (an idle server then does no I/O at all).
+    checkpointed: Mutex<(u64, u64)>,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -351,6 +353,7 @@ impl Journal {
             flushes: AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
             live: Mutex::new(live),
+            checkpointed: Mutex::new((0, 0)),
         };
         Ok((journal, last))
     }
@@ -534,6 +537,9 @@ impl Journal {
         live: &HashMap<u64, u64>,
     ) -> io::Result<()> {
         let sled_err = io::Error::other;
+        if *self.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) == pos {
+            return Ok(()); // nothing written since the last checkpoint
+        }
         db.flush().map_err(sled_err)?;
         let mut v = pos.0.to_be_bytes().to_vec();
         v.extend_from_slice(&pos.1.to_be_bytes());
@@ -546,6 +552,7 @@ impl Journal {
             std::fs::remove_file(segment_path(&self.dir, n))?;
             tracing::debug!(segment = n, "journal segment with no live body deleted");
         }
+        *self.checkpointed.lock().unwrap_or_else(|p| p.into_inner()) = pos;
         Ok(())
     }
 }
