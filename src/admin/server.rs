@@ -72,7 +72,9 @@ async fn handle(
     let result = match serde_json::from_str::<Request>(&line) {
         Ok(req) => {
             // The command name only: requests can carry password hashes.
-            let cmd = serde_json::to_value(&req).ok().and_then(|v| v["cmd"].as_str().map(str::to_string));
+            let cmd = serde_json::to_value(&req)
+                .ok()
+                .and_then(|v| v["cmd"].as_str().map(str::to_string));
             tracing::info!(cmd = cmd.as_deref().unwrap_or("?"), "admin request");
             execute(store, config, engine, req).await
         }
