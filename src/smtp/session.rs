@@ -72,6 +72,9 @@ pub struct Session {
     /// Scores and verdicts from the connect and helo stages.
     event: Event,
     policy: PolicyState,
+    /// The same as they were after the connect stage: every EHLO/HELO (a second one after
+    /// STARTTLS, say) starts again from here, so helo scores are never counted twice.
+    after_connect: (Event, PolicyState),
 }
 
 /// `RCPT TO:<Postmaster>` (no domain), which RFC 5321 §4.1.1.3 requires us to accept; the
@@ -103,6 +106,7 @@ impl Session {
             policies,
             event: Event::default(),
             policy: PolicyState::default(),
+            after_connect: (Event::default(), PolicyState::default()),
         }
     }
 
@@ -196,6 +200,7 @@ impl Session {
                 return;
             }
             self.policy.absorb(out);
+            self.after_connect = (self.event.clone(), self.policy.clone());
         }
         let greeting = format!("220 {} {}\r\n", self.shared.config.server.hostname, self.cfg().banner);
         self.conn.write(greeting.as_bytes());
@@ -327,6 +332,8 @@ impl Session {
             return self.refuse(501, "5.5.4", "Syntax: EHLO hostname");
         }
         self.tx = None;
+        self.event = self.after_connect.0.clone();
+        self.policy = self.after_connect.1.clone();
         if self.wants(Stage::Helo) {
             let previous = self.helo.replace(host.clone());
             let mut ev = std::mem::take(&mut self.event);

@@ -406,3 +406,15 @@ end"#;
     let body = String::from_utf8(c.multiline().await).unwrap();
     assert!(body.starts_with("X-Fetched-By: alice@localhost\r\n"), "{body}");
 }
+
+#[tokio::test]
+async fn a_second_ehlo_does_not_count_helo_scores_twice() {
+    let p = "stages = { 'helo' }\nfunction on_receive(e) return { score = 1, symbol = 'HELO_SCORE' } end";
+    let s = start_with_policies(&[("10-helo.lua", p)], |_| {}).await;
+    let mut c = greeted(s.smtp).await;
+    c.cmd("EHLO client.test", "250").await; // as after STARTTLS
+    let r = send_mail(&mut c, "a@example.org", &["alice@localhost"], &message("twice", "x")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let raw = &s.texts("alice@localhost", "INBOX")[0];
+    assert!(raw.contains("X-Spam-Score: 1.00\r\n"), "{raw}");
+}
