@@ -21,6 +21,8 @@ struct Msg {
     uid: u32,
     blob: BlobId,
     size: u64,
+    /// RETR'd in this session: marked \Seen at QUIT (as Dovecot does).
+    retrieved: bool,
 }
 
 struct Maildrop {
@@ -343,6 +345,7 @@ impl Session {
                 uid: m.uid,
                 blob: m.meta.blob,
                 size: m.meta.size,
+                retrieved: false,
             })
             .collect();
         Ok(Maildrop {
@@ -467,6 +470,7 @@ impl Session {
     async fn retr(&mut self, args: &str) {
         let Some(i) = self.msg_index(args) else { return };
         let Some(raw) = self.body(i).await else { return };
+        self.maildrop().msgs[i].retrieved = true;
         let status = format!("+OK {} octets\r\n", raw.len());
         self.conn.write_with(|out| {
             out.extend_from_slice(status.as_bytes());
@@ -505,19 +509,26 @@ impl Session {
 
     /// QUIT: in TRANSACTION this is the UPDATE state.
     async fn quit(&mut self) -> Flow {
-        let (mailbox, uids) = match &self.state {
+        let (mailbox, uids, seen) = match &self.state {
             State::Transaction(d) => {
-                let marked = d.msgs.iter().zip(&d.deleted).filter(|(_, del)| **del);
-                (d.mailbox, marked.map(|(m, _)| m.uid).collect::<Vec<u32>>())
+                let pick = |want_deleted: bool| -> Vec<u32> {
+                    let all = d.msgs.iter().zip(&d.deleted);
+                    let marked = all.filter(|(m, del)| **del == want_deleted && (want_deleted || m.retrieved));
+                    marked.map(|(m, _)| m.uid).collect()
+                };
+                (d.mailbox, pick(true), pick(false))
             }
-            State::Authorization { .. } => (0, Vec::new()),
+            State::Authorization { .. } => (0, Vec::new(), Vec::new()),
         };
-        if uids.is_empty() {
+        if uids.is_empty() && seen.is_empty() {
             self.ok("Bye");
             return Flow::Close;
         }
         let store = self.shared.store.clone();
-        let result = match store.expunge(mailbox, &uids) {
+        let result = store
+            .add_flags(mailbox, &seen, crate::store::Flags(crate::store::Flags::SEEN))
+            .and_then(|_| store.expunge(mailbox, &uids));
+        let result = match result {
             Ok(removed) => store.sync().await.map(|_| removed.len()),
             Err(e) => Err(e),
         };

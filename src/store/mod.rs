@@ -136,6 +136,10 @@ pub trait MailStore: Send + Sync + 'static {
             .collect();
         self.deliver_to(raw, internal_date, &t)
     }
+    /// Sets `flags` on messages by uid (absent uids are ignored); each changed message gets a
+    /// new MODSEQ. Returns the uids changed.
+    fn add_flags(&self, mailbox: MailboxId, uids: &[u32], flags: Flags) -> Result<Vec<u32>>;
+
     /// Removes messages by uid (absent uids are ignored) and returns the uids removed.
     /// Bodies no longer referenced anywhere are released. Not durable until `sync`.
     fn expunge(&self, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>>;

@@ -430,6 +430,34 @@ impl MailStore for SledStore {
         Ok(uids)
     }
 
+    fn add_flags(&self, mailbox: MailboxId, uids: &[u32], flags: Flags) -> Result<Vec<u32>> {
+        let _w = self.lock();
+        let mut meta = self
+            .mailbox_by_id(mailbox)?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+        let mut batch = WriteSet::default();
+        let mut changed = Vec::new();
+        for &uid in uids {
+            let k = keys::message(mailbox, uid);
+            let Some(mut m) = self.tree.get(&k)?.and_then(|v| MessageMeta::decode(&v)) else {
+                continue;
+            };
+            if m.flags.0 & flags.0 == flags.0 {
+                continue;
+            }
+            meta.highestmodseq += 1;
+            m.flags.0 |= flags.0;
+            m.modseq = meta.highestmodseq;
+            batch.insert(k, m.encode());
+            changed.push(uid);
+        }
+        if !changed.is_empty() {
+            batch.insert(keys::mailbox(mailbox), json(&meta));
+            self.apply(batch)?;
+        }
+        Ok(changed)
+    }
+
     fn expunge(&self, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>> {
         let _w = self.lock();
         let mut meta = self

@@ -349,3 +349,31 @@ async fn pop3s_implicit_tls() {
     c.pop("USER alice@localhost", "+OK").await;
     c.pop(&format!("PASS {PASSWORD}"), "+OK").await;
 }
+
+#[tokio::test]
+async fn retrieved_messages_are_marked_seen_at_quit() {
+    let s = start_server(|_| {}).await;
+    deliver(&s, &[("a", "x"), ("b", "y"), ("c", "z")]).await;
+    let mut c = pop_connect(s.pop3).await;
+    login(&mut c, "alice@localhost").await;
+    c.pop("RETR 1", "+OK").await;
+    c.multiline().await;
+    c.pop("TOP 2 0", "+OK").await; // TOP is not a read
+    c.multiline().await;
+    c.pop("RETR 3", "+OK").await;
+    c.multiline().await;
+    c.pop("DELE 3", "+OK").await;
+    let before: Vec<bool> = s
+        .inbox("alice@localhost")
+        .iter()
+        .map(|m| m.meta.flags.contains(mailgate::store::Flags::SEEN))
+        .collect();
+    assert_eq!(before, vec![false, false, false], "nothing changes before QUIT");
+    c.pop("QUIT", "+OK").await;
+    let after: Vec<(u32, bool)> = s
+        .inbox("alice@localhost")
+        .iter()
+        .map(|m| (m.uid, m.meta.flags.contains(mailgate::store::Flags::SEEN)))
+        .collect();
+    assert_eq!(after, vec![(1, true), (2, false)]);
+}
