@@ -26,6 +26,9 @@ use std::time::Duration;
 /// body would otherwise stall other sessions on the same worker).
 const BLOCKING_DELIVERY_SIZE: usize = 256 * 1024;
 
+/// Headers only this server writes; copies arriving with a message are removed.
+const OWN_HEADERS: [&str; 4] = ["X-Spam-Flag", "X-Spam-Score", "X-Spam-Symbols", "X-Mailgate-Trace"];
+
 /// MAIL FROM flags we advertise and therefore accept.
 const ACCEPTED_MAIL_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
 
@@ -738,9 +741,13 @@ impl Session {
                 value: format!("v={}; {}", self.policies.version, trace_header(&tx.policy.trace)),
             });
         }
+        // Headers we vouch for are never taken from the sender: a forged "X-Spam-Flag: NO" or
+        // trace would mislead users' filters.
+        let mut remove = tx.policy.remove_headers.clone();
+        remove.extend(OWN_HEADERS.iter().map(|h| h.to_string()));
         let mut raw = self.trace_headers(&tx, &id).into_bytes();
         raw.reserve(body.len() + 512);
-        edit_headers_into(&mut raw, &body, &add, &tx.policy.remove_headers);
+        edit_headers_into(&mut raw, &body, &add, &remove);
         drop(body);
         match self.store_message(&tx, raw, message, quarantine).await {
             Ok(n) => {

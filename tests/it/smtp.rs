@@ -292,3 +292,23 @@ async fn mail_survives_a_restart() {
     let uids: Vec<_> = s.inbox("alice@localhost").iter().map(|m| m.uid).collect();
     assert_eq!(uids, vec![1, 2]);
 }
+
+#[tokio::test]
+async fn forged_spam_and_trace_headers_are_removed() {
+    let s = start_server(|_| {}).await;
+    let mut c = greeted(s.smtp).await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"X-Spam-Flag: NO\r\nX-Spam-Score: -100\r\nx-mailgate-trace: forged\r\nSubject: forged\r\n\r\nX-Spam-Flag: NO in the body stays\r\n.\r\n").await;
+    assert!(c.reply().await.starts_with("250"));
+    let raw = String::from_utf8(s.body(&s.inbox("alice@localhost")[0])).unwrap();
+    assert!(
+        !raw.contains("X-Spam-Score") && !raw.contains("x-mailgate-trace") && !raw.contains("X-Spam-Flag: NO\r\n"),
+        "{raw}"
+    );
+    assert!(
+        raw.contains("Subject: forged\r\n\r\nX-Spam-Flag: NO in the body stays\r\n"),
+        "{raw}"
+    );
+}
