@@ -107,13 +107,6 @@ impl Conn {
         }
     }
 
-    /// Accepts a TLS connection from its first byte (implicit TLS).
-    pub async fn implicit_tls(tcp: TcpStream, acceptor: &TlsAcceptor) -> io::Result<Conn> {
-        let mut c = Conn::plain(tcp);
-        c.start_tls(acceptor).await?;
-        Ok(c)
-    }
-
     pub fn is_tls(&self) -> bool {
         matches!(self.stream, Stream::Tls(_))
     }
