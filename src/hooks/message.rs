@@ -6,7 +6,7 @@ use super::contract::{Header, Message};
 const MAX_TEXT: usize = 1 << 20;
 
 /// Raw header fields, unfolded, in order; stops at the blank line.
-pub fn raw_headers(raw: &[u8]) -> Vec<Header> {
+fn raw_headers(raw: &[u8]) -> Vec<Header> {
     let end = memchr::memmem::find(raw, b"\r\n\r\n")
         .map(|i| i + 2)
         .unwrap_or(raw.len());

@@ -123,13 +123,19 @@ impl Outcome {
             Action::Disconnect => (421, "4.7.0", "Closing connection"),
             _ => (550, "5.7.1", "Rejected by policy"),
         };
+        self.reply_or(code, enh, text)
+    }
+
+    /// The policy's code, enhanced code and text, checked (a 4xx/5xx code, an enhanced code of
+    /// the same class, no control characters), or the defaults given.
+    pub fn reply_or(&self, code: u16, enh: &str, text: &str) -> (u16, String, String) {
         let code = self.code.filter(|c| (400..600).contains(c)).unwrap_or(code);
         // Keep the class of the enhanced code in step with the reply code.
-        let enh = self
-            .enhanced
-            .clone()
-            .filter(|e| e.starts_with(&(code / 100).to_string()))
-            .unwrap_or(enh.into());
+        let class = (code / 100).to_string();
+        let enh = match self.enhanced.clone().filter(|e| e.starts_with(&class)) {
+            Some(e) => e,
+            None => format!("{class}{}", enh.get(1..).unwrap_or(".0.0")),
+        };
         let text: String = self
             .text
             .clone()
@@ -150,14 +156,6 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    pub fn empty() -> PolicySet {
-        PolicySet {
-            version: "empty".into(),
-            plugins: Vec::new(),
-            loaded_at: SystemTime::now(),
-        }
-    }
-
     /// Loads every `*.lua` and `*.wasm` in `dir` (file-name order) with its manifest. Any error fails the
     /// whole set, naming the file (and line, for script errors).
     pub fn load(dir: &Path, host: &Arc<HostServices>, states: usize) -> Result<PolicySet, String> {
@@ -445,5 +443,30 @@ impl Engine {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_replies_are_checked() {
+        let out = Outcome {
+            code: Some(451),
+            text: Some("line one\r\n250 injected".into()),
+            ..Outcome::default()
+        };
+        let (code, enh, text) = out.reply_or(550, "5.1.1", "default");
+        assert_eq!((code, enh.as_str()), (451, "4.1.1"), "enhanced class follows the code");
+        assert!(
+            !text.contains('\r') && !text.contains('\n'),
+            "no reply-line injection: {text:?}"
+        );
+        let bad = Outcome {
+            code: Some(250),
+            ..Outcome::default()
+        };
+        assert_eq!(bad.reply_or(550, "5.7.1", "x"), (550, "5.7.1".into(), "x".into()));
     }
 }

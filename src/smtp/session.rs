@@ -550,12 +550,8 @@ impl Session {
                 })
             }
             Some(RouteKind::Reject) => {
-                let code = out.code.filter(|c| (400..600).contains(c)).unwrap_or(550);
-                let enhanced = out.enhanced.clone().unwrap_or_else(|| "5.1.1".into());
-                let text = out
-                    .text
-                    .clone()
-                    .unwrap_or_else(|| format!("<{given}>: Recipient address rejected"));
+                let default_text = format!("<{given}>: Recipient address rejected");
+                let (code, enhanced, text) = out.reply_or(550, "5.1.1", &default_text);
                 self.reply(code, &enhanced, &text);
                 Err(self.after_error())
             }
