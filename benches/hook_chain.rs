@@ -129,19 +129,25 @@ async fn main() {
     base.envelope.rcpt_to = vec!["bob@example.test".into()];
     for _ in 0..50 {
         let mut ev = base.clone();
-        ev.message = Some(parse_message(&raw));
+        ev.message = Some(std::sync::Arc::new(parse_message(&raw)));
         set.run(Hook::Receive, &mut ev).await;
     }
     let mut times = Vec::with_capacity(iterations);
     let mut parse_total = Duration::ZERO;
+    let mut per_plugin: Vec<(String, u64)> = set.plugins.iter().map(|p| (p.name.clone(), 0)).collect();
     for _ in 0..iterations {
         let mut ev = base.clone();
         let t = Instant::now();
-        ev.message = Some(parse_message(&raw));
+        ev.message = Some(std::sync::Arc::new(parse_message(&raw)));
         parse_total += t.elapsed();
         let out = set.run(Hook::Receive, &mut ev).await;
         times.push(t.elapsed());
         assert!(out.trace.iter().all(|t| t.error.is_none()), "{:?}", out.trace);
+        for t in &out.trace {
+            if let Some(p) = per_plugin.iter_mut().find(|(n, _)| *n == t.plugin) {
+                p.1 += t.micros;
+            }
+        }
     }
     times.sort();
     let mean = times.iter().sum::<Duration>() / iterations as u32;
@@ -153,4 +159,9 @@ async fn main() {
         times[iterations * 99 / 100],
         parse_total / iterations as u32
     );
+    let each: Vec<String> = per_plugin
+        .iter()
+        .map(|(n, us)| format!("{n} {:.1}", *us as f64 / iterations as f64))
+        .collect();
+    println!("mean µs per plugin: {}", each.join(", "));
 }

@@ -5,6 +5,7 @@
 //! three in step.
 
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The four hook points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -77,8 +78,10 @@ pub struct Header {
     pub value: String,
 }
 
-/// The message, parsed once per transaction and shared by every policy.
+/// The message, parsed once per transaction and shared by every policy. A WASM plugin may
+/// ask for only some fields (`MESSAGE_FIELDS` in the SDK); the others arrive empty.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Message {
     /// Decoded Subject.
     pub subject: String,
@@ -122,8 +125,10 @@ pub struct Event {
     pub recipient: Option<String>,
     /// `on_route`: what the built-in routing decided: `local`, `unknown`, `relay-denied`.
     pub default_route: Option<String>,
-    /// At `data`, `on_deliver`, `on_fetch`.
-    pub message: Option<Message>,
+    /// At `data`, `on_deliver`, `on_fetch`. Parsed once and shared (not copied) by every
+    /// policy of every hook; absent from the JSON when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<Arc<Message>>,
     pub auth: Option<AuthResults>,
     /// Score so far (earlier policies in the chain, earlier stages).
     pub score: f64,
@@ -141,24 +146,6 @@ impl Default for Event {
 }
 
 impl Event {
-    /// A copy without the message (runtimes that hand the message over separately).
-    pub fn without_message(&self) -> Event {
-        Event {
-            hook: self.hook,
-            stage: self.stage,
-            session: self.session.clone(),
-            envelope: self.envelope.clone(),
-            recipient: self.recipient.clone(),
-            default_route: self.default_route.clone(),
-            message: None,
-            auth: self.auth.clone(),
-            score: self.score,
-            symbols: self.symbols.clone(),
-            mailbox: self.mailbox.clone(),
-            user: self.user.clone(),
-        }
-    }
-
     pub fn new(hook: Hook, session: Session) -> Event {
         Event {
             hook,

@@ -8,7 +8,7 @@
 //! spent in host calls), and heap (`set_memory_limit`). After an error the state stays usable.
 
 use super::PluginError;
-use super::contract::{Event, Hook, Stage, Verdict};
+use super::contract::{Event, Hook, Message, Stage, Verdict};
 use super::host::{HostServices, RegexCache};
 use super::manifest::Manifest;
 use mlua::{HookTriggers, Lua, LuaOptions, LuaSerdeExt, StdLib, Value, VmState};
@@ -208,36 +208,121 @@ fn install_host_table(
 
 /// `event.message` for Lua: fields are made when a script reads them, so a policy that only
 /// looks at the subject never copies the body text or builds the header list.
-struct LuaMessage(super::contract::Message);
+struct LuaMessage(Arc<Message>);
+
+const MESSAGE_FIELDS: [&str; 7] = ["subject", "from", "to", "text", "headers", "size", "attachments"];
+
+fn message_field(lua: &Lua, m: &Message, key: &str) -> mlua::Result<Value> {
+    Ok(match key {
+        "subject" => Value::String(lua.create_string(&m.subject)?),
+        "from" => Value::String(lua.create_string(&m.from)?),
+        "text" => Value::String(lua.create_string(&m.text)?),
+        "to" => Value::Table(lua.create_sequence_from(m.to.iter().map(String::as_str))?),
+        "headers" => {
+            let list = lua.create_table_with_capacity(m.headers.len(), 0)?;
+            for (i, h) in m.headers.iter().enumerate() {
+                let t = lua.create_table_with_capacity(0, 2)?;
+                t.raw_set("name", h.name.as_str())?;
+                t.raw_set("value", h.value.as_str())?;
+                list.raw_set(i + 1, t)?;
+            }
+            Value::Table(list)
+        }
+        "size" => Value::Integer(m.size as i64),
+        "attachments" => Value::Integer(m.attachments as i64),
+        _ => Value::Nil,
+    })
+}
+
+/// `pairs(view)`: every field, built at once into a table.
+fn pairs_of(
+    lua: &Lua,
+    keys: &[&str],
+    field: impl Fn(&str) -> mlua::Result<Value>,
+) -> mlua::Result<(mlua::Function, mlua::Table, Value)> {
+    let t = lua.create_table_with_capacity(0, keys.len())?;
+    for k in keys {
+        t.raw_set(*k, field(k)?)?;
+    }
+    let next: mlua::Function = lua.globals().raw_get("next")?;
+    Ok((next, t, Value::Nil))
+}
 
 impl mlua::UserData for LuaMessage {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
         methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: String| {
-            let m = &this.0;
-            Ok(match key.as_str() {
-                "subject" => Value::String(lua.create_string(&m.subject)?),
-                "from" => Value::String(lua.create_string(&m.from)?),
-                "text" => Value::String(lua.create_string(&m.text)?),
-                "to" => lua.to_value(&m.to)?,
-                "headers" => lua.to_value(&m.headers)?,
-                "size" => Value::Integer(m.size as i64),
-                "attachments" => Value::Integer(m.attachments as i64),
-                _ => Value::Nil,
-            })
+            message_field(lua, &this.0, &key)
+        });
+        methods.add_meta_method(mlua::MetaMethod::Pairs, |lua, this, ()| {
+            pairs_of(lua, &MESSAGE_FIELDS, |k| message_field(lua, &this.0, k))
         });
     }
 }
 
-/// The event as a Lua table, with `message` as a [`LuaMessage`].
-fn event_value(lua: &Lua, event: &Event, opts: mlua::serde::SerializeOptions) -> mlua::Result<Value> {
-    let Some(message) = &event.message else {
-        return lua.to_value_with(event, opts);
+/// The event for Lua: a read-only view whose fields are made when a script reads them
+/// (building the whole event as tables cost more than most policies' own work).
+struct LuaEvent(Event);
+
+const EVENT_FIELDS: [&str; 12] = [
+    "hook",
+    "stage",
+    "session",
+    "envelope",
+    "recipient",
+    "default_route",
+    "message",
+    "auth",
+    "score",
+    "symbols",
+    "mailbox",
+    "user",
+];
+
+fn event_field(lua: &Lua, e: &Event, key: &str) -> mlua::Result<Value> {
+    let opts = mlua::serde::SerializeOptions::new()
+        .serialize_none_to_null(false)
+        .serialize_unit_to_null(false);
+    let opt_str = |s: &Option<String>| -> mlua::Result<Value> {
+        match s {
+            Some(s) => Ok(Value::String(lua.create_string(s)?)),
+            None => Ok(Value::Nil),
+        }
     };
-    let value = lua.to_value_with(&event.without_message(), opts)?;
-    if let Value::Table(t) = &value {
-        t.raw_set("message", lua.create_userdata(LuaMessage(message.clone()))?)?;
+    Ok(match key {
+        "hook" => lua.to_value(&e.hook)?,
+        "stage" => match e.stage {
+            Some(s) => lua.to_value(&s)?,
+            None => Value::Nil,
+        },
+        "session" => lua.to_value_with(&e.session, opts)?,
+        "envelope" => lua.to_value_with(&e.envelope, opts)?,
+        "recipient" => opt_str(&e.recipient)?,
+        "default_route" => opt_str(&e.default_route)?,
+        "message" => match &e.message {
+            Some(m) => Value::UserData(lua.create_userdata(LuaMessage(m.clone()))?),
+            None => Value::Nil,
+        },
+        "auth" => match &e.auth {
+            Some(a) => lua.to_value_with(a, opts)?,
+            None => Value::Nil,
+        },
+        "score" => Value::Number(e.score),
+        "symbols" => lua.to_value_with(&e.symbols, opts)?,
+        "mailbox" => opt_str(&e.mailbox)?,
+        "user" => opt_str(&e.user)?,
+        _ => Value::Nil,
+    })
+}
+
+impl mlua::UserData for LuaEvent {
+    fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: String| {
+            event_field(lua, &this.0, &key)
+        });
+        methods.add_meta_method(mlua::MetaMethod::Pairs, |lua, this, ()| {
+            pairs_of(lua, &EVENT_FIELDS, |k| event_field(lua, &this.0, k))
+        });
     }
-    Ok(value)
 }
 
 impl LuaPlugin {
@@ -321,10 +406,9 @@ impl LuaPlugin {
             Ok(f) => f,
             Err(_) => return Ok(Verdict::default()),
         };
-        let opts = mlua::serde::SerializeOptions::new()
-            .serialize_none_to_null(false)
-            .serialize_unit_to_null(false);
-        let arg = event_value(&st.lua, event, opts)
+        let arg = st
+            .lua
+            .create_userdata(LuaEvent(event.clone()))
             .map_err(|e| PluginError::Runtime(format!("{}: event: {}", self.name, lua_error(&e))))?;
         st.budget.arm(&self.manifest);
         let result = if self.uses_async {

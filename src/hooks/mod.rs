@@ -72,10 +72,10 @@ impl Plugin {
         hooks.contains(&hook) && (hook != Hook::Receive || stage.is_none_or(|s| stages.contains(&s)))
     }
 
-    async fn call(&self, hook: Hook, event: &Event) -> Result<Verdict, PluginError> {
+    async fn call(&self, hook: Hook, event: &Event, message_json: &wasm::MessageJson) -> Result<Verdict, PluginError> {
         match &self.runtime {
             Runtime::Lua(p) => p.call(hook, event).await,
-            Runtime::Wasm(p) => p.call(event).await,
+            Runtime::Wasm(p) => p.call(event, message_json).await,
         }
     }
 }
@@ -206,9 +206,10 @@ impl PolicySet {
     /// later policies see them; a terminal action ends the chain.
     pub async fn run(&self, hook: Hook, event: &mut Event) -> Outcome {
         let mut out = Outcome::default();
+        let message_json = wasm::MessageJson::default();
         for p in self.plugins.iter().filter(|p| p.implements(hook, event.stage)) {
             let started = Instant::now();
-            let result = p.call(hook, event).await;
+            let result = p.call(hook, event, &message_json).await;
             let micros = started.elapsed().as_micros() as u64;
             let mut entry = TraceEntry {
                 plugin: p.name.clone(),

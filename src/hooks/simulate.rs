@@ -97,7 +97,7 @@ pub async fn run(set: &PolicySet, thresholds: &Thresholds, env: &Envelope, raw: 
         report.trace = state.trace;
         report
     };
-    let message = parse_message(raw);
+    let message = std::sync::Arc::new(parse_message(raw));
     for stage in [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data] {
         if stage == Stage::Mail {
             ev.envelope.mail_from = Some(env.mail_from.clone());

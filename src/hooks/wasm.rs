@@ -12,7 +12,7 @@
 //! the runtime there.
 
 use super::PluginError;
-use super::contract::{Event, Hook, Stage, Verdict};
+use super::contract::{Event, Hook, Message, Stage, Verdict};
 use super::host::{HostServices, RegexCache};
 use super::manifest::Manifest;
 use std::collections::HashSet;
@@ -147,6 +147,8 @@ const MAX_IDLE: usize = 8;
 
 pub struct WasmPlugin {
     inner: Arc<Inner>,
+    /// Bits of [`MESSAGE_FIELDS`] sent to the plugin.
+    message_fields: u8,
     hooks: HashSet<Hook>,
     stages: Vec<Stage>,
 }
@@ -156,6 +158,8 @@ struct Description {
     hooks: Vec<Hook>,
     #[serde(default)]
     stages: Vec<Stage>,
+    /// Message fields the plugin reads; absent means all.
+    message_fields: Option<Vec<String>>,
 }
 
 impl Inner {
@@ -218,6 +222,76 @@ impl Inner {
     }
 }
 
+/// Message fields a WASM plugin can ask for (`message_fields` in `describe()`); `size` and
+/// `attachments` always come.
+const MESSAGE_FIELDS: [&str; 5] = ["subject", "from", "to", "text", "headers"];
+const ALL_FIELDS: u8 = 0b1_1111;
+
+/// For one chain: the message's JSON for each set of fields asked for. The message is the
+/// bulk of an event and the same for every WASM plugin of the chain, so it is encoded once.
+#[derive(Default)]
+pub struct MessageJson(std::sync::Mutex<Vec<(u8, Arc<str>)>>);
+
+impl MessageJson {
+    fn get(&self, message: &Message, mask: u8) -> serde_json::Result<Arc<str>> {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, json)) = cache.iter().find(|(m, _)| *m == mask) {
+            return Ok(json.clone());
+        }
+        let json: Arc<str> = serde_json::to_string(&Fields(message, mask))?.into();
+        cache.push((mask, json.clone()));
+        Ok(json)
+    }
+}
+
+/// The fields of `mask` of a message, as a JSON object.
+struct Fields<'a>(&'a Message, u8);
+
+impl serde::Serialize for Fields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (m, mask) = (self.0, self.1);
+        let mut map = s.serialize_map(None)?;
+        if mask & 1 != 0 {
+            map.serialize_entry("subject", &m.subject)?;
+        }
+        if mask & 2 != 0 {
+            map.serialize_entry("from", &m.from)?;
+        }
+        if mask & 4 != 0 {
+            map.serialize_entry("to", &m.to)?;
+        }
+        if mask & 8 != 0 {
+            map.serialize_entry("text", &m.text)?;
+        }
+        if mask & 16 != 0 {
+            map.serialize_entry("headers", &m.headers)?;
+        }
+        map.serialize_entry("size", &m.size)?;
+        map.serialize_entry("attachments", &m.attachments)?;
+        map.end()
+    }
+}
+
+/// The event's JSON, with the message's part from the chain's cache.
+fn event_json(event: &Event, cache: &MessageJson, mask: u8) -> serde_json::Result<String> {
+    let Some(message) = &event.message else {
+        return serde_json::to_string(event);
+    };
+    let rest = Event {
+        message: None,
+        ..event.clone()
+    };
+    let mut json = serde_json::to_string(&rest)?;
+    let m = cache.get(message, mask)?;
+    json.pop(); // the closing brace; "message" is skipped when absent, so it is not there yet
+    json.reserve(m.len() + 12);
+    json.push_str(",\"message\":");
+    json.push_str(&m);
+    json.push('}');
+    Ok(json)
+}
+
 fn classify(e: &wasmtime::Error) -> PluginError {
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => PluginError::Budget("fuel budget exceeded".into()),
@@ -268,6 +342,17 @@ impl WasmPlugin {
             .map_err(|e| format!("{shown}: describe() failed: {e}"))?;
         let d: Description =
             serde_json::from_str(&described).map_err(|e| format!("{shown}: describe() returned bad JSON: {e}"))?;
+        let mut message_fields = ALL_FIELDS;
+        if let Some(asked) = &d.message_fields {
+            message_fields = 0;
+            for f in asked {
+                let bit = MESSAGE_FIELDS
+                    .iter()
+                    .position(|n| n == f)
+                    .ok_or_else(|| format!("{shown}: describe(): unknown message field {f:?}"))?;
+                message_fields |= 1 << bit;
+            }
+        }
         let stages = if d.stages.is_empty() {
             vec![Stage::Data]
         } else {
@@ -275,6 +360,7 @@ impl WasmPlugin {
         };
         Ok(WasmPlugin {
             inner,
+            message_fields,
             hooks: d.hooks.into_iter().collect(),
             stages,
         })
@@ -288,8 +374,10 @@ impl WasmPlugin {
         &self.stages
     }
 
-    pub async fn call(&self, event: &Event) -> Result<Verdict, PluginError> {
-        let json = serde_json::to_string(event).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
+    /// Calls the plugin; `cache` holds the chain's message JSON.
+    pub async fn call(&self, event: &Event, cache: &MessageJson) -> Result<Verdict, PluginError> {
+        let json = event_json(event, cache, self.message_fields)
+            .map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
         let inner = self.inner.clone();
         let run = move || inner.invoke(|p, s| p.call_handle(s, &json));
         // On the multi-threaded runtime the call simply runs here: it is bounded by fuel and

@@ -435,7 +435,7 @@ impl Session {
         );
         ev.user = Some(self.maildrop().account.clone());
         ev.mailbox = Some("INBOX".into());
-        ev.message = Some(crate::hooks::parse_message(&raw));
+        ev.message = Some(Arc::new(crate::hooks::parse_message(&raw)));
         let out = self.policies.run(Hook::Fetch, &mut ev).await;
         match out.action {
             Action::Hide | Action::Reject | Action::Discard => {

@@ -692,7 +692,7 @@ impl Session {
         let id = queue_id();
         let wants_data = !tx.policy.accepted && self.policies.wants(Hook::Receive, Some(Stage::Data));
         // Parsed once, shared by every policy of every hook.
-        let message = (wants_data || self.policies.wants(Hook::Deliver, None)).then(|| parse_message(&body));
+        let message = (wants_data || self.policies.wants(Hook::Deliver, None)).then(|| Arc::new(parse_message(&body)));
         if wants_data {
             let mut ev = std::mem::take(&mut tx.event);
             ev.message = message.clone();
@@ -765,7 +765,7 @@ impl Session {
         &self,
         tx: &Transaction,
         raw: Vec<u8>,
-        message: Option<crate::hooks::contract::Message>,
+        message: Option<Arc<crate::hooks::contract::Message>>,
         quarantine: bool,
     ) -> Result<usize, Stored> {
         let store = self.shared.store.clone();

@@ -70,6 +70,10 @@ pub trait Plugin {
     const HOOKS: &'static [Hook] = &[Hook::Receive, Hook::Route, Hook::Deliver, Hook::Fetch];
     /// SMTP stages at which `on_receive` runs (default: data only).
     const STAGES: &'static [Stage] = &[Stage::Data];
+    /// Fields of `event.message` the plugin reads: any of "subject", "from", "to", "text",
+    /// "headers" (`size` and `attachments` always come). The others arrive empty. The default
+    /// is all of them; naming fewer saves encoding and decoding the body on every call.
+    const MESSAGE_FIELDS: &'static [&'static str] = &["subject", "from", "to", "text", "headers"];
 
     fn on_receive(_event: &Event) -> Verdict {
         Verdict::default()
@@ -115,7 +119,7 @@ impl Verdict {
 
 #[doc(hidden)]
 pub fn describe<P: Plugin>() -> String {
-    serde_json::json!({ "hooks": P::HOOKS, "stages": P::STAGES }).to_string()
+    serde_json::json!({ "hooks": P::HOOKS, "stages": P::STAGES, "message_fields": P::MESSAGE_FIELDS }).to_string()
 }
 
 #[doc(hidden)]

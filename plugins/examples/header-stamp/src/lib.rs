@@ -5,6 +5,7 @@ struct HeaderStamp;
 
 impl Plugin for HeaderStamp {
     const HOOKS: &'static [Hook] = &[Hook::Receive];
+    const MESSAGE_FIELDS: &'static [&'static str] = &["subject"];
 
     fn on_receive(event: &Event) -> Verdict {
         let subject_len = event.message.as_ref().map(|m| m.subject.chars().count()).unwrap_or(0);
