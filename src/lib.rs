@@ -19,6 +19,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod hooks;
+pub mod imap;
 pub mod pop3;
 pub mod route;
 pub mod server;

@@ -260,6 +260,35 @@ impl Default for Pop3 {
     }
 }
 
+/// IMAP limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Imap {
+    /// Idle time before autologout (RFC 9051 §5.4: at least 30 minutes), also in IDLE.
+    pub idle_timeout_secs: u64,
+    /// Longest command line, each line of a command counted apart from its literals.
+    pub max_line_length: usize,
+    /// Largest literal in any command but APPEND (mailbox names, search strings...).
+    pub max_literal_bytes: usize,
+    /// Largest message APPEND accepts (refused with NO [TOOBIG] before the client sends it).
+    pub max_append_bytes: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for Imap {
+    fn default() -> Self {
+        Imap {
+            idle_timeout_secs: 1800,
+            max_line_length: 64 * 1024,
+            max_literal_bytes: 64 * 1024,
+            max_append_bytes: 50 << 20,
+            max_connections: 1000,
+            max_connections_per_ip: 50,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
@@ -284,6 +313,7 @@ pub struct Config {
     pub policies: Policies,
     pub smtp: Smtp,
     pub pop3: Pop3,
+    pub imap: Imap,
     pub auth: Auth,
     pub spam: Spam,
     pub dns: Dns,
@@ -317,6 +347,8 @@ pub fn default_listeners() -> Vec<Listener> {
         l(Protocol::Smtp, 2525, TlsMode::Starttls),
         l(Protocol::Pop3, 2110, TlsMode::Starttls),
         l(Protocol::Pop3, 2995, TlsMode::Implicit),
+        l(Protocol::Imap, 2143, TlsMode::Starttls),
+        l(Protocol::Imap, 2993, TlsMode::Implicit),
     ]
 }
 
@@ -390,6 +422,9 @@ impl Config {
             ("pop3.idle_timeout_secs", p.idle_timeout_secs),
             ("pop3.max_connections", p.max_connections as u64),
             ("pop3.max_connections_per_ip", p.max_connections_per_ip as u64),
+            ("imap.max_connections", self.imap.max_connections as u64),
+            ("imap.max_connections_per_ip", self.imap.max_connections_per_ip as u64),
+            ("imap.max_append_bytes", self.imap.max_append_bytes as u64),
             ("auth.max_failures_per_ip", self.auth.max_failures_per_ip as u64),
             ("auth.failure_window_secs", self.auth.failure_window_secs),
             ("policies.lua_states", self.policies.lua_states as u64),
@@ -402,6 +437,12 @@ impl Config {
         let t = &self.spam.thresholds;
         if !(t.tag <= t.quarantine && t.quarantine <= t.reject) {
             return Err("spam.thresholds: need tag <= quarantine <= reject".into());
+        }
+        if self.imap.idle_timeout_secs < 60 {
+            return Err("imap.idle_timeout_secs: must be at least 60".into());
+        }
+        if self.imap.max_line_length < 1024 {
+            return Err("imap.max_line_length: must be at least 1024".into());
         }
         if p.max_line_length < 256 {
             return Err("pop3.max_line_length: must be at least 256 (RFC 2449 §4)".into());

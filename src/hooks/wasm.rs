@@ -376,8 +376,8 @@ impl WasmPlugin {
 
     /// Calls the plugin; `cache` holds the chain's message JSON.
     pub async fn call(&self, event: &Event, cache: &MessageJson) -> Result<Verdict, PluginError> {
-        let json = event_json(event, cache, self.message_fields)
-            .map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
+        let json =
+            event_json(event, cache, self.message_fields).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
         let inner = self.inner.clone();
         let run = move || inner.invoke(|p, s| p.call_handle(s, &json));
         // On the multi-threaded runtime the call simply runs here: it is bounded by fuel and

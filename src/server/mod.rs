@@ -32,6 +32,8 @@ pub struct Shared {
     pub engine: Arc<crate::hooks::Engine>,
     /// POP3 maildrop locks.
     pub pop3_locks: crate::pop3::Maildrops,
+    /// Junk/not-Junk judgements from IMAP moves, for the spam filter's training.
+    pub learn: crate::imap::LearnSink,
     /// Becomes `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -108,6 +110,7 @@ pub async fn start(config: Config) -> Result<Running> {
         auth: crate::auth::Authenticator::new(store.clone(), config.auth.clone()),
         engine: engine.clone(),
         pop3_locks: Default::default(),
+        learn: crate::imap::learn_sink(),
         shutdown: shutdown_rx.clone(),
     });
 
@@ -115,13 +118,15 @@ pub async fn start(config: Config) -> Result<Running> {
     let (alive, mut drained) = mpsc::channel::<()>(1);
     let smtp_limits = ConnLimits::new(config.smtp.max_connections, config.smtp.max_connections_per_ip);
     let pop3_limits = ConnLimits::new(config.pop3.max_connections, config.pop3.max_connections_per_ip);
+    let imap_limits = ConnLimits::new(config.imap.max_connections, config.imap.max_connections_per_ip);
     let mut addrs = Vec::new();
     let mut accept_tasks = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let limits = match l.protocol {
             Protocol::Smtp => smtp_limits.clone(),
             Protocol::Pop3 => pop3_limits.clone(),
-            Protocol::Submission | Protocol::Imap => {
+            Protocol::Imap => imap_limits.clone(),
+            Protocol::Submission => {
                 tracing::warn!("listener[{i}]: {} is not served by this build yet; skipped", l.protocol);
                 continue;
             }
@@ -212,6 +217,7 @@ async fn accept_loop(
             let Ok(permit) = permit else {
                 conn.write(match protocol {
                     Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",
+                    Protocol::Imap => b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
                     _ => b"421 4.7.0 Too many connections, try again later\r\n",
                 });
                 conn.close().await;
@@ -227,6 +233,11 @@ async fn accept_loop(
             match protocol {
                 Protocol::Pop3 => {
                     crate::pop3::Session::new(shared, conn, peer, tls_mode)
+                        .run(permit)
+                        .await
+                }
+                Protocol::Imap => {
+                    crate::imap::Session::new(shared, conn, peer, tls_mode)
                         .run(permit)
                         .await
                 }

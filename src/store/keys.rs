@@ -15,6 +15,7 @@
 //! | `G` | mailbox id u64, uid u64 | [`super::MessageMeta`], binary (see `MessageMeta::encode`) |
 //! | `O` | blob id (SHA-256 of the message bytes) | body pointer: segment u64, offset u64, length u64 |
 //! | `R` | blob id | reference count, u64 |
+//! | `S` | account `0x00` mailbox name | empty (IMAP subscription) |
 //! | `C` | counter name | u64 (`mailbox` = last mailbox id) |
 //! | `V` | `schema` | layout version, u64 |
 //! | `V` | `applied` | sequence number of the last journal change set applied |
@@ -33,6 +34,7 @@ pub const MESSAGE: u8 = b'G';
 pub const BLOB: u8 = b'O';
 pub const BLOB_REFS: u8 = b'R';
 pub const COUNTER: u8 = b'C';
+pub const SUBSCRIPTION: u8 = b'S';
 pub const VERSION: u8 = b'V';
 
 pub fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
@@ -63,6 +65,19 @@ pub fn mailbox_names_of(account: &str) -> Vec<u8> {
 
 pub fn mailbox_name(account: &str, name: &str) -> Vec<u8> {
     let mut k = mailbox_names_of(account);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Prefix of all subscriptions of one account.
+pub fn subscriptions_of(account: &str) -> Vec<u8> {
+    let mut k = tagged(SUBSCRIPTION, account.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn subscription(account: &str, name: &str) -> Vec<u8> {
+    let mut k = subscriptions_of(account);
     k.extend_from_slice(name.as_bytes());
     k
 }

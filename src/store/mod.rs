@@ -49,7 +49,23 @@ pub struct MailboxMeta {
     pub uidnext: u32,
     pub highestmodseq: u64,
     pub special_use: Option<String>,
-    pub subscribed: bool,
+}
+
+/// How [`MailStore::store_flags`] changes flags (IMAP STORE `+FLAGS`, `-FLAGS`, `FLAGS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagOp {
+    Add,
+    Remove,
+    Replace,
+}
+
+/// What [`MailStore::store_flags`] did.
+#[derive(Debug, Default)]
+pub struct FlagResult {
+    /// Messages whose flags changed, with their new metadata (new MODSEQ).
+    pub changed: Vec<(u32, MessageMeta)>,
+    /// Messages left alone because their MODSEQ was above `unchanged_since` (RFC 7162).
+    pub modified: Vec<u32>,
 }
 
 /// Where one copy of a delivered message goes, and with which flags.
@@ -138,7 +154,43 @@ pub trait MailStore: Send + Sync + 'static {
     }
     /// Sets `flags` on messages by uid (absent uids are ignored); each changed message gets a
     /// new MODSEQ. Returns the uids changed.
-    fn add_flags(&self, mailbox: MailboxId, uids: &[u32], flags: Flags) -> Result<Vec<u32>>;
+    fn add_flags(&self, mailbox: MailboxId, uids: &[u32], flags: Flags) -> Result<Vec<u32>> {
+        let r = self.store_flags(mailbox, uids, FlagOp::Add, flags, &[], None)?;
+        Ok(r.changed.into_iter().map(|(uid, _)| uid).collect())
+    }
+
+    /// Changes flags and keywords of messages by uid (absent uids are ignored). Each message
+    /// whose flags change gets a new MODSEQ; with `unchanged_since`, messages whose MODSEQ is
+    /// above it are left alone and reported in [`FlagResult::modified`].
+    fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        op: FlagOp,
+        flags: Flags,
+        keywords: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagResult>;
+
+    /// Copies messages (by uid, ascending; absent uids are skipped) into `to`, keeping flags
+    /// and internal dates; with `remove`, removes them from `from` in the same change set
+    /// (IMAP MOVE). Returns `(source uid, new uid)` pairs. Not durable until `sync`.
+    fn copy_messages(&self, from: MailboxId, uids: &[u32], to: MailboxId, remove: bool) -> Result<Vec<(u32, u32)>>;
+
+    fn mailbox_by_id(&self, id: MailboxId) -> Result<Option<MailboxMeta>>;
+    /// Creates a mailbox (name as given; `INBOX` is reserved). Fails if it exists.
+    fn create_mailbox(&self, account: &str, name: &str, special_use: Option<&str>) -> Result<MailboxMeta>;
+    /// Deletes a mailbox and its messages (not its children: callers check hierarchy rules).
+    fn delete_mailbox(&self, account: &str, name: &str) -> Result<()>;
+    /// Renames a mailbox and every mailbox under it (`name/…`). Renaming INBOX moves its
+    /// messages into a new mailbox and leaves INBOX empty (RFC 3501 §6.3.5).
+    fn rename_mailbox(&self, account: &str, from: &str, to: &str, delimiter: char) -> Result<()>;
+    /// Subscribed names; independent of whether the mailboxes exist (RFC 3501 §6.3.6).
+    fn subscriptions(&self, account: &str) -> Result<Vec<String>>;
+    fn set_subscribed(&self, account: &str, name: &str, subscribed: bool) -> Result<()>;
+    /// A receiver that changes after every change set touching `mailbox` (new mail, flags,
+    /// expunges), for IMAP IDLE and session updates.
+    fn watch(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<u64>;
 
     /// Removes messages by uid (absent uids are ignored) and returns the uids removed.
     /// Bodies no longer referenced anywhere are released. Not durable until `sync`.
@@ -165,6 +217,12 @@ pub trait MailStore: Send + Sync + 'static {
     /// Makes everything durable in the backing store itself (not only the journal) and
     /// trims the journal; run at shutdown and periodically.
     fn checkpoint(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// The id of a message body: the SHA-256 of its bytes.
+pub fn blob_id(raw: &[u8]) -> BlobId {
+    use sha2::Digest;
+    sha2::Sha256::digest(raw).into()
 }
 
 /// Seconds since the Unix epoch.

@@ -11,7 +11,6 @@
 use super::journal::{self, BodyPtr, Journal, WriteSet};
 use super::keys::{self, u64_value};
 use super::*;
-use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +37,8 @@ pub struct Inner {
     /// Number of the last change set applied.
     seq: AtomicU64,
     journal: Journal,
+    /// Change notifications per mailbox (only for mailboxes someone watches).
+    watchers: Mutex<std::collections::HashMap<MailboxId, tokio::sync::watch::Sender<u64>>>,
 }
 
 /// How often the journal is checkpointed into sled (and its old segments deleted).
@@ -94,6 +95,7 @@ impl SledStore {
             writer: Mutex::new(()),
             seq: AtomicU64::new(last),
             journal,
+            watchers: Mutex::new(Default::default()),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(checkpoints(Arc::downgrade(&inner)));
@@ -152,16 +154,41 @@ impl Inner {
         Ok(first)
     }
 
-    fn mailbox_by_id(&self, id: MailboxId) -> Result<Option<MailboxMeta>> {
+    fn mailbox_meta(&self, id: MailboxId) -> Result<Option<MailboxMeta>> {
         match self.tree.get(keys::mailbox(id))? {
             Some(v) => Ok(Some(from_json("mailbox", &v)?)),
             None => Ok(None),
         }
     }
 
+    fn existing_mailbox(&self, id: MailboxId) -> Result<MailboxMeta> {
+        self.mailbox_meta(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {id}")))
+    }
+
+    /// Tells watchers of these mailboxes that they changed (after the change is applied).
+    fn notify(&self, ids: impl IntoIterator<Item = MailboxId>) {
+        let map = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return;
+        }
+        let seq = self.seq.load(Ordering::SeqCst);
+        for id in ids {
+            if let Some(tx) = map.get(&id) {
+                tx.send_replace(seq);
+            }
+        }
+    }
+
     /// Adds a new mailbox to `batch`. UIDVALIDITY comes from the clock and the mailbox id, so
     /// a name deleted and re-created gets a new one (RFC 3501 §2.3.1.1).
-    fn new_mailbox(batch: &mut WriteSet, id: MailboxId, account: &str, name: &str, special_use: Option<&str>) {
+    fn new_mailbox(
+        batch: &mut WriteSet,
+        id: MailboxId,
+        account: &str,
+        name: &str,
+        special_use: Option<&str>,
+    ) -> MailboxMeta {
         let uidvalidity = ((now_secs() as u64).wrapping_add(id) & 0x7fff_ffff).max(1) as u32;
         let meta = MailboxMeta {
             id,
@@ -171,10 +198,10 @@ impl Inner {
             uidnext: 1,
             highestmodseq: 1,
             special_use: special_use.map(str::to_string),
-            subscribed: true,
         };
         batch.insert(keys::mailbox_name(account, name), id.to_be_bytes());
         batch.insert(keys::mailbox(id), json(&meta));
+        meta
     }
 
     /// Adds to `batch` the removal of a mailbox and all its messages, and returns the blob
@@ -229,8 +256,34 @@ impl Inner {
     }
 }
 
-fn blob_id(raw: &[u8]) -> BlobId {
-    Sha256::digest(raw).into()
+/// New flags and keywords of a message after a STORE operation (keywords compared
+/// case-insensitively, kept in first-seen spelling).
+fn apply_flag_op(m: &MessageMeta, op: FlagOp, flags: Flags, keywords: &[String]) -> (Flags, Vec<String>) {
+    let has = |list: &[String], k: &str| list.iter().any(|x| x.eq_ignore_ascii_case(k));
+    match op {
+        FlagOp::Add => {
+            let mut kw = m.keywords.clone();
+            for k in keywords {
+                if !has(&kw, k) {
+                    kw.push(k.clone());
+                }
+            }
+            (Flags(m.flags.0 | flags.0), kw)
+        }
+        FlagOp::Remove => {
+            let kw = m.keywords.iter().filter(|k| !has(keywords, k)).cloned().collect();
+            (Flags(m.flags.0 & !flags.0), kw)
+        }
+        FlagOp::Replace => {
+            let mut kw: Vec<String> = Vec::new();
+            for k in keywords {
+                if !has(&kw, k) {
+                    kw.push(k.clone());
+                }
+            }
+            (flags, kw)
+        }
+    }
 }
 
 impl MailStore for SledStore {
@@ -249,6 +302,7 @@ impl MailStore for SledStore {
         let first = self.reserve_ids(&mut batch, "mailbox", DEFAULT_MAILBOXES.len() as u64)?;
         for ((name, special), id) in DEFAULT_MAILBOXES.into_iter().zip(first..) {
             Inner::new_mailbox(&mut batch, id, address, name, special);
+            batch.insert(keys::subscription(address, name), []);
         }
         self.apply(batch)
     }
@@ -265,6 +319,9 @@ impl MailStore for SledStore {
         }
         let changes: Vec<_> = unref.into_iter().map(|b| (b, -1)).collect();
         let gone = self.adjust_refs(&mut batch, &changes)?;
+        for item in self.tree.scan_prefix(keys::subscriptions_of(address)) {
+            batch.remove(item?.0);
+        }
         batch.remove(keys::account(address));
         self.apply_with(batch, gone)
     }
@@ -366,7 +423,7 @@ impl MailStore for SledStore {
             name
         };
         match self.tree.get(keys::mailbox_name(account, name))? {
-            Some(id) => self.mailbox_by_id(u64_value(&id)),
+            Some(id) => self.mailbox_meta(u64_value(&id)),
             None => Ok(None),
         }
     }
@@ -375,7 +432,7 @@ impl MailStore for SledStore {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(keys::mailbox_names_of(account)) {
             let (_, id) = item?;
-            if let Some(m) = self.mailbox_by_id(u64_value(&id))? {
+            if let Some(m) = self.mailbox_meta(u64_value(&id))? {
                 out.push(m);
             }
         }
@@ -394,10 +451,7 @@ impl MailStore for SledStore {
             let pos = match metas.iter().position(|m| m.id == mb) {
                 Some(p) => p,
                 None => {
-                    let m = self
-                        .mailbox_by_id(mb)?
-                        .ok_or_else(|| StoreError::NotFound(format!("mailbox {mb}")))?;
-                    metas.push(m);
+                    metas.push(self.existing_mailbox(mb)?);
                     metas.len() - 1
                 }
             };
@@ -427,42 +481,225 @@ impl MailStore for SledStore {
         }
         self.adjust_refs(&mut batch, &[(id, targets.len() as i64)])?;
         self.apply(batch)?;
+        self.notify(metas.iter().map(|m| m.id));
         Ok(uids)
     }
 
-    fn add_flags(&self, mailbox: MailboxId, uids: &[u32], flags: Flags) -> Result<Vec<u32>> {
+    fn store_flags(
+        &self,
+        mailbox: MailboxId,
+        uids: &[u32],
+        op: FlagOp,
+        flags: Flags,
+        keywords: &[String],
+        unchanged_since: Option<u64>,
+    ) -> Result<FlagResult> {
         let _w = self.lock();
-        let mut meta = self
-            .mailbox_by_id(mailbox)?
-            .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+        let mut meta = self.existing_mailbox(mailbox)?;
         let mut batch = WriteSet::default();
-        let mut changed = Vec::new();
+        let mut result = FlagResult::default();
         for &uid in uids {
             let k = keys::message(mailbox, uid);
             let Some(mut m) = self.tree.get(&k)?.and_then(|v| MessageMeta::decode(&v)) else {
                 continue;
             };
-            if m.flags.0 & flags.0 == flags.0 {
+            if unchanged_since.is_some_and(|u| m.modseq > u) {
+                result.modified.push(uid);
+                continue;
+            }
+            let (new_flags, new_keywords) = apply_flag_op(&m, op, flags, keywords);
+            if new_flags == m.flags && new_keywords == m.keywords {
                 continue;
             }
             meta.highestmodseq += 1;
-            m.flags.0 |= flags.0;
+            m.flags = new_flags;
+            m.keywords = new_keywords;
             m.modseq = meta.highestmodseq;
             batch.insert(k, m.encode());
-            changed.push(uid);
+            result.changed.push((uid, m));
         }
-        if !changed.is_empty() {
+        if !result.changed.is_empty() {
             batch.insert(keys::mailbox(mailbox), json(&meta));
             self.apply(batch)?;
+            self.notify([mailbox]);
         }
-        Ok(changed)
+        Ok(result)
+    }
+
+    fn copy_messages(&self, from: MailboxId, uids: &[u32], to: MailboxId, remove: bool) -> Result<Vec<(u32, u32)>> {
+        let _w = self.lock();
+        let mut src = self.existing_mailbox(from)?;
+        let mut dst = self.existing_mailbox(to)?;
+        let mut batch = WriteSet::default();
+        let mut pairs = Vec::new();
+        let mut refs = Vec::new();
+        let mut sorted = uids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for uid in sorted {
+            let k = keys::message(from, uid);
+            let Some(mut m) = self.tree.get(&k)?.and_then(|v| MessageMeta::decode(&v)) else {
+                continue;
+            };
+            let new_uid = dst.uidnext;
+            dst.uidnext = dst
+                .uidnext
+                .checked_add(1)
+                .ok_or_else(|| StoreError::Invalid("uid space exhausted".into()))?;
+            dst.highestmodseq += 1;
+            m.modseq = dst.highestmodseq;
+            batch.insert(keys::message(to, new_uid), m.encode());
+            if remove {
+                batch.remove(k);
+            } else {
+                refs.push((m.blob, 1));
+            }
+            pairs.push((uid, new_uid));
+        }
+        if pairs.is_empty() {
+            return Ok(pairs);
+        }
+        if remove {
+            src.highestmodseq += 1;
+            batch.insert(keys::mailbox(from), json(&src));
+        }
+        batch.insert(keys::mailbox(to), json(&dst));
+        self.adjust_refs(&mut batch, &refs)?;
+        self.apply(batch)?;
+        self.notify([from, to]);
+        Ok(pairs)
+    }
+
+    fn mailbox_by_id(&self, id: MailboxId) -> Result<Option<MailboxMeta>> {
+        self.mailbox_meta(id)
+    }
+
+    fn create_mailbox(&self, account: &str, name: &str, special_use: Option<&str>) -> Result<MailboxMeta> {
+        if name.is_empty() || name.eq_ignore_ascii_case("INBOX") {
+            return Err(StoreError::Invalid(format!("cannot create {name:?}")));
+        }
+        let _w = self.lock();
+        if !self.tree.contains_key(keys::account(account))? {
+            return Err(StoreError::NotFound(format!("account {account}")));
+        }
+        if self.tree.contains_key(keys::mailbox_name(account, name))? {
+            return Err(StoreError::Exists(format!("mailbox {name}")));
+        }
+        let mut batch = WriteSet::default();
+        let id = self.reserve_ids(&mut batch, "mailbox", 1)?;
+        let meta = Inner::new_mailbox(&mut batch, id, account, name, special_use);
+        self.apply(batch)?;
+        Ok(meta)
+    }
+
+    fn delete_mailbox(&self, account: &str, name: &str) -> Result<()> {
+        if name.eq_ignore_ascii_case("INBOX") {
+            return Err(StoreError::Invalid("INBOX cannot be deleted".into()));
+        }
+        let _w = self.lock();
+        let meta = self
+            .mailbox(account, name)?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {name}")))?;
+        let mut batch = WriteSet::default();
+        let mut unref = Vec::new();
+        self.remove_mailbox(&mut batch, &meta, &mut unref)?;
+        let changes: Vec<_> = unref.into_iter().map(|b| (b, -1)).collect();
+        let gone = self.adjust_refs(&mut batch, &changes)?;
+        self.apply_with(batch, gone)?;
+        self.notify([meta.id]);
+        Ok(())
+    }
+
+    fn rename_mailbox(&self, account: &str, from: &str, to: &str, delimiter: char) -> Result<()> {
+        if to.is_empty() || to.eq_ignore_ascii_case("INBOX") {
+            return Err(StoreError::Invalid(format!("cannot rename to {to:?}")));
+        }
+        let _w = self.lock();
+        let source = self
+            .mailbox(account, from)?
+            .ok_or_else(|| StoreError::NotFound(format!("mailbox {from}")))?;
+        if self.tree.contains_key(keys::mailbox_name(account, to))? {
+            return Err(StoreError::Exists(format!("mailbox {to}")));
+        }
+        let mut batch = WriteSet::default();
+        if source.name == "INBOX" {
+            // INBOX stays (empty); its messages move to a new mailbox with the new name.
+            let id = self.reserve_ids(&mut batch, "mailbox", 1)?;
+            let mut target = Inner::new_mailbox(&mut batch, id, account, to, None);
+            let mut inbox = source.clone();
+            for item in self.tree.scan_prefix(keys::messages_of(source.id)) {
+                let (k, v) = item?;
+                let Some(mut m) = MessageMeta::decode(&v) else { continue };
+                target.highestmodseq += 1;
+                m.modseq = target.highestmodseq;
+                batch.insert(keys::message(id, target.uidnext), m.encode());
+                target.uidnext += 1;
+                batch.remove(k);
+            }
+            inbox.highestmodseq += 1;
+            batch.insert(keys::mailbox(id), json(&target));
+            batch.insert(keys::mailbox(inbox.id), json(&inbox));
+            self.apply(batch)?;
+            self.notify([source.id]);
+            return Ok(());
+        }
+        let prefix = format!("{}{delimiter}", source.name);
+        let mut moved = vec![source.clone()];
+        for mb in self.mailboxes(account)? {
+            if mb.name.starts_with(&prefix) {
+                moved.push(mb);
+            }
+        }
+        for mut mb in moved {
+            let new_name = format!("{to}{}", &mb.name[source.name.len()..]);
+            if mb.id != source.id && self.tree.contains_key(keys::mailbox_name(account, &new_name))? {
+                return Err(StoreError::Exists(format!("mailbox {new_name}")));
+            }
+            batch.remove(keys::mailbox_name(account, &mb.name));
+            batch.insert(keys::mailbox_name(account, &new_name), mb.id.to_be_bytes());
+            mb.name = new_name;
+            batch.insert(keys::mailbox(mb.id), json(&mb));
+        }
+        self.apply(batch)
+    }
+
+    fn subscriptions(&self, account: &str) -> Result<Vec<String>> {
+        let prefix = keys::subscriptions_of(account);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
+    fn set_subscribed(&self, account: &str, name: &str, subscribed: bool) -> Result<()> {
+        let name = if name.eq_ignore_ascii_case("INBOX") {
+            "INBOX"
+        } else {
+            name
+        };
+        let _w = self.lock();
+        let mut batch = WriteSet::default();
+        if subscribed {
+            batch.insert(keys::subscription(account, name), []);
+        } else {
+            batch.remove(keys::subscription(account, name));
+        }
+        self.apply(batch)
+    }
+
+    fn watch(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<u64> {
+        let mut map = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        map.entry(mailbox)
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
     }
 
     fn expunge(&self, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>> {
         let _w = self.lock();
-        let mut meta = self
-            .mailbox_by_id(mailbox)?
-            .ok_or_else(|| StoreError::NotFound(format!("mailbox {mailbox}")))?;
+        let mut meta = self.existing_mailbox(mailbox)?;
         let mut batch = WriteSet::default();
         let mut removed = Vec::new();
         let mut unref = Vec::new();
@@ -481,6 +718,7 @@ impl MailStore for SledStore {
         batch.insert(keys::mailbox(mailbox), json(&meta));
         let gone = self.adjust_refs(&mut batch, &unref)?;
         self.apply_with(batch, gone)?;
+        self.notify([mailbox]);
         Ok(removed)
     }
 

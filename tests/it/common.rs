@@ -15,6 +15,7 @@ pub struct TestServer {
     pub running: Running,
     pub smtp: SocketAddr,
     pub pop3: SocketAddr,
+    pub imap: SocketAddr,
 }
 
 /// The password of every account the tests make.
@@ -38,7 +39,11 @@ pub fn test_config(dir: &Path) -> Config {
         bind: "127.0.0.1:0".parse().unwrap(),
         tls: TlsMode::Starttls,
     };
-    c.listeners = vec![listener(Protocol::Smtp), listener(Protocol::Pop3)];
+    c.listeners = vec![
+        listener(Protocol::Smtp),
+        listener(Protocol::Pop3),
+        listener(Protocol::Imap),
+    ];
     c.auth.failure_delay_ms = 0;
     c.policies.dir = dir.join("policies");
     c
@@ -70,6 +75,7 @@ pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -
     let running = start(config).await.expect("server starts");
     let smtp = running.addr(Protocol::Smtp).unwrap();
     let pop3 = running.addr(Protocol::Pop3).unwrap_or(smtp);
+    let imap = running.addr(Protocol::Imap).unwrap_or(smtp);
     let store = &running.shared.store;
     for u in ["alice@localhost", "bob@localhost"] {
         if store.account(u).unwrap().is_none() {
@@ -81,6 +87,7 @@ pub async fn start_in(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -
         running,
         smtp,
         pop3,
+        imap,
     }
 }
 

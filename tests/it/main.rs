@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod dns;
 mod hooks;
+mod imap;
 mod pop3;
 mod smtp;
 mod smtp_clients;

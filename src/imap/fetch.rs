@@ -1,0 +1,425 @@
+//! FETCH data items: ENVELOPE, BODY/BODYSTRUCTURE, BODY[section]<partial>, BINARY (RFC 3516).
+
+use super::mime::{self, Addr, Part};
+use super::parser::{Section, SectionKind};
+use base64::Engine as _;
+
+/// Writes an IMAP string: quoted when it is short printable ASCII, else a literal.
+pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
+    let quotable = s.len() < 1024 && s.iter().all(|&b| (0x20..0x7f).contains(&b));
+    if quotable {
+        out.push(b'"');
+        for &b in s {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        write_literal(out, s);
+    }
+}
+
+pub fn write_literal(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    out.extend_from_slice(s);
+}
+
+fn nstring(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => write_string(out, s.as_bytes()),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+/// Writes a mailbox name as an astring (UTF-8 or modified UTF-7 as the session needs).
+pub fn write_mailbox(out: &mut Vec<u8>, name: &str, utf8: bool) {
+    let encoded = if utf8 {
+        name.to_string()
+    } else {
+        super::mutf7::encode(name)
+    };
+    let atom = !encoded.is_empty()
+        && encoded
+            .bytes()
+            .all(|b| b > 0x20 && b < 0x7f && !b"(){%*\"\\]".contains(&b));
+    if atom {
+        out.extend_from_slice(encoded.as_bytes());
+    } else {
+        write_string(out, encoded.as_bytes());
+    }
+}
+
+fn address_list(out: &mut Vec<u8>, value: Option<&str>) {
+    let list = value.map(mime::addresses).unwrap_or_default();
+    if list.is_empty() {
+        out.extend_from_slice(b"NIL");
+        return;
+    }
+    out.push(b'(');
+    for a in &list {
+        match a {
+            Addr::Mailbox { name, mailbox, host } => {
+                out.push(b'(');
+                nstring(out, name.as_deref());
+                out.extend_from_slice(b" NIL ");
+                nstring(out, Some(mailbox));
+                out.push(b' ');
+                nstring(out, Some(host));
+                out.push(b')');
+            }
+            Addr::GroupStart(g) => {
+                out.extend_from_slice(b"(NIL NIL ");
+                nstring(out, Some(g));
+                out.extend_from_slice(b" NIL)");
+            }
+            Addr::GroupEnd => out.extend_from_slice(b"(NIL NIL NIL NIL)"),
+        }
+    }
+    out.push(b')');
+}
+
+/// ENVELOPE of a message whose header block is `header`.
+pub fn envelope(out: &mut Vec<u8>, header: &[u8]) {
+    let f = mime::fields(header);
+    let get = |n: &str| mime::field(&f, n);
+    out.push(b'(');
+    nstring(out, get("date"));
+    out.push(b' ');
+    nstring(out, get("subject"));
+    let from = get("from");
+    for (name, fallback) in [
+        ("from", None),
+        ("sender", from),
+        ("reply-to", from),
+        ("to", None),
+        ("cc", None),
+        ("bcc", None),
+    ] {
+        out.push(b' ');
+        let v = get(name).filter(|v| !v.trim().is_empty()).or(fallback);
+        address_list(out, v);
+    }
+    out.push(b' ');
+    nstring(out, get("in-reply-to"));
+    out.push(b' ');
+    nstring(out, get("message-id"));
+    out.push(b')');
+}
+
+fn param_list(out: &mut Vec<u8>, params: &[(String, String)]) {
+    if params.is_empty() {
+        out.extend_from_slice(b"NIL");
+        return;
+    }
+    out.push(b'(');
+    for (i, (n, v)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        write_string(out, n.as_bytes());
+        out.push(b' ');
+        write_string(out, v.as_bytes());
+    }
+    out.push(b')');
+}
+
+fn disposition(out: &mut Vec<u8>, f: &[(&str, String)]) {
+    match mime::field(f, "content-disposition") {
+        Some(d) => {
+            let (v, p) = mime::parse_params(d);
+            out.push(b'(');
+            write_string(out, v.to_ascii_lowercase().as_bytes());
+            out.push(b' ');
+            param_list(out, &p);
+            out.push(b')');
+        }
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+fn language_location(out: &mut Vec<u8>, f: &[(&str, String)]) {
+    out.push(b' ');
+    match mime::field(f, "content-language") {
+        Some(l) => {
+            let langs: Vec<&str> = l.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            if langs.len() == 1 {
+                write_string(out, langs[0].as_bytes());
+            } else {
+                out.push(b'(');
+                for (i, l) in langs.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b' ');
+                    }
+                    write_string(out, l.as_bytes());
+                }
+                out.push(b')');
+            }
+        }
+        None => out.extend_from_slice(b"NIL"),
+    }
+    out.push(b' ');
+    nstring(out, mime::field(f, "content-location"));
+}
+
+/// BODYSTRUCTURE (`extended`) or BODY of a part.
+pub fn body_structure(out: &mut Vec<u8>, raw: &[u8], part: &Part, extended: bool) {
+    let f = mime::fields(&raw[part.header.clone()]);
+    out.push(b'(');
+    if part.is_multipart() && !part.children.is_empty() {
+        for c in &part.children {
+            body_structure(out, raw, c, extended);
+        }
+        out.push(b' ');
+        write_string(out, part.subtype.as_bytes());
+        if extended {
+            out.push(b' ');
+            param_list(out, &part.params);
+            out.push(b' ');
+            disposition(out, &f);
+            language_location(out, &f);
+        }
+        out.push(b')');
+        return;
+    }
+    // A multipart without parts is described as a leaf (the best a client can use).
+    write_string(out, part.ctype.as_bytes());
+    out.push(b' ');
+    write_string(out, part.subtype.as_bytes());
+    out.push(b' ');
+    let mut params = part.params.clone();
+    if part.ctype == "text" && !params.iter().any(|(n, _)| n == "charset") {
+        params.push(("charset".into(), "us-ascii".into()));
+    }
+    param_list(out, &params);
+    out.push(b' ');
+    nstring(out, mime::field(&f, "content-id"));
+    out.push(b' ');
+    nstring(out, mime::field(&f, "content-description"));
+    out.push(b' ');
+    let enc = mime::field(&f, "content-transfer-encoding")
+        .map(|e| e.trim().to_ascii_uppercase())
+        .unwrap_or_else(|| "7BIT".into());
+    write_string(out, enc.as_bytes());
+    let body = &raw[part.body.clone()];
+    out.extend_from_slice(format!(" {}", body.len()).as_bytes());
+    if let Some(m) = &part.message {
+        out.push(b' ');
+        envelope(out, &raw[m.header.clone()]);
+        out.push(b' ');
+        body_structure(out, raw, m, extended);
+        out.extend_from_slice(format!(" {}", mime::line_count(body)).as_bytes());
+    } else if part.ctype == "text" {
+        out.extend_from_slice(format!(" {}", mime::line_count(body)).as_bytes());
+    }
+    if extended {
+        out.push(b' ');
+        nstring(out, mime::field(&f, "content-md5"));
+        out.push(b' ');
+        disposition(out, &f);
+        language_location(out, &f);
+    }
+    out.push(b')');
+}
+
+/// Header lines of `header` whose names are (or, with `not`, are not) in `names`, then the
+/// blank line.
+fn header_subset(header: &[u8], names: &[String], not: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut keep = false;
+    for line in header.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            break;
+        }
+        if line[0] != b' ' && line[0] != b'\t' {
+            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+            let name = String::from_utf8_lossy(name).trim().to_ascii_lowercase();
+            keep = names.contains(&name) != not;
+        }
+        if keep {
+            out.extend_from_slice(line);
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// What a section names, or `None` if the message has no such part (RFC 3501: empty string).
+pub fn section_bytes(raw: &[u8], root: &Part, s: &Section) -> Option<Vec<u8>> {
+    let part = mime::resolve(root, &s.part)?;
+    // HEADER, HEADER.FIELDS and TEXT of a part number mean the attached message's.
+    let msg = if s.part.is_empty() {
+        Some(part)
+    } else {
+        part.message.as_deref()
+    };
+    Some(match &s.kind {
+        SectionKind::Full if s.part.is_empty() => raw.to_vec(),
+        SectionKind::Full => raw[part.body.clone()].to_vec(),
+        SectionKind::Mime => raw[part.header.clone()].to_vec(),
+        SectionKind::Header => raw[msg?.header.clone()].to_vec(),
+        SectionKind::Text => raw[msg?.body.clone()].to_vec(),
+        SectionKind::HeaderFields(n) => header_subset(&raw[msg?.header.clone()], n, false),
+        SectionKind::HeaderFieldsNot(n) => header_subset(&raw[msg?.header.clone()], n, true),
+    })
+}
+
+/// The decoded content of a part (BINARY[part]); `Err` when its encoding is unknown.
+pub fn binary_bytes(raw: &[u8], root: &Part, part: &[u32]) -> Option<Result<Vec<u8>, ()>> {
+    let p = mime::resolve(root, part)?;
+    if part.is_empty() {
+        return Some(Ok(raw.to_vec()));
+    }
+    let f = mime::fields(&raw[p.header.clone()]);
+    let body = &raw[p.body.clone()];
+    let enc = mime::field(&f, "content-transfer-encoding")
+        .map(|e| e.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    Some(match enc.as_str() {
+        "" | "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
+        "base64" => {
+            let clean: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+            base64::engine::GeneralPurpose::new(
+                &base64::alphabet::STANDARD,
+                base64::engine::GeneralPurposeConfig::new()
+                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
+                    .with_decode_allow_trailing_bits(true),
+            )
+            .decode(clean)
+            .map_err(|_| ())
+        }
+        "quoted-printable" => Ok(qp_decode(body)),
+        _ => Err(()),
+    })
+}
+
+fn qp_decode(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b == b'=' {
+            if body[i + 1..].starts_with(b"\r\n") {
+                i += 3;
+                continue;
+            }
+            if body[i + 1..].starts_with(b"\n") {
+                i += 2;
+                continue;
+            }
+            if let (Some(h), Some(l)) = (
+                body.get(i + 1).copied().and_then(hex),
+                body.get(i + 2).copied().and_then(hex),
+            ) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
+}
+
+/// Applies `<start.len>` to section data.
+pub fn partial(data: &[u8], p: Option<(u32, u32)>) -> &[u8] {
+    match p {
+        None => data,
+        Some((start, len)) => {
+            let s = (start as usize).min(data.len());
+            let e = s.saturating_add(len as usize).min(data.len());
+            &data[s..e]
+        }
+    }
+}
+
+/// The section name as echoed in the response (`BODY[1.HEADER.FIELDS (FROM)]<0>`).
+pub fn section_name(binary: bool, s: &Section, partial: Option<(u32, u32)>) -> String {
+    let mut name = String::from(if binary { "BINARY[" } else { "BODY[" });
+    let nums: Vec<String> = s.part.iter().map(|n| n.to_string()).collect();
+    name.push_str(&nums.join("."));
+    let kind = match &s.kind {
+        SectionKind::Full => String::new(),
+        SectionKind::Header => "HEADER".into(),
+        SectionKind::Text => "TEXT".into(),
+        SectionKind::Mime => "MIME".into(),
+        SectionKind::HeaderFields(n) => format!("HEADER.FIELDS ({})", n.join(" ").to_ascii_uppercase()),
+        SectionKind::HeaderFieldsNot(n) => format!("HEADER.FIELDS.NOT ({})", n.join(" ").to_ascii_uppercase()),
+    };
+    if !nums.is_empty() && !kind.is_empty() {
+        name.push('.');
+    }
+    name.push_str(&kind);
+    name.push(']');
+    if let Some((start, _)) = partial {
+        name.push_str(&format!("<{start}>"));
+    }
+    name
+}
+
+/// INTERNALDATE as `"dd-Mon-yyyy hh:mm:ss +0000"`.
+pub fn internal_date(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let (y, m, d) = super::parser::civil_from_days(days);
+    format!(
+        "\"{d:02}-{}-{y:04} {:02}:{:02}:{:02} +0000\"",
+        super::parser::month_name(m),
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_and_structure() {
+        let raw = b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nSubject: Hi \"there\"\r\nFrom: Ann <ann@x.org>\r\n\
+To: bob@y.org\r\nMessage-ID: <1@x>\r\n\r\nhello\r\n";
+        let mut out = Vec::new();
+        envelope(&mut out, &raw[..raw.len() - 7]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "(\"Mon, 1 Jan 2024 00:00:00 +0000\" \"Hi \\\"there\\\"\" ((\"Ann\" NIL \"ann\" \"x.org\")) \
+((\"Ann\" NIL \"ann\" \"x.org\")) ((\"Ann\" NIL \"ann\" \"x.org\")) ((NIL NIL \"bob\" \"y.org\")) NIL NIL NIL \"<1@x>\")"
+        );
+        let root = mime::parse(raw);
+        let mut out = Vec::new();
+        body_structure(&mut out, raw, &root, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "(\"text\" \"plain\" (\"charset\" \"us-ascii\") NIL NIL \"7BIT\" 7 1)"
+        );
+        assert_eq!(internal_date(0), "\"01-Jan-1970 00:00:00 +0000\"");
+    }
+
+    #[test]
+    fn sections() {
+        let raw = b"A: 1\r\nB: 2\r\n c\r\n\r\nbody";
+        let root = mime::parse(raw);
+        let s = |kind| Section { part: vec![], kind };
+        assert_eq!(
+            section_bytes(raw, &root, &s(SectionKind::HeaderFields(vec!["b".into()]))).unwrap(),
+            b"B: 2\r\n c\r\n\r\n"
+        );
+        assert_eq!(section_bytes(raw, &root, &s(SectionKind::Text)).unwrap(), b"body");
+        assert_eq!(partial(b"abcdef", Some((2, 3))), b"cde");
+        assert_eq!(partial(b"abc", Some((5, 3))), b"");
+        assert_eq!(qp_decode(b"a=3Db=\r\nc"), b"a=bc");
+        let name = section_name(
+            false,
+            &Section {
+                part: vec![1, 2],
+                kind: SectionKind::Mime,
+            },
+            Some((0, 9)),
+        );
+        assert_eq!(name, "BODY[1.2.MIME]<0>");
+    }
+}
