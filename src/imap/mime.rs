@@ -64,6 +64,11 @@ fn header_end(raw: &[u8], range: &Range<usize>) -> usize {
     range.end
 }
 
+/// Length of a message's header block, its blank line included.
+pub fn header_len(raw: &[u8]) -> usize {
+    header_end(raw, &(0..raw.len()))
+}
+
 /// Header fields of a header block: `(name, unfolded raw value)`, in order.
 pub fn fields(header: &[u8]) -> Vec<(&str, String)> {
     let mut out: Vec<(&str, String)> = Vec::new();

@@ -21,6 +21,9 @@ use std::time::Duration;
 
 const DELIM: char = '/';
 
+/// Output buffered during a long FETCH before it is written out.
+const FLUSH_AT: usize = 128 * 1024;
+
 struct Entry {
     uid: u32,
     meta: MessageMeta,
@@ -371,6 +374,9 @@ impl Session {
             if sync {
                 self.conn.write(b"+ Ready for literal data\r\n");
             }
+            // Send the continuation first: the ACK mode must be set after our last write.
+            self.conn.flush().await?;
+            self.conn.quickack();
             self.conn
                 .read_exact_capped(n, &mut buf, usize::MAX, self.timeout())
                 .await?;
@@ -1327,6 +1333,7 @@ impl Session {
             let condstore = self.condstore;
             let mut err = None;
             self.conn.write_with(|out| {
+                let before = out.len();
                 if let Err(e) = write_fetch(
                     out,
                     i + 1,
@@ -1336,11 +1343,16 @@ impl Session {
                     &atts,
                     condstore,
                 ) {
+                    out.truncate(before); // no half-written response
                     err = Some(e);
                 }
             });
             if let Some(e) = err {
                 return no(e);
+            }
+            // Let the client read while we work: a 2000-message FETCH is many megabytes.
+            if self.conn.pending_output() > FLUSH_AT && self.conn.flush().await.is_err() {
+                return no("connection lost");
             }
         }
         if failed {
@@ -1529,8 +1541,17 @@ fn write_fetch(
     condstore: bool,
 ) -> Result<(), String> {
     out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
-    let root = raw.map(mime::parse);
+    // The MIME structure is parsed only for items that need it (not for BODY[] or ENVELOPE).
+    let has_raw = raw.is_some();
     let raw = raw.unwrap_or(b"");
+    let parsed = std::cell::OnceCell::new();
+    let root = || -> Result<&mime::Part, String> {
+        if !has_raw {
+            return Err("no message".into());
+        }
+        Ok(parsed.get_or_init(|| mime::parse(raw)))
+    };
+    let header = || raw[..mime::header_len(raw)].as_ref();
     let mut first = true;
     let mut sep = |out: &mut Vec<u8>| {
         if !first {
@@ -1558,13 +1579,12 @@ fn write_fetch(
             }
             FetchAtt::Envelope => {
                 out.extend_from_slice(b"ENVELOPE ");
-                let root = root.as_ref().ok_or("no message")?;
-                fetch::envelope(out, &raw[root.header.clone()]);
+                fetch::envelope(out, header());
             }
             FetchAtt::Body | FetchAtt::BodyStructure => {
                 let ext = *a == FetchAtt::BodyStructure;
                 out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                fetch::body_structure(out, raw, root.as_ref().ok_or("no message")?, ext);
+                fetch::body_structure(out, raw, root()?, ext);
             }
             FetchAtt::Rfc822 => {
                 out.extend_from_slice(b"RFC822 ");
@@ -1572,13 +1592,11 @@ fn write_fetch(
             }
             FetchAtt::Rfc822Header => {
                 out.extend_from_slice(b"RFC822.HEADER ");
-                let root = root.as_ref().ok_or("no message")?;
-                fetch::write_literal(out, &raw[root.header.clone()]);
+                fetch::write_literal(out, header());
             }
             FetchAtt::Rfc822Text => {
                 out.extend_from_slice(b"RFC822.TEXT ");
-                let root = root.as_ref().ok_or("no message")?;
-                fetch::write_literal(out, &raw[root.body.clone()]);
+                fetch::write_literal(out, &raw[header().len()..]);
             }
             FetchAtt::Section {
                 binary,
@@ -1586,7 +1604,14 @@ fn write_fetch(
                 partial,
                 ..
             } => {
-                let root = root.as_ref().ok_or("no message")?;
+                out.extend_from_slice(fetch::section_name(*binary, section, *partial).as_bytes());
+                out.push(b' ');
+                if section.part.is_empty() && section.kind == parser::SectionKind::Full {
+                    // The whole message: straight from the stored bytes, no copy.
+                    fetch::write_literal(out, fetch::partial(raw, *partial));
+                    continue;
+                }
+                let root = root()?;
                 let data = if *binary {
                     match fetch::binary_bytes(raw, root, &section.part) {
                         Some(Ok(d)) => Some(d),
@@ -1596,8 +1621,6 @@ fn write_fetch(
                 } else {
                     fetch::section_bytes(raw, root, section)
                 };
-                out.extend_from_slice(fetch::section_name(*binary, section, *partial).as_bytes());
-                out.push(b' ');
                 match data {
                     Some(d) => {
                         let d = fetch::partial(&d, *partial);
@@ -1610,8 +1633,7 @@ fn write_fetch(
                 }
             }
             FetchAtt::BinarySize(part) => {
-                let root = root.as_ref().ok_or("no message")?;
-                let n = match fetch::binary_bytes(raw, root, part) {
+                let n = match fetch::binary_bytes(raw, root()?, part) {
                     Some(Ok(d)) => d.len(),
                     Some(Err(())) => return Err("[UNKNOWN-CTE] Cannot decode this part".into()),
                     None => 0,
