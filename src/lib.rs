@@ -24,4 +24,5 @@ pub mod pop3;
 pub mod route;
 pub mod server;
 pub mod smtp;
+pub mod spam;
 pub mod store;

@@ -36,6 +36,48 @@ enum Command {
     /// Policies: validate, try on a message, reload, status.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Spam filter: train the Bayes model, classify a message, evaluate on a corpus.
+    #[command(subcommand)]
+    Spam(SpamCmd),
+}
+
+#[derive(Subcommand)]
+enum SpamCmd {
+    /// Train the Bayes model on folders of .eml or mbox files (adds to the stored model).
+    Train {
+        #[arg(long, required = true)]
+        spam: Vec<PathBuf>,
+        #[arg(long, required = true)]
+        ham: Vec<PathBuf>,
+        /// Start from an empty model.
+        #[arg(long)]
+        reset: bool,
+        /// Leave out this fraction of each folder (the part `eval --holdout` scores).
+        #[arg(long)]
+        holdout: Option<f64>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Hashed feature buckets of a new model.
+        #[arg(long)]
+        features: Option<usize>,
+    },
+    /// Run the whole policy chain on one message from stdin: `spam SCORE` or `ham SCORE`,
+    /// then the symbols and the Bayes tokens.
+    Classify,
+    /// Score folders of known spam and ham through the whole policy chain.
+    Eval {
+        #[arg(long, required = true)]
+        spam: Vec<PathBuf>,
+        #[arg(long, required = true)]
+        ham: Vec<PathBuf>,
+        /// Score only the held-out fraction (as given to `train --holdout`).
+        #[arg(long)]
+        holdout: Option<f64>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -169,6 +211,14 @@ fn main() -> ExitCode {
             dir,
             json,
         }) => rt.block_on(policy_test(&config, dir, &file, from, to, ip, helo, json)),
+        Command::Spam(SpamCmd::Classify) => rt.block_on(spam_classify(&config)),
+        Command::Spam(SpamCmd::Eval {
+            spam,
+            ham,
+            holdout,
+            seed,
+            json,
+        }) => rt.block_on(spam_eval(&config, spam, ham, split_of(holdout, seed), json)),
         other => match request(other) {
             Ok(req) => rt.block_on(admin::client::run(&config, req)).map(|out| {
                 let _ = std::io::stdout().write_all(&out);
@@ -237,6 +287,7 @@ fn offline_host(config: &Config) -> (std::sync::Arc<mailgate::hooks::host::HostS
         store,
         resolver: mailgate::hooks::host::resolver(&config.dns).ok(),
         dns_timeout: std::time::Duration::from_millis(config.dns.timeout_ms),
+        spam: Default::default(),
     };
     (std::sync::Arc::new(host), scratch)
 }
@@ -324,9 +375,25 @@ fn password(address: &str, from_stdin: bool) -> Result<String, String> {
 
 fn request(cmd: Command) -> Result<Request, String> {
     Ok(match cmd {
-        Command::Serve | Command::Policy(PolicyCmd::Check { .. } | PolicyCmd::Test { .. }) => {
+        Command::Serve
+        | Command::Policy(PolicyCmd::Check { .. } | PolicyCmd::Test { .. })
+        | Command::Spam(SpamCmd::Classify | SpamCmd::Eval { .. }) => {
             unreachable!("handled by main")
         }
+        Command::Spam(SpamCmd::Train {
+            spam,
+            ham,
+            reset,
+            holdout,
+            seed,
+            features,
+        }) => Request::SpamTrain {
+            spam: absolute(spam)?,
+            ham: absolute(ham)?,
+            split: split_of(holdout, seed),
+            reset,
+            features,
+        },
         Command::Policy(PolicyCmd::Reload) => Request::PolicyReload,
         Command::Policy(PolicyCmd::Status) => Request::PolicyStatus,
         Command::User(UserCmd::Add {
@@ -354,4 +421,136 @@ fn request(cmd: Command) -> Result<Request, String> {
         Command::Mailbox(MailboxCmd::List { address, folder }) => Request::MailboxList { address, folder },
         Command::Mailbox(MailboxCmd::Show { address, uid, folder }) => Request::MailboxShow { address, uid, folder },
     })
+}
+
+fn split_of(holdout: Option<f64>, seed: u64) -> Option<mailgate::spam::Split> {
+    holdout.map(|fraction| mailgate::spam::Split { fraction, seed })
+}
+
+/// Paths as the server sees them (it may run in another directory).
+fn absolute(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
+    paths
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display())))
+        .collect()
+}
+
+/// The offline policy set with the stored Bayes model (from the running server or the store).
+async fn spam_chain(
+    config: &Config,
+) -> Result<
+    (
+        mailgate::hooks::PolicySet,
+        std::sync::Arc<mailgate::hooks::host::HostServices>,
+        PathBuf,
+    ),
+    String,
+> {
+    use mailgate::spam::bayes::{Counts, Model};
+    let (host, scratch) = offline_host(config);
+    match admin::client::run(config, Request::SpamModel).await {
+        Ok(bytes) => {
+            let counts = Counts::decode(&bytes).ok_or("the stored Bayes model is corrupt")?;
+            host.spam.set_model(Some(Model::new(counts)?));
+        }
+        Err(e) => eprintln!("mailgate: no Bayes model ({e}); scoring without it"),
+    }
+    let set = mailgate::hooks::PolicySet::load(&config.policies.dir, &host, 1)?;
+    Ok((set, host, scratch))
+}
+
+fn spam_envelope() -> mailgate::hooks::simulate::Envelope {
+    mailgate::hooks::simulate::Envelope {
+        client_ip: "192.0.2.1".into(),
+        helo: "mail.example.org".into(),
+        mail_from: "sender@example.org".into(),
+        rcpt_to: vec!["postmaster@localhost".into()],
+    }
+}
+
+async fn spam_classify(config: &Config) -> Result<(), String> {
+    use mailgate::hooks::simulate;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading stdin: {e}"))?;
+    let raw = simulate::normalize_eml(&bytes);
+    let (set, host, scratch) = spam_chain(config).await?;
+    let report = simulate::run(&set, &config.spam.thresholds, &spam_envelope(), &raw).await;
+    let judged = mailgate::spam::bayes(&host.spam, &mailgate::hooks::parse_message(&raw));
+    drop(set);
+    drop(host);
+    remove_scratch(&scratch);
+    let class = if report.score >= config.spam.thresholds.tag {
+        "spam"
+    } else {
+        "ham"
+    };
+    println!("{class} {:.2}", report.score);
+    println!("verdict {}", report.verdict);
+    for s in &report.symbols {
+        println!("symbol {} {:+.2} {}", s.name, s.score, s.reason);
+    }
+    if let Some(j) = judged {
+        println!("bayes {:.4}", j.probability);
+        for (t, w) in j.top {
+            println!("token {w:+.2} {t}");
+        }
+    }
+    Ok(())
+}
+
+async fn spam_eval(
+    config: &Config,
+    spam: Vec<PathBuf>,
+    ham: Vec<PathBuf>,
+    split: Option<mailgate::spam::Split>,
+    json: bool,
+) -> Result<(), String> {
+    use mailgate::hooks::simulate;
+    use mailgate::spam::{Metrics, corpus_files, messages_in, process_cpu_secs, select};
+    let (set, host, scratch) = spam_chain(config).await?;
+    let env = spam_envelope();
+    let mut m = Metrics::default();
+    let (wall, cpu) = (std::time::Instant::now(), process_cpu_secs());
+    let mut misses: Vec<String> = Vec::new();
+    for (is_spam, dirs) in [(true, &spam), (false, &ham)] {
+        for f in select(corpus_files(dirs)?, split, true) {
+            let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            for raw in messages_in(&bytes) {
+                let r = simulate::run(&set, &config.spam.thresholds, &env, &raw).await;
+                let said = r.score >= config.spam.thresholds.tag;
+                if said != is_spam {
+                    misses.push(format!(
+                        "{} {:.2} {}",
+                        if is_spam { "FN" } else { "FP" },
+                        r.score,
+                        f.display()
+                    ));
+                }
+                m.add(is_spam, said);
+            }
+        }
+    }
+    m.finish(wall.elapsed().as_secs_f64(), process_cpu_secs() - cpu);
+    drop(set);
+    drop(host);
+    remove_scratch(&scratch);
+    if json {
+        println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+    } else {
+        println!(
+            "messages {}\nprecision {:.4}\nrecall {:.4}\nf1 {:.4}\nfpr {:.4}\naccuracy {:.4}",
+            m.messages, m.precision, m.recall, m.f1, m.fpr, m.accuracy
+        );
+        println!(
+            "confusion: spam->spam {} spam->ham {} ham->spam {} ham->ham {}",
+            m.true_positives, m.false_negatives, m.false_positives, m.true_negatives
+        );
+        println!("msgs_per_s {:.0}\ncpu_ms_per_msg {:.3}", m.msgs_per_s, m.cpu_ms_per_msg);
+        for x in misses {
+            println!("{x}");
+        }
+    }
+    Ok(())
 }

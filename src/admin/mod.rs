@@ -13,23 +13,57 @@ use crate::store::{DEFAULT_MAILBOXES, Flags, MailStore};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
 pub enum Request {
-    UserAdd { address: String, password_hash: String },
-    UserDel { address: String },
+    UserAdd {
+        address: String,
+        password_hash: String,
+    },
+    UserDel {
+        address: String,
+    },
     UserList,
-    UserPasswd { address: String, password_hash: String },
-    DomainAdd { domain: String },
-    DomainDel { domain: String },
+    UserPasswd {
+        address: String,
+        password_hash: String,
+    },
+    DomainAdd {
+        domain: String,
+    },
+    DomainDel {
+        domain: String,
+    },
     DomainList,
-    AliasAdd { source: String, targets: Vec<String> },
-    AliasDel { source: String },
+    AliasAdd {
+        source: String,
+        targets: Vec<String>,
+    },
+    AliasDel {
+        source: String,
+    },
     AliasList,
-    MailboxList { address: String, folder: String },
-    MailboxShow { address: String, uid: u32, folder: String },
+    MailboxList {
+        address: String,
+        folder: String,
+    },
+    MailboxShow {
+        address: String,
+        uid: u32,
+        folder: String,
+    },
     PolicyReload,
     PolicyStatus,
+    /// Train the Bayes model on folders (absolute paths, read by whoever owns the store).
+    SpamTrain {
+        spam: Vec<std::path::PathBuf>,
+        ham: Vec<std::path::PathBuf>,
+        split: Option<crate::spam::Split>,
+        reset: bool,
+        features: Option<usize>,
+    },
+    /// The stored Bayes model's counts (binary).
+    SpamModel,
 }
 
 impl Request {
@@ -43,6 +77,7 @@ impl Request {
                 | Request::MailboxShow { .. }
                 | Request::PolicyReload
                 | Request::PolicyStatus
+                | Request::SpamModel
         )
     }
 }
@@ -110,6 +145,31 @@ pub async fn execute(
             }
             out.into_bytes()
         }
+        Request::SpamTrain {
+            spam,
+            ham,
+            split,
+            reset,
+            features,
+        } => {
+            let (counts, mut report) = crate::spam::train(store, &spam, &ham, split, reset, features)?;
+            // The model lives in the key-value tree, made durable by a checkpoint.
+            store.checkpoint().await.map_err(|e| e.to_string())?;
+            if let Some(engine) = engine {
+                match crate::spam::bayes::Model::new(counts) {
+                    Ok(m) => {
+                        engine.host().spam.set_model(Some(m));
+                        report.push_str("the running server uses the new model\n");
+                    }
+                    Err(e) => report.push_str(&format!("not used yet: {e}\n")),
+                }
+            }
+            report.into_bytes()
+        }
+        Request::SpamModel => store
+            .kv_get(crate::spam::MODEL_KEY)
+            .map_err(|e| e.to_string())?
+            .ok_or("no Bayes model has been trained yet (`mailgate spam train`)")?,
         req => run(store, config, req)?,
     };
     if writes {
@@ -239,7 +299,9 @@ fn run(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, 
                 .ok();
             }
         }
-        Request::PolicyReload | Request::PolicyStatus => unreachable!("handled by execute"),
+        Request::PolicyReload | Request::PolicyStatus | Request::SpamTrain { .. } | Request::SpamModel => {
+            unreachable!("handled by execute")
+        }
         Request::MailboxShow { address, uid, folder } => {
             let (mailbox, name) = find_mailbox(store, &address, &folder)?;
             let m = store

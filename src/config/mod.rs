@@ -135,10 +135,24 @@ impl Default for Thresholds {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Spam {
     pub thresholds: Thresholds,
+    /// Train the Bayes model when users move mail into or out of Junk (IMAP).
+    pub learn_from_users: bool,
+    /// Accounts whose moves never train the model.
+    pub learn_opt_out: Vec<String>,
+}
+
+impl Default for Spam {
+    fn default() -> Self {
+        Spam {
+            thresholds: Thresholds::default(),
+            learn_from_users: true,
+            learn_opt_out: Vec::new(),
+        }
+    }
 }
 
 /// DNS used by policies (and the spam analyzers).

@@ -19,6 +19,8 @@ pub struct HostServices {
     pub store: Option<Arc<dyn MailStore>>,
     pub resolver: Option<Arc<TokioResolver>>,
     pub dns_timeout: Duration,
+    /// The spam analyzers' shared state (the live Bayes model).
+    pub spam: Arc<crate::spam::Spam>,
 }
 
 impl HostServices {
@@ -27,6 +29,7 @@ impl HostServices {
             store: None,
             resolver: None,
             dns_timeout: Duration::from_secs(2),
+            spam: Default::default(),
         })
     }
 

@@ -78,6 +78,7 @@ fn new_state(
     manifest: &Manifest,
     host: &Arc<HostServices>,
     regexes: &Arc<RegexCache>,
+    keywords: &Arc<crate::spam::keywords::Rules>,
 ) -> Result<State, String> {
     let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE;
     let lua = Lua::new_with(libs, LuaOptions::default()).map_err(|e| lua_error(&e))?;
@@ -109,7 +110,7 @@ fn new_state(
             }
             Ok(VmState::Continue)
         })?;
-        install_host_table(&lua, name, manifest, host, regexes, &budget)?;
+        install_host_table(&lua, name, manifest, host, regexes, keywords, &budget)?;
         lua.set_memory_limit((manifest.memory_mb as usize) << 20)?;
         Ok(())
     })()
@@ -129,6 +130,7 @@ fn install_host_table(
     manifest: &Manifest,
     host: &Arc<HostServices>,
     regexes: &Arc<RegexCache>,
+    keywords: &Arc<crate::spam::keywords::Rules>,
     budget: &Arc<Budget>,
 ) -> mlua::Result<()> {
     let t = lua.create_table()?;
@@ -198,6 +200,61 @@ fn install_host_table(
     t.set(
         "kv_del",
         lua.create_function(move |_, key: String| h.kv_del(&n, &key).map_err(mlua::Error::runtime))?,
+    )?;
+    let h = host.clone();
+    t.set(
+        "bayes",
+        lua.create_function(move |lua, msg: mlua::AnyUserData| {
+            let m = msg.borrow::<LuaMessage>()?;
+            let Some(j) = crate::spam::bayes(&h.spam, &m.0) else {
+                return Ok(Value::Nil);
+            };
+            let out = lua.create_table()?;
+            out.raw_set("probability", j.probability)?;
+            let top = lua.create_table_with_capacity(j.top.len(), 0)?;
+            for (i, (token, weight)) in j.top.iter().enumerate() {
+                let e = lua.create_table()?;
+                e.raw_set("token", token.as_str())?;
+                e.raw_set("weight", *weight)?;
+                top.raw_set(i + 1, e)?;
+            }
+            out.raw_set("tokens", top)?;
+            Ok(Value::Table(out))
+        })?,
+    )?;
+    let rules = keywords.clone();
+    t.set(
+        "keywords",
+        lua.create_function(move |lua, msg: mlua::AnyUserData| {
+            let m = msg.borrow::<LuaMessage>()?;
+            let hits = rules.matches(&m.0);
+            let out = lua.create_table_with_capacity(hits.len(), 0)?;
+            for (i, h) in hits.iter().enumerate() {
+                let e = lua.create_table()?;
+                e.raw_set("name", h.name.as_str())?;
+                e.raw_set("score", h.score)?;
+                e.raw_set("group", h.group.as_str())?;
+                e.raw_set("description", h.description.as_str())?;
+                out.raw_set(i + 1, e)?;
+            }
+            Ok(out)
+        })?,
+    )?;
+    t.set(
+        "letters",
+        lua.create_function(move |lua, msg: mlua::AnyUserData| {
+            let m = msg.borrow::<LuaMessage>()?;
+            let found = crate::spam::letters::analyze(&m.0);
+            let out = lua.create_table_with_capacity(found.len(), 0)?;
+            for (i, f) in found.iter().enumerate() {
+                let e = lua.create_table()?;
+                e.raw_set("name", f.name)?;
+                e.raw_set("count", f.count)?;
+                e.raw_set("example", f.example.as_str())?;
+                out.raw_set(i + 1, e)?;
+            }
+            Ok(out)
+        })?,
     )?;
     t.set("now", lua.create_function(|_, ()| Ok(crate::store::now_secs()))?)?;
     t.set("config", lua.to_value(&manifest.config)?)?;
@@ -340,9 +397,18 @@ impl LuaPlugin {
             .unwrap_or_default();
         let shown = path.display();
         let regexes = Arc::new(RegexCache::default());
+        // Keyword rule folders named in the manifest (`keyword_dirs`, relative to the
+        // policy's folder), compiled once per load for every state.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let dirs: Vec<std::path::PathBuf> = match manifest.config.get("keyword_dirs") {
+            Some(toml::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).map(|d| base.join(d)).collect(),
+            Some(_) => return Err(format!("{shown}: keyword_dirs must be a list of folder names")),
+            None => Vec::new(),
+        };
+        let keywords = Arc::new(crate::spam::keywords::Rules::load(&dirs).map_err(|e| format!("{shown}: {e}"))?);
         let mut pool = Vec::with_capacity(states.max(1));
         for _ in 0..states.max(1) {
-            pool.push(new_state(&name, path, source, &manifest, host, &regexes)?);
+            pool.push(new_state(&name, path, source, &manifest, host, &regexes, &keywords)?);
         }
         let first = &pool[0].lua;
         let g = first.globals();

@@ -346,6 +346,11 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The host services every policy of this engine uses (the live spam model, DNS, store).
+    pub fn host(&self) -> &Arc<HostServices> {
+        &self.host
+    }
+
     /// Loads the directory; an error here stops the server from starting.
     pub fn new(dir: &Path, host: Arc<HostServices>, states: usize) -> Result<Engine, String> {
         let set = PolicySet::load(dir, &host, states)?;

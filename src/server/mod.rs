@@ -91,6 +91,7 @@ pub async fn start(config: Config) -> Result<Running> {
         store: Some(store.clone()),
         resolver,
         dns_timeout: Duration::from_millis(config.dns.timeout_ms),
+        spam: Arc::new(crate::spam::Spam::load(&*store)),
     });
     let engine = Arc::new(
         crate::hooks::Engine::new(&config.policies.dir, host, config.policies.lua_states)
@@ -153,6 +154,13 @@ pub async fn start(config: Config) -> Result<Running> {
             config.policies.dir.display()
         );
     }
+    let learner = tokio::spawn(crate::spam::learner(
+        shared.engine.host().spam.clone(),
+        store.clone(),
+        config.clone(),
+        shared.learn.subscribe(),
+        shutdown_rx.clone(),
+    ));
     let admin = crate::admin::server::serve(&config, store.clone(), Some(engine.clone()), shutdown_rx.clone()).await?;
     drop(alive);
 
@@ -172,6 +180,7 @@ pub async fn start(config: Config) -> Result<Running> {
             tracing::warn!("sessions still running after the grace period; closing them");
         }
         admin.abort();
+        let _ = learner.await;
         if let Err(e) = store.checkpoint().await {
             tracing::error!("final checkpoint failed: {e}");
         }

@@ -12,4 +12,5 @@ mod smtp;
 mod smtp_clients;
 mod smtp_limits;
 mod smtp_tls;
+mod spam;
 mod wasm;

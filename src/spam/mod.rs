@@ -1,0 +1,347 @@
+//! Spam analyzers the policies call (the `mailgate` host table), the Bayes model's life
+//! cycle (train, persist in the store, swap live), learning from users' Junk moves, and the
+//! corpus tools behind `mailgate spam train|classify|eval`.
+
+pub mod bayes;
+pub mod keywords;
+pub mod letters;
+pub mod tokens;
+
+use crate::hooks::contract::Message;
+use crate::store::{BlobId, MailStore};
+use arc_swap::ArcSwapOption;
+use bayes::{Counts, Model};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Where the model's counts live in the store's key-value tree.
+pub const MODEL_KEY: &str = "spam/bayes/counts";
+
+fn learned_key(blob: &BlobId) -> String {
+    let hex: String = blob.iter().map(|b| format!("{b:02x}")).collect();
+    format!("spam/bayes/learned/{hex}")
+}
+
+/// The live spam state shared by every policy.
+#[derive(Default)]
+pub struct Spam {
+    model: ArcSwapOption<Model>,
+    /// Serialises learning (read-modify-write of the counts).
+    learning: Mutex<()>,
+    /// Counts user judgements handled (learned or found already learned), for anyone who
+    /// waits for the learner.
+    handled: tokio::sync::watch::Sender<u64>,
+}
+
+impl Spam {
+    /// The model stored in `store`, if one was trained.
+    pub fn load(store: &dyn MailStore) -> Spam {
+        let spam = Spam::default();
+        match store.kv_get(MODEL_KEY) {
+            Ok(Some(bytes)) => match Counts::decode(&bytes).map(Model::new) {
+                Some(Ok(m)) => spam.model.store(Some(Arc::new(m))),
+                Some(Err(e)) => tracing::warn!("Bayes model not usable: {e}"),
+                None => tracing::warn!("Bayes model in the store is corrupt; ignored"),
+            },
+            Ok(None) => tracing::info!("no Bayes model trained yet (`mailgate spam train`)"),
+            Err(e) => tracing::warn!("reading the Bayes model: {e}"),
+        }
+        spam
+    }
+
+    pub fn handled(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.handled.subscribe()
+    }
+
+    pub fn model(&self) -> Option<Arc<Model>> {
+        self.model.load_full()
+    }
+
+    pub fn set_model(&self, m: Option<Model>) {
+        self.model.store(m.map(Arc::new));
+    }
+
+    /// Learns one message a user judged (`spam` true: into Junk). The same message is never
+    /// learned twice in one direction; the other direction unlearns it first.
+    pub fn learn_message(&self, store: &dyn MailStore, blob: &BlobId, raw: &[u8], spam: bool) -> Result<bool, String> {
+        let _guard = self.learning.lock().unwrap_or_else(|p| p.into_inner());
+        let key = learned_key(blob);
+        let before = store.kv_get(&key).map_err(|e| e.to_string())?;
+        let want: &[u8] = if spam { b"s" } else { b"h" };
+        if before.as_deref() == Some(want) {
+            return Ok(false);
+        }
+        // Users refine a trained model; a handful of moves is no model of its own.
+        let Some(stored) = store.kv_get(MODEL_KEY).map_err(|e| e.to_string())? else {
+            return Err("no Bayes model trained yet (`mailgate spam train`); judgement not learned".into());
+        };
+        let mut counts = Counts::decode(&stored).ok_or("stored Bayes model is corrupt")?;
+        let feats = tokens::features(&crate::hooks::parse_message(raw), counts.features);
+        if let Some(old) = before {
+            let class = if old == b"s" { bayes::SPAM } else { bayes::HAM };
+            counts.learn(class, &feats, -1);
+        }
+        counts.learn(if spam { bayes::SPAM } else { bayes::HAM }, &feats, 1);
+        store
+            .kv_set(MODEL_KEY, Some(&counts.encode()))
+            .map_err(|e| e.to_string())?;
+        store.kv_set(&key, Some(want)).map_err(|e| e.to_string())?;
+        match Model::new(counts) {
+            Ok(m) => self.set_model(Some(m)),
+            Err(e) => tracing::debug!("Bayes model not ready yet: {e}"),
+        }
+        Ok(true)
+    }
+}
+
+/// Learns from users' Junk moves until the sink closes (see `imap::LearnEvent`).
+pub async fn learner(
+    spam: Arc<Spam>,
+    store: Arc<dyn MailStore>,
+    config: Arc<crate::config::Config>,
+    mut events: tokio::sync::broadcast::Receiver<crate::imap::LearnEvent>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        // Ends with the server, so the store it holds is released for the final checkpoint.
+        let next = tokio::select! {
+            r = events.recv() => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let ev = match next {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!("spam learner fell behind; {n} judgements not learned");
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        let cfg = &config.spam;
+        let skip = !cfg.learn_from_users || cfg.learn_opt_out.iter().any(|a| a.eq_ignore_ascii_case(&ev.account));
+        if !skip {
+            let (spam2, store2) = (spam.clone(), store.clone());
+            let done = tokio::task::spawn_blocking(move || -> Result<bool, String> {
+                let raw = store2
+                    .blob(&ev.blob)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("message no longer stored")?;
+                spam2.learn_message(&*store2, &ev.blob, &raw, ev.spam)
+            })
+            .await;
+            // The counts live in the key-value tree: make them durable now (a large value left
+            // for sled's drop-time flush can stall a shutdown).
+            if let Err(e) = store.checkpoint().await {
+                tracing::warn!("saving the learned Bayes model: {e}");
+            }
+            match done {
+                Ok(Ok(learned)) => tracing::info!(
+                    account = ev.account,
+                    spam = ev.spam,
+                    learned,
+                    "learned from a Junk move"
+                ),
+                Ok(Err(e)) => tracing::warn!(account = ev.account, "learning from a Junk move: {e}"),
+                Err(e) => tracing::error!("spam learner: {e}"),
+            }
+        }
+        spam.handled.send_modify(|n| *n += 1);
+    }
+}
+
+/// The Bayes judgement of a message, when a model exists.
+pub fn bayes(spam: &Spam, m: &Message) -> Option<bayes::Judgement> {
+    spam.model().map(|model| model.judge(m))
+}
+
+/// Messages of a corpus: every file under `dirs` (recursively), in name order. A file is one
+/// `.eml` message or an mbox of several.
+pub fn corpus_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+        let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in rd {
+            let p = entry.map_err(|e| e.to_string())?.path();
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.is_file() {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        walk(d, &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The messages in one file, in wire form (CRLF, no mbox `From ` separator lines).
+pub fn messages_in(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let norm = crate::hooks::simulate::normalize_eml(bytes);
+    if !bytes.starts_with(b"From ") {
+        return vec![norm];
+    }
+    // An mbox: further messages start at "\r\n\r\nFrom " (normalize_eml dropped the first).
+    let mut out = Vec::new();
+    let mut rest: &[u8] = &norm;
+    while let Some(i) = memchr::memmem::find(rest, b"\r\n\r\nFrom ") {
+        out.push(rest[..i + 2].to_vec());
+        let after = &rest[i + 4..];
+        rest = memchr::memchr(b'\n', after).map(|j| &after[j + 1..]).unwrap_or(&[]);
+    }
+    if !rest.is_empty() {
+        out.push(rest.to_vec());
+    }
+    out
+}
+
+/// Is this file in the held-out part of a split? Deterministic in (seed, file name).
+pub fn held_out(path: &Path, seed: u64, fraction: f64) -> bool {
+    if fraction <= 0.0 {
+        return false;
+    }
+    let name = path.to_string_lossy();
+    let h = tokens::hash(&format!("{seed}:{name}"));
+    ((h % 10_000) as f64) < fraction * 10_000.0
+}
+
+/// Which files to use: all, or only those in (`held_out` = true) or out of the split.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct Split {
+    pub fraction: f64,
+    pub seed: u64,
+}
+
+pub fn select(files: Vec<PathBuf>, split: Option<Split>, want_held_out: bool) -> Vec<PathBuf> {
+    match split {
+        None => files,
+        Some(s) => files
+            .into_iter()
+            .filter(|p| held_out(p, s.seed, s.fraction) == want_held_out)
+            .collect(),
+    }
+}
+
+/// Trains on folders of spam and ham (adding to the stored model unless `reset`); returns
+/// the new counts and a one-line report.
+pub fn train(
+    store: &dyn MailStore,
+    spam_dirs: &[PathBuf],
+    ham_dirs: &[PathBuf],
+    split: Option<Split>,
+    reset: bool,
+    features: Option<usize>,
+) -> Result<(Counts, String), String> {
+    let mut counts = match (reset, store.kv_get(MODEL_KEY).map_err(|e| e.to_string())?) {
+        (false, Some(b)) => Counts::decode(&b).ok_or("stored Bayes model is corrupt; use --reset")?,
+        _ => Counts::new(features.unwrap_or(bayes::DEFAULT_FEATURES)),
+    };
+    let mut n = [0usize; 2];
+    for (class, dirs) in [(bayes::SPAM, spam_dirs), (bayes::HAM, ham_dirs)] {
+        for f in select(corpus_files(dirs)?, split, false) {
+            let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            for raw in messages_in(&bytes) {
+                let feats = tokens::features(&crate::hooks::parse_message(&raw), counts.features);
+                counts.learn(class, &feats, 1);
+                n[class] += 1;
+            }
+        }
+    }
+    store
+        .kv_set(MODEL_KEY, Some(&counts.encode()))
+        .map_err(|e| e.to_string())?;
+    let report = format!(
+        "trained on {} spam and {} ham; the model now has {} spam and {} ham ({} features)\n",
+        n[bayes::SPAM],
+        n[bayes::HAM],
+        counts.docs[bayes::SPAM],
+        counts.docs[bayes::HAM],
+        counts.features
+    );
+    Ok((counts, report))
+}
+
+/// Precision, recall and the rest for a set of verdicts.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Metrics {
+    pub messages: usize,
+    pub true_positives: usize,
+    pub false_positives: usize,
+    pub true_negatives: usize,
+    pub false_negatives: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub fpr: f64,
+    pub accuracy: f64,
+    pub msgs_per_s: f64,
+    pub cpu_ms_per_msg: f64,
+}
+
+impl Metrics {
+    pub fn add(&mut self, is_spam: bool, said_spam: bool) {
+        self.messages += 1;
+        match (is_spam, said_spam) {
+            (true, true) => self.true_positives += 1,
+            (false, true) => self.false_positives += 1,
+            (false, false) => self.true_negatives += 1,
+            (true, false) => self.false_negatives += 1,
+        }
+    }
+
+    pub fn finish(&mut self, secs: f64, cpu_secs: f64) {
+        let (tp, fp, tn, fneg) = (
+            self.true_positives as f64,
+            self.false_positives as f64,
+            self.true_negatives as f64,
+            self.false_negatives as f64,
+        );
+        let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        self.precision = div(tp, tp + fp);
+        self.recall = div(tp, tp + fneg);
+        self.f1 = div(2.0 * self.precision * self.recall, self.precision + self.recall);
+        self.fpr = div(fp, fp + tn);
+        self.accuracy = div(tp + tn, tp + tn + fp + fneg);
+        self.msgs_per_s = div(self.messages as f64, secs);
+        self.cpu_ms_per_msg = div(cpu_secs * 1000.0, self.messages as f64);
+    }
+}
+
+/// CPU time this process has used, in seconds.
+pub fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_files_split_into_messages() {
+        let mbox = b"From a@b Mon Jan  1 00:00:00 2024\nSubject: one\n\nbody\n\nFrom c@d Tue Jan  2 00:00:00 2024\nSubject: two\n\nx\n";
+        let msgs = messages_in(mbox);
+        assert_eq!(msgs.len(), 2);
+        assert_eq!(msgs[0], b"Subject: one\r\n\r\nbody\r\n");
+        assert_eq!(msgs[1], b"Subject: two\r\n\r\nx\r\n");
+        assert_eq!(
+            messages_in(b"Subject: x\n\ny\n"),
+            vec![b"Subject: x\r\n\r\ny\r\n".to_vec()]
+        );
+        let p = Path::new("a/b.eml");
+        assert_eq!(held_out(p, 1, 0.3), held_out(p, 1, 0.3));
+        let mut m = Metrics::default();
+        for (s, said) in [(true, true), (true, false), (false, false), (false, true)] {
+            m.add(s, said);
+        }
+        m.finish(1.0, 0.5);
+        assert_eq!((m.precision, m.recall, m.fpr), (0.5, 0.5, 0.5));
+    }
+}

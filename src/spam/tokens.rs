@@ -1,0 +1,272 @@
+//! Bayes tokens: what the classifier sees of a message.
+//!
+//! Words and word pairs of the body text and Subject, header-prefixed tokens from the
+//! fields that describe the sender and the message (From, Reply-To, Subject, Content-Type,
+//! Message-ID, mailer, list headers), header names, and URL hosts. Headers that only reflect
+//! where a message was collected (Received hops, Delivered-To, Return-Path, X-Keywords,
+//! status and filter headers, ours included) are left out: they would teach the filter
+//! the collector, not the mail (see the corpus README's warnings).
+//!
+//! Each distinct token counts once per message (presence, not frequency: a word repeated
+//! fifty times in one spam should not outweigh fifty messages).
+
+use crate::hooks::contract::Message;
+use std::collections::HashSet;
+
+/// Longest word kept; longer runs are split into this size (base64 blobs, hashes).
+const MAX_WORD: usize = 24;
+/// Body words looked at per message (the start carries the signal; 300 KB spam is not
+/// three hundred times more informative).
+const MAX_BODY_WORDS: usize = 3000;
+
+/// Headers whose names and values say nothing about the message itself.
+const IGNORED_HEADERS: [&str; 16] = [
+    "received",
+    "delivered-to",
+    "return-path",
+    "x-keywords",
+    "status",
+    "x-status",
+    "x-uid",
+    "x-spam-flag",
+    "x-spam-score",
+    "x-spam-symbols",
+    "x-spam-status",
+    "x-spam-level",
+    "x-spam-checker-version",
+    "x-mailgate-trace",
+    "x-loop",
+    "envelope-to",
+];
+
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !(c.is_alphanumeric() || matches!(c, '$' | '\'' | '-' | '!' | '€' | '£')))
+        .map(|w| w.trim_matches(|c| c == '\'' || c == '-'))
+        .filter(|w| w.chars().count() >= 2)
+        .flat_map(|w| {
+            let lower = w.to_lowercase();
+            let chars: Vec<char> = lower.chars().collect();
+            chars
+                .chunks(MAX_WORD)
+                .map(|c| c.iter().collect::<String>())
+                .collect::<Vec<_>>()
+        })
+}
+
+fn domain_of(addr: &str) -> &str {
+    addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+/// The registrable-looking tail of a host (`mail.example.co.uk` → `co.uk` is wrong but
+/// rare enough; two labels is what Bayes needs).
+fn tail2(host: &str) -> &str {
+    let mut dots = host.rmatch_indices('.');
+    dots.next();
+    match dots.next() {
+        Some((i, _)) => &host[i + 1..],
+        None => host,
+    }
+}
+
+/// Address inside `Name <addr>` (or the value itself).
+fn address_in(value: &str) -> String {
+    let v = match (value.rfind('<'), value.rfind('>')) {
+        (Some(a), Some(b)) if b > a => &value[a + 1..b],
+        _ => value,
+    };
+    v.trim().trim_matches('"').to_ascii_lowercase()
+}
+
+/// URL hosts in text (`http://`, `https://`, `www.`).
+pub fn url_hosts(text: &str) -> Vec<String> {
+    let lower = text.to_ascii_lowercase();
+    let mut out = Vec::new();
+    for marker in ["http://", "https://", "www."] {
+        let mut rest = lower.as_str();
+        while let Some(i) = rest.find(marker) {
+            let after = &rest[i + if marker == "www." { 0 } else { marker.len() }..];
+            let host: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+                .collect();
+            let host = host.trim_matches('.').to_string();
+            if host.contains('.') && !out.contains(&host) {
+                out.push(host);
+            }
+            rest = &rest[i + marker.len()..];
+        }
+    }
+    out
+}
+
+/// The token set of a message.
+pub fn tokens(m: &Message) -> HashSet<String> {
+    let mut t = HashSet::new();
+    let mut add = |s: String| {
+        t.insert(s);
+    };
+    // Subject (decoded): words and pairs.
+    let subject: Vec<String> = words(&m.subject).collect();
+    for w in &subject {
+        add(format!("s:{w}"));
+    }
+    for p in subject.windows(2) {
+        add(format!("s:{} {}", p[0], p[1]));
+    }
+    if m.subject.is_empty() {
+        add("s:<none>".into());
+    }
+    // Headers.
+    for h in &m.headers {
+        let name = h.name.to_ascii_lowercase();
+        if IGNORED_HEADERS.contains(&name.as_str()) || name.starts_with("x-spam") {
+            continue;
+        }
+        add(format!("hn:{name}"));
+        let v = h.value.as_str();
+        match name.as_str() {
+            "from" | "reply-to" | "sender" => {
+                let addr = address_in(v);
+                let d = domain_of(&addr).to_string();
+                let tag = &name[..1];
+                add(format!("{tag}:{addr}"));
+                add(format!("{tag}d:{d}"));
+                add(format!("{tag}d2:{}", tail2(&d)));
+                for w in words(v.split('<').next().unwrap_or("")) {
+                    add(format!("{tag}n:{w}"));
+                }
+            }
+            "to" | "cc" => {
+                let n = v.matches('@').count();
+                add(format!("{name}:count{}", n.min(10)));
+            }
+            "message-id" => {
+                let addr = address_in(v);
+                add(format!("mid:{}", tail2(domain_of(&addr))));
+                let local = addr.split('@').next().unwrap_or("");
+                let shape: String = local
+                    .chars()
+                    .map(|c| match c {
+                        '0'..='9' => '9',
+                        'a'..='z' => 'a',
+                        'A'..='Z' => 'A',
+                        other => other,
+                    })
+                    .collect::<String>()
+                    .chars()
+                    .take(12)
+                    .collect();
+                add(format!("mids:{shape}"));
+            }
+            "content-type"
+            | "content-transfer-encoding"
+            | "x-mailer"
+            | "user-agent"
+            | "mime-version"
+            | "precedence"
+            | "importance"
+            | "x-priority"
+            | "x-msmail-priority" => {
+                for w in words(v).take(8) {
+                    add(format!("{name}:{w}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    // Body text: words, pairs, URL hosts.
+    let body: Vec<String> = words(&m.text).take(MAX_BODY_WORDS).collect();
+    for w in &body {
+        add(w.clone());
+    }
+    for p in body.windows(2) {
+        add(format!("{} {}", p[0], p[1]));
+    }
+    for host in url_hosts(&m.text) {
+        add(format!("u:{}", tail2(&host)));
+        add(format!("uh:{host}"));
+    }
+    let n = body.len();
+    add(format!(
+        "len:{}",
+        match n {
+            0 => "0",
+            1..=20 => "xs",
+            21..=100 => "s",
+            101..=400 => "m",
+            401..=1500 => "l",
+            _ => "xl",
+        }
+    ));
+    add(format!("att:{}", m.attachments.min(3)));
+    t
+}
+
+/// FNV-1a, 64 bit: a stable hash (the model on disk must mean the same after a rebuild).
+pub fn hash(token: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in token.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Feature indices of a message for a model of `features` buckets, sorted and distinct.
+pub fn features(m: &Message, features: usize) -> Vec<u32> {
+    let mut v: Vec<u32> = tokens(m).iter().map(|t| (hash(t) % features as u64) as u32).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::contract::Header;
+
+    #[test]
+    fn tokens_of_a_message() {
+        let m = Message {
+            subject: "Cheap Meds now".into(),
+            from: "x@pharma.example".into(),
+            headers: vec![
+                Header {
+                    name: "From".into(),
+                    value: "Best Deals <x@mail.pharma.example>".into(),
+                },
+                Header {
+                    name: "Received".into(),
+                    value: "from collector.example".into(),
+                },
+                Header {
+                    name: "X-Keywords".into(),
+                    value: "".into(),
+                },
+            ],
+            text: "Visit http://shop.pharma.example/buy now!!! BUY".into(),
+            ..Message::default()
+        };
+        let t = tokens(&m);
+        for want in [
+            "s:cheap",
+            "s:cheap meds",
+            "f:x@mail.pharma.example",
+            "fd2:pharma.example",
+            "fn:best",
+            "uh:shop.pharma.example",
+            "visit",
+            "buy",
+            "hn:from",
+        ] {
+            assert!(t.contains(want), "{want} missing from {t:?}");
+        }
+        assert!(
+            !t.iter().any(|x| x.contains("collector") || x.contains("x-keywords")),
+            "{t:?}"
+        );
+        assert_eq!(hash("a"), 0xaf63dc4c8601ec8c);
+        let f = features(&m, 1024);
+        assert!(f.windows(2).all(|w| w[0] < w[1]) && f.iter().all(|&i| i < 1024));
+    }
+}

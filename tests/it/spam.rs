@@ -1,0 +1,238 @@
+//! Spam policies end to end: the shipped Bayes policy through SMTP, learning from Junk moves
+//! over IMAP, greylisting, and the `mailgate spam` CLI. Every message is synthetic.
+
+use crate::common::*;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const BAYES_LUA: &str = include_str!("../../policies/50-bayes.lua");
+const BAYES_TOML: &str = include_str!("../../policies/50-bayes.toml");
+const GREYLIST_LUA: &str = include_str!("../../policies/90-greylist.lua");
+const KEYWORDS_LUA: &str = include_str!("../../policies/30-keywords.lua");
+const KEYWORDS_TOML: &str = include_str!("../../policies/30-keywords.toml");
+const KEYWORDS_RULES: &str = include_str!("../../policies/keywords/00-shipped.toml");
+const LETTERS_LUA: &str = include_str!("../../policies/40-letters.lua");
+const LETTERS_TOML: &str = include_str!("../../policies/40-letters.toml");
+
+const SPAM_WORDS: [&str; 12] = [
+    "cheap",
+    "pills",
+    "pharmacy",
+    "discount",
+    "casino",
+    "bonus",
+    "winner",
+    "prize",
+    "viagra",
+    "mortgage",
+    "refinance",
+    "unsubscribe",
+];
+const HAM_WORDS: [&str; 12] = [
+    "meeting", "project", "schedule", "review", "lunch", "team", "notes", "agenda", "thursday", "report", "budget",
+    "draft",
+];
+
+fn synthetic(words: &[&str], i: usize, subject: &str) -> String {
+    let pick: Vec<&str> = (0..8).map(|k| words[(i * 7 + k * 5) % words.len()]).collect();
+    format!(
+        "From: sender{i}@example.org\r\nTo: alice@localhost\r\nSubject: {subject} {}\r\nMessage-ID: <{i}.{subject}@example.org>\r\n\r\n{}\r\n",
+        pick[0],
+        pick.join(" ")
+    )
+}
+
+fn spam_msg(i: usize) -> String {
+    synthetic(&SPAM_WORDS, i, "Offer")
+}
+
+fn ham_msg(i: usize) -> String {
+    synthetic(&HAM_WORDS, i, "Hello")
+}
+
+/// A corpus of `n` synthetic messages of each kind in `dir/spam` and `dir/ham` (LF endings,
+/// one with an mbox From line, as real corpora have).
+fn write_corpus(dir: &Path, n: usize) {
+    for (kind, make) in [("spam", spam_msg as fn(usize) -> String), ("ham", ham_msg)] {
+        std::fs::create_dir_all(dir.join(kind)).unwrap();
+        for i in 0..n {
+            let mut text = make(i).replace("\r\n", "\n");
+            if i == 0 {
+                text = format!("From someone@example.org Mon Jan  1 00:00:00 2024\n{text}");
+            }
+            std::fs::write(dir.join(kind).join(format!("{i:03}.eml")), text).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn bayes_policy_tags_spam_and_junk_moves_train_it() {
+    let s = start_with_policies(&[("50-bayes.lua", BAYES_LUA), ("50-bayes.toml", BAYES_TOML)], |_| {}).await;
+    let corpus = tempfile::tempdir().unwrap();
+    write_corpus(corpus.path(), 30);
+    let (counts, report) = mailgate::spam::train(
+        &**s.store(),
+        &[corpus.path().join("spam")],
+        &[corpus.path().join("ham")],
+        None,
+        true,
+        Some(1 << 14),
+    )
+    .unwrap();
+    assert!(report.contains("trained on 30 spam and 30 ham"), "{report}");
+    let spam_state = s.running.shared.engine.host().spam.clone();
+    spam_state.set_model(Some(mailgate::spam::bayes::Model::new(counts).unwrap()));
+
+    // Held-back messages (indices never trained) through a real SMTP session.
+    let mut c = greeted(s.smtp).await;
+    for (i, m) in [(100, spam_msg(100)), (101, ham_msg(101))] {
+        let r = send_mail(&mut c, "x@example.org", &["alice@localhost"], &m).await;
+        assert!(r.starts_with("250"), "{i}: {r}");
+    }
+    let texts = s.texts("alice@localhost", "INBOX");
+    assert_eq!(texts.len(), 2);
+    assert!(
+        texts[0].contains("X-Spam-Flag: YES") && texts[0].contains("BAYES_99"),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        !texts[1].contains("X-Spam-Flag") && texts[1].contains("BAYES_00"),
+        "{}",
+        texts[1]
+    );
+
+    // The user moves the ham one into Junk: it is learned as spam, once.
+    let mut handled = spam_state.handled();
+    let tcp = tokio::net::TcpStream::connect(s.imap).await.unwrap();
+    let mut imap = BufReader::new(tcp);
+    let mut line = String::new();
+    imap.read_line(&mut line).await.unwrap();
+    for (tag, cmd) in [
+        ("a", format!("LOGIN alice@localhost {PASSWORD}")),
+        ("b", "SELECT INBOX".into()),
+        ("c", "COPY 2 Junk".into()),
+        ("d", "COPY 2 Junk".into()),
+    ] {
+        imap.get_mut()
+            .write_all(format!("{tag} {cmd}\r\n").as_bytes())
+            .await
+            .unwrap();
+        loop {
+            line.clear();
+            imap.read_line(&mut line).await.unwrap();
+            if line.starts_with(&format!("{tag} ")) {
+                assert!(line.starts_with(&format!("{tag} OK")), "{cmd}: {line}");
+                break;
+            }
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), handled.wait_for(|n| *n >= 2))
+        .await
+        .expect("learner handles both moves")
+        .unwrap();
+    let counts =
+        mailgate::spam::bayes::Counts::decode(&s.store().kv_get(mailgate::spam::MODEL_KEY).unwrap().unwrap()).unwrap();
+    assert_eq!(counts.docs, [30, 31], "learned as spam exactly once");
+}
+
+/// Delivers a suspect message and a clean one to alice; returns both as stored.
+async fn suspect_and_clean(s: &TestServer, subject: &str, body: &str) -> Vec<String> {
+    for (subject, body) in [(subject, body), ("Lunch", "see you at noon")] {
+        let r = transact(s, "x@example.org", &["alice@localhost"], subject, body).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    s.texts("alice@localhost", "INBOX")
+}
+
+#[tokio::test]
+async fn letters_policy_scores_obfuscation() {
+    let s = start_with_policies(
+        &[("40-letters.lua", LETTERS_LUA), ("40-letters.toml", LETTERS_TOML)],
+        |_| {},
+    )
+    .await;
+    let texts = suspect_and_clean(&s, "Cheap V1@gr@ t0day", "buy c1al1s").await;
+    assert!(texts[0].contains("OBFUSCATED_SUBJECT"), "{}", texts[0]);
+    assert!(!texts[1].contains("OBFUSCATED"), "{}", texts[1]);
+}
+
+#[tokio::test]
+async fn greylisting_tempfails_a_new_triplet_then_lets_the_retry_through() {
+    let toml = "on_error = \"continue\"\n[config]\nenabled = true\ndelay_secs = 0\n";
+    let s = start_with_policies(&[("90-greylist.lua", GREYLIST_LUA), ("90-greylist.toml", toml)], |_| {}).await;
+    let mut c = greeted(s.smtp).await;
+    c.cmd("MAIL FROM:<new@example.org>", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "451 4.7.1").await;
+    c.cmd("RSET", "250").await;
+    // The retry (same /24, sender, recipient) passes; another recipient is new again.
+    c.cmd("MAIL FROM:<new@example.org>", "250").await;
+    c.cmd("RCPT TO:<alice@localhost>", "250").await;
+    c.cmd("RCPT TO:<bob@localhost>", "451").await;
+}
+
+#[test]
+fn spam_cli_trains_evaluates_and_classifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_child_config(dir.path());
+    write_policies(
+        &dir.path().join("policies"),
+        &[("50-bayes.lua", BAYES_LUA), ("50-bayes.toml", BAYES_TOML)],
+    );
+    write_corpus(&dir.path().join("corpus"), 40);
+    let (spam, ham) = (dir.path().join("corpus/spam"), dir.path().join("corpus/ham"));
+    let (spam, ham) = (spam.to_str().unwrap(), ham.to_str().unwrap());
+    let split = ["--holdout", "0.25", "--seed", "7"];
+    let mut args = vec!["spam", "train", "--spam", spam, "--ham", ham, "--features", "16384"];
+    args.extend(split);
+    let (code, out, err) = cli(&config, &args, "");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("trained on") && !out.contains("trained on 40 spam"),
+        "holdout left some out: {out}"
+    );
+    let mut args = vec!["spam", "eval", "--spam", spam, "--ham", ham, "--json"];
+    args.extend(split);
+    let (code, out, err) = cli(&config, &args, "");
+    assert_eq!(code, 0, "{out}{err}");
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    for key in ["precision", "recall", "f1", "fpr", "messages", "msgs_per_s"] {
+        assert!(m.get(key).is_some(), "{key} in {m}");
+    }
+    let n = m["messages"].as_u64().unwrap();
+    assert!(n > 0 && n < 80, "only the held-out part is scored: {m}");
+    assert_eq!(m["f1"].as_f64(), Some(1.0), "{m}");
+    let (code, out, _) = cli(&config, &["spam", "classify"], &spam_msg(500));
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().starts_with("spam "), "{out}");
+    assert!(out.contains("symbol BAYES_99"), "{out}");
+    let (_, out, _) = cli(&config, &["spam", "classify"], &ham_msg(501));
+    assert!(out.lines().next().unwrap().starts_with("ham "), "{out}");
+    assert!(out.contains("token "), "{out}");
+}
+
+#[tokio::test]
+async fn keyword_rules_fire_with_operator_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("policies");
+    write_policies(
+        &p,
+        &[("30-keywords.lua", KEYWORDS_LUA), ("30-keywords.toml", KEYWORDS_TOML)],
+    );
+    write_policies(&p.join("keywords"), &[("00-shipped.toml", KEYWORDS_RULES)]);
+    // The operator switches one shipped rule off.
+    write_policies(
+        &p.join("keywords.local"),
+        &[(
+            "10-mine.toml",
+            "[[rule]]\nname = \"REMOVE_ME_LIST\"\npattern = 'x'\nscore = 0\n",
+        )],
+    );
+    let s = start_in(dir, |_| {}).await;
+    let body = "Order from our online pharmacy. To be removed from this list reply STOP.";
+    let texts = suspect_and_clean(&s, "deal", body).await;
+    assert!(texts[0].contains("PHARMA_WORDS"), "{}", texts[0]);
+    assert!(!texts[0].contains("REMOVE_ME_LIST"), "overridden off: {}", texts[0]);
+    assert!(!texts[1].contains("PHARMA_WORDS"), "{}", texts[1]);
+}
