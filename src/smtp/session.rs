@@ -824,13 +824,14 @@ impl Session {
         let mut delivered = 0;
         let now = now_secs();
         for (extra, targets) in groups {
-            let copy = if extra.is_empty() {
-                raw.clone()
+            // No added headers (the common case): deliver the received bytes without a copy.
+            let copy: std::borrow::Cow<[u8]> = if extra.is_empty() {
+                std::borrow::Cow::Borrowed(&raw)
             } else {
-                edit_headers(&raw, &extra, &[])
+                std::borrow::Cow::Owned(edit_headers(&raw, &extra, &[]))
             };
             if copy.len() >= BLOCKING_DELIVERY_SIZE {
-                let (s, t) = (store.clone(), targets.clone());
+                let (s, t, copy) = (store.clone(), targets.clone(), copy.into_owned());
                 tokio::task::spawn_blocking(move || s.deliver_to(&copy, now, &t))
                     .await
                     .map_err(|e| Stored::Failed(e.into()))?
