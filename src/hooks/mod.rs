@@ -297,6 +297,36 @@ impl PolicySet {
 }
 
 /// `X-Mailgate-Trace` value: `plugin=action[+score SYMBOLS](ms)` per call.
+/// What a mail client may see of a stored message, after the `on_fetch` policies.
+pub enum FetchView {
+    /// As stored (no policy wants `on_fetch`, or none changed it).
+    Unchanged,
+    /// With headers added or removed.
+    Edited(Vec<u8>),
+    /// Withheld (hide, reject, discard).
+    Hidden,
+    /// Not now (tempfail).
+    Later,
+}
+
+/// Runs the `on_fetch` chain for a POP3 or IMAP read of `raw` by `user` from `mailbox`.
+pub async fn on_fetch(set: &PolicySet, session: contract::Session, user: &str, mailbox: &str, raw: &[u8]) -> FetchView {
+    if !set.wants(Hook::Fetch, None) {
+        return FetchView::Unchanged;
+    }
+    let mut ev = Event::new(Hook::Fetch, session);
+    ev.user = Some(user.to_string());
+    ev.mailbox = Some(mailbox.to_string());
+    ev.message = Some(Arc::new(parse_message(raw)));
+    let out = set.run(Hook::Fetch, &mut ev).await;
+    match out.action {
+        Action::Hide | Action::Reject | Action::Discard => FetchView::Hidden,
+        Action::Tempfail => FetchView::Later,
+        _ if out.add_headers.is_empty() && out.remove_headers.is_empty() => FetchView::Unchanged,
+        _ => FetchView::Edited(edit_headers(raw, &out.add_headers, &out.remove_headers)),
+    }
+}
+
 pub fn trace_header(trace: &[TraceEntry]) -> String {
     let parts: Vec<String> = trace
         .iter()

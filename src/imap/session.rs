@@ -11,7 +11,7 @@ use super::search;
 use super::{LearnEvent, mime};
 use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
-use crate::hooks::{Action, Event, Hook};
+use crate::hooks::FetchView;
 use crate::server::Shared;
 use crate::server::conn::{Conn, Line, ReadError};
 use crate::store::{FlagOp, Flags, MailboxMeta, MessageMeta, StoreError, Target};
@@ -1214,32 +1214,18 @@ impl Session {
 
     /// The message as this client may see it (on-fetch policies may hide or edit it).
     async fn visible_body(&self, mailbox: &str, raw: Arc<Vec<u8>>) -> Result<Arc<Vec<u8>>, Fail> {
-        if !self.policies.wants(Hook::Fetch, None) {
-            return Ok(raw);
-        }
-        let mut ev = Event::new(
-            Hook::Fetch,
-            crate::hooks::contract::Session {
-                client_ip: self.peer.ip().to_string(),
-                helo: None,
-                tls: self.conn.is_tls(),
-                auth_user: self.user.clone(),
-                listener: "imap".into(),
-            },
-        );
-        ev.user = self.user.clone();
-        ev.mailbox = Some(mailbox.to_string());
-        ev.message = Some(Arc::new(crate::hooks::parse_message(&raw)));
-        let out = self.policies.run(Hook::Fetch, &mut ev).await;
-        match out.action {
-            Action::Hide | Action::Reject | Action::Discard => no("[UNAVAILABLE] Message withheld by policy"),
-            Action::Tempfail => no("[UNAVAILABLE] Message unavailable now; try later"),
-            _ if out.add_headers.is_empty() && out.remove_headers.is_empty() => Ok(raw),
-            _ => Ok(Arc::new(crate::hooks::edit_headers(
-                &raw,
-                &out.add_headers,
-                &out.remove_headers,
-            ))),
+        let session = crate::hooks::contract::Session {
+            client_ip: self.peer.ip().to_string(),
+            helo: None,
+            tls: self.conn.is_tls(),
+            auth_user: self.user.clone(),
+            listener: "imap".into(),
+        };
+        match crate::hooks::on_fetch(&self.policies, session, self.account(), mailbox, &raw).await {
+            FetchView::Unchanged => Ok(raw),
+            FetchView::Edited(b) => Ok(Arc::new(b)),
+            FetchView::Hidden => no("[UNAVAILABLE] Message withheld by policy"),
+            FetchView::Later => no("[UNAVAILABLE] Message unavailable now; try later"),
         }
     }
 

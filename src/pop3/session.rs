@@ -9,7 +9,7 @@
 use super::MaildropLock;
 use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
-use crate::hooks::{Action, Event, Hook};
+use crate::hooks::FetchView;
 use crate::server::Shared;
 use crate::server::conn::{Conn, Line, ReadError};
 use crate::store::{BlobId, MailboxId};
@@ -420,34 +420,25 @@ impl Session {
     /// The message as the client may see it: `on_fetch` policies can hide it or add headers.
     async fn body(&mut self, i: usize) -> Option<Vec<u8>> {
         let raw = self.stored_body(i)?;
-        if !self.policies.wants(Hook::Fetch, None) {
-            return Some(raw);
-        }
-        let mut ev = Event::new(
-            Hook::Fetch,
-            crate::hooks::contract::Session {
-                client_ip: self.peer.ip().to_string(),
-                helo: None,
-                tls: self.conn.is_tls(),
-                auth_user: Some(self.maildrop().account.clone()),
-                listener: "pop3".into(),
-            },
-        );
-        ev.user = Some(self.maildrop().account.clone());
-        ev.mailbox = Some("INBOX".into());
-        ev.message = Some(Arc::new(crate::hooks::parse_message(&raw)));
-        let out = self.policies.run(Hook::Fetch, &mut ev).await;
-        match out.action {
-            Action::Hide | Action::Reject | Action::Discard => {
+        let account = self.maildrop().account.clone();
+        let session = crate::hooks::contract::Session {
+            client_ip: self.peer.ip().to_string(),
+            helo: None,
+            tls: self.conn.is_tls(),
+            auth_user: Some(account.clone()),
+            listener: "pop3".into(),
+        };
+        match crate::hooks::on_fetch(&self.policies, session, &account, "INBOX", &raw).await {
+            FetchView::Unchanged => Some(raw),
+            FetchView::Edited(b) => Some(b),
+            FetchView::Hidden => {
                 self.err("Message unavailable (withheld by policy)");
                 None
             }
-            Action::Tempfail => {
+            FetchView::Later => {
                 self.err("[SYS/TEMP] Message unavailable now; try later");
                 None
             }
-            _ if out.add_headers.is_empty() && out.remove_headers.is_empty() => Some(raw),
-            _ => Some(crate::hooks::edit_headers(&raw, &out.add_headers, &out.remove_headers)),
         }
     }
 
