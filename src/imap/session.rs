@@ -35,6 +35,8 @@ struct Selected {
     msgs: Vec<Entry>,
     /// Highest MODSEQ this snapshot reflects.
     seen_modseq: u64,
+    /// A change was seen but could not be reported yet (EXPUNGE not allowed at that point).
+    pending: bool,
     watch: tokio::sync::watch::Receiver<u64>,
     /// SEARCH RETURN (SAVE) result, as uids.
     saved: Vec<u32>,
@@ -642,6 +644,7 @@ impl Session {
         let verb = if read_only { "EXAMINE" } else { "SELECT" };
         self.selected = Some(Selected {
             seen_modseq: mailbox.highestmodseq,
+            pending: false,
             mailbox,
             read_only,
             msgs,
@@ -654,7 +657,14 @@ impl Session {
 
     /// Brings the snapshot up to date and tells the client (EXISTS, EXPUNGE, FETCH FLAGS).
     fn sync(&mut self, expunge_ok: bool) {
-        let Some(sel) = &self.selected else { return };
+        let Some(sel) = self.selected.as_mut() else { return };
+        // The store signals every change set touching the mailbox: without one (or a report
+        // still owed), there is nothing to read. Marked seen before reading, so a change made
+        // while we read signals again.
+        if !sel.pending && !sel.watch.has_changed().unwrap_or(true) {
+            return;
+        }
+        sel.watch.borrow_and_update();
         let id = sel.mailbox.id;
         let current = match self.shared.store.mailbox_by_id(id) {
             Ok(Some(m)) => m,
@@ -670,6 +680,7 @@ impl Session {
             }
         };
         if current.highestmodseq == sel.seen_modseq {
+            sel.pending = false;
             return;
         }
         let Ok(fresh) = self.shared.store.messages(id) else {
@@ -694,7 +705,8 @@ impl Session {
             }
         }
         if !gone.is_empty() && !expunge_ok {
-            return; // reported at the next point where EXPUNGE is allowed
+            sel.pending = true; // reported at the next point where EXPUNGE is allowed
+            return;
         }
         let mut out = Vec::new();
         for (i, meta) in changed {
@@ -733,7 +745,7 @@ impl Session {
             out.push(format!("{} EXISTS", sel.msgs.len()));
         }
         sel.seen_modseq = current.highestmodseq;
-        sel.watch.borrow_and_update();
+        sel.pending = false;
         for line in out {
             self.untagged(&line);
         }
