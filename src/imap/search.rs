@@ -49,9 +49,7 @@ fn load_content(raw: &[u8]) -> Content {
     let mut headers = Vec::new();
     let mut body = String::new();
     let mut sent_day = None;
-    let header_end = memchr::memmem::find(raw, b"\r\n\r\n")
-        .map(|i| i + 4)
-        .unwrap_or(raw.len());
+    let header_end = super::mime::header_len(raw);
     for (name, value) in super::mime::fields(&raw[..header_end]) {
         headers.push((name.to_ascii_lowercase(), value));
     }

@@ -18,6 +18,9 @@ use linfa::prelude::*;
 use linfa_bayes::MultinomialNb;
 use ndarray::{Array1, Array2};
 
+/// Tokens a judgement names (the strongest, either way).
+const TOP_TOKENS: usize = 10;
+
 pub const HAM: usize = 0;
 pub const SPAM: usize = 1;
 
@@ -166,27 +169,22 @@ impl Model {
 
     /// Classifies a message.
     pub fn judge(&self, m: &Message) -> Judgement {
-        let toks = tokens::tokens(m);
-        let feats: Vec<u32> = {
-            let mut v: Vec<u32> = toks
-                .iter()
-                .map(|t| (tokens::hash(t) % self.features() as u64) as u32)
-                .collect();
-            v.sort_unstable();
-            v.dedup();
-            v
-        };
-        let probability = self.probability(&feats);
-        let mut top: Vec<(String, f64)> = toks
+        // Each token hashed once; its bucket serves the probability and the explanation.
+        let toks: Vec<(String, u32)> = tokens::tokens(m)
             .into_iter()
             .map(|t| {
-                let i = (tokens::hash(&t) % self.features() as u64) as usize;
-                let lo = self.log_odds(i);
-                (t, lo)
+                let b = tokens::bucket(&t, self.features());
+                (t, b)
             })
             .collect();
-        top.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
-        top.truncate(10);
+        let probability = self.probability(&tokens::distinct(toks.iter().map(|t| t.1).collect()));
+        let mut top: Vec<(String, f64)> = toks.into_iter().map(|(t, b)| (t, self.log_odds(b as usize))).collect();
+        let by_strength = |a: &(String, f64), b: &(String, f64)| b.1.abs().total_cmp(&a.1.abs());
+        if top.len() > TOP_TOKENS {
+            top.select_nth_unstable_by(TOP_TOKENS, by_strength);
+            top.truncate(TOP_TOKENS);
+        }
+        top.sort_by(by_strength);
         Judgement { probability, top }
     }
 

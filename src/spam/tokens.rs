@@ -212,12 +212,21 @@ pub fn hash(token: &str) -> u64 {
     h
 }
 
-/// Feature indices of a message for a model of `features` buckets, sorted and distinct.
-pub fn features(m: &Message, features: usize) -> Vec<u32> {
-    let mut v: Vec<u32> = tokens(m).iter().map(|t| (hash(t) % features as u64) as u32).collect();
+/// The feature bucket of a token in a model of `features` buckets.
+pub fn bucket(token: &str, features: usize) -> u32 {
+    (hash(token) % features as u64) as u32
+}
+
+/// Sorted, distinct buckets.
+pub fn distinct(mut v: Vec<u32>) -> Vec<u32> {
     v.sort_unstable();
     v.dedup();
     v
+}
+
+/// Feature indices of a message for a model of `features` buckets, sorted and distinct.
+pub fn features(m: &Message, features: usize) -> Vec<u32> {
+    distinct(tokens(m).iter().map(|t| bucket(t, features)).collect())
 }
 
 #[cfg(test)]
