@@ -283,9 +283,11 @@ fn offline_host(config: &Config) -> (std::sync::Arc<mailgate::hooks::host::HostS
     let store = mailgate::store::SledStore::open(&scratch, 8)
         .ok()
         .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn mailgate::store::MailStore>);
+    let resolver = mailgate::hooks::host::resolver(&config.dns).ok();
     let host = mailgate::hooks::host::HostServices {
         store,
-        resolver: mailgate::hooks::host::resolver(&config.dns).ok(),
+        origin: mailgate::spam::origin::Origin::for_config(resolver.as_ref(), config),
+        resolver,
         dns_timeout: std::time::Duration::from_millis(config.dns.timeout_ms),
         spam: Default::default(),
     };
@@ -337,7 +339,7 @@ async fn policy_test(
                 mail_from: from,
                 rcpt_to: to,
             };
-            Ok(simulate::run(&set, &config.spam.thresholds, &env, &raw).await)
+            Ok(simulate::run(&set, &config.spam.thresholds, &env, &raw, host.origin.as_deref()).await)
         }
         Err(e) => Err(e),
     };
@@ -459,11 +461,29 @@ async fn spam_chain(
     Ok((set, host, scratch))
 }
 
-fn spam_envelope() -> mailgate::hooks::simulate::Envelope {
+/// The envelope a corpus message is judged under: its own envelope sender (the
+/// `Return-Path` the receiving server recorded) when it has one, else its From address, so
+/// envelope checks see what the original receiver saw rather than a made-up sender.
+fn spam_envelope(raw: &[u8]) -> mailgate::hooks::simulate::Envelope {
+    let head = &raw[..memchr::memmem::find(raw, b"\r\n\r\n").unwrap_or(raw.len())];
+    let field = |name: &str| {
+        String::from_utf8_lossy(head).lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.to_string())
+        })
+    };
+    let address = |v: String| match (v.find('<'), v.rfind('>')) {
+        (Some(a), Some(b)) if a < b => v[a + 1..b].trim().to_string(),
+        _ => v.split_whitespace().find(|w| w.contains('@')).unwrap_or("").to_string(),
+    };
+    let mail_from = field("return-path")
+        .map(address)
+        .or_else(|| field("from").map(address))
+        .unwrap_or_default();
     mailgate::hooks::simulate::Envelope {
         client_ip: "192.0.2.1".into(),
         helo: "mail.example.org".into(),
-        mail_from: "sender@example.org".into(),
+        mail_from,
         rcpt_to: vec!["postmaster@localhost".into()],
     }
 }
@@ -476,7 +496,7 @@ async fn spam_classify(config: &Config) -> Result<(), String> {
         .map_err(|e| format!("reading stdin: {e}"))?;
     let raw = simulate::normalize_eml(&bytes);
     let (set, host, scratch) = spam_chain(config).await?;
-    let report = simulate::run(&set, &config.spam.thresholds, &spam_envelope(), &raw).await;
+    let report = simulate::run(&set, &config.spam.thresholds, &spam_envelope(&raw), &raw, None).await;
     let judged = mailgate::spam::bayes(&host.spam, &mailgate::hooks::parse_message(&raw));
     drop(set);
     drop(host);
@@ -510,7 +530,6 @@ async fn spam_eval(
     use mailgate::hooks::simulate;
     use mailgate::spam::{Metrics, corpus_files, messages_in, process_cpu_secs, select};
     let (set, host, scratch) = spam_chain(config).await?;
-    let env = spam_envelope();
     let mut m = Metrics::default();
     let (wall, cpu) = (std::time::Instant::now(), process_cpu_secs());
     let mut misses: Vec<String> = Vec::new();
@@ -518,7 +537,7 @@ async fn spam_eval(
         for f in select(corpus_files(dirs)?, split, true) {
             let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
             for raw in messages_in(&bytes) {
-                let r = simulate::run(&set, &config.spam.thresholds, &env, &raw).await;
+                let r = simulate::run(&set, &config.spam.thresholds, &spam_envelope(&raw), &raw, None).await;
                 let said = r.score >= config.spam.thresholds.tag;
                 if said != is_spam {
                     misses.push(format!(

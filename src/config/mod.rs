@@ -143,6 +143,11 @@ pub struct Spam {
     pub learn_from_users: bool,
     /// Accounts whose moves never train the model.
     pub learn_opt_out: Vec<String>,
+    /// Time limit for one message's SPF, DKIM and DMARC checks together; past it the
+    /// unfinished ones are `temperror`.
+    pub auth_timeout_ms: u64,
+    /// Record the checks in an `Authentication-Results` header (RFC 8601) on local delivery.
+    pub authentication_results: bool,
 }
 
 impl Default for Spam {
@@ -151,6 +156,8 @@ impl Default for Spam {
             thresholds: Thresholds::default(),
             learn_from_users: true,
             learn_opt_out: Vec::new(),
+            auth_timeout_ms: 5000,
+            authentication_results: true,
         }
     }
 }

@@ -96,12 +96,64 @@ pub struct Message {
     pub attachments: usize,
 }
 
-/// Sender-authentication results (filled by the spam analyzers when enabled).
+/// Sender-authentication results, computed once per message at the `data` stage when a
+/// loaded policy's manifest says `auth = true` (then also at `on_deliver`). Results are the
+/// RFC 8601 words: `pass`, `fail`, `softfail` (SPF), `neutral`, `temperror`, `permerror`,
+/// `none`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AuthResults {
+    /// SPF of the envelope sender (of the HELO name for bounces), RFC 7208.
     pub spf: Option<String>,
+    /// DKIM, RFC 6376: `pass` if any signature verified, else the first signature's result.
     pub dkim: Option<String>,
+    /// DMARC, RFC 7489: `pass` if SPF or DKIM passed aligned with the From domain.
     pub dmarc: Option<String>,
+    /// The domain SPF checked.
+    #[serde(default)]
+    pub spf_domain: Option<String>,
+    /// Signing domains (`d=`) of the DKIM signatures that verified.
+    #[serde(default)]
+    pub dkim_domains: Vec<String>,
+    /// The From domain's published DMARC policy: `none`, `quarantine`, `reject`.
+    #[serde(default)]
+    pub dmarc_policy: Option<String>,
+    /// The RFC 5322 From domain DMARC judged.
+    #[serde(default)]
+    pub from_domain: Option<String>,
+}
+
+/// What `mailgate.bayes(message)` (Lua) and `host::bayes()` (WASM) return.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BayesResult {
+    /// Probability that the message is spam, 0..1.
+    pub probability: f64,
+    /// The tokens that weighed most, strongest first (positive: spammy).
+    pub tokens: Vec<TokenWeight>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TokenWeight {
+    pub token: String,
+    pub weight: f64,
+}
+
+/// One keyword rule that matched (`mailgate.keywords`, `host::keywords`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KeywordHit {
+    pub name: String,
+    pub score: f64,
+    pub group: String,
+    pub description: String,
+}
+
+/// One letter-combination finding (`mailgate.letters`, `host::letters`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LetterFinding {
+    pub name: String,
+    /// How many words or runs showed it.
+    pub count: usize,
+    /// The first one seen.
+    pub example: String,
 }
 
 /// A named score contribution with its reason.

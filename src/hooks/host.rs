@@ -21,6 +21,8 @@ pub struct HostServices {
     pub dns_timeout: Duration,
     /// The spam analyzers' shared state (the live Bayes model).
     pub spam: Arc<crate::spam::Spam>,
+    /// SPF/DKIM/DMARC checks (when there is DNS).
+    pub origin: Option<Arc<crate::spam::origin::Origin>>,
 }
 
 impl HostServices {
@@ -30,6 +32,7 @@ impl HostServices {
             resolver: None,
             dns_timeout: Duration::from_secs(2),
             spam: Default::default(),
+            origin: None,
         })
     }
 

@@ -201,25 +201,33 @@ fn install_host_table(
         "kv_del",
         lua.create_function(move |_, key: String| h.kv_del(&n, &key).map_err(mlua::Error::runtime))?,
     )?;
+    let (h, b) = (host.clone(), budget.clone());
+    t.set(
+        "dnsbl",
+        lua.create_async_function(move |lua, (target, zone): (String, String)| {
+            let (h, b) = (h.clone(), b.clone());
+            async move {
+                let name = crate::spam::origin::dnsbl_query(&target, &zone).map_err(mlua::Error::runtime)?;
+                if b.dns_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    return Err(mlua::Error::runtime("DNS lookup budget exceeded (dns_lookups)"));
+                }
+                let answers = h.dns("A", &name).await.map_err(mlua::Error::runtime)?;
+                lua.to_value(&answers)
+            }
+        })?,
+    )?;
     let h = host.clone();
     t.set(
         "bayes",
         lua.create_function(move |lua, msg: mlua::AnyUserData| {
             let m = msg.borrow::<LuaMessage>()?;
-            let Some(j) = crate::spam::bayes(&h.spam, &m.0) else {
-                return Ok(Value::Nil);
-            };
-            let out = lua.create_table()?;
-            out.raw_set("probability", j.probability)?;
-            let top = lua.create_table_with_capacity(j.top.len(), 0)?;
-            for (i, (token, weight)) in j.top.iter().enumerate() {
-                let e = lua.create_table()?;
-                e.raw_set("token", token.as_str())?;
-                e.raw_set("weight", *weight)?;
-                top.raw_set(i + 1, e)?;
+            match crate::spam::bayes_result(&h.spam, &m.0) {
+                Some(j) => lua.to_value(&j),
+                None => Ok(Value::Nil),
             }
-            out.raw_set("tokens", top)?;
-            Ok(Value::Table(out))
         })?,
     )?;
     let rules = keywords.clone();
@@ -227,33 +235,14 @@ fn install_host_table(
         "keywords",
         lua.create_function(move |lua, msg: mlua::AnyUserData| {
             let m = msg.borrow::<LuaMessage>()?;
-            let hits = rules.matches(&m.0);
-            let out = lua.create_table_with_capacity(hits.len(), 0)?;
-            for (i, h) in hits.iter().enumerate() {
-                let e = lua.create_table()?;
-                e.raw_set("name", h.name.as_str())?;
-                e.raw_set("score", h.score)?;
-                e.raw_set("group", h.group.as_str())?;
-                e.raw_set("description", h.description.as_str())?;
-                out.raw_set(i + 1, e)?;
-            }
-            Ok(out)
+            lua.to_value(&rules.matches(&m.0))
         })?,
     )?;
     t.set(
         "letters",
         lua.create_function(move |lua, msg: mlua::AnyUserData| {
             let m = msg.borrow::<LuaMessage>()?;
-            let found = crate::spam::letters::analyze(&m.0);
-            let out = lua.create_table_with_capacity(found.len(), 0)?;
-            for (i, f) in found.iter().enumerate() {
-                let e = lua.create_table()?;
-                e.raw_set("name", f.name)?;
-                e.raw_set("count", f.count)?;
-                e.raw_set("example", f.example.as_str())?;
-                out.raw_set(i + 1, e)?;
-            }
-            Ok(out)
+            lua.to_value(&crate::spam::letter_findings(&m.0))
         })?,
     )?;
     t.set("now", lua.create_function(|_, ()| Ok(crate::store::now_secs()))?)?;
@@ -397,15 +386,7 @@ impl LuaPlugin {
             .unwrap_or_default();
         let shown = path.display();
         let regexes = Arc::new(RegexCache::default());
-        // Keyword rule folders named in the manifest (`keyword_dirs`, relative to the
-        // policy's folder), compiled once per load for every state.
-        let base = path.parent().unwrap_or(Path::new("."));
-        let dirs: Vec<std::path::PathBuf> = match manifest.config.get("keyword_dirs") {
-            Some(toml::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).map(|d| base.join(d)).collect(),
-            Some(_) => return Err(format!("{shown}: keyword_dirs must be a list of folder names")),
-            None => Vec::new(),
-        };
-        let keywords = Arc::new(crate::spam::keywords::Rules::load(&dirs).map_err(|e| format!("{shown}: {e}"))?);
+        let keywords = Arc::new(crate::spam::keywords::Rules::for_plugin(path, &manifest)?);
         let mut pool = Vec::with_capacity(states.max(1));
         for _ in 0..states.max(1) {
             pool.push(new_state(&name, path, source, &manifest, host, &regexes, &keywords)?);

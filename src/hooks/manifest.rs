@@ -8,6 +8,7 @@
 //! dns_lookups = 10         # mailgate.dns calls per call
 //! on_error = "continue"    # continue | tempfail | reject
 //! fresh_instance = false   # WASM: new instance per call (isolation between messages)
+//! auth = false             # needs SPF/DKIM/DMARC on event.auth (computed at data)
 //! [config]                 # handed to the plugin as mailgate.config
 //! words = ["viagra"]
 //! ```
@@ -38,6 +39,9 @@ pub struct Manifest {
     pub on_error: OnError,
     /// WASM: a new instance for every call instead of reusing a clean one.
     pub fresh_instance: bool,
+    /// The plugin reads `event.auth`: the server checks SPF, DKIM and DMARC at `data` (DNS
+    /// round trips a server only makes when some policy asks for them).
+    pub auth: bool,
     pub config: toml::Table,
 }
 
@@ -51,6 +55,7 @@ impl Default for Manifest {
             dns_lookups: 10,
             on_error: OnError::Continue,
             fresh_instance: false,
+            auth: false,
             config: toml::Table::new(),
         }
     }

@@ -71,18 +71,56 @@ pub fn parse_message(raw: &[u8]) -> Message {
 }
 
 /// Adds headers on top and removes every field named in `remove` (case-insensitive, with its
-/// continuation lines).
+/// continuation lines). An entry `Name:prefix` removes only the fields of that name whose
+/// value starts with `prefix` then `;` or a space (our own `Authentication-Results`, say).
 pub fn edit_headers(raw: &[u8], add: &[Header], remove: &[String]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len() + 256);
     edit_headers_into(&mut out, raw, add, remove);
     out
 }
 
+/// A header value as written: CR and LF only in folds (CRLF then a space or tab), anything
+/// else becomes a space, so a value can never end the field early.
+fn safe_value(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = String::with_capacity(v.len());
+    for (i, c) in v.char_indices() {
+        let fold = match c {
+            '\r' => b.get(i + 1) == Some(&b'\n') && matches!(b.get(i + 2), Some(b' ' | b'\t')),
+            '\n' => i > 0 && b[i - 1] == b'\r' && matches!(b.get(i + 1), Some(b' ' | b'\t')),
+            _ => {
+                out.push(c);
+                continue;
+            }
+        };
+        out.push(if fold { c } else { ' ' });
+    }
+    out
+}
+
+fn removes(entry: &str, name: &str, line: &[u8]) -> bool {
+    match entry.split_once(':') {
+        None => entry.eq_ignore_ascii_case(name),
+        Some((n, prefix)) => {
+            if !n.eq_ignore_ascii_case(name) {
+                return false;
+            }
+            let value = line.splitn(2, |b| *b == b':').nth(1).unwrap_or(&[]);
+            let value = String::from_utf8_lossy(value);
+            let value = value.trim_start();
+            value.len() > prefix.len()
+                && value.is_char_boundary(prefix.len())
+                && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+                && matches!(value.as_bytes()[prefix.len()], b';' | b' ' | b'\t' | b'\r')
+        }
+    }
+}
+
 /// [`edit_headers`], appending to `out` (saves a copy of the body on the delivery path).
 pub fn edit_headers_into(out: &mut Vec<u8>, raw: &[u8], add: &[Header], remove: &[String]) {
     for h in add {
-        let clean = |s: &str| s.replace(['\r', '\n'], " ");
-        out.extend_from_slice(format!("{}: {}\r\n", clean(&h.name), clean(&h.value)).as_bytes());
+        let name = h.name.replace(['\r', '\n', ':'], " ");
+        out.extend_from_slice(format!("{}: {}\r\n", name, safe_value(&h.value)).as_bytes());
     }
     if remove.is_empty() {
         out.extend_from_slice(raw);
@@ -102,7 +140,7 @@ pub fn edit_headers_into(out: &mut Vec<u8>, raw: &[u8], add: &[Header], remove: 
         if !continuation {
             let name = line.split(|b| *b == b':').next().unwrap_or(&[]);
             let name = String::from_utf8_lossy(name);
-            dropping = remove.iter().any(|r| r.eq_ignore_ascii_case(name.trim()));
+            dropping = remove.iter().any(|r| removes(r, name.trim(), line));
         }
         if !dropping {
             out.extend_from_slice(line);
@@ -142,5 +180,23 @@ mod tests {
         }];
         let out = edit_headers(raw, &add, &["x-bad".into()]);
         assert_eq!(out, b"X-New: v\r\nA: 1\r\nB: 2\r\n\r\nX-Bad: body stays\r\n");
+    }
+
+    #[test]
+    fn header_edits_keep_folds_and_match_prefixes() {
+        let raw = b"Authentication-Results: mx.test; spf=pass\r\nAuthentication-Results: other.example;\r\n\tdkim=pass\r\nAuthentication-Results: mx.testing; none\r\nSubject: s\r\n\r\nbody";
+        let add = [Header {
+            name: "Authentication-Results".into(),
+            value: "mx.test;\r\n\tspf=fail\r\nX-Injected: yes\nz".into(),
+        }];
+        let out = edit_headers(raw, &add, &["authentication-results:mx.test".into()]);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("Authentication-Results: mx.test;\r\n\tspf=fail  X-Injected: yes z\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("spf=pass"), "{out}");
+        assert!(out.contains("other.example;\r\n\tdkim=pass"), "{out}");
+        assert!(out.contains("mx.testing; none"), "{out}");
     }
 }

@@ -202,6 +202,11 @@ impl PolicySet {
         self.plugins.iter().any(|p| p.implements(hook, stage))
     }
 
+    /// Some policy reads `event.auth` (its manifest says `auth = true`).
+    pub fn wants_auth(&self) -> bool {
+        self.plugins.iter().any(|p| p.manifest.auth)
+    }
+
     /// Runs the chain for `hook`. Scores and symbols are added to `event` as they come, so
     /// later policies see them; a terminal action ends the chain.
     pub async fn run(&self, hook: Hook, event: &mut Event) -> Outcome {

@@ -67,7 +67,15 @@ fn refusal(out: &super::Outcome) -> Option<(String, String)> {
     Some((verdict.into(), format!("{code} {enh} {text}")))
 }
 
-pub async fn run(set: &PolicySet, thresholds: &Thresholds, env: &Envelope, raw: &[u8]) -> Report {
+/// `origin`: check SPF/DKIM/DMARC (against live DNS) when a policy asks for `event.auth`;
+/// `None` leaves it unset (corpus runs: the messages were received elsewhere).
+pub async fn run(
+    set: &PolicySet,
+    thresholds: &Thresholds,
+    env: &Envelope,
+    raw: &[u8],
+    origin: Option<&crate::spam::origin::Origin>,
+) -> Report {
     let mut ev = Event::new(
         Hook::Receive,
         Session {
@@ -98,6 +106,7 @@ pub async fn run(set: &PolicySet, thresholds: &Thresholds, env: &Envelope, raw: 
         report
     };
     let message = std::sync::Arc::new(parse_message(raw));
+    let mut auth_header = None;
     for stage in [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data] {
         if stage == Stage::Mail {
             ev.envelope.mail_from = Some(env.mail_from.clone());
@@ -127,6 +136,21 @@ pub async fn run(set: &PolicySet, thresholds: &Thresholds, env: &Envelope, raw: 
             ev.stage = Some(stage);
             ev.recipient = rcpt;
             ev.message = (stage == Stage::Data).then(|| message.clone());
+            if let (Stage::Data, Some(o), true, Ok(ip)) = (
+                stage,
+                origin,
+                set.wants_auth(),
+                env.client_ip.parse::<std::net::IpAddr>(),
+            ) {
+                let sender = crate::spam::origin::Sender {
+                    ip,
+                    helo: &env.helo,
+                    mail_from: &env.mail_from,
+                };
+                let checked = o.check(&sender, raw).await;
+                ev.auth = Some(checked.results);
+                auth_header = Some(checked.header_value);
+            }
             let out = set.run(Hook::Receive, &mut ev).await;
             if let Some((v, reply)) = refusal(&out) {
                 state.absorb(out);
@@ -153,6 +177,15 @@ pub async fn run(set: &PolicySet, thresholds: &Thresholds, env: &Envelope, raw: 
     }
     let quarantine = state.quarantine || judged == policy::Verdict::Quarantine;
     let mut add = state.add_headers.clone();
+    if let Some(value) = auth_header {
+        add.insert(
+            0,
+            Header {
+                name: "Authentication-Results".into(),
+                value,
+            },
+        );
+    }
     add.extend(policy::spam_headers(
         ev.score,
         &ev.symbols,

@@ -57,6 +57,8 @@ struct HostState {
     limits: StoreLimits,
     plugin: Arc<Shared>,
     dns_left: u32,
+    /// The message of the event being handled, for the analyzer imports.
+    message: Option<Arc<Message>>,
 }
 
 /// What every call of one plugin shares.
@@ -65,6 +67,32 @@ struct Shared {
     host: Arc<HostServices>,
     regexes: RegexCache,
     config_json: String,
+    keywords: crate::spam::keywords::Rules,
+}
+
+impl HostState {
+    /// Runs a lookup from inside a (synchronous) WASM call.
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, String> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| "DNS is not available here".to_string())?;
+        Ok(match handle.runtime_flavor() {
+            // The call runs on a worker thread: let the runtime move its other tasks, then wait.
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| handle.block_on(f)),
+            // The call runs on the blocking pool (see `WasmPlugin::call`).
+            _ => handle.block_on(f),
+        })
+    }
+
+    fn take_dns_budget(&mut self) -> Result<(), String> {
+        if self.dns_left == 0 {
+            return Err("DNS lookup budget exceeded (dns_lookups)".into());
+        }
+        self.dns_left -= 1;
+        Ok(())
+    }
+
+    fn json<T: serde::Serialize>(value: &T) -> String {
+        serde_json::to_string(value).unwrap_or_else(|_| "[]".into())
+    }
 }
 
 impl WasiView for HostState {
@@ -92,17 +120,34 @@ impl mailgate::policy::host::Host for HostState {
     }
 
     fn dns(&mut self, kind: String, name: String) -> Result<Vec<String>, String> {
-        if self.dns_left == 0 {
-            return Err("DNS lookup budget exceeded (dns_lookups)".into());
+        self.take_dns_budget()?;
+        let host = self.plugin.host.clone();
+        self.block_on(host.dns(&kind, &name))?
+    }
+
+    fn dnsbl(&mut self, target: String, zone: String) -> Result<Vec<String>, String> {
+        let name = crate::spam::origin::dnsbl_query(&target, &zone)?;
+        self.take_dns_budget()?;
+        let host = self.plugin.host.clone();
+        self.block_on(host.dns("A", &name))?
+    }
+
+    fn bayes(&mut self) -> Option<String> {
+        let m = self.message.as_ref()?;
+        crate::spam::bayes_result(&self.plugin.host.spam, m).map(|j| Self::json(&j))
+    }
+
+    fn keywords(&mut self) -> String {
+        match &self.message {
+            Some(m) => Self::json(&self.plugin.keywords.matches(m)),
+            None => "[]".into(),
         }
-        self.dns_left -= 1;
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| "DNS is not available here".to_string())?;
-        let lookup = self.plugin.host.dns(&kind, &name);
-        match handle.runtime_flavor() {
-            // The call runs on a worker thread: let the runtime move its other tasks, then wait.
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| handle.block_on(lookup)),
-            // The call runs on the blocking pool (see `WasmPlugin::call`).
-            _ => handle.block_on(lookup),
+    }
+
+    fn letters(&mut self) -> String {
+        match &self.message {
+            Some(m) => Self::json(&crate::spam::letter_findings(m)),
+            None => "[]".into(),
         }
     }
 
@@ -175,6 +220,7 @@ impl Inner {
                 .build(),
             plugin: self.shared.clone(),
             dns_left: m.dns_lookups,
+            message: None,
         };
         let mut store = Store::new(engine(), state);
         store.limiter(|s| &mut s.limits);
@@ -189,6 +235,7 @@ impl Inner {
     /// trapped or failed is dropped, never reused (its heap may be inconsistent).
     fn invoke<T>(
         &self,
+        message: Option<Arc<Message>>,
         f: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
         let reused = if self.manifest.fresh_instance {
@@ -211,7 +258,9 @@ impl Inner {
                 Instance { store, policy }
             }
         };
+        inst.store.data_mut().message = message;
         let result = f(&inst.policy, &mut inst.store).map_err(|e| classify(&e));
+        inst.store.data_mut().message = None;
         if result.is_ok() && !self.manifest.fresh_instance {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             if idle.len() < MAX_IDLE {
@@ -326,6 +375,7 @@ impl WasmPlugin {
             .and_then(PolicyPre::new)
             .map_err(|e| format!("{shown}: does not fit the mailgate:policy world: {e:#}"))?;
         let config_json = serde_json::to_string(&manifest.config).map_err(|e| format!("{shown}: config: {e}"))?;
+        let keywords = crate::spam::keywords::Rules::for_plugin(path, &manifest)?;
         let inner = Arc::new(Inner {
             manifest,
             pre,
@@ -335,10 +385,11 @@ impl WasmPlugin {
                 host: host.clone(),
                 regexes: RegexCache::default(),
                 config_json,
+                keywords,
             }),
         });
         let described = inner
-            .invoke(|p, s| p.call_describe(s))
+            .invoke(None, |p, s| p.call_describe(s))
             .map_err(|e| format!("{shown}: describe() failed: {e}"))?;
         let d: Description =
             serde_json::from_str(&described).map_err(|e| format!("{shown}: describe() returned bad JSON: {e}"))?;
@@ -379,7 +430,8 @@ impl WasmPlugin {
         let json =
             event_json(event, cache, self.message_fields).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
         let inner = self.inner.clone();
-        let run = move || inner.invoke(|p, s| p.call_handle(s, &json));
+        let message = event.message.clone();
+        let run = move || inner.invoke(message, |p, s| p.call_handle(s, &json));
         // On the multi-threaded runtime the call simply runs here: it is bounded by fuel and
         // the epoch deadline, and most calls take microseconds, less than any hand-off (a
         // DNS host call, which waits, moves the worker's other tasks away first). On other

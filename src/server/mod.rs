@@ -89,6 +89,7 @@ pub async fn start(config: Config) -> Result<Running> {
     };
     let host = Arc::new(crate::hooks::host::HostServices {
         store: Some(store.clone()),
+        origin: crate::spam::origin::Origin::for_config(resolver.as_ref(), &config),
         resolver,
         dns_timeout: Duration::from_millis(config.dns.timeout_ms),
         spam: Arc::new(crate::spam::Spam::load(&*store)),

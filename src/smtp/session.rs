@@ -693,6 +693,7 @@ impl Session {
         let wants_data = !tx.policy.accepted && self.policies.wants(Hook::Receive, Some(Stage::Data));
         // Parsed once, shared by every policy of every hook.
         let message = (wants_data || self.policies.wants(Hook::Deliver, None)).then(|| Arc::new(parse_message(&body)));
+        let auth_header = self.authenticate(&mut tx, &body).await;
         if wants_data {
             let mut ev = std::mem::take(&mut tx.event);
             ev.message = message.clone();
@@ -726,6 +727,15 @@ impl Session {
         }
         let quarantine = tx.policy.quarantine || judged == policy::Verdict::Quarantine;
         let mut add = tx.policy.add_headers.clone();
+        if let Some(value) = auth_header {
+            add.insert(
+                0,
+                Header {
+                    name: "Authentication-Results".into(),
+                    value,
+                },
+            );
+        }
         add.extend(policy::spam_headers(
             score,
             &tx.event.symbols,
@@ -741,6 +751,8 @@ impl Session {
         // trace would mislead users' filters.
         let mut remove = tx.policy.remove_headers.clone();
         remove.extend(OWN_HEADERS.iter().map(|h| h.to_string()));
+        // RFC 8601 §5: results claiming to come from us that we did not write.
+        remove.push(format!("Authentication-Results:{}", self.shared.config.server.hostname));
         let mut raw = self.trace_headers(&tx, &id).into_bytes();
         raw.reserve(body.len() + 512);
         edit_headers_into(&mut raw, &body, &add, &remove);
@@ -757,6 +769,27 @@ impl Session {
                 self.refuse(451, "4.3.0", "Temporary storage failure, try again later")
             }
         }
+    }
+
+    /// SPF, DKIM and DMARC onto the transaction's event when a policy reads `event.auth`.
+    /// Returns the value of the `Authentication-Results` header to add, if one is configured.
+    async fn authenticate(&self, tx: &mut Transaction, body: &[u8]) -> Option<String> {
+        if tx.policy.accepted || !self.policies.wants_auth() {
+            return None;
+        }
+        let origin = self.shared.engine.host().origin.as_ref()?;
+        let sender = crate::spam::origin::Sender {
+            ip: self.peer.ip(),
+            helo: self.helo.as_deref().unwrap_or(""),
+            mail_from: &tx.mail_from,
+        };
+        let checked = origin.check(&sender, body).await;
+        tx.event.auth = Some(checked.results);
+        self.shared
+            .config
+            .spam
+            .authentication_results
+            .then_some(checked.header_value)
     }
 
     /// Runs `on_deliver` for each recipient, writes the message into the chosen folders

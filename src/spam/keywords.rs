@@ -46,15 +46,9 @@ struct RuleFile {
     rules: Vec<RuleDef>,
 }
 
-/// A rule that matched.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hit {
-    pub name: String,
-    /// 0 when a higher-scoring rule of the same group matched too.
-    pub score: f64,
-    pub group: String,
-    pub description: String,
-}
+/// A rule that matched (the contract's type: policies see exactly these fields). Its score
+/// is 0 when a higher-scoring rule of the same group matched too.
+pub type Hit = crate::hooks::contract::KeywordHit;
 
 /// Compiled rules.
 pub struct Rules {
@@ -71,6 +65,19 @@ impl Rules {
     }
 
     /// Reads every `*.toml` in `dirs` (in order; later ones override by name).
+    /// The rules of the folders a plugin's manifest names in `[config] keyword_dirs`
+    /// (relative to the plugin's folder), compiled once per policy load.
+    pub fn for_plugin(plugin: &Path, manifest: &crate::hooks::manifest::Manifest) -> Result<Rules, String> {
+        let shown = plugin.display();
+        let base = plugin.parent().unwrap_or(Path::new("."));
+        let dirs: Vec<PathBuf> = match manifest.config.get("keyword_dirs") {
+            Some(toml::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).map(|d| base.join(d)).collect(),
+            Some(_) => return Err(format!("{shown}: keyword_dirs must be a list of folder names")),
+            None => Vec::new(),
+        };
+        Rules::load(&dirs).map_err(|e| format!("{shown}: {e}"))
+    }
+
     pub fn load(dirs: &[PathBuf]) -> Result<Rules, String> {
         let mut defs: Vec<RuleDef> = Vec::new();
         for dir in dirs {

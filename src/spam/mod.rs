@@ -5,6 +5,7 @@
 pub mod bayes;
 pub mod keywords;
 pub mod letters;
+pub mod origin;
 pub mod tokens;
 
 use crate::hooks::contract::Message;
@@ -152,6 +153,30 @@ pub async fn learner(
 /// The Bayes judgement of a message, when a model exists.
 pub fn bayes(spam: &Spam, m: &Message) -> Option<bayes::Judgement> {
     spam.model().map(|model| model.judge(m))
+}
+
+/// [`bayes`] in the policies' contract form (`mailgate.bayes`, WASM `bayes`).
+pub fn bayes_result(spam: &Spam, m: &Message) -> Option<crate::hooks::contract::BayesResult> {
+    bayes(spam, m).map(|j| crate::hooks::contract::BayesResult {
+        probability: j.probability,
+        tokens: j
+            .top
+            .into_iter()
+            .map(|(token, weight)| crate::hooks::contract::TokenWeight { token, weight })
+            .collect(),
+    })
+}
+
+/// [`letters::analyze`] in the policies' contract form (`mailgate.letters`, WASM `letters`).
+pub fn letter_findings(m: &Message) -> Vec<crate::hooks::contract::LetterFinding> {
+    letters::analyze(m)
+        .into_iter()
+        .map(|f| crate::hooks::contract::LetterFinding {
+            name: f.name.to_string(),
+            count: f.count,
+            example: f.example,
+        })
+        .collect()
 }
 
 /// Messages of a corpus: every file under `dirs` (recursively), in name order. A file is one

@@ -7,6 +7,7 @@ mod crash;
 mod dns;
 mod hooks;
 mod imap;
+mod origin;
 mod pop3;
 mod smtp;
 mod smtp_clients;

@@ -43,7 +43,7 @@ fn synthetic(words: &[&str], i: usize, subject: &str) -> String {
     )
 }
 
-fn spam_msg(i: usize) -> String {
+pub(crate) fn spam_msg(i: usize) -> String {
     synthetic(&SPAM_WORDS, i, "Offer")
 }
 
@@ -53,7 +53,7 @@ fn ham_msg(i: usize) -> String {
 
 /// A corpus of `n` synthetic messages of each kind in `dir/spam` and `dir/ham` (LF endings,
 /// one with an mbox From line, as real corpora have).
-fn write_corpus(dir: &Path, n: usize) {
+pub(crate) fn write_corpus(dir: &Path, n: usize) {
     for (kind, make) in [("spam", spam_msg as fn(usize) -> String), ("ham", ham_msg)] {
         std::fs::create_dir_all(dir.join(kind)).unwrap();
         for i in 0..n {

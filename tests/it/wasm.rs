@@ -246,3 +246,72 @@ end"#;
     assert!(raw.contains("X-Lua-Dns: 127.0.0.9|10 mx.example.test.|0\r\n"), "{raw}");
     assert!(raw.contains("X-Dns: 127.0.0.9\r\n"), "{raw}");
 }
+
+/// The spam analyzers as WASM host imports (the spam-score example): letters, keyword rules
+/// from the manifest's folders, the live Bayes model and a DNS blocklist, all over the whole
+/// message although the plugin asks for no message fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spam_analyzers_as_wasm_imports() {
+    let dns = crate::dns::start_dns(&[("1.0.0.127.bl.test.", "A", "127.0.0.2")]).await;
+    let manifest = "dns_lookups = 2\n[config]\nkeyword_dirs = [\"keywords\"]\ndnsbl_ip = [\"bl.test\"]\nbayes_spam = 0.9\n[config.scores]\nOBFUSCATED_WORD = 2.0\nBAYES_SPAM = 4.0\n";
+    let rule = "[[rule]]\nname = \"WASM_RULE\"\npattern = '(?i)\\bcasino\\b'\nfield = \"body\"\nscore = 1.25\ngroup = \"g\"\ndescription = \"casino talk\"\n";
+    let s = server_with(
+        vec![
+            ("60-spam.wasm".into(), wasm("spam_score")),
+            ("60-spam.toml".into(), manifest.as_bytes().to_vec()),
+        ],
+        |c| c.dns.servers = vec![dns],
+    )
+    .await;
+    write_policies(&s.policies_dir().join("keywords"), &[("rules.toml", rule)]);
+    // The rules are read when the set loads: reload now that they exist.
+    s.running.shared.engine.reload().unwrap();
+
+    // Before any model exists the Bayes import says none.
+    assert!(
+        to_alice(&s, "hello", "casino tonight? cheap V1agr@ inside")
+            .await
+            .starts_with("250")
+    );
+    let corpus = tempfile::tempdir().unwrap();
+    crate::spam::write_corpus(corpus.path(), 30);
+    let (counts, _) = mailgate::spam::train(
+        &**s.store(),
+        &[corpus.path().join("spam")],
+        &[corpus.path().join("ham")],
+        None,
+        true,
+        Some(1 << 14),
+    )
+    .unwrap();
+    let spam_state = s.running.shared.engine.host().spam.clone();
+    spam_state.set_model(Some(mailgate::spam::bayes::Model::new(counts).unwrap()));
+    let mut c = greeted(s.smtp).await;
+    let r = send_mail(
+        &mut c,
+        "x@example.org",
+        &["alice@localhost"],
+        &crate::spam::spam_msg(100),
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+
+    let inbox = s.texts("alice@localhost", "INBOX");
+    let symbols = |raw: &str| {
+        raw.lines()
+            .find_map(|l| l.strip_prefix("X-Spam-Symbols: "))
+            .unwrap_or("")
+            .to_string()
+    };
+    let first = symbols(&inbox[0]);
+    for sym in ["OBFUSCATED_WORD(2.00)", "WASM_RULE(1.25)", "RBL_IP(4.00)"] {
+        assert!(first.contains(sym), "{sym} in {first}");
+    }
+    assert!(!first.contains("BAYES_SPAM"), "{first}");
+    let second = symbols(&inbox[1]);
+    assert!(
+        second.contains("BAYES_SPAM(4.00)") && second.contains("RBL_IP"),
+        "{second}"
+    );
+    assert!(!second.contains("OBFUSCATED"), "{second}");
+}

@@ -22,6 +22,8 @@
 mod contract;
 
 pub use contract::*;
+/// The JSON crate the SDK speaks (for `host::config()` values).
+pub use serde_json;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -61,6 +63,23 @@ pub mod host {
     /// The manifest's `[config]` table.
     pub fn config() -> serde_json::Value {
         serde_json::from_str(&h::config()).unwrap_or(serde_json::Value::Null)
+    }
+    /// DNS blocklist lookup: `target` an IP or a domain, `zone` the list. The A answers
+    /// (e.g. `["127.0.0.2"]`), empty when not listed.
+    pub fn dnsbl(target: &str, zone: &str) -> Result<Vec<String>, String> {
+        h::dnsbl(target, zone)
+    }
+    /// The Bayes judgement of the event's message; `None` when no model is trained.
+    pub fn bayes() -> Option<super::BayesResult> {
+        h::bayes().and_then(|j| serde_json::from_str(&j).ok())
+    }
+    /// Keyword rules (from the manifest's `keyword_dirs`) that match the event's message.
+    pub fn keywords() -> Vec<super::KeywordHit> {
+        serde_json::from_str(&h::keywords()).unwrap_or_default()
+    }
+    /// Letter-combination findings in the event's message.
+    pub fn letters() -> Vec<super::LetterFinding> {
+        serde_json::from_str(&h::letters()).unwrap_or_default()
     }
 }
 

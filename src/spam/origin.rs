@@ -1,0 +1,264 @@
+//! Originating domain: SPF (RFC 7208), DKIM (RFC 6376) and DMARC (RFC 7489) through
+//! mail-auth over the same hickory resolver the policies use, computed once per message; the
+//! RFC 8601 `Authentication-Results` header that records them; and DNS blocklist query names.
+//!
+//! The checks run only when a loaded policy asks for them (`auth = true` in its manifest):
+//! they cost DNS round trips, and a server without such a policy has no use for them.
+
+use crate::hooks::contract::AuthResults;
+use mail_auth::dmarc::Policy;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator, SpfResult,
+};
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The checker: one per server, cheap to share.
+pub struct Origin {
+    auth: MessageAuthenticator,
+    /// Our name, the `authserv-id` of the header (RFC 8601 §2.5).
+    hostname: String,
+    timeout: Duration,
+}
+
+/// The results for one message.
+pub struct Checked {
+    pub results: AuthResults,
+    /// The whole `Authentication-Results` field value (after the colon), folded.
+    pub header_value: String,
+}
+
+/// What a connection said about itself.
+pub struct Sender<'a> {
+    pub ip: IpAddr,
+    pub helo: &'a str,
+    /// The envelope sender, "" for bounces.
+    pub mail_from: &'a str,
+}
+
+impl Origin {
+    /// The checker for a server's configuration, when it has DNS.
+    pub fn for_config(
+        resolver: Option<&std::sync::Arc<hickory_resolver::TokioResolver>>,
+        config: &crate::config::Config,
+    ) -> Option<std::sync::Arc<Origin>> {
+        resolver.map(|r| {
+            std::sync::Arc::new(Origin::new(
+                r,
+                &config.server.hostname,
+                Duration::from_millis(config.spam.auth_timeout_ms),
+            ))
+        })
+    }
+
+    pub fn new(resolver: &hickory_resolver::TokioResolver, hostname: &str, timeout: Duration) -> Origin {
+        Origin {
+            auth: MessageAuthenticator(resolver.clone()),
+            hostname: hostname.to_string(),
+            timeout,
+        }
+    }
+
+    /// SPF, DKIM and DMARC for one message. Past the time limit every unfinished check is a
+    /// `temperror`, as when DNS fails (RFC 8601 §2.7.1): never a reason to lose the message.
+    pub async fn check(&self, sender: &Sender<'_>, raw: &[u8]) -> Checked {
+        match tokio::time::timeout(self.timeout, self.check_all(sender, raw)).await {
+            Ok(c) => c,
+            Err(_) => {
+                let results = AuthResults {
+                    spf: Some("temperror".into()),
+                    dkim: Some("temperror".into()),
+                    dmarc: Some("temperror".into()),
+                    ..Default::default()
+                };
+                let header_value = format!(
+                    "{};\r\n\tspf=temperror;\r\n\tdkim=temperror;\r\n\tdmarc=temperror (checks timed out)",
+                    self.hostname
+                );
+                Checked { results, header_value }
+            }
+        }
+    }
+
+    async fn check_all(&self, s: &Sender<'_>, raw: &[u8]) -> Checked {
+        let helo = s.helo.trim_start_matches('[').trim_end_matches(']');
+        // MAIL FROM, or the HELO identity for bounces (RFC 7208 §2.4).
+        let spf = self
+            .auth
+            .verify_spf(mail_auth::spf::verify::SpfParameters::verify(
+                s.ip,
+                helo,
+                &self.hostname,
+                s.mail_from,
+            ))
+            .await;
+        let mut header = AuthenticationResults::new(&self.hostname);
+        header = if s.mail_from.is_empty() {
+            header.with_spf_ehlo_result(&spf, s.ip, helo)
+        } else {
+            header.with_spf_mailfrom_result(&spf, s.ip, s.mail_from, helo)
+        };
+        let mut results = AuthResults {
+            spf: Some(spf_word(spf.result()).into()),
+            spf_domain: Some(spf.domain().to_string()),
+            ..Default::default()
+        };
+        let Some(message) = AuthenticatedMessage::parse(raw) else {
+            // No header block worth the name: nothing to verify a signature or From against.
+            results.dkim = Some("none".into());
+            results.dmarc = Some("none".into());
+            return Checked {
+                header_value: header_value(header),
+                results,
+            };
+        };
+        let dkim = self.auth.verify_dkim(&message).await;
+        let from = message.from().to_string();
+        header = header.with_dkim_results(&dkim, &from);
+        results.dkim_domains = dkim
+            .iter()
+            .filter(|d| d.result() == &DkimResult::Pass)
+            .filter_map(|d| d.signature().map(|s| s.d.to_ascii_lowercase()))
+            .collect();
+        results.dkim = Some(
+            if !results.dkim_domains.is_empty() {
+                "pass"
+            } else {
+                dkim.first().map_or("none", |d| dkim_word(d.result()))
+            }
+            .into(),
+        );
+        let mail_from_domain = match s.mail_from.rsplit_once('@') {
+            Some((_, d)) => d,
+            None => helo,
+        };
+        let dmarc = self
+            .auth
+            .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
+                &message,
+                &dkim,
+                mail_from_domain,
+                &spf,
+            ))
+            .await;
+        header = header.with_dmarc_result(&dmarc);
+        results.dmarc = Some(dmarc_word(&dmarc.result()).into());
+        if !dmarc.domain().is_empty() {
+            results.from_domain = Some(dmarc.domain().to_ascii_lowercase());
+            if results.dmarc.as_deref() != Some("none") {
+                results.dmarc_policy = Some(
+                    match dmarc.policy() {
+                        Policy::Reject => "reject",
+                        Policy::Quarantine => "quarantine",
+                        Policy::None | Policy::Unspecified => "none",
+                    }
+                    .into(),
+                );
+            }
+        }
+        Checked {
+            header_value: header_value(header),
+            results,
+        }
+    }
+}
+
+/// The header's value (what follows `Authentication-Results:`), folded as mail-auth folds it.
+fn header_value(h: AuthenticationResults<'_>) -> String {
+    h.to_string()
+}
+
+fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+fn dkim_word(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::Neutral(_) => "neutral",
+        DkimResult::Fail(_) => "fail",
+        DkimResult::PermError(_) => "permerror",
+        DkimResult::TempError(_) => "temperror",
+        DkimResult::None => "none",
+    }
+}
+
+fn dmarc_word(r: &DmarcResult) -> &'static str {
+    match r {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    }
+}
+
+/// The name to look up in a DNS blocklist: an IP's reversed octets (IPv4) or nibbles (IPv6),
+/// or a domain, under `zone` (RFC 5782 §2.1, §2.3).
+pub fn dnsbl_query(target: &str, zone: &str) -> Result<String, String> {
+    let zone = zone.trim_matches('.');
+    if zone.is_empty() || !zone.contains('.') {
+        return Err(format!("not a blocklist zone: {zone:?}"));
+    }
+    let target = target.trim().trim_start_matches('[').trim_end_matches(']');
+    let name = match target.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+        }
+        Ok(IpAddr::V6(v6)) => {
+            let mut nibbles = Vec::with_capacity(32);
+            for b in v6.octets().iter().rev() {
+                nibbles.push(format!("{:x}", b & 0xf));
+                nibbles.push(format!("{:x}", b >> 4));
+            }
+            nibbles.join(".")
+        }
+        Err(_) => {
+            let d = target.trim_matches('.').to_ascii_lowercase();
+            let valid = !d.is_empty()
+                && d.len() <= 253
+                && d.contains('.')
+                && d.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                return Err(format!("neither an IP address nor a domain: {target:?}"));
+            }
+            d
+        }
+    };
+    Ok(format!("{name}.{zone}."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocklist_names() {
+        assert_eq!(
+            dnsbl_query("192.0.2.99", "bl.example").unwrap(),
+            "99.2.0.192.bl.example."
+        );
+        assert_eq!(
+            dnsbl_query("2001:db8:1:2:3:4:567:89ab", "bl.example.").unwrap(),
+            "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.bl.example."
+        );
+        assert_eq!(
+            dnsbl_query("Spam.Example", "dbl.example").unwrap(),
+            "spam.example.dbl.example."
+        );
+        assert!(dnsbl_query("not a domain", "bl.example").is_err());
+        assert!(dnsbl_query("192.0.2.1", "localhost").is_err());
+        assert!(dnsbl_query("a..b", "bl.example").is_err());
+    }
+}
