@@ -26,12 +26,85 @@ pub struct Authenticator {
     store: Arc<dyn MailStore>,
     config: AuthConfig,
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    cache: LoginCache,
+}
+
+/// Logins that succeeded lately (Dovecot's auth cache): a client that reconnects with the
+/// same password skips the argon2 check (tens of milliseconds of CPU) for `cache_ttl_secs`.
+/// Entries hold a keyed SHA-256 of the stored hash and the password, under a secret made at
+/// start, so a changed password (or hash) misses; failures are never cached.
+struct LoginCache {
+    secret: [u8; 32],
+    ttl: Duration,
+    entries: Mutex<HashMap<String, ([u8; 32], Instant)>>,
+}
+
+/// Accounts a login cache holds at most.
+const LOGIN_CACHE_MAX: usize = 10_000;
+
+impl LoginCache {
+    fn new(ttl: Duration) -> LoginCache {
+        let mut secret = [0u8; 32];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            use std::io::Read;
+            let _ = f.read_exact(&mut secret);
+        }
+        if secret == [0u8; 32] {
+            // No urandom: the cache stays off rather than keyed by a guessable secret.
+            return LoginCache {
+                secret,
+                ttl: Duration::ZERO,
+                entries: Mutex::default(),
+            };
+        }
+        LoginCache {
+            secret,
+            ttl,
+            entries: Mutex::default(),
+        }
+    }
+
+    fn digest(&self, stored_hash: &str, password: &str) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(self.secret);
+        h.update((stored_hash.len() as u64).to_be_bytes());
+        h.update(stored_hash.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    fn hit(&self, address: &str, digest: &[u8; 32]) -> bool {
+        if self.ttl.is_zero() {
+            return false;
+        }
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(address)
+            .is_some_and(|(d, at)| d == digest && at.elapsed() < self.ttl)
+    }
+
+    fn insert(&self, address: &str, digest: [u8; 32]) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= LOGIN_CACHE_MAX {
+            let ttl = self.ttl;
+            entries.retain(|_, (_, at)| at.elapsed() < ttl);
+            if entries.len() >= LOGIN_CACHE_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(address.to_string(), (digest, Instant::now()));
+    }
 }
 
 impl Authenticator {
     pub fn new(store: Arc<dyn MailStore>, config: AuthConfig) -> Authenticator {
         Authenticator {
             store,
+            cache: LoginCache::new(Duration::from_secs(config.cache_ttl_secs)),
             config,
             failures: Mutex::new(HashMap::new()),
         }
@@ -101,10 +174,17 @@ impl Authenticator {
                 return Outcome::TempFail;
             }
         };
+        let digest = self.cache.digest(&account.password_hash, password);
+        if self.cache.hit(&address, &digest) {
+            return Outcome::Ok(address);
+        }
         let pw = password.to_string();
         let hash = account.password_hash.clone();
         match tokio::task::spawn_blocking(move || crate::admin::verify_password(&pw, &hash)).await {
-            Ok(true) => Outcome::Ok(address),
+            Ok(true) => {
+                self.cache.insert(&address, digest);
+                Outcome::Ok(address)
+            }
             Ok(false) => Outcome::Failed,
             Err(_) => Outcome::TempFail,
         }
@@ -163,5 +243,20 @@ mod tests {
     fn dummy_hash_is_well_formed() {
         assert!(argon2::password_hash::phc::PasswordHash::new(dummy_hash()).is_ok());
         assert!(!crate::admin::verify_password("guess", dummy_hash()));
+    }
+
+    #[test]
+    fn login_cache_remembers_only_the_same_password_and_hash() {
+        let c = LoginCache::new(Duration::from_secs(60));
+        let d = c.digest("$argon2id$one", "secret");
+        assert!(!c.hit("a@x", &d));
+        c.insert("a@x", d);
+        assert!(c.hit("a@x", &d));
+        assert!(!c.hit("b@x", &d));
+        assert!(!c.hit("a@x", &c.digest("$argon2id$one", "other")));
+        assert!(!c.hit("a@x", &c.digest("$argon2id$two", "secret")));
+        let off = LoginCache::new(Duration::ZERO);
+        off.insert("a@x", d);
+        assert!(!off.hit("a@x", &d));
     }
 }

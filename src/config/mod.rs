@@ -245,6 +245,9 @@ pub struct Auth {
     /// are refused outright.
     pub max_failures_per_ip: u32,
     pub failure_window_secs: u64,
+    /// A successful login is remembered this long: the same password again skips the
+    /// argon2 check (0: every login is checked in full).
+    pub cache_ttl_secs: u64,
 }
 
 impl Default for Auth {
@@ -254,6 +257,7 @@ impl Default for Auth {
             failure_delay_ms: 1000,
             max_failures_per_ip: 20,
             failure_window_secs: 600,
+            cache_ttl_secs: 300,
         }
     }
 }

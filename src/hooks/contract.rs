@@ -88,12 +88,17 @@ pub struct Message {
     /// Address in From.
     pub from: String,
     pub to: Vec<String>,
-    /// Decoded body text (text parts, HTML reduced to text).
+    /// Decoded body text (text parts, HTML reduced to text), then the Subject and text of
+    /// attached messages (`message/rfc822`, one level: a bounce shows what it returns).
     pub text: String,
     /// Every header in order, raw value (unfolded).
     pub headers: Vec<Header>,
     pub size: usize,
     pub attachments: usize,
+    /// Host names the message links to (HTML `href`/`src`, `http(s)://` and `www.` in the
+    /// text), lowercase, distinct, in order of appearance, at most 64.
+    #[serde(default)]
+    pub links: Vec<String>,
 }
 
 /// Sender-authentication results, computed once per message at the `data` stage when a

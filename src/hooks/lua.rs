@@ -256,7 +256,16 @@ fn install_host_table(
 /// looks at the subject never copies the body text or builds the header list.
 struct LuaMessage(Arc<Message>);
 
-const MESSAGE_FIELDS: [&str; 7] = ["subject", "from", "to", "text", "headers", "size", "attachments"];
+const MESSAGE_FIELDS: [&str; 8] = [
+    "subject",
+    "from",
+    "to",
+    "text",
+    "headers",
+    "size",
+    "attachments",
+    "links",
+];
 
 fn message_field(lua: &Lua, m: &Message, key: &str) -> mlua::Result<Value> {
     Ok(match key {
@@ -276,6 +285,7 @@ fn message_field(lua: &Lua, m: &Message, key: &str) -> mlua::Result<Value> {
         }
         "size" => Value::Integer(m.size as i64),
         "attachments" => Value::Integer(m.attachments as i64),
+        "links" => Value::Table(lua.create_sequence_from(m.links.iter().map(String::as_str))?),
         _ => Value::Nil,
     })
 }

@@ -48,8 +48,42 @@ pub fn parse_message(raw: &[u8]) -> Message {
         .to()
         .map(|a| a.iter().filter_map(|x| x.address()).map(str::to_string).collect())
         .unwrap_or_default();
-    // Text parts, or HTML parts reduced to text when a part has no text form.
+    // Text parts, or HTML parts reduced to text when a part has no text form; then attached
+    // messages, one level down.
     let mut text = String::new();
+    append_text(&mut text, &p);
+    let mut links = Links::default();
+    for part in &p.parts {
+        match &part.body {
+            mail_parser::PartType::Html(html) => links.in_html(html),
+            mail_parser::PartType::Message(inner) if text.len() < MAX_TEXT => {
+                text.push('\n');
+                text.push_str(inner.subject().unwrap_or(""));
+                append_text(&mut text, inner);
+                for inner_part in &inner.parts {
+                    if let mail_parser::PartType::Html(html) = &inner_part.body {
+                        links.in_html(html);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if text.len() > MAX_TEXT {
+        let mut cut = MAX_TEXT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    links.in_text(&text);
+    m.text = text;
+    m.links = links.0;
+    m.attachments = p.attachment_count();
+    m
+}
+
+fn append_text(text: &mut String, p: &mail_parser::Message<'_>) {
     for i in 0.. {
         let Some(t) = p.body_text(i) else { break };
         if !text.is_empty() {
@@ -57,17 +91,74 @@ pub fn parse_message(raw: &[u8]) -> Message {
         }
         text.push_str(&t);
         if text.len() > MAX_TEXT {
-            let mut cut = MAX_TEXT;
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            text.truncate(cut);
             break;
         }
     }
-    m.text = text;
-    m.attachments = p.attachment_count();
-    m
+}
+
+/// Most link hosts kept per message.
+const MAX_LINKS: usize = 64;
+
+/// Link hosts, distinct, in order.
+#[derive(Default)]
+struct Links(Vec<String>);
+
+impl Links {
+    fn push(&mut self, url_rest: &str) {
+        if self.0.len() >= MAX_LINKS {
+            return;
+        }
+        // After the scheme: userinfo@host:port/path -> host.
+        let authority = url_rest
+            .split(|c: char| matches!(c, '/' | '?' | '#' | '"' | '\'' | '>' | '<' | ')' | ']') || c.is_whitespace())
+            .next()
+            .unwrap_or("");
+        let host = authority.rsplit('@').next().unwrap_or("");
+        let host = host.split(':').next().unwrap_or("");
+        let host = host.trim_matches('.').to_ascii_lowercase();
+        if host.contains('.')
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            && !self.0.contains(&host)
+        {
+            self.0.push(host);
+        }
+    }
+
+    /// `http://`, `https://` and bare `www.` links in text.
+    fn in_text(&mut self, text: &str) {
+        let lower = text.to_ascii_lowercase();
+        for marker in ["http://", "https://", "www."] {
+            for (i, _) in lower.match_indices(marker) {
+                let start = if marker == "www." { i } else { i + marker.len() };
+                self.push(&lower[start..]);
+            }
+        }
+    }
+
+    /// `href` and `src` attribute values of an HTML part that are absolute URLs.
+    fn in_html(&mut self, html: &str) {
+        let lower = html.to_ascii_lowercase();
+        for attr in ["href", "src"] {
+            let mut from = 0;
+            while let Some(i) = lower[from..].find(attr) {
+                let at = from + i + attr.len();
+                from = at;
+                let rest = lower[at..].trim_start();
+                let Some(rest) = rest.strip_prefix('=') else { continue };
+                let value = rest.trim_start().trim_start_matches(['"', '\'']).trim_start();
+                let url = value
+                    .strip_prefix("http://")
+                    .or_else(|| value.strip_prefix("https://"))
+                    .or_else(|| value.strip_prefix("//"));
+                if let Some(u) = url {
+                    self.push(u);
+                }
+            }
+        }
+    }
 }
 
 /// Adds headers on top and removes every field named in `remove` (case-insensitive, with its
@@ -198,5 +289,23 @@ mod tests {
         assert!(!out.contains("spf=pass"), "{out}");
         assert!(out.contains("other.example;\r\n\tdkim=pass"), "{out}");
         assert!(out.contains("mx.testing; none"), "{out}");
+    }
+
+    #[test]
+    fn links_from_html_and_text_and_attached_messages() {
+        let raw = concat!(
+            "From: a@example.org\r\nSubject: bounce\r\nMIME-Version: 1.0\r\n",
+            "Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n",
+            "--b\r\nContent-Type: text/html\r\n\r\n",
+            "<p>Hi <a HREF = \"https://User@Shop.Example:8080/x?y\">deal</a> <img src='//cdn.example/p.gif'>",
+            " <a href=\"mailto:x@example.org\">m</a> <a href=\"/relative\">r</a></p>\r\n",
+            "--b\r\nContent-Type: message/rfc822\r\n\r\n",
+            "From: spammer@pills.example\r\nSubject: cheap meds\r\n\r\nBuy at www.pills.example today\r\n",
+            "--b--\r\n"
+        );
+        let m = parse_message(raw.as_bytes());
+        assert_eq!(m.links, vec!["shop.example", "cdn.example", "www.pills.example"]);
+        assert!(m.text.contains("Hi deal") || m.text.contains("deal"), "{}", m.text);
+        assert!(m.text.contains("cheap meds") && m.text.contains("Buy at"), "{}", m.text);
     }
 }

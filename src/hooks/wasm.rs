@@ -273,8 +273,8 @@ impl Inner {
 
 /// Message fields a WASM plugin can ask for (`message_fields` in `describe()`); `size` and
 /// `attachments` always come.
-const MESSAGE_FIELDS: [&str; 5] = ["subject", "from", "to", "text", "headers"];
-const ALL_FIELDS: u8 = 0b1_1111;
+const MESSAGE_FIELDS: [&str; 6] = ["subject", "from", "to", "text", "headers", "links"];
+const ALL_FIELDS: u8 = 0b11_1111;
 
 /// For one chain: the message's JSON for each set of fields asked for. The message is the
 /// bulk of an event and the same for every WASM plugin of the chain, so it is encoded once.
@@ -315,6 +315,9 @@ impl serde::Serialize for Fields<'_> {
         }
         if mask & 16 != 0 {
             map.serialize_entry("headers", &m.headers)?;
+        }
+        if mask & 32 != 0 {
+            map.serialize_entry("links", &m.links)?;
         }
         map.serialize_entry("size", &m.size)?;
         map.serialize_entry("attachments", &m.attachments)?;

@@ -77,28 +77,6 @@ fn address_in(value: &str) -> String {
     v.trim().trim_matches('"').to_ascii_lowercase()
 }
 
-/// URL hosts in text (`http://`, `https://`, `www.`).
-pub fn url_hosts(text: &str) -> Vec<String> {
-    let lower = text.to_ascii_lowercase();
-    let mut out = Vec::new();
-    for marker in ["http://", "https://", "www."] {
-        let mut rest = lower.as_str();
-        while let Some(i) = rest.find(marker) {
-            let after = &rest[i + if marker == "www." { 0 } else { marker.len() }..];
-            let host: String = after
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
-                .collect();
-            let host = host.trim_matches('.').to_string();
-            if host.contains('.') && !out.contains(&host) {
-                out.push(host);
-            }
-            rest = &rest[i + marker.len()..];
-        }
-    }
-    out
-}
-
 /// The token set of a message.
 pub fn tokens(m: &Message) -> HashSet<String> {
     let mut t = HashSet::new();
@@ -182,8 +160,8 @@ pub fn tokens(m: &Message) -> HashSet<String> {
     for p in body.windows(2) {
         add(format!("{} {}", p[0], p[1]));
     }
-    for host in url_hosts(&m.text) {
-        add(format!("u:{}", tail2(&host)));
+    for host in &m.links {
+        add(format!("u:{}", tail2(host)));
         add(format!("uh:{host}"));
     }
     let n = body.len();
@@ -254,6 +232,7 @@ mod tests {
                 },
             ],
             text: "Visit http://shop.pharma.example/buy now!!! BUY".into(),
+            links: vec!["shop.pharma.example".into()],
             ..Message::default()
         };
         let t = tokens(&m);

@@ -44,15 +44,21 @@ pub async fn start_dns(records: &[(&str, &str, &str)]) -> SocketAddr {
     }
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // UDP and TCP on one port number: the UDP port is free, the same TCP port may not be
+    // (another test's connection can hold it), so try again on another.
+    let (udp, tcp) = 'bound: {
+        for _ in 0..50 {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+                break 'bound (udp, tcp);
+            }
+        }
+        panic!("no port free for both UDP and TCP on 127.0.0.1");
+    };
     let addr = udp.local_addr().unwrap();
     let mut server = hickory_server::Server::new(catalog);
     server.register_socket(udp);
-    server.register_listener(
-        tokio::net::TcpListener::bind(addr).await.unwrap(),
-        Duration::from_secs(5),
-        4096,
-    );
+    server.register_listener(tcp, Duration::from_secs(5), 4096);
     // The server runs on its own tasks for the rest of the test process.
     std::mem::forget(server);
     addr

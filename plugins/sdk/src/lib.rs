@@ -90,9 +90,10 @@ pub trait Plugin {
     /// SMTP stages at which `on_receive` runs (default: data only).
     const STAGES: &'static [Stage] = &[Stage::Data];
     /// Fields of `event.message` the plugin reads: any of "subject", "from", "to", "text",
-    /// "headers" (`size` and `attachments` always come). The others arrive empty. The default
-    /// is all of them; naming fewer saves encoding and decoding the body on every call.
-    const MESSAGE_FIELDS: &'static [&'static str] = &["subject", "from", "to", "text", "headers"];
+    /// "headers", "links" (`size` and `attachments` always come). The others arrive empty.
+    /// The default is all of them; naming fewer saves encoding and decoding the body on
+    /// every call.
+    const MESSAGE_FIELDS: &'static [&'static str] = &["subject", "from", "to", "text", "headers", "links"];
 
     fn on_receive(_event: &Event) -> Verdict {
         Verdict::default()
