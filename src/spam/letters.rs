@@ -77,6 +77,19 @@ impl Tally {
 /// A word that becomes plain letters once leetspeak is undone, with at least one
 /// substitution inside it (not a number, not `e-mail`).
 fn obfuscated(word: &str) -> bool {
+    // Punctuation around a word ("online!!!", "$100", "NEW!!") is emphasis, not disguise: the
+    // punctuation-run symbols count it.
+    let word = word.trim_matches(|c: char| !c.is_alphanumeric());
+    // An address ("newsletter@example") is not a word in disguise.
+    if let Some((local, domain)) = word.split_once('@') {
+        let letters = |s: &str| s.chars().filter(|c| c.is_alphabetic()).count();
+        if !domain.contains('@') && letters(local) >= 3 && letters(domain) >= 3 {
+            let only_letters = |s: &str| s.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if only_letters(local) && only_letters(domain) {
+                return false;
+            }
+        }
+    }
     let chars: Vec<char> = word.chars().collect();
     if chars.len() < 4 || chars.len() > 20 {
         return false;
@@ -184,6 +197,9 @@ mod tests {
         assert!(names("Cheap V1@gr@ here", clean).contains(&"OBFUSCATED_SUBJECT"));
         assert!(names("x", "buy c1al1s and v!agra now").contains(&"OBFUSCATED_WORD"));
         assert!(!names("x", "call 555-1234 or e-mail, win $100!").contains(&"OBFUSCATED_WORD"));
+        assert!(!names("NEW!! online!!!", "write to newsletter@example now!!").contains(&"OBFUSCATED_WORD"));
+        assert!(!names("NEW!! online!!!", clean).contains(&"OBFUSCATED_SUBJECT"));
+        assert!(names("x", "cheap vi@gra and c@sino").contains(&"OBFUSCATED_WORD"));
         assert!(names("x", "free m\u{200B}oney").contains(&"INVISIBLE_CHARS"));
         assert!(names("x", "your p\u{0430}ypal account").contains(&"MIXED_SCRIPTS"));
         assert!(names("ACT NOW AND WIN BIG", clean).contains(&"CAPS_SUBJECT"));
