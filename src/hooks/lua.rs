@@ -49,6 +49,8 @@ impl Budget {
 struct State {
     lua: Lua,
     budget: Arc<Budget>,
+    /// The hook functions the script defined, looked up once after loading.
+    functions: Vec<(Hook, mlua::Function)>,
 }
 
 pub struct LuaPlugin {
@@ -121,7 +123,16 @@ fn new_state(
     let loaded = lua.load(source).set_name(format!("@{}", path.display())).exec();
     budget.disarm();
     loaded.map_err(|e| lua_error(&e))?;
-    Ok(State { lua, budget })
+    let g = lua.globals();
+    let functions = Hook::ALL
+        .into_iter()
+        .filter_map(|h| match g.get::<Value>(h.function()) {
+            Ok(Value::Function(f)) => Some((h, f)),
+            _ => None,
+        })
+        .collect();
+    drop(g);
+    Ok(State { lua, budget, functions })
 }
 
 fn install_host_table(
@@ -306,8 +317,8 @@ fn pairs_of(
 
 impl mlua::UserData for LuaMessage {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: String| {
-            message_field(lua, &this.0, &key)
+        methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: mlua::LuaString| {
+            message_field(lua, &this.0, &key.to_str()?)
         });
         methods.add_meta_method(mlua::MetaMethod::Pairs, |lua, this, ()| {
             pairs_of(lua, &MESSAGE_FIELDS, |k| message_field(lua, &this.0, k))
@@ -316,8 +327,12 @@ impl mlua::UserData for LuaMessage {
 }
 
 /// The event for Lua: a read-only view whose fields are made when a script reads them
-/// (building the whole event as tables cost more than most policies' own work).
-struct LuaEvent(Event);
+/// (building the whole event as tables cost more than most policies' own work). The event
+/// is shared with the chain, not copied; `event.message` is made once per call.
+struct LuaEvent {
+    event: Arc<Event>,
+    message: Mutex<Option<mlua::AnyUserData>>,
+}
 
 const EVENT_FIELDS: [&str; 12] = [
     "hook",
@@ -334,7 +349,8 @@ const EVENT_FIELDS: [&str; 12] = [
     "user",
 ];
 
-fn event_field(lua: &Lua, e: &Event, key: &str) -> mlua::Result<Value> {
+fn event_field(lua: &Lua, this: &LuaEvent, key: &str) -> mlua::Result<Value> {
+    let e = &*this.event;
     let opts = mlua::serde::SerializeOptions::new()
         .serialize_none_to_null(false)
         .serialize_unit_to_null(false);
@@ -355,7 +371,13 @@ fn event_field(lua: &Lua, e: &Event, key: &str) -> mlua::Result<Value> {
         "recipient" => opt_str(&e.recipient)?,
         "default_route" => opt_str(&e.default_route)?,
         "message" => match &e.message {
-            Some(m) => Value::UserData(lua.create_userdata(LuaMessage(m.clone()))?),
+            Some(m) => {
+                let mut cached = this.message.lock().unwrap_or_else(|p| p.into_inner());
+                if cached.is_none() {
+                    *cached = Some(lua.create_userdata(LuaMessage(m.clone()))?);
+                }
+                Value::UserData(cached.clone().expect("just made"))
+            }
             None => Value::Nil,
         },
         "auth" => match &e.auth {
@@ -372,11 +394,11 @@ fn event_field(lua: &Lua, e: &Event, key: &str) -> mlua::Result<Value> {
 
 impl mlua::UserData for LuaEvent {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: String| {
-            event_field(lua, &this.0, &key)
+        methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: mlua::LuaString| {
+            event_field(lua, this, &key.to_str()?)
         });
         methods.add_meta_method(mlua::MetaMethod::Pairs, |lua, this, ()| {
-            pairs_of(lua, &EVENT_FIELDS, |k| event_field(lua, &this.0, k))
+            pairs_of(lua, &EVENT_FIELDS, |k| event_field(lua, this, k))
         });
     }
 }
@@ -457,15 +479,17 @@ impl LuaPlugin {
         self.states[i].lock().await
     }
 
-    pub async fn call(&self, hook: Hook, event: &Event) -> Result<Verdict, PluginError> {
+    pub async fn call(&self, hook: Hook, event: &Arc<Event>) -> Result<Verdict, PluginError> {
         let st = self.acquire().await;
-        let f: mlua::Function = match st.lua.globals().get(hook.function()) {
-            Ok(f) => f,
-            Err(_) => return Ok(Verdict::default()),
+        let Some(f) = st.functions.iter().find(|(h, _)| *h == hook).map(|(_, f)| f.clone()) else {
+            return Ok(Verdict::default());
         };
         let arg = st
             .lua
-            .create_userdata(LuaEvent(event.clone()))
+            .create_userdata(LuaEvent {
+                event: event.clone(),
+                message: Mutex::new(None),
+            })
             .map_err(|e| PluginError::Runtime(format!("{}: event: {}", self.name, lua_error(&e))))?;
         st.budget.arm(&self.manifest);
         let result = if self.uses_async {

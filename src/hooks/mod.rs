@@ -72,9 +72,20 @@ impl Plugin {
         hooks.contains(&hook) && (hook != Hook::Receive || stage.is_none_or(|s| stages.contains(&s)))
     }
 
-    async fn call(&self, hook: Hook, event: &Event, message_json: &wasm::MessageJson) -> Result<Verdict, PluginError> {
+    /// `snapshot`: the chain's shared copy of `event` for Lua views, made when first needed
+    /// and again only after a policy changed the event.
+    async fn call(
+        &self,
+        hook: Hook,
+        event: &Event,
+        snapshot: &mut Option<Arc<Event>>,
+        message_json: &wasm::MessageJson,
+    ) -> Result<Verdict, PluginError> {
         match &self.runtime {
-            Runtime::Lua(p) => p.call(hook, event).await,
+            Runtime::Lua(p) => {
+                let shared = snapshot.get_or_insert_with(|| Arc::new(event.clone())).clone();
+                p.call(hook, &shared).await
+            }
             Runtime::Wasm(p) => p.call(event, message_json).await,
         }
     }
@@ -212,9 +223,10 @@ impl PolicySet {
     pub async fn run(&self, hook: Hook, event: &mut Event) -> Outcome {
         let mut out = Outcome::default();
         let message_json = wasm::MessageJson::default();
+        let mut snapshot: Option<Arc<Event>> = None;
         for p in self.plugins.iter().filter(|p| p.implements(hook, event.stage)) {
             let started = Instant::now();
-            let result = p.call(hook, event, &message_json).await;
+            let result = p.call(hook, event, &mut snapshot, &message_json).await;
             let micros = started.elapsed().as_micros() as u64;
             let mut entry = TraceEntry {
                 plugin: p.name.clone(),
@@ -261,6 +273,9 @@ impl PolicySet {
                     score,
                     reason: v.reason.clone().unwrap_or_default(),
                 });
+            }
+            if !symbols.is_empty() {
+                snapshot = None; // later policies see the new score and symbols
             }
             for s in symbols {
                 entry.score += s.score;
