@@ -77,13 +77,13 @@ impl Plugin {
     async fn call(
         &self,
         hook: Hook,
-        event: &Event,
+        event: &mut Event,
         snapshot: &mut Option<Arc<Event>>,
         message_json: &wasm::MessageJson,
     ) -> Result<Verdict, PluginError> {
         match &self.runtime {
             Runtime::Lua(p) => {
-                let shared = snapshot.get_or_insert_with(|| Arc::new(event.clone())).clone();
+                let shared = snapshot.get_or_insert_with(|| Arc::new((*event).clone())).clone();
                 p.call(hook, &shared).await
             }
             Runtime::Wasm(p) => p.call(event, message_json).await,
@@ -224,7 +224,8 @@ impl PolicySet {
         let mut out = Outcome::default();
         let message_json = wasm::MessageJson::default();
         let mut snapshot: Option<Arc<Event>> = None;
-        for p in self.plugins.iter().filter(|p| p.implements(hook, event.stage)) {
+        let stage = event.stage;
+        for p in self.plugins.iter().filter(|p| p.implements(hook, stage)) {
             let started = Instant::now();
             let result = p.call(hook, event, &mut snapshot, &message_json).await;
             let micros = started.elapsed().as_micros() as u64;

@@ -326,16 +326,16 @@ impl serde::Serialize for Fields<'_> {
 }
 
 /// The event's JSON, with the message's part from the chain's cache.
-fn event_json(event: &Event, cache: &MessageJson, mask: u8) -> serde_json::Result<String> {
-    let Some(message) = &event.message else {
+/// The event's JSON, with the message's part from the chain's cache. The message is taken
+/// out for the moment of serialising the rest (not copied with it) and put back.
+fn event_json(event: &mut Event, cache: &MessageJson, mask: u8) -> serde_json::Result<String> {
+    let Some(message) = event.message.take() else {
         return serde_json::to_string(event);
     };
-    let rest = Event {
-        message: None,
-        ..event.clone()
-    };
-    let mut json = serde_json::to_string(&rest)?;
-    let m = cache.get(message, mask)?;
+    let rest = serde_json::to_string(event);
+    event.message = Some(message);
+    let mut json = rest?;
+    let m = cache.get(event.message.as_ref().expect("just put back"), mask)?;
     json.pop(); // the closing brace; "message" is skipped when absent, so it is not there yet
     json.reserve(m.len() + 12);
     json.push_str(",\"message\":");
@@ -429,7 +429,7 @@ impl WasmPlugin {
     }
 
     /// Calls the plugin; `cache` holds the chain's message JSON.
-    pub async fn call(&self, event: &Event, cache: &MessageJson) -> Result<Verdict, PluginError> {
+    pub async fn call(&self, event: &mut Event, cache: &MessageJson) -> Result<Verdict, PluginError> {
         let json =
             event_json(event, cache, self.message_fields).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
         let inner = self.inner.clone();
