@@ -36,11 +36,19 @@ impl Plugin for SpamScore {
         let mut symbols = Vec::new();
         let mut add = |name: &str, score: f64, reason: String| {
             if score != 0.0 {
-                symbols.push(Symbol { name: name.into(), score, reason });
+                symbols.push(Symbol {
+                    name: name.into(),
+                    score,
+                    reason,
+                });
             }
         };
         for f in host::letters() {
-            add(&f.name, score_of(&config, &f.name, 1.0), format!("x{} ({})", f.count, f.example));
+            add(
+                &f.name,
+                score_of(&config, &f.name, 1.0),
+                format!("x{} ({})", f.count, f.example),
+            );
         }
         for k in host::keywords() {
             add(&k.name, k.score, k.description);
@@ -51,9 +59,18 @@ impl Plugin for SpamScore {
                 add("BAYES_SPAM", score_of(&config, "BAYES_SPAM", 4.0), top.join(" "));
             }
         }
-        for zone in config["dnsbl_ip"].as_array().into_iter().flatten().filter_map(|z| z.as_str()) {
+        for zone in config["dnsbl_ip"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|z| z.as_str())
+        {
             match host::dnsbl(&event.session.client_ip, zone) {
-                Ok(hits) if !hits.is_empty() => add("RBL_IP", score_of(&config, "RBL_IP", 4.0), format!("{zone} {}", hits[0])),
+                Ok(hits) if !hits.is_empty() => add(
+                    "RBL_IP",
+                    score_of(&config, "RBL_IP", 4.0),
+                    format!("{zone} {}", hits[0]),
+                ),
                 Ok(_) => {}
                 Err(e) => host::log("warn", &format!("{zone}: {e}")),
             }
