@@ -41,6 +41,14 @@ impl Budget {
         self.exceeded.store(0, Ordering::SeqCst);
     }
 
+    /// One DNS lookup out of the call's `dns_lookups`.
+    fn take_dns(&self) -> mlua::Result<()> {
+        self.dns_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .map(|_| ())
+            .map_err(|_| mlua::Error::runtime("DNS lookup budget exceeded (dns_lookups)"))
+    }
+
     fn disarm(&self) {
         *self.deadline.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
@@ -184,12 +192,7 @@ fn install_host_table(
         lua.create_async_function(move |lua, (kind, name): (String, String)| {
             let (h, b) = (h.clone(), b.clone());
             async move {
-                if b.dns_left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_err()
-                {
-                    return Err(mlua::Error::runtime("DNS lookup budget exceeded (dns_lookups)"));
-                }
+                b.take_dns()?;
                 let answers = h.dns(&kind, &name).await.map_err(mlua::Error::runtime)?;
                 lua.to_value(&answers)
             }
@@ -219,12 +222,7 @@ fn install_host_table(
             let (h, b) = (h.clone(), b.clone());
             async move {
                 let name = crate::spam::origin::dnsbl_query(&target, &zone).map_err(mlua::Error::runtime)?;
-                if b.dns_left
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                    .is_err()
-                {
-                    return Err(mlua::Error::runtime("DNS lookup budget exceeded (dns_lookups)"));
-                }
+                b.take_dns()?;
                 let answers = h.dns("A", &name).await.map_err(mlua::Error::runtime)?;
                 lua.to_value(&answers)
             }

@@ -53,7 +53,7 @@ fn ham_msg(i: usize) -> String {
 
 /// A corpus of `n` synthetic messages of each kind in `dir/spam` and `dir/ham` (LF endings,
 /// one with an mbox From line, as real corpora have).
-pub(crate) fn write_corpus(dir: &Path, n: usize) {
+fn write_corpus(dir: &Path, n: usize) {
     for (kind, make) in [("spam", spam_msg as fn(usize) -> String), ("ham", ham_msg)] {
         std::fs::create_dir_all(dir.join(kind)).unwrap();
         for i in 0..n {
@@ -66,9 +66,9 @@ pub(crate) fn write_corpus(dir: &Path, n: usize) {
     }
 }
 
-#[tokio::test]
-async fn bayes_policy_tags_spam_and_junk_moves_train_it() {
-    let s = start_with_policies(&[("50-bayes.lua", BAYES_LUA), ("50-bayes.toml", BAYES_TOML)], |_| {}).await;
+/// Trains the server's Bayes model on 30 synthetic messages of each kind and makes it the
+/// live one; returns the training report.
+pub(crate) fn train_synthetic(s: &TestServer) -> String {
     let corpus = tempfile::tempdir().unwrap();
     write_corpus(corpus.path(), 30);
     let (counts, report) = mailgate::spam::train(
@@ -80,9 +80,17 @@ async fn bayes_policy_tags_spam_and_junk_moves_train_it() {
         Some(1 << 14),
     )
     .unwrap();
-    assert!(report.contains("trained on 30 spam and 30 ham"), "{report}");
     let spam_state = s.running.shared.engine.host().spam.clone();
     spam_state.set_model(Some(mailgate::spam::bayes::Model::new(counts).unwrap()));
+    report
+}
+
+#[tokio::test]
+async fn bayes_policy_tags_spam_and_junk_moves_train_it() {
+    let s = start_with_policies(&[("50-bayes.lua", BAYES_LUA), ("50-bayes.toml", BAYES_TOML)], |_| {}).await;
+    let report = train_synthetic(&s);
+    assert!(report.contains("trained on 30 spam and 30 ham"), "{report}");
+    let spam_state = s.running.shared.engine.host().spam.clone();
 
     // Held-back messages (indices never trained) through a real SMTP session.
     let mut c = greeted(s.smtp).await;

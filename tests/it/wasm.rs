@@ -273,19 +273,7 @@ async fn spam_analyzers_as_wasm_imports() {
             .await
             .starts_with("250")
     );
-    let corpus = tempfile::tempdir().unwrap();
-    crate::spam::write_corpus(corpus.path(), 30);
-    let (counts, _) = mailgate::spam::train(
-        &**s.store(),
-        &[corpus.path().join("spam")],
-        &[corpus.path().join("ham")],
-        None,
-        true,
-        Some(1 << 14),
-    )
-    .unwrap();
-    let spam_state = s.running.shared.engine.host().spam.clone();
-    spam_state.set_model(Some(mailgate::spam::bayes::Model::new(counts).unwrap()));
+    crate::spam::train_synthetic(&s);
     let mut c = greeted(s.smtp).await;
     let r = send_mail(
         &mut c,
