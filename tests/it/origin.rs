@@ -51,6 +51,11 @@ async fn zone(dkim_record: &str) -> std::net::SocketAddr {
         ("_dmarc.bad.test.", "TXT", "v=DMARC1; p=reject"),
         ("bad2.test.", "TXT", "v=spf1 ip4:192.0.2.1 -all"),
         ("_dmarc.bad2.test.", "TXT", "v=DMARC1; p=reject"),
+        ("soft.test.", "TXT", "v=spf1 ip4:192.0.2.1 ~all"),
+        ("quar.test.", "TXT", "v=spf1 ip4:192.0.2.1 -all"),
+        ("_dmarc.quar.test.", "TXT", "v=DMARC1; p=quarantine"),
+        ("none.test.", "TXT", "v=spf1 ip4:192.0.2.1 ~all"),
+        ("_dmarc.none.test.", "TXT", "v=DMARC1; p=none"),
         ("1.0.0.127.bl.test.", "A", "127.0.0.2"),
         ("bad.test.dbl.test.", "A", "127.0.1.2"),
     ])
@@ -126,8 +131,18 @@ async fn spf_dkim_dmarc_pass_and_fail_through_smtp() {
     );
     assert!(send(&s, "news@good.test", &lure).await.starts_with("250"));
 
+    // SPF softfail; DMARC failures under p=quarantine and p=none.
+    for (from, subject) in [
+        ("a@soft.test", "soft"),
+        ("a@quar.test", "quar"),
+        ("a@none.test", "none"),
+    ] {
+        let m = mail(from, subject, "", "Hello.");
+        assert!(send(&s, from, &m).await.starts_with("250"));
+    }
+
     let inbox = s.texts("alice@localhost", "INBOX");
-    assert_eq!(inbox.len(), 4);
+    assert_eq!(inbox.len(), 7);
     let ar = |i: usize| field(&inbox[i], "Authentication-Results");
     let symbols = |i: usize| field(&inbox[i], "X-Spam-Symbols");
 
@@ -159,6 +174,17 @@ async fn spf_dkim_dmarc_pass_and_fail_through_smtp() {
         assert!(symbols(3).contains(sym), "{sym} in {}", symbols(3));
     }
     assert!(ar(3).contains("dmarc=none"), "{}", ar(3));
+
+    assert!(ar(4).contains("spf=softfail"), "{}", ar(4));
+    assert_eq!(symbols(4), "SPF_SOFTFAIL(1.00)");
+    assert!(ar(5).contains("policy.dmarc=quarantine"), "{}", ar(5));
+    assert_eq!(symbols(5), "SPF_FAIL(3.00), DMARC_QUARANTINE(3.50)");
+    assert!(
+        ar(6).contains("dmarc=fail") && ar(6).contains("policy.dmarc=none"),
+        "{}",
+        ar(6)
+    );
+    assert_eq!(symbols(6), "SPF_SOFTFAIL(1.00), DMARC_FAIL(1.00)");
 }
 
 /// Blocklists add to the authentication failures until each threshold is reached: Junk at
