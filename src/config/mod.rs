@@ -144,7 +144,7 @@ pub struct Spam {
     /// Accounts whose moves never train the model.
     pub learn_opt_out: Vec<String>,
     /// Time limit for one message's SPF, DKIM and DMARC checks together; past it the
-    /// unfinished ones are `temperror`.
+    /// three results are `temperror`.
     pub auth_timeout_ms: u64,
     /// Record the checks in an `Authentication-Results` header (RFC 8601) on local delivery.
     pub authentication_results: bool,

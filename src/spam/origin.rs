@@ -59,8 +59,8 @@ impl Origin {
         }
     }
 
-    /// SPF, DKIM and DMARC for one message. Past the time limit every unfinished check is a
-    /// `temperror`, as when DNS fails (RFC 8601 §2.7.1): never a reason to lose the message.
+    /// SPF, DKIM and DMARC for one message. Past the time limit all three are `temperror`,
+    /// as when DNS fails (RFC 8601 §2.7.1): never a reason to lose the message.
     pub async fn check(&self, sender: &Sender<'_>, raw: &[u8]) -> Checked {
         match tokio::time::timeout(self.timeout, self.check_all(sender, raw)).await {
             Ok(c) => c,

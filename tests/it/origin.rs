@@ -262,3 +262,28 @@ async fn allow_and_deny_lists() {
     assert_eq!(inbox.len(), 1);
     assert!(!inbox[0].contains("X-Spam-Flag"));
 }
+
+/// A DNS server that never answers: the checks give up at `[spam] auth_timeout_ms` and the
+/// message is delivered with `temperror` results, not held or lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_dns_gives_temperror_within_the_time_limit() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap(); // bound, never read
+    let s = start_with_policies(&[("20-origin.lua", ORIGIN_LUA), ("20-origin.toml", ORIGIN_TOML)], |c| {
+        c.dns.servers = vec![silent.local_addr().unwrap()];
+        c.spam.auth_timeout_ms = 300;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = send(&s, "a@good.test", &mail("a@good.test", "slow", "", "Hello.")).await;
+    assert!(r.starts_with("250"), "{r}");
+    let inbox = s.texts("alice@localhost", "INBOX");
+    let ar = field(&inbox[0], "Authentication-Results");
+    assert!(ar.contains("spf=temperror") && ar.contains("dmarc=temperror"), "{ar}");
+    // The limit, not the resolver's own 2 s per lookup, bounds the wait.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
