@@ -205,6 +205,10 @@ pub fn tokens(m: &Message) -> HashSet<String> {
         add(format!("{} {}", p[0], p[1]));
     }
     for host in &m.links {
+        if host.parse::<std::net::Ipv4Addr>().is_ok() {
+            // A link to a bare address: which one matters less than that there is one.
+            add("u:<ip>".into());
+        }
         add(format!("u:{}", tail2(host)));
         add(format!("uh:{host}"));
     }
@@ -280,7 +284,7 @@ mod tests {
                 },
             ],
             text: "Visit http://shop.pharma.example/buy now!!! BUY".into(),
-            links: vec!["shop.pharma.example".into()],
+            links: vec!["shop.pharma.example".into(), "203.0.113.9".into()],
             ..Message::default()
         };
         let t = tokens(&m);
@@ -291,6 +295,7 @@ mod tests {
             "fd2:pharma.example",
             "fn:best",
             "uh:shop.pharma.example",
+            "u:<ip>",
             "visit",
             "buy",
             "rh:relay.example",
