@@ -82,7 +82,19 @@ fn address_list(out: &mut Vec<u8>, value: Option<&str>) {
 
 /// ENVELOPE of a message whose header block is `header`.
 pub fn envelope(out: &mut Vec<u8>, header: &[u8]) {
-    let f = mime::fields(header);
+    const NAMES: [&str; 10] = [
+        "date",
+        "subject",
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "bcc",
+        "in-reply-to",
+        "message-id",
+    ];
+    let f = mime::fields_named(header, &NAMES);
     let get = |n: &str| mime::field(&f, n);
     out.push(b'(');
     nstring(out, get("date"));

@@ -71,18 +71,31 @@ pub fn header_len(raw: &[u8]) -> usize {
 
 /// Header fields of a header block: `(name, unfolded raw value)`, in order.
 pub fn fields(header: &[u8]) -> Vec<(&str, String)> {
+    fields_where(header, |_| true)
+}
+
+/// [`fields`], keeping only the fields whose name is one of `names` (ASCII
+/// case-insensitive): the others' values are never copied.
+pub fn fields_named<'a>(header: &'a [u8], names: &[&str]) -> Vec<(&'a str, String)> {
+    fields_where(header, |n| names.iter().any(|w| w.eq_ignore_ascii_case(n)))
+}
+
+fn fields_where<'a>(header: &'a [u8], keep: impl Fn(&str) -> bool) -> Vec<(&'a str, String)> {
     let mut out: Vec<(&str, String)> = Vec::new();
+    // Whether the field the current continuation lines belong to was kept.
+    let mut kept = false;
     for line in header.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             continue;
         }
         if line[0] == b' ' || line[0] == b'\t' {
-            if let Some((_, v)) = out.last_mut() {
+            if kept && let Some((_, v)) = out.last_mut() {
                 v.push_str(&String::from_utf8_lossy(line));
             }
             continue;
         }
+        kept = false;
         let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
@@ -90,6 +103,10 @@ pub fn fields(header: &[u8]) -> Vec<(&str, String)> {
             continue;
         };
         let name = name.trim_end();
+        if !keep(name) {
+            continue;
+        }
+        kept = true;
         let value = String::from_utf8_lossy(&line[colon + 1..]).trim_start().to_string();
         out.push((name, value));
     }
@@ -467,5 +484,13 @@ Content-Type: text/plain\r\n\r\nplain\r\n--YY\r\nContent-Type: text/html\r\n\r\n
             p,
             vec![("charset".into(), "utf-8".into()), ("format".into(), "flowed".into())]
         );
+    }
+
+    #[test]
+    fn named_fields_skip_others_and_their_continuations() {
+        let h = b"Received: from a\r\n\tby b\r\nSubject: one\r\n two\r\nX-Other: x\r\n y\r\nFROM: a@b\r\n\r\n";
+        let f = fields_named(h, &["subject", "from"]);
+        assert_eq!(f, vec![("Subject", "one two".to_string()), ("FROM", "a@b".to_string())]);
+        assert_eq!(fields(h).len(), 4);
     }
 }
