@@ -80,7 +80,7 @@ pub fn fields_named<'a>(header: &'a [u8], names: &[&str]) -> Vec<(&'a str, Strin
     fields_where(header, |n| names.iter().any(|w| w.eq_ignore_ascii_case(n)))
 }
 
-fn fields_where<'a>(header: &'a [u8], keep: impl Fn(&str) -> bool) -> Vec<(&'a str, String)> {
+fn fields_where(header: &[u8], keep: impl Fn(&str) -> bool) -> Vec<(&str, String)> {
     let mut out: Vec<(&str, String)> = Vec::new();
     // Whether the field the current continuation lines belong to was kept.
     let mut kept = false;
