@@ -49,14 +49,8 @@ impl LoginCache {
             use std::io::Read;
             let _ = f.read_exact(&mut secret);
         }
-        if secret == [0u8; 32] {
-            // No urandom: the cache stays off rather than keyed by a guessable secret.
-            return LoginCache {
-                secret,
-                ttl: Duration::ZERO,
-                entries: Mutex::default(),
-            };
-        }
+        // No urandom: the cache stays off rather than keyed by a guessable secret.
+        let ttl = if secret == [0u8; 32] { Duration::ZERO } else { ttl };
         LoginCache {
             secret,
             ttl,

@@ -343,7 +343,16 @@ async fn policy_test(
                 mail_from: from,
                 rcpt_to: to,
             };
-            Ok(simulate::run(&set, &config.spam.thresholds, &env, &raw, host.origin.as_deref()).await)
+            let message = std::sync::Arc::new(mailgate::hooks::parse_message(&raw));
+            Ok(simulate::run(
+                &set,
+                &config.spam.thresholds,
+                &env,
+                &raw,
+                message,
+                host.origin.as_deref(),
+            )
+            .await)
         }
         Err(e) => Err(e),
     };
@@ -468,28 +477,40 @@ async fn spam_chain(
 /// The envelope a corpus message is judged under: its own envelope sender (the
 /// `Return-Path` the receiving server recorded) when it has one, else its From address, so
 /// envelope checks see what the original receiver saw rather than a made-up sender.
-fn spam_envelope(raw: &[u8]) -> mailgate::hooks::simulate::Envelope {
-    let head = &raw[..memchr::memmem::find(raw, b"\r\n\r\n").unwrap_or(raw.len())];
-    let field = |name: &str| {
-        String::from_utf8_lossy(head).lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.to_string())
-        })
-    };
-    let address = |v: String| match (v.find('<'), v.rfind('>')) {
-        (Some(a), Some(b)) if a < b => v[a + 1..b].trim().to_string(),
-        _ => v.split_whitespace().find(|w| w.contains('@')).unwrap_or("").to_string(),
-    };
-    let mail_from = field("return-path")
-        .map(address)
-        .or_else(|| field("from").map(address))
-        .unwrap_or_default();
+fn spam_envelope(m: &mailgate::hooks::contract::Message) -> mailgate::hooks::simulate::Envelope {
+    let return_path = m
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("return-path"))
+        .map(|h| {
+            h.value
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .trim()
+                .to_string()
+        });
     mailgate::hooks::simulate::Envelope {
         client_ip: "192.0.2.1".into(),
         helo: "mail.example.org".into(),
-        mail_from,
+        mail_from: return_path.unwrap_or_else(|| m.from.clone()),
         rcpt_to: vec!["postmaster@localhost".into()],
     }
+}
+
+/// One corpus message through the offline chain, parsed once for the chain and the caller.
+async fn spam_judge(
+    set: &mailgate::hooks::PolicySet,
+    config: &Config,
+    raw: &[u8],
+) -> (
+    mailgate::hooks::simulate::Report,
+    std::sync::Arc<mailgate::hooks::contract::Message>,
+) {
+    let message = std::sync::Arc::new(mailgate::hooks::parse_message(raw));
+    let env = spam_envelope(&message);
+    let report = mailgate::hooks::simulate::run(set, &config.spam.thresholds, &env, raw, message.clone(), None).await;
+    (report, message)
 }
 
 async fn spam_classify(config: &Config) -> Result<(), String> {
@@ -500,8 +521,8 @@ async fn spam_classify(config: &Config) -> Result<(), String> {
         .map_err(|e| format!("reading stdin: {e}"))?;
     let raw = simulate::normalize_eml(&bytes);
     let (set, host, scratch) = spam_chain(config).await?;
-    let report = simulate::run(&set, &config.spam.thresholds, &spam_envelope(&raw), &raw, None).await;
-    let judged = mailgate::spam::bayes(&host.spam, &mailgate::hooks::parse_message(&raw));
+    let (report, message) = spam_judge(&set, config, &raw).await;
+    let judged = mailgate::spam::bayes(&host.spam, &message);
     drop(set);
     drop(host);
     remove_scratch(&scratch);
@@ -531,7 +552,6 @@ async fn spam_eval(
     split: Option<mailgate::spam::Split>,
     json: bool,
 ) -> Result<(), String> {
-    use mailgate::hooks::simulate;
     use mailgate::spam::{Metrics, corpus_files, messages_in, process_cpu_secs, select};
     let (set, host, scratch) = spam_chain(config).await?;
     let mut m = Metrics::default();
@@ -541,7 +561,7 @@ async fn spam_eval(
         for f in select(corpus_files(dirs)?, split, true) {
             let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
             for raw in messages_in(&bytes) {
-                let r = simulate::run(&set, &config.spam.thresholds, &spam_envelope(&raw), &raw, None).await;
+                let (r, _) = spam_judge(&set, config, &raw).await;
                 let said = r.score >= config.spam.thresholds.tag;
                 if said != is_spam {
                     misses.push(format!(

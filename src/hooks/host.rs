@@ -36,6 +36,13 @@ impl HostServices {
         })
     }
 
+    /// DNS blocklist lookup (RFC 5782): the A answers for `target` (an IP, reversed, or a
+    /// domain) under `zone`; empty when not listed.
+    pub async fn dnsbl(&self, target: &str, zone: &str) -> Result<Vec<String>, String> {
+        let name = crate::spam::origin::dnsbl_query(target, zone)?;
+        self.dns("A", &name).await
+    }
+
     /// Looks up `name` (`A`, `AAAA`, `MX`, `TXT`, `PTR`); answers as strings (MX as
     /// "preference exchange", TXT strings joined). NXDOMAIN and no-data give an empty list.
     pub async fn dns(&self, kind: &str, name: &str) -> Result<Vec<String>, String> {

@@ -221,9 +221,8 @@ fn install_host_table(
         lua.create_async_function(move |lua, (target, zone): (String, String)| {
             let (h, b) = (h.clone(), b.clone());
             async move {
-                let name = crate::spam::origin::dnsbl_query(&target, &zone).map_err(mlua::Error::runtime)?;
                 b.take_dns()?;
-                let answers = h.dns("A", &name).await.map_err(mlua::Error::runtime)?;
+                let answers = h.dnsbl(&target, &zone).await.map_err(mlua::Error::runtime)?;
                 lua.to_value(&answers)
             }
         })?,
@@ -423,10 +422,7 @@ impl LuaPlugin {
         }
         let first = &pool[0].lua;
         let g = first.globals();
-        let hooks: HashSet<Hook> = Hook::ALL
-            .into_iter()
-            .filter(|h| matches!(g.get::<Value>(h.function()), Ok(Value::Function(_))))
-            .collect();
+        let hooks: HashSet<Hook> = pool[0].functions.iter().map(|(h, _)| *h).collect();
         if hooks.is_empty() {
             return Err(format!(
                 "{shown}: defines none of on_receive, on_route, on_deliver, on_fetch"

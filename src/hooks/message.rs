@@ -189,22 +189,26 @@ fn safe_value(v: &str) -> String {
     out
 }
 
-fn removes(entry: &str, name: &str, line: &[u8]) -> bool {
+/// One entry of a remove list: a field name, and the value prefix it is limited to.
+fn removal(entry: &str) -> (&str, Option<&str>) {
     match entry.split_once(':') {
-        None => entry.eq_ignore_ascii_case(name),
-        Some((n, prefix)) => {
-            if !n.eq_ignore_ascii_case(name) {
-                return false;
-            }
-            let value = line.splitn(2, |b| *b == b':').nth(1).unwrap_or(&[]);
-            let value = String::from_utf8_lossy(value);
-            let value = value.trim_start();
-            value.len() > prefix.len()
-                && value.is_char_boundary(prefix.len())
-                && value[..prefix.len()].eq_ignore_ascii_case(prefix)
-                && matches!(value.as_bytes()[prefix.len()], b';' | b' ' | b'\t' | b'\r')
-        }
+        None => (entry, None),
+        Some((name, prefix)) => (name, Some(prefix)),
     }
+}
+
+fn removes(&(field, prefix): &(&str, Option<&str>), name: &str, line: &[u8]) -> bool {
+    if !field.eq_ignore_ascii_case(name) {
+        return false;
+    }
+    let Some(prefix) = prefix else { return true };
+    let value = line.splitn(2, |b| *b == b':').nth(1).unwrap_or(&[]);
+    let value = String::from_utf8_lossy(value);
+    let value = value.trim_start();
+    value.len() > prefix.len()
+        && value.is_char_boundary(prefix.len())
+        && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && matches!(value.as_bytes()[prefix.len()], b';' | b' ' | b'\t' | b'\r')
 }
 
 /// [`edit_headers`], appending to `out` (saves a copy of the body on the delivery path).
@@ -217,6 +221,7 @@ pub fn edit_headers_into(out: &mut Vec<u8>, raw: &[u8], add: &[Header], remove: 
         out.extend_from_slice(raw);
         return;
     }
+    let rules: Vec<(&str, Option<&str>)> = remove.iter().map(|r| removal(r)).collect();
     let end = memchr::memmem::find(raw, b"\r\n\r\n")
         .map(|i| i + 2)
         .unwrap_or(raw.len());
@@ -231,7 +236,7 @@ pub fn edit_headers_into(out: &mut Vec<u8>, raw: &[u8], add: &[Header], remove: 
         if !continuation {
             let name = line.split(|b| *b == b':').next().unwrap_or(&[]);
             let name = String::from_utf8_lossy(name);
-            dropping = remove.iter().any(|r| removes(r, name.trim(), line));
+            dropping = rules.iter().any(|r| removes(r, name.trim(), line));
         }
         if !dropping {
             out.extend_from_slice(line);

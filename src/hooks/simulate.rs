@@ -4,7 +4,7 @@
 //! recipient, data, thresholds, on_deliver per recipient), without a network or a server.
 
 use super::contract::{Event, Header, Session, Symbol};
-use super::{Action, Hook, PolicySet, Stage, TraceEntry, parse_message};
+use super::{Action, Hook, PolicySet, Stage, TraceEntry};
 use crate::config::Thresholds;
 use crate::smtp::policy::{self, PolicyState};
 use serde::Serialize;
@@ -67,13 +67,15 @@ fn refusal(out: &super::Outcome) -> Option<(String, String)> {
     Some((verdict.into(), format!("{code} {enh} {text}")))
 }
 
-/// `origin`: check SPF/DKIM/DMARC (against live DNS) when a policy asks for `event.auth`;
-/// `None` leaves it unset (corpus runs: the messages were received elsewhere).
+/// `message` is `raw` parsed ([`parse_message`]; the caller may need it too). `origin`:
+/// check SPF/DKIM/DMARC (against live DNS) when a policy asks for `event.auth`; `None`
+/// leaves it unset (corpus runs: the messages were received elsewhere).
 pub async fn run(
     set: &PolicySet,
     thresholds: &Thresholds,
     env: &Envelope,
     raw: &[u8],
+    message: std::sync::Arc<super::contract::Message>,
     origin: Option<&crate::spam::origin::Origin>,
 ) -> Report {
     let mut ev = Event::new(
@@ -105,7 +107,6 @@ pub async fn run(
         report.trace = state.trace;
         report
     };
-    let message = std::sync::Arc::new(parse_message(raw));
     let mut auth_header = None;
     for stage in [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data] {
         if stage == Stage::Mail {
@@ -149,7 +150,7 @@ pub async fn run(
                 };
                 let checked = o.check(&sender, raw).await;
                 ev.auth = Some(checked.results);
-                auth_header = Some(checked.header_value);
+                auth_header = Some(checked.header);
             }
             let out = set.run(Hook::Receive, &mut ev).await;
             if let Some((v, reply)) = refusal(&out) {
@@ -177,14 +178,8 @@ pub async fn run(
     }
     let quarantine = state.quarantine || judged == policy::Verdict::Quarantine;
     let mut add = state.add_headers.clone();
-    if let Some(value) = auth_header {
-        add.insert(
-            0,
-            Header {
-                name: "Authentication-Results".into(),
-                value,
-            },
-        );
+    if let Some(h) = auth_header {
+        add.insert(0, h);
     }
     add.extend(policy::spam_headers(
         ev.score,

@@ -126,10 +126,9 @@ impl mailgate::policy::host::Host for HostState {
     }
 
     fn dnsbl(&mut self, target: String, zone: String) -> Result<Vec<String>, String> {
-        let name = crate::spam::origin::dnsbl_query(&target, &zone)?;
         self.take_dns_budget()?;
         let host = self.plugin.host.clone();
-        self.block_on(host.dns("A", &name))?
+        self.block_on(host.dnsbl(&target, &zone))?
     }
 
     fn bayes(&mut self) -> Option<String> {

@@ -727,14 +727,8 @@ impl Session {
         }
         let quarantine = tx.policy.quarantine || judged == policy::Verdict::Quarantine;
         let mut add = tx.policy.add_headers.clone();
-        if let Some(value) = auth_header {
-            add.insert(
-                0,
-                Header {
-                    name: "Authentication-Results".into(),
-                    value,
-                },
-            );
+        if let Some(h) = auth_header {
+            add.insert(0, h);
         }
         add.extend(policy::spam_headers(
             score,
@@ -772,8 +766,8 @@ impl Session {
     }
 
     /// SPF, DKIM and DMARC onto the transaction's event when a policy reads `event.auth`.
-    /// Returns the value of the `Authentication-Results` header to add, if one is configured.
-    async fn authenticate(&self, tx: &mut Transaction, body: &[u8]) -> Option<String> {
+    /// Returns the `Authentication-Results` header to add, if one is configured.
+    async fn authenticate(&self, tx: &mut Transaction, body: &[u8]) -> Option<Header> {
         if tx.policy.accepted || !self.policies.wants_auth() {
             return None;
         }
@@ -785,11 +779,7 @@ impl Session {
         };
         let checked = origin.check(&sender, body).await;
         tx.event.auth = Some(checked.results);
-        self.shared
-            .config
-            .spam
-            .authentication_results
-            .then_some(checked.header_value)
+        self.shared.config.spam.authentication_results.then_some(checked.header)
     }
 
     /// Runs `on_deliver` for each recipient, writes the message into the chosen folders

@@ -5,7 +5,7 @@
 //! The checks run only when a loaded policy asks for them (`auth = true` in its manifest):
 //! they cost DNS round trips, and a server without such a policy has no use for them.
 
-use crate::hooks::contract::AuthResults;
+use crate::hooks::contract::{AuthResults, Header};
 use mail_auth::dmarc::Policy;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator, SpfResult,
@@ -24,8 +24,8 @@ pub struct Origin {
 /// The results for one message.
 pub struct Checked {
     pub results: AuthResults,
-    /// The whole `Authentication-Results` field value (after the colon), folded.
-    pub header_value: String,
+    /// The `Authentication-Results` field that records them (value folded).
+    pub header: Header,
 }
 
 /// What a connection said about itself.
@@ -71,11 +71,11 @@ impl Origin {
                     dmarc: Some("temperror".into()),
                     ..Default::default()
                 };
-                let header_value = format!(
+                let header = results_header(format!(
                     "{};\r\n\tspf=temperror;\r\n\tdkim=temperror;\r\n\tdmarc=temperror (checks timed out)",
                     self.hostname
-                );
-                Checked { results, header_value }
+                ));
+                Checked { results, header }
             }
         }
     }
@@ -108,7 +108,7 @@ impl Origin {
             results.dkim = Some("none".into());
             results.dmarc = Some("none".into());
             return Checked {
-                header_value: header_value(header),
+                header: results_header(header.to_string()),
                 results,
             };
         };
@@ -157,15 +157,19 @@ impl Origin {
             }
         }
         Checked {
-            header_value: header_value(header),
+            header: results_header(header.to_string()),
             results,
         }
     }
 }
 
-/// The header's value (what follows `Authentication-Results:`), folded as mail-auth folds it.
-fn header_value(h: AuthenticationResults<'_>) -> String {
-    h.to_string()
+/// An `Authentication-Results` field; `value` is what follows the colon (mail-auth's
+/// `Display` of its builder writes exactly that, folded).
+fn results_header(value: String) -> Header {
+    Header {
+        name: "Authentication-Results".into(),
+        value,
+    }
 }
 
 fn spf_word(r: SpfResult) -> &'static str {

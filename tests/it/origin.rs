@@ -62,6 +62,19 @@ async fn zone(dkim_record: &str) -> std::net::SocketAddr {
     .await
 }
 
+/// A server with the shipped 20-origin policy (under `manifest`) resolving through `dns`.
+async fn origin_server(
+    manifest: &str,
+    dns: std::net::SocketAddr,
+    tweak: impl FnOnce(&mut mailgate::config::Config),
+) -> TestServer {
+    start_with_policies(&[("20-origin.lua", ORIGIN_LUA), ("20-origin.toml", manifest)], |c| {
+        c.dns.servers = vec![dns];
+        tweak(c);
+    })
+    .await
+}
+
 async fn send(s: &TestServer, from: &str, data: &str) -> String {
     let mut c = greeted(s.smtp).await;
     let r = c.cmd(&format!("MAIL FROM:<{from}>"), "").await;
@@ -98,10 +111,7 @@ fn field(raw: &str, name: &str) -> String {
 async fn spf_dkim_dmarc_pass_and_fail_through_smtp() {
     let (key, record) = dkim_key();
     let dns = zone(&record).await;
-    let s = start_with_policies(&[("20-origin.lua", ORIGIN_LUA), ("20-origin.toml", ORIGIN_TOML)], |c| {
-        c.dns.servers = vec![dns]
-    })
-    .await;
+    let s = origin_server(ORIGIN_TOML, dns, |_| {}).await;
 
     // Signed by good.test, sent from an address its SPF allows: everything passes.
     let signed = sign(
@@ -197,10 +207,7 @@ async fn blocklists_and_thresholds_through_smtp() {
         .replace("dnsbl_ip = []", "dnsbl_ip = [\"bl.test\"]")
         .replace("dnsbl_domain = []", "dnsbl_domain = [\"dbl.test\"]");
     assert_ne!(toml, ORIGIN_TOML);
-    let s = start_with_policies(&[("20-origin.lua", ORIGIN_LUA), ("20-origin.toml", &toml)], |c| {
-        c.dns.servers = vec![dns]
-    })
-    .await;
+    let s = origin_server(&toml, dns, |_| {}).await;
 
     // good.test, signed: -2 for authentication, +4 for the listed client IP.
     let signed = sign(
@@ -268,9 +275,8 @@ async fn allow_and_deny_lists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_dns_gives_temperror_within_the_time_limit() {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap(); // bound, never read
-    let s = start_with_policies(&[("20-origin.lua", ORIGIN_LUA), ("20-origin.toml", ORIGIN_TOML)], |c| {
-        c.dns.servers = vec![silent.local_addr().unwrap()];
-        c.spam.auth_timeout_ms = 300;
+    let s = origin_server(ORIGIN_TOML, silent.local_addr().unwrap(), |c| {
+        c.spam.auth_timeout_ms = 300
     })
     .await;
     let started = std::time::Instant::now();
