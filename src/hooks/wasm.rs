@@ -35,6 +35,9 @@ fn engine() -> &'static Engine {
         let mut c = Config::new();
         c.consume_fuel(true);
         c.epoch_interruption(true);
+        if std::env::var_os("MAILGATE_WASM_PERFMAP").is_some() {
+            c.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&c).expect("wasmtime engine with fuel and epochs");
         let ticker = engine.weak();
         std::thread::Builder::new()
