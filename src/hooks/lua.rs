@@ -59,6 +59,29 @@ struct State {
     budget: Arc<Budget>,
     /// The hook functions the script defined, looked up once after loading.
     functions: Vec<(Hook, mlua::Function)>,
+    /// The `event` argument of every call ([`LuaEvent`]) and its message ([`LuaMessage`]).
+    event: mlua::AnyUserData,
+    message: mlua::AnyUserData,
+}
+
+impl State {
+    /// Points the state's event and message views at `event` (`None`: at nothing).
+    fn point(&self, event: Option<&Arc<Event>>) -> mlua::Result<()> {
+        let message = event.and_then(|e| e.message.clone());
+        *self
+            .event
+            .borrow::<LuaEvent>()?
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = event.cloned();
+        *self
+            .message
+            .borrow::<LuaMessage>()?
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = message;
+        Ok(())
+    }
 }
 
 pub struct LuaPlugin {
@@ -141,7 +164,20 @@ fn new_state(
         })
         .collect();
     drop(g);
-    Ok(State { lua, budget, functions })
+    let (event, message) = (|| -> mlua::Result<_> {
+        let event = lua.create_userdata(LuaEvent::default())?;
+        let message = lua.create_userdata(LuaMessage::default())?;
+        event.set_user_value(&message)?;
+        Ok((event, message))
+    })()
+    .map_err(|e| lua_error(&e))?;
+    Ok(State {
+        lua,
+        budget,
+        functions,
+        event,
+        message,
+    })
 }
 
 fn install_host_table(
@@ -232,8 +268,8 @@ fn install_host_table(
     t.set(
         "bayes",
         lua.create_function(move |lua, msg: mlua::AnyUserData| {
-            let m = msg.borrow::<LuaMessage>()?;
-            match crate::spam::bayes_result(&h.spam, &m.0) {
+            let m = LuaMessage::of(&msg)?;
+            match crate::spam::bayes_result(&h.spam, &m) {
                 Some(j) => lua.to_value(&j),
                 None => Ok(Value::Nil),
             }
@@ -243,15 +279,15 @@ fn install_host_table(
     t.set(
         "keywords",
         lua.create_function(move |lua, msg: mlua::AnyUserData| {
-            let m = msg.borrow::<LuaMessage>()?;
-            lua.to_value(&rules.matches(&m.0))
+            let m = LuaMessage::of(&msg)?;
+            lua.to_value(&rules.matches(&m))
         })?,
     )?;
     t.set(
         "letters",
         lua.create_function(move |lua, msg: mlua::AnyUserData| {
-            let m = msg.borrow::<LuaMessage>()?;
-            lua.to_value(&crate::spam::letter_findings(&m.0))
+            let m = LuaMessage::of(&msg)?;
+            lua.to_value(&crate::spam::letter_findings(&m))
         })?,
     )?;
     t.set("now", lua.create_function(|_, ()| Ok(crate::store::now_secs()))?)?;
@@ -278,8 +314,23 @@ fn fast_case_functions(lua: &Lua) -> mlua::Result<()> {
 }
 
 /// `event.message` for Lua: fields are made when a script reads them, so a policy that only
-/// looks at the subject never copies the body text or builds the header list.
-struct LuaMessage(Arc<Message>);
+/// looks at the subject never copies the body text or builds the header list. One per state,
+/// pointed at the message of the call in progress (and at nothing between calls).
+#[derive(Default)]
+struct LuaMessage(Mutex<Option<Arc<Message>>>);
+
+impl LuaMessage {
+    /// The message a `mailgate.*` analyzer was given (`event.message` of the current call).
+    fn of(ud: &mlua::AnyUserData) -> mlua::Result<Arc<Message>> {
+        ud.borrow::<LuaMessage>()?
+            .current()
+            .ok_or_else(|| mlua::Error::runtime("the message of a call that has ended"))
+    }
+
+    fn current(&self) -> Option<Arc<Message>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 const MESSAGE_FIELDS: [&str; 8] = [
     "subject",
@@ -332,22 +383,27 @@ fn pairs_of(
 impl mlua::UserData for LuaMessage {
     fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
         methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: mlua::LuaString| {
-            message_field(lua, &this.0, &key.to_str()?)
+            match this.current() {
+                Some(m) => message_field(lua, &m, &key.to_str()?),
+                None => Ok(Value::Nil),
+            }
         });
         methods.add_meta_method(mlua::MetaMethod::Pairs, |lua, this, ()| {
-            pairs_of(lua, &MESSAGE_FIELDS, |k| message_field(lua, &this.0, k))
+            let m = this.current();
+            pairs_of(lua, if m.is_some() { &MESSAGE_FIELDS } else { &[] }, |k| {
+                message_field(lua, m.as_ref().expect("fields only with a message"), k)
+            })
         });
     }
 }
 
 /// The event for Lua: a read-only view whose fields are made when a script reads them
 /// (building the whole event as tables cost more than most policies' own work). The event
-/// is shared with the chain, not copied. `event.message` is made once per call and kept as
-/// the userdata's Lua-side user value, so the collector sees the link (a reference held from
-/// Rust is released only when the event's finalizer runs, a collection cycle later).
-struct LuaEvent {
-    event: Arc<Event>,
-}
+/// is shared with the chain, not copied. Like [`LuaMessage`], one per state, re-pointed for
+/// each call: making two userdata per call (each with a finalizer) was a third of a small
+/// policy's cost and most of its garbage. Its user value is the state's `LuaMessage`.
+#[derive(Default)]
+struct LuaEvent(Mutex<Option<Arc<Event>>>);
 
 const EVENT_FIELDS: [&str; 12] = [
     "hook",
@@ -365,8 +421,15 @@ const EVENT_FIELDS: [&str; 12] = [
 ];
 
 fn event_field(lua: &Lua, ud: &mlua::AnyUserData, key: &str) -> mlua::Result<Value> {
-    let this = ud.borrow::<LuaEvent>()?;
-    let e = &*this.event;
+    let Some(e) = ud
+        .borrow::<LuaEvent>()?
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    else {
+        return Ok(Value::Nil); // kept past its call
+    };
     let opts = mlua::serde::SerializeOptions::new()
         .serialize_none_to_null(false)
         .serialize_unit_to_null(false);
@@ -387,14 +450,7 @@ fn event_field(lua: &Lua, ud: &mlua::AnyUserData, key: &str) -> mlua::Result<Val
         "recipient" => opt_str(&e.recipient)?,
         "default_route" => opt_str(&e.default_route)?,
         "message" => match &e.message {
-            Some(m) => match ud.user_value::<Value>()? {
-                Value::UserData(cached) => Value::UserData(cached),
-                _ => {
-                    let made = lua.create_userdata(LuaMessage(m.clone()))?;
-                    ud.set_user_value(&made)?;
-                    Value::UserData(made)
-                }
-            },
+            Some(_) => ud.user_value::<Value>()?,
             None => Value::Nil,
         },
         "auth" => match &e.auth {
@@ -499,10 +555,9 @@ impl LuaPlugin {
         let Some(f) = st.functions.iter().find(|(h, _)| *h == hook).map(|(_, f)| f.clone()) else {
             return Ok(Verdict::default());
         };
-        let arg = st
-            .lua
-            .create_userdata(LuaEvent { event: event.clone() })
+        st.point(Some(event))
             .map_err(|e| PluginError::Runtime(format!("{}: event: {}", self.name, lua_error(&e))))?;
+        let arg = st.event.clone();
         st.budget.arm(&self.manifest);
         let result = if self.uses_async {
             // The hook stops Lua code; the timeout also covers time spent waiting on DNS.
@@ -513,6 +568,8 @@ impl LuaPlugin {
             Ok(f.call::<Value>(arg))
         };
         st.budget.disarm();
+        // Nothing of this message stays with the state (a script may keep `event` in a global).
+        let _ = st.point(None);
         // Lua's incremental collector lags behind a state that makes userdata (the event views)
         // on every call: its heap drifted up by cycles until `memory_mb` failed healthy
         // scripts after some 10^5 messages. A full collection once the heap passes half the
