@@ -135,14 +135,15 @@ fn rdata_string(d: &RData) -> String {
     }
 }
 
-/// Compiled regexes of one plugin, compiled once and reused across calls.
+/// Compiled regexes of one plugin, compiled once and reused across calls. Shared as `Arc`s:
+/// a cloned `Regex` starts a pool of its own, so every call paid for fresh search caches.
 #[derive(Default)]
 pub struct RegexCache {
-    map: Mutex<HashMap<String, Regex>>,
+    map: Mutex<HashMap<String, Arc<Regex>>>,
 }
 
 impl RegexCache {
-    pub fn get(&self, pattern: &str) -> Result<Regex, String> {
+    pub fn get(&self, pattern: &str) -> Result<Arc<Regex>, String> {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(r) = map.get(pattern) {
             return Ok(r.clone());
@@ -150,6 +151,7 @@ impl RegexCache {
         let r = regex::RegexBuilder::new(pattern)
             .size_limit(1 << 20)
             .build()
+            .map(Arc::new)
             .map_err(|e| format!("bad regex {pattern:?}: {e}"))?;
         if map.len() >= REGEX_CACHE {
             map.clear();

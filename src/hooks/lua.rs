@@ -209,18 +209,18 @@ fn install_host_table(
     let r = regexes.clone();
     t.set(
         "regex_match",
-        lua.create_function(move |_, (pattern, text): (String, String)| {
-            r.get(&pattern)
-                .map(|re| re.is_match(&text))
-                .map_err(mlua::Error::runtime)
+        lua.create_function(move |_, (pattern, text): (mlua::LuaString, mlua::LuaString)| {
+            let re = r.get(&pattern.to_str()?).map_err(mlua::Error::runtime)?;
+            Ok(re.is_match(&text.to_str()?))
         })?,
     )?;
     let r = regexes.clone();
     t.set(
         "regex_find",
-        lua.create_function(move |_, (pattern, text): (String, String)| {
-            let re = r.get(&pattern).map_err(mlua::Error::runtime)?;
-            Ok(re.find(&text).map(|m| m.as_str().to_string()))
+        lua.create_function(move |lua, (pattern, text): (mlua::LuaString, mlua::LuaString)| {
+            let re = r.get(&pattern.to_str()?).map_err(mlua::Error::runtime)?;
+            let text = text.to_str()?;
+            re.find(&text).map(|m| lua.create_string(m.as_str())).transpose()
         })?,
     )?;
     let (h, b) = (host.clone(), budget.clone());
