@@ -43,15 +43,21 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Every stage with its name (as in `stages = { ... }` and the JSON).
+    const NAMES: [(Stage, &'static str); 5] = [
+        (Stage::Connect, "connect"),
+        (Stage::Helo, "helo"),
+        (Stage::Mail, "mail"),
+        (Stage::Rcpt, "rcpt"),
+        (Stage::Data, "data"),
+    ];
+
     pub fn parse(s: &str) -> Option<Stage> {
-        Some(match s {
-            "connect" => Stage::Connect,
-            "helo" => Stage::Helo,
-            "mail" => Stage::Mail,
-            "rcpt" => Stage::Rcpt,
-            "data" => Stage::Data,
-            _ => return None,
-        })
+        Self::NAMES.iter().find(|(_, n)| *n == s).map(|(st, _)| *st)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(st, _)| *st == self).map_or("", |(_, n)| n)
     }
 }
 
@@ -245,6 +251,20 @@ pub enum Action {
 }
 
 impl Action {
+    /// The name policies use (`action = "reject"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Continue => "continue",
+            Action::Accept => "accept",
+            Action::Reject => "reject",
+            Action::Tempfail => "tempfail",
+            Action::Discard => "discard",
+            Action::Disconnect => "disconnect",
+            Action::Quarantine => "quarantine",
+            Action::Hide => "hide",
+        }
+    }
+
     /// Ends the chain.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -59,33 +59,22 @@ struct State {
     budget: Arc<Budget>,
     /// The hook functions the script defined, looked up once after loading.
     functions: Vec<(Hook, mlua::Function)>,
-    /// The `event` argument of every call ([`LuaEvent`]) and its message ([`LuaMessage`]).
+    /// The `event` argument of every call ([`LuaEvent`]), and what it and its message
+    /// ([`LuaMessage`]) show.
     event: mlua::AnyUserData,
-    message: mlua::AnyUserData,
+    event_slot: Slot<Event>,
+    message_slot: Slot<Message>,
 }
 
 impl State {
     /// Points the state's event and message views at `event` (`None`: at nothing).
-    fn point(&self, event: Option<&Arc<Event>>) -> mlua::Result<()> {
-        let message = event.and_then(|e| e.message.clone());
-        *self
-            .event
-            .borrow::<LuaEvent>()?
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = event.cloned();
-        *self
-            .message
-            .borrow::<LuaMessage>()?
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = message;
-        Ok(())
+    fn point(&self, event: Option<&Arc<Event>>) {
+        *self.message_slot.lock().unwrap_or_else(|p| p.into_inner()) = event.and_then(|e| e.message.clone());
+        *self.event_slot.lock().unwrap_or_else(|p| p.into_inner()) = event.cloned();
     }
 }
 
 pub struct LuaPlugin {
-    name: String,
     manifest: Manifest,
     states: Vec<tokio::sync::Mutex<State>>,
     hooks: HashSet<Hook>,
@@ -164,11 +153,11 @@ fn new_state(
         })
         .collect();
     drop(g);
-    let (event, message) = (|| -> mlua::Result<_> {
-        let event = lua.create_userdata(LuaEvent::default())?;
-        let message = lua.create_userdata(LuaMessage::default())?;
-        event.set_user_value(&message)?;
-        Ok((event, message))
+    let (event_slot, message_slot) = (Slot::default(), Slot::default());
+    let event = (|| -> mlua::Result<_> {
+        let event = lua.create_userdata(LuaEvent(event_slot.clone()))?;
+        event.set_user_value(lua.create_userdata(LuaMessage(message_slot.clone()))?)?;
+        Ok(event)
     })()
     .map_err(|e| lua_error(&e))?;
     Ok(State {
@@ -176,7 +165,8 @@ fn new_state(
         budget,
         functions,
         event,
-        message,
+        event_slot,
+        message_slot,
     })
 }
 
@@ -317,7 +307,7 @@ fn fast_case_functions(lua: &Lua) -> mlua::Result<()> {
 /// looks at the subject never copies the body text or builds the header list. One per state,
 /// pointed at the message of the call in progress (and at nothing between calls).
 #[derive(Default)]
-struct LuaMessage(Mutex<Option<Arc<Message>>>);
+struct LuaMessage(Slot<Message>);
 
 impl LuaMessage {
     /// The message a `mailgate.*` analyzer was given (`event.message` of the current call).
@@ -403,7 +393,10 @@ impl mlua::UserData for LuaMessage {
 /// each call: making two userdata per call (each with a finalizer) was a third of a small
 /// policy's cost and most of its garbage. Its user value is the state's `LuaMessage`.
 #[derive(Default)]
-struct LuaEvent(Mutex<Option<Arc<Event>>>);
+struct LuaEvent(Slot<Event>);
+
+/// What a view shows: set by the state for a call, read by the view's metamethods.
+type Slot<T> = Arc<Mutex<Option<Arc<T>>>>;
 
 const EVENT_FIELDS: [&str; 12] = [
     "hook",
@@ -523,7 +516,6 @@ impl LuaPlugin {
         };
         Ok(LuaPlugin {
             uses_async: source.contains("dns"),
-            name,
             manifest,
             states: pool.into_iter().map(tokio::sync::Mutex::new).collect(),
             hooks,
@@ -555,8 +547,7 @@ impl LuaPlugin {
         let Some(f) = st.functions.iter().find(|(h, _)| *h == hook).map(|(_, f)| f.clone()) else {
             return Ok(Verdict::default());
         };
-        st.point(Some(event))
-            .map_err(|e| PluginError::Runtime(format!("{}: event: {}", self.name, lua_error(&e))))?;
+        st.point(Some(event));
         let arg = st.event.clone();
         st.budget.arm(&self.manifest);
         let result = if self.uses_async {
@@ -569,7 +560,7 @@ impl LuaPlugin {
         };
         st.budget.disarm();
         // Nothing of this message stays with the state (a script may keep `event` in a global).
-        let _ = st.point(None);
+        st.point(None);
         // Lua's incremental collector lags behind a state that makes userdata (the event views)
         // on every call: its heap drifted up by cycles until `memory_mb` failed healthy
         // scripts after some 10^5 messages. A full collection once the heap passes half the

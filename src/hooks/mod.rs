@@ -349,31 +349,29 @@ pub async fn on_fetch(set: &PolicySet, session: contract::Session, user: &str, m
 }
 
 pub fn trace_header(trace: &[TraceEntry]) -> String {
-    let parts: Vec<String> = trace
-        .iter()
-        .map(|t| {
-            let mut s = t.plugin.clone();
-            if let Some(stage) = t.stage {
-                s.push_str(&format!("@{stage:?}").to_lowercase());
-            }
-            s.push_str(&format!(
-                "={}",
-                serde_json::to_string(&t.action).unwrap_or_default().trim_matches('"')
-            ));
-            if t.score != 0.0 {
-                s.push_str(&format!(" {:+.2}", t.score));
-            }
-            if !t.symbols.is_empty() {
-                s.push_str(&format!(" [{}]", t.symbols.join(",")));
-            }
-            if let Some(e) = &t.error {
-                s.push_str(&format!(" error({})", e.replace([';', '\r', '\n'], " ")));
-            }
-            s.push_str(&format!(" {:.2}ms", t.micros as f64 / 1000.0));
-            s
-        })
-        .collect();
-    parts.join("; ")
+    use std::fmt::Write;
+    let mut s = String::with_capacity(trace.len() * 48);
+    for (i, t) in trace.iter().enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(&t.plugin);
+        if let Some(stage) = t.stage {
+            let _ = write!(s, "@{}", stage.name());
+        }
+        let _ = write!(s, "={}", t.action.name());
+        if t.score != 0.0 {
+            let _ = write!(s, " {:+.2}", t.score);
+        }
+        if !t.symbols.is_empty() {
+            let _ = write!(s, " [{}]", t.symbols.join(","));
+        }
+        if let Some(e) = &t.error {
+            let _ = write!(s, " error({})", e.replace([';', '\r', '\n'], " "));
+        }
+        let _ = write!(s, " {:.2}ms", t.micros as f64 / 1000.0);
+    }
+    s
 }
 
 /// Reload status, for `mailgate policy status`.
@@ -525,5 +523,41 @@ mod tests {
             ..Outcome::default()
         };
         assert_eq!(bad.reply_or(550, "5.7.1", "x"), (550, "5.7.1".into(), "x".into()));
+    }
+
+    #[test]
+    fn names_in_traces_are_the_contract_names() {
+        use contract::Stage;
+        let actions = [
+            Action::Continue,
+            Action::Accept,
+            Action::Reject,
+            Action::Tempfail,
+            Action::Discard,
+            Action::Disconnect,
+            Action::Quarantine,
+            Action::Hide,
+        ];
+        for a in actions {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.name(), "{a:?}");
+        }
+        for st in [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.name(), "{st:?}");
+            assert_eq!(Stage::parse(st.name()), Some(st));
+        }
+        let trace = [TraceEntry {
+            plugin: "a.lua".into(),
+            hook: Hook::Receive,
+            stage: Some(Stage::Data),
+            action: Action::Reject,
+            score: 1.5,
+            symbols: vec!["X".into(), "Y".into()],
+            micros: 1234,
+            error: Some("bad; worse\r\n".into()),
+        }];
+        assert_eq!(
+            trace_header(&trace),
+            "a.lua@data=reject +1.50 [X,Y] error(bad  worse  ) 1.23ms"
+        );
     }
 }
