@@ -64,6 +64,8 @@ struct State {
     event: mlua::AnyUserData,
     event_slot: Slot<Event>,
     message_slot: Slot<Message>,
+    /// Heap in use after the last full collection.
+    live: usize,
 }
 
 impl State {
@@ -167,6 +169,7 @@ fn new_state(
         event,
         event_slot,
         message_slot,
+        live: 0,
     })
 }
 
@@ -543,7 +546,7 @@ impl LuaPlugin {
     }
 
     pub async fn call(&self, hook: Hook, event: &Arc<Event>) -> Result<Verdict, PluginError> {
-        let st = self.acquire().await;
+        let mut st = self.acquire().await;
         let Some(f) = st.functions.iter().find(|(h, _)| *h == hook).map(|(_, f)| f.clone()) else {
             return Ok(Verdict::default());
         };
@@ -561,12 +564,15 @@ impl LuaPlugin {
         st.budget.disarm();
         // Nothing of this message stays with the state (a script may keep `event` in a global).
         st.point(None);
-        // Lua's incremental collector lags behind a state that makes userdata (the event views)
-        // on every call: its heap drifted up by cycles until `memory_mb` failed healthy
-        // scripts after some 10^5 messages. A full collection once the heap passes half the
-        // limit keeps the budget a bound on what a script really holds (a few KiB live here).
-        if st.lua.used_memory() > ((self.manifest.memory_mb as usize) << 20) / 2 {
+        // Lua's incremental collector lags behind a state that makes garbage on every call:
+        // its heap drifted up by cycles until `memory_mb` failed healthy scripts after some
+        // 10^5 messages. A full collection once the heap is halfway from what was live after
+        // the last one to the limit (and past half the limit) keeps the budget a bound on what
+        // a script really holds, at a cost spread over that much garbage.
+        let limit = (self.manifest.memory_mb as usize) << 20;
+        if st.lua.used_memory() > (limit / 2).max(st.live + limit.saturating_sub(st.live) / 2) {
             let _ = st.lua.gc_collect();
+            st.live = st.lua.used_memory();
         }
         let value = match result {
             Err(_) => return Err(PluginError::Timeout),
