@@ -265,6 +265,10 @@ impl Action {
         }
     }
 
+    pub fn is_continue(&self) -> bool {
+        *self == Action::Continue
+    }
+
     /// Ends the chain.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -287,35 +291,46 @@ pub enum RouteKind {
 }
 
 /// What a policy answers. Every field is optional; an empty verdict (Lua `nil`) continues.
+/// Serialised (by the WASM SDK) without its empty fields.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Verdict {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Action::is_continue")]
     pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub enhanced: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
     /// Score to add, with the symbol and reason it is reported under.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub symbol: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Several scored symbols at once.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub symbols: Vec<Symbol>,
     /// `on_deliver`: folder to deliver into.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub folder: Option<String>,
     /// `on_deliver`: IMAP flags to set (`\\Seen`, `\\Flagged`, keywords).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
     /// Headers to add (on top) to the message.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub add_headers: Vec<Header>,
     /// Header names to remove.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteKind>,
     /// `on_route` local: the account to deliver to instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mailbox: Option<String>,
     /// `on_route` relay: next hop `host[:port]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
 }

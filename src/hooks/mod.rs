@@ -79,7 +79,7 @@ impl Plugin {
         hook: Hook,
         event: &mut Event,
         snapshot: &mut Option<Arc<Event>>,
-        message_json: &wasm::MessageJson,
+        message_json: &wasm::MessageRecords,
     ) -> Result<Verdict, PluginError> {
         match &self.runtime {
             Runtime::Lua(p) => {
@@ -222,7 +222,7 @@ impl PolicySet {
     /// later policies see them; a terminal action ends the chain.
     pub async fn run(&self, hook: Hook, event: &mut Event) -> Outcome {
         let mut out = Outcome::default();
-        let message_json = wasm::MessageJson::default();
+        let message_json = wasm::MessageRecords::default();
         let mut snapshot: Option<Arc<Event>> = None;
         let stage = event.stage;
         for p in self.plugins.iter().filter(|p| p.implements(hook, stage)) {

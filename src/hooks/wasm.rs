@@ -12,7 +12,7 @@
 //! the runtime there.
 
 use super::PluginError;
-use super::contract::{Event, Hook, Message, Stage, Verdict};
+use super::contract::{self, Event, Hook, Stage, Verdict};
 use super::host::{HostServices, RegexCache};
 use super::manifest::Manifest;
 use std::collections::HashSet;
@@ -61,7 +61,7 @@ struct HostState {
     plugin: Arc<Shared>,
     dns_left: u32,
     /// The message of the event being handled, for the analyzer imports.
-    message: Option<Arc<Message>>,
+    message: Option<Arc<contract::Message>>,
 }
 
 /// What every call of one plugin shares.
@@ -237,7 +237,7 @@ impl Inner {
     /// trapped or failed is dropped, never reused (its heap may be inconsistent).
     fn invoke<T>(
         &self,
-        message: Option<Arc<Message>>,
+        message: Option<Arc<contract::Message>>,
         f: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
         let reused = if self.manifest.fresh_instance {
@@ -278,72 +278,56 @@ impl Inner {
 const MESSAGE_FIELDS: [&str; 6] = ["subject", "from", "to", "text", "headers", "links"];
 const ALL_FIELDS: u8 = 0b11_1111;
 
-/// For one chain: the message's JSON for each set of fields asked for. The message is the
-/// bulk of an event and the same for every WASM plugin of the chain, so it is encoded once.
+/// The WIT form of `event.message` (`record message` in `plugins/wit/mailgate.wit`).
+type MessageRecord = mailgate::policy::host::Message;
+
+/// For one chain: the message as a WIT record for each set of fields asked for. The message
+/// is the bulk of an event and the same for every WASM plugin of the chain, so its record
+/// is made once per field set.
 #[derive(Default)]
-pub struct MessageJson(std::sync::Mutex<Vec<(u8, Arc<str>)>>);
+pub struct MessageRecords(std::sync::Mutex<Vec<(u8, Arc<MessageRecord>)>>);
 
-impl MessageJson {
-    fn get(&self, message: &Message, mask: u8) -> serde_json::Result<Arc<str>> {
+impl MessageRecords {
+    fn get(&self, m: &contract::Message, mask: u8) -> Arc<MessageRecord> {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, json)) = cache.iter().find(|(m, _)| *m == mask) {
-            return Ok(json.clone());
+        if let Some((_, r)) = cache.iter().find(|(k, _)| *k == mask) {
+            return r.clone();
         }
-        let json: Arc<str> = serde_json::to_string(&Fields(message, mask))?.into();
-        cache.push((mask, json.clone()));
-        Ok(json)
+        let has = |bit: u8| mask & bit != 0;
+        let text = |bit: u8, v: &String| if has(bit) { v.clone() } else { String::new() };
+        let list = |bit: u8, v: &Vec<String>| if has(bit) { v.clone() } else { Vec::new() };
+        let record = Arc::new(MessageRecord {
+            subject: text(1, &m.subject),
+            from: text(2, &m.from),
+            to: list(4, &m.to),
+            text: text(8, &m.text),
+            headers: if has(16) {
+                m.headers
+                    .iter()
+                    .map(|h| mailgate::policy::host::Header {
+                        name: h.name.clone(),
+                        value: h.value.clone(),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            links: list(32, &m.links),
+            size: m.size as u64,
+            attachments: m.attachments as u64,
+        });
+        cache.push((mask, record.clone()));
+        record
     }
 }
 
-/// The fields of `mask` of a message, as a JSON object.
-struct Fields<'a>(&'a Message, u8);
-
-impl serde::Serialize for Fields<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let (m, mask) = (self.0, self.1);
-        let mut map = s.serialize_map(None)?;
-        if mask & 1 != 0 {
-            map.serialize_entry("subject", &m.subject)?;
-        }
-        if mask & 2 != 0 {
-            map.serialize_entry("from", &m.from)?;
-        }
-        if mask & 4 != 0 {
-            map.serialize_entry("to", &m.to)?;
-        }
-        if mask & 8 != 0 {
-            map.serialize_entry("text", &m.text)?;
-        }
-        if mask & 16 != 0 {
-            map.serialize_entry("headers", &m.headers)?;
-        }
-        if mask & 32 != 0 {
-            map.serialize_entry("links", &m.links)?;
-        }
-        map.serialize_entry("size", &m.size)?;
-        map.serialize_entry("attachments", &m.attachments)?;
-        map.end()
-    }
-}
-
-/// The event's JSON, with the message's part from the chain's cache.
-/// The event's JSON, with the message's part from the chain's cache. The message is taken
-/// out for the moment of serialising the rest (not copied with it) and put back.
-fn event_json(event: &mut Event, cache: &MessageJson, mask: u8) -> serde_json::Result<String> {
-    let Some(message) = event.message.take() else {
-        return serde_json::to_string(event);
-    };
-    let rest = serde_json::to_string(event);
-    event.message = Some(message);
-    let mut json = rest?;
-    let m = cache.get(event.message.as_ref().expect("just put back"), mask)?;
-    json.pop(); // the closing brace; "message" is skipped when absent, so it is not there yet
-    json.reserve(m.len() + 12);
-    json.push_str(",\"message\":");
-    json.push_str(&m);
-    json.push('}');
-    Ok(json)
+/// The event's JSON without its message (which goes as a record); the message is taken out
+/// for the moment of serialising (not copied with the rest) and put back.
+fn event_json(event: &mut Event) -> serde_json::Result<String> {
+    let message = event.message.take();
+    let json = serde_json::to_string(event);
+    event.message = message;
+    json
 }
 
 fn classify(e: &wasmtime::Error) -> PluginError {
@@ -430,13 +414,13 @@ impl WasmPlugin {
         &self.stages
     }
 
-    /// Calls the plugin; `cache` holds the chain's message JSON.
-    pub async fn call(&self, event: &mut Event, cache: &MessageJson) -> Result<Verdict, PluginError> {
-        let json =
-            event_json(event, cache, self.message_fields).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
+    /// Calls the plugin; `cache` holds the chain's message records.
+    pub async fn call(&self, event: &mut Event, cache: &MessageRecords) -> Result<Verdict, PluginError> {
+        let json = event_json(event).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
+        let record = event.message.as_ref().map(|m| cache.get(m, self.message_fields));
         let inner = self.inner.clone();
         let message = event.message.clone();
-        let run = move || inner.invoke(message, |p, s| p.call_handle(s, &json));
+        let run = move || inner.invoke(message, |p, s| p.call_handle(s, &json, record.as_deref()));
         // On the multi-threaded runtime the call simply runs here: it is bounded by fuel and
         // the epoch deadline, and most calls take microseconds, less than any hand-off (a
         // DNS host call, which waits, moves the worker's other tasks away first). On other

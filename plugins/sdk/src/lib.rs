@@ -143,8 +143,30 @@ pub fn describe<P: Plugin>() -> String {
 }
 
 #[doc(hidden)]
-pub fn handle<P: Plugin>(event: String) -> Result<String, String> {
-    let event: Event = serde_json::from_str(&event).map_err(|e| format!("event: {e}"))?;
+pub fn handle<P: Plugin>(
+    event: String,
+    message: Option<bindings::mailgate::policy::host::Message>,
+) -> Result<String, String> {
+    let mut event: Event = serde_json::from_str(&event).map_err(|e| format!("event: {e}"))?;
+    event.message = message.map(|m| {
+        std::sync::Arc::new(Message {
+            subject: m.subject,
+            from: m.from,
+            to: m.to,
+            text: m.text,
+            headers: m
+                .headers
+                .into_iter()
+                .map(|h| Header {
+                    name: h.name,
+                    value: h.value,
+                })
+                .collect(),
+            links: m.links,
+            size: m.size as usize,
+            attachments: m.attachments as usize,
+        })
+    });
     let verdict = match event.hook {
         Hook::Receive => P::on_receive(&event),
         Hook::Route => P::on_route(&event),
@@ -166,8 +188,11 @@ macro_rules! export_plugin {
             fn describe() -> String {
                 $crate::describe::<$plugin>()
             }
-            fn handle(event: String) -> Result<String, String> {
-                $crate::handle::<$plugin>(event)
+            fn handle(
+                event: String,
+                message: Option<$crate::bindings::mailgate::policy::host::Message>,
+            ) -> Result<String, String> {
+                $crate::handle::<$plugin>(event, message)
             }
         }
         $crate::bindings::export!(__MailgateExport);
