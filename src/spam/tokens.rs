@@ -228,6 +228,12 @@ pub fn tokens(m: &Message) -> HashSet<String> {
     t
 }
 
+/// A word or word pair of the body text (the other tokens carry a `prefix:`), which the
+/// classifier weighs by the body's length.
+pub fn is_body_word(token: &str) -> bool {
+    !token.contains(':')
+}
+
 /// FNV-1a, 64 bit: a stable hash (the model on disk must mean the same after a rebuild).
 pub fn hash(token: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -310,6 +316,9 @@ mod tests {
             "{t:?}"
         );
         assert_eq!(hash("a"), 0xaf63dc4c8601ec8c);
+        assert!(
+            is_body_word("visit") && is_body_word("buy now") && !is_body_word("s:cheap") && !is_body_word("u:<ip>")
+        );
         let f = features(&m, 1024);
         assert!(f.windows(2).all(|w| w[0] < w[1]) && f.iter().all(|&i| i < 1024));
     }
