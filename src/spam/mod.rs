@@ -12,6 +12,7 @@ use crate::hooks::contract::Message;
 use crate::store::{BlobId, MailStore};
 use arc_swap::ArcSwapOption;
 use bayes::{Counts, Model};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -65,33 +66,60 @@ impl Spam {
     /// Learns one message a user judged (`spam` true: into Junk). The same message is never
     /// learned twice in one direction; the other direction unlearns it first.
     pub fn learn_message(&self, store: &dyn MailStore, blob: &BlobId, raw: &[u8], spam: bool) -> Result<bool, String> {
+        let learned = self.learn_batch(store, &[(*blob, raw, spam)])?;
+        Ok(learned[0])
+    }
+
+    /// Learns a batch of users' judgements (blob, message, spam) with one rewrite of the
+    /// counts and one refit of the model (the counts are one 8 MiB value: a user moving a
+    /// hundred messages into Junk should not rewrite it a hundred times). Says, per item,
+    /// whether it changed the model.
+    pub fn learn_batch(&self, store: &dyn MailStore, items: &[(BlobId, &[u8], bool)]) -> Result<Vec<bool>, String> {
         let _guard = self.learning.lock().unwrap_or_else(|p| p.into_inner());
-        let key = learned_key(blob);
-        let before = store.kv_get(&key).map_err(|e| e.to_string())?;
-        let want: &[u8] = if spam { b"s" } else { b"h" };
-        if before.as_deref() == Some(want) {
-            return Ok(false);
-        }
         // Users refine a trained model; a handful of moves is no model of its own.
         let Some(stored) = store.kv_get(MODEL_KEY).map_err(|e| e.to_string())? else {
             return Err("no Bayes model trained yet (`mailgate spam train`); judgement not learned".into());
         };
         let mut counts = Counts::decode(&stored).ok_or("stored Bayes model is corrupt")?;
-        let feats = tokens::features(&crate::hooks::parse_message(raw), counts.features);
-        if let Some(old) = before {
-            let class = if old == b"s" { bayes::SPAM } else { bayes::HAM };
-            counts.learn(class, &feats, -1);
+        // What each message was last learned as, this batch's judgements included.
+        let mut now: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let mut learned = Vec::with_capacity(items.len());
+        for (blob, raw, spam) in items {
+            let key = learned_key(blob);
+            let before = match now.get(&key) {
+                Some(v) => v.clone(),
+                None => store.kv_get(&key).map_err(|e| e.to_string())?,
+            };
+            let want: &[u8] = if *spam { b"s" } else { b"h" };
+            if before.as_deref() == Some(want) {
+                learned.push(false);
+                continue;
+            }
+            let feats = tokens::features(&crate::hooks::parse_message(raw), counts.features);
+            if let Some(old) = before {
+                let class = if old == b"s" { bayes::SPAM } else { bayes::HAM };
+                counts.learn(class, &feats, -1);
+            }
+            counts.learn(if *spam { bayes::SPAM } else { bayes::HAM }, &feats, 1);
+            now.insert(key, Some(want.to_vec()));
+            learned.push(true);
         }
-        counts.learn(if spam { bayes::SPAM } else { bayes::HAM }, &feats, 1);
+        if now.is_empty() {
+            return Ok(learned);
+        }
+        // Counts first: a crash between the two leaves a message learned but unmarked, so a
+        // repeat judgement counts it twice rather than never.
         store
             .kv_set(MODEL_KEY, Some(&counts.encode()))
             .map_err(|e| e.to_string())?;
-        store.kv_set(&key, Some(want)).map_err(|e| e.to_string())?;
+        for (key, v) in &now {
+            store.kv_set(key, v.as_deref()).map_err(|e| e.to_string())?;
+        }
         match Model::new(counts) {
             Ok(m) => self.set_model(Some(m)),
             Err(e) => tracing::debug!("Bayes model not ready yet: {e}"),
         }
-        Ok(true)
+        Ok(learned)
     }
 }
 
@@ -103,31 +131,54 @@ pub async fn learner(
     mut events: tokio::sync::broadcast::Receiver<crate::imap::LearnEvent>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    use tokio::sync::broadcast::error::RecvError;
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    /// Judgements learned together at most (one counts rewrite and refit per batch).
+    const BATCH: usize = 256;
     loop {
         // Ends with the server, so the store it holds is released for the final checkpoint.
         let next = tokio::select! {
             r = events.recv() => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let ev = match next {
-            Ok(ev) => ev,
-            Err(RecvError::Lagged(n)) => {
-                tracing::warn!("spam learner fell behind; {n} judgements not learned");
-                continue;
-            }
+        let mut batch = Vec::new();
+        match next {
+            Ok(ev) => batch.push(ev),
+            Err(RecvError::Lagged(n)) => tracing::warn!("spam learner fell behind; {n} judgements not learned"),
             Err(RecvError::Closed) => return,
-        };
+        }
+        // Whatever else is already waiting joins this batch.
+        while batch.len() < BATCH {
+            match events.try_recv() {
+                Ok(ev) => batch.push(ev),
+                Err(TryRecvError::Lagged(n)) => tracing::warn!("spam learner fell behind; {n} judgements not learned"),
+                Err(_) => break,
+            }
+        }
+        let handled = batch.len() as u64;
         let cfg = &config.spam;
-        let skip = !cfg.learn_from_users || cfg.learn_opt_out.iter().any(|a| a.eq_ignore_ascii_case(&ev.account));
-        if !skip {
+        batch.retain(|ev| {
+            cfg.learn_from_users && !cfg.learn_opt_out.iter().any(|a| a.eq_ignore_ascii_case(&ev.account))
+        });
+        if !batch.is_empty() {
             let (spam2, store2) = (spam.clone(), store.clone());
-            let done = tokio::task::spawn_blocking(move || -> Result<bool, String> {
-                let raw = store2
-                    .blob(&ev.blob)
-                    .map_err(|e| e.to_string())?
-                    .ok_or("message no longer stored")?;
-                spam2.learn_message(&*store2, &ev.blob, &raw, ev.spam)
+            let done = tokio::task::spawn_blocking(move || {
+                let mut items = Vec::with_capacity(batch.len());
+                let mut kept = Vec::with_capacity(batch.len());
+                for ev in batch {
+                    match store2.blob(&ev.blob) {
+                        Ok(Some(raw)) => {
+                            items.push((ev.blob, raw, ev.spam));
+                            kept.push(ev);
+                        }
+                        Ok(None) => tracing::warn!(
+                            account = ev.account,
+                            "learning from a Junk move: message no longer stored"
+                        ),
+                        Err(e) => tracing::warn!(account = ev.account, "learning from a Junk move: {e}"),
+                    }
+                }
+                let refs: Vec<(BlobId, &[u8], bool)> = items.iter().map(|(b, r, s)| (*b, r.as_slice(), *s)).collect();
+                (spam2.learn_batch(&*store2, &refs), kept)
             })
             .await;
             // The counts live in the key-value tree: make them durable now (a large value left
@@ -136,17 +187,23 @@ pub async fn learner(
                 tracing::warn!("saving the learned Bayes model: {e}");
             }
             match done {
-                Ok(Ok(learned)) => tracing::info!(
-                    account = ev.account,
-                    spam = ev.spam,
-                    learned,
-                    "learned from a Junk move"
-                ),
-                Ok(Err(e)) => tracing::warn!(account = ev.account, "learning from a Junk move: {e}"),
+                Ok((Ok(learned), kept)) => {
+                    for (ev, learned) in kept.iter().zip(learned) {
+                        tracing::info!(
+                            account = ev.account,
+                            spam = ev.spam,
+                            learned,
+                            "learned from a Junk move"
+                        );
+                    }
+                }
+                Ok((Err(e), kept)) => {
+                    tracing::warn!(messages = kept.len(), "learning from Junk moves: {e}")
+                }
                 Err(e) => tracing::error!("spam learner: {e}"),
             }
         }
-        spam.handled.send_modify(|n| *n += 1);
+        spam.handled.send_modify(|n| *n += handled);
     }
 }
 
@@ -383,5 +440,46 @@ mod tests {
         }
         m.finish(1.0, 0.5);
         assert_eq!((m.precision, m.recall, m.fpr), (0.5, 0.5, 0.5));
+    }
+}
+
+#[cfg(test)]
+mod learn_tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    #[test]
+    fn a_batch_learns_each_judgement_once_and_relearning_flips_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store"), 16).unwrap();
+        let spam = Spam::load(&store);
+        let msg = |s: &str| format!("Subject: {s}\r\n\r\n{s} body words\r\n").into_bytes();
+        let (a, b, c) = (msg("cheap pills"), msg("team lunch"), msg("project notes"));
+        // No trained model: users' judgements alone do not make one.
+        assert!(spam.learn_batch(&store, &[([1; 32], &a, true)]).is_err());
+        let mut counts = Counts::new(1 << 12);
+        for (class, m) in [(bayes::SPAM, &a), (bayes::HAM, &b)] {
+            counts.learn(class, &tokens::features(&crate::hooks::parse_message(m), 1 << 12), 1);
+        }
+        store.kv_set(MODEL_KEY, Some(&counts.encode())).unwrap();
+        let learned = spam
+            .learn_batch(
+                &store,
+                &[
+                    ([1; 32], &a, true),
+                    ([1; 32], &a, true),
+                    ([2; 32], &c, false),
+                    ([1; 32], &a, false),
+                ],
+            )
+            .unwrap();
+        assert_eq!(learned, [true, false, true, true]);
+        let stored = Counts::decode(&store.kv_get(MODEL_KEY).unwrap().unwrap()).unwrap();
+        // a: learned spam then flipped to ham; c: ham.
+        assert_eq!(stored.docs, [3, 1]);
+        assert!(spam.model().is_some(), "the model was refitted");
+        // The flip is remembered across batches.
+        assert!(!spam.learn_message(&store, &[1; 32], &a, false).unwrap());
+        assert!(spam.learn_message(&store, &[1; 32], &a, true).unwrap());
     }
 }
