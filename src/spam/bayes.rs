@@ -43,6 +43,10 @@ pub const DEFAULT_FEATURES: usize = 1 << 20;
 /// Lidstone smoothing; 0.1 gave the best F1 over nine splits of the dev corpus (docs/spam.md).
 const ALPHA: f64 = 0.1;
 
+/// The most one body word weighs: in a body of a few words the mean is noise (one random
+/// string whose bucket a ham word shares scored a three-word spam −131; docs/spam.md).
+const MAX_WORD_WEIGHT: f64 = 10.0;
+
 /// Weight of each prefixed (field, link, structure) token against a body word's.
 const FIELD_WEIGHT: f64 = 3.0;
 
@@ -236,7 +240,7 @@ impl Model {
 
     /// Weight of each body word in a body of `n` distinct words and pairs.
     fn word_weight(&self, n: usize) -> f64 {
-        BODY_SCALE / (n as f64 + 1.0)
+        (BODY_SCALE / (n as f64 + 1.0)).min(MAX_WORD_WEIGHT)
     }
 
     /// P(spam) for a message's prefixed tokens' and body words' features (each sorted and
