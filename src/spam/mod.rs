@@ -63,45 +63,42 @@ impl Spam {
         self.model.store(m.map(Arc::new));
     }
 
-    /// Learns one message a user judged (`spam` true: into Junk). The same message is never
-    /// learned twice in one direction; the other direction unlearns it first.
-    pub fn learn_message(&self, store: &dyn MailStore, blob: &BlobId, raw: &[u8], spam: bool) -> Result<bool, String> {
-        let learned = self.learn_batch(store, &[(*blob, raw, spam)])?;
-        Ok(learned[0])
-    }
-
-    /// Learns a batch of users' judgements (blob, message, spam) with one rewrite of the
-    /// counts and one refit of the model (the counts are one 8 MiB value: a user moving a
-    /// hundred messages into Junk should not rewrite it a hundred times). Says, per item,
-    /// whether it changed the model.
-    pub fn learn_batch(&self, store: &dyn MailStore, items: &[(BlobId, &[u8], bool)]) -> Result<Vec<bool>, String> {
+    /// Learns users' judgements (blob, message, spam: `true` when moved into Junk) with one
+    /// rewrite of the counts and one refit of the model (the counts are one 8 MiB value: a
+    /// user moving a hundred messages into Junk should not rewrite it a hundred times). The
+    /// same message is never learned twice in one direction; the other direction unlearns it
+    /// first. Says, per item, whether it changed the model.
+    pub fn learn_batch<R: AsRef<[u8]>>(
+        &self,
+        store: &dyn MailStore,
+        items: &[(BlobId, R, bool)],
+    ) -> Result<Vec<bool>, String> {
         let _guard = self.learning.lock().unwrap_or_else(|p| p.into_inner());
         // Users refine a trained model; a handful of moves is no model of its own.
         let Some(stored) = store.kv_get(MODEL_KEY).map_err(|e| e.to_string())? else {
             return Err("no Bayes model trained yet (`mailgate spam train`); judgement not learned".into());
         };
         let mut counts = Counts::decode(&stored).ok_or("stored Bayes model is corrupt")?;
-        // What each message was last learned as, this batch's judgements included.
-        let mut now: HashMap<String, Option<Vec<u8>>> = HashMap::new();
+        let class = |spam: bool| if spam { bayes::SPAM } else { bayes::HAM };
+        // What each message is now learned as (spam or not), this batch's judgements included.
+        let mut now: HashMap<String, bool> = HashMap::new();
         let mut learned = Vec::with_capacity(items.len());
         for (blob, raw, spam) in items {
             let key = learned_key(blob);
             let before = match now.get(&key) {
-                Some(v) => v.clone(),
-                None => store.kv_get(&key).map_err(|e| e.to_string())?,
+                Some(&s) => Some(s),
+                None => store.kv_get(&key).map_err(|e| e.to_string())?.map(|v| v == b"s"),
             };
-            let want: &[u8] = if *spam { b"s" } else { b"h" };
-            if before.as_deref() == Some(want) {
+            if before == Some(*spam) {
                 learned.push(false);
                 continue;
             }
-            let feats = tokens::features(&crate::hooks::parse_message(raw), counts.features);
+            let feats = tokens::features(&crate::hooks::parse_message(raw.as_ref()), counts.features);
             if let Some(old) = before {
-                let class = if old == b"s" { bayes::SPAM } else { bayes::HAM };
-                counts.learn(class, &feats, -1);
+                counts.learn(class(old), &feats, -1);
             }
-            counts.learn(if *spam { bayes::SPAM } else { bayes::HAM }, &feats, 1);
-            now.insert(key, Some(want.to_vec()));
+            counts.learn(class(*spam), &feats, 1);
+            now.insert(key, *spam);
             learned.push(true);
         }
         if now.is_empty() {
@@ -112,8 +109,9 @@ impl Spam {
         store
             .kv_set(MODEL_KEY, Some(&counts.encode()))
             .map_err(|e| e.to_string())?;
-        for (key, v) in &now {
-            store.kv_set(key, v.as_deref()).map_err(|e| e.to_string())?;
+        for (key, spam) in &now {
+            let mark: &[u8] = if *spam { b"s" } else { b"h" };
+            store.kv_set(key, Some(mark)).map_err(|e| e.to_string())?;
         }
         match Model::new(counts) {
             Ok(m) => self.set_model(Some(m)),
@@ -177,8 +175,7 @@ pub async fn learner(
                         Err(e) => tracing::warn!(account = ev.account, "learning from a Junk move: {e}"),
                     }
                 }
-                let refs: Vec<(BlobId, &[u8], bool)> = items.iter().map(|(b, r, s)| (*b, r.as_slice(), *s)).collect();
-                (spam2.learn_batch(&*store2, &refs), kept)
+                (spam2.learn_batch(&*store2, &items), kept)
             })
             .await;
             // The counts live in the key-value tree: make them durable now (a large value left
@@ -479,7 +476,7 @@ mod learn_tests {
         assert_eq!(stored.docs, [3, 1]);
         assert!(spam.model().is_some(), "the model was refitted");
         // The flip is remembered across batches.
-        assert!(!spam.learn_message(&store, &[1; 32], &a, false).unwrap());
-        assert!(spam.learn_message(&store, &[1; 32], &a, true).unwrap());
+        assert_eq!(spam.learn_batch(&store, &[([1; 32], &a, false)]).unwrap(), [false]);
+        assert_eq!(spam.learn_batch(&store, &[([1; 32], &a, true)]).unwrap(), [true]);
     }
 }
