@@ -1,8 +1,9 @@
 //! The hook contract: what a policy sees ([`Event`]) and what it may answer ([`Verdict`]).
 //!
 //! Defined once, here. Lua sees these as tables (field names as below); WASM plugins get the
-//! same JSON (see `plugins/wit/mailgate.wit`). `docs/hooks.md` is the prose version; keep the
-//! three in step.
+//! same records through `plugins/wit/mailgate.wit` (interface `types`; the host and the SDK
+//! convert with literals naming every field, so the two cannot drift apart silently).
+//! `docs/hooks.md` is the prose version; keep the three in step.
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -291,7 +292,8 @@ pub enum RouteKind {
 }
 
 /// What a policy answers. Every field is optional; an empty verdict (Lua `nil`) continues.
-/// Serialised (by the WASM SDK) without its empty fields.
+/// Its serde form (`policy test --json`, the Lua table rules in `hooks/lua/verdict.rs`)
+/// leaves out empty fields.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Verdict {

@@ -79,14 +79,14 @@ impl Plugin {
         hook: Hook,
         event: &mut Event,
         snapshot: &mut Option<Arc<Event>>,
-        message_json: &wasm::MessageRecords,
+        records: &wasm::MessageRecords,
     ) -> Result<Verdict, PluginError> {
         match &self.runtime {
             Runtime::Lua(p) => {
                 let shared = snapshot.get_or_insert_with(|| Arc::new((*event).clone())).clone();
                 p.call(hook, &shared).await
             }
-            Runtime::Wasm(p) => p.call(event, message_json).await,
+            Runtime::Wasm(p) => p.call(event, records).await,
         }
     }
 }
@@ -222,12 +222,12 @@ impl PolicySet {
     /// later policies see them; a terminal action ends the chain.
     pub async fn run(&self, hook: Hook, event: &mut Event) -> Outcome {
         let mut out = Outcome::default();
-        let message_json = wasm::MessageRecords::default();
+        let records = wasm::MessageRecords::default();
         let mut snapshot: Option<Arc<Event>> = None;
         let stage = event.stage;
         for p in self.plugins.iter().filter(|p| p.implements(hook, stage)) {
             let started = Instant::now();
-            let result = p.call(hook, event, &mut snapshot, &message_json).await;
+            let result = p.call(hook, event, &mut snapshot, &records).await;
             let micros = started.elapsed().as_micros() as u64;
             let mut entry = TraceEntry {
                 plugin: p.name.clone(),

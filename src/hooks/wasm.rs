@@ -23,7 +23,12 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-wasmtime::component::bindgen!({ world: "policy", path: "plugins/wit" });
+/// The world's generated types live apart: its `event`, `message` and `verdict` would clash
+/// with the contract's.
+mod bindings {
+    wasmtime::component::bindgen!({ world: "policy", path: "plugins/wit" });
+}
+use bindings::{Policy, PolicyPre, mailgate};
 
 /// Epoch tick: the resolution of WASM wall-time budgets.
 const TICK: Duration = Duration::from_millis(10);
@@ -106,6 +111,9 @@ impl WasiView for HostState {
         }
     }
 }
+
+/// The `types` interface has only types; its (empty) host trait is implemented for the linker.
+impl mailgate::policy::types::Host for HostState {}
 
 impl mailgate::policy::host::Host for HostState {
     fn log(&mut self, level: String, message: String) {
@@ -279,7 +287,7 @@ const MESSAGE_FIELDS: [&str; 6] = ["subject", "from", "to", "text", "headers", "
 const ALL_FIELDS: u8 = 0b11_1111;
 
 /// The WIT form of `event.message` (`record message` in `plugins/wit/mailgate.wit`).
-type MessageRecord = mailgate::policy::host::Message;
+type MessageRecord = mailgate::policy::types::Message;
 
 /// For one chain: the message as a WIT record for each set of fields asked for. The message
 /// is the bulk of an event and the same for every WASM plugin of the chain, so its record
@@ -304,7 +312,7 @@ impl MessageRecords {
             headers: if has(16) {
                 m.headers
                     .iter()
-                    .map(|h| mailgate::policy::host::Header {
+                    .map(|h| mailgate::policy::types::Header {
                         name: h.name.clone(),
                         value: h.value.clone(),
                     })
@@ -321,13 +329,138 @@ impl MessageRecords {
     }
 }
 
-/// The event's JSON without its message (which goes as a record); the message is taken out
-/// for the moment of serialising (not copied with the rest) and put back.
-fn event_json(event: &mut Event) -> serde_json::Result<String> {
-    let message = event.message.take();
-    let json = serde_json::to_string(event);
-    event.message = message;
-    json
+/// The contract's types as the WIT records of `plugins/wit/mailgate.wit` (interface
+/// `types`) and back; the guest SDK does the mirror image. Every struct literal names all
+/// fields, so a field added to `contract.rs` or to the WIT and not to the other fails to
+/// compile.
+mod wit {
+    use super::contract::{Action, AuthResults, Event, Header, Hook, RouteKind, Stage, Symbol, Verdict};
+    use super::mailgate::policy::types as w;
+
+    fn symbol(s: &Symbol) -> w::Symbol {
+        w::Symbol {
+            name: s.name.clone(),
+            score: s.score,
+            reason: s.reason.clone(),
+        }
+    }
+
+    /// The event without its message (which crosses beside it, see `MessageRecords`).
+    pub fn event(e: &Event) -> w::Event {
+        let AuthResults {
+            spf,
+            dkim,
+            dmarc,
+            spf_domain,
+            dkim_domains,
+            dmarc_policy,
+            from_domain,
+        } = e.auth.clone().unwrap_or_default();
+        w::Event {
+            hook: match e.hook {
+                Hook::Receive => w::Hook::Receive,
+                Hook::Route => w::Hook::Route,
+                Hook::Deliver => w::Hook::Deliver,
+                Hook::Fetch => w::Hook::Fetch,
+            },
+            stage: e.stage.map(|s| match s {
+                Stage::Connect => w::Stage::Connect,
+                Stage::Helo => w::Stage::Helo,
+                Stage::Mail => w::Stage::Mail,
+                Stage::Rcpt => w::Stage::Rcpt,
+                Stage::Data => w::Stage::Data,
+            }),
+            session: w::Session {
+                client_ip: e.session.client_ip.clone(),
+                helo: e.session.helo.clone(),
+                tls: e.session.tls,
+                auth_user: e.session.auth_user.clone(),
+                listener: e.session.listener.clone(),
+            },
+            envelope: w::Envelope {
+                mail_from: e.envelope.mail_from.clone(),
+                rcpt_to: e.envelope.rcpt_to.clone(),
+            },
+            recipient: e.recipient.clone(),
+            default_route: e.default_route.clone(),
+            auth: e.auth.is_some().then_some(w::AuthResults {
+                spf,
+                dkim,
+                dmarc,
+                spf_domain,
+                dkim_domains,
+                dmarc_policy,
+                from_domain,
+            }),
+            score: e.score,
+            symbols: e.symbols.iter().map(symbol).collect(),
+            mailbox: e.mailbox.clone(),
+            user: e.user.clone(),
+        }
+    }
+
+    pub fn verdict(v: w::Verdict) -> Verdict {
+        let w::Verdict {
+            action,
+            code,
+            enhanced,
+            text,
+            score,
+            symbol,
+            reason,
+            symbols,
+            folder,
+            flags,
+            add_headers,
+            remove_headers,
+            route,
+            mailbox,
+            host,
+        } = v;
+        Verdict {
+            action: match action {
+                w::Action::Continue => Action::Continue,
+                w::Action::Accept => Action::Accept,
+                w::Action::Reject => Action::Reject,
+                w::Action::Tempfail => Action::Tempfail,
+                w::Action::Discard => Action::Discard,
+                w::Action::Disconnect => Action::Disconnect,
+                w::Action::Quarantine => Action::Quarantine,
+                w::Action::Hide => Action::Hide,
+            },
+            code,
+            enhanced,
+            text,
+            score,
+            symbol,
+            reason,
+            symbols: symbols
+                .into_iter()
+                .map(|s| Symbol {
+                    name: s.name,
+                    score: s.score,
+                    reason: s.reason,
+                })
+                .collect(),
+            folder,
+            flags,
+            add_headers: add_headers
+                .into_iter()
+                .map(|h| Header {
+                    name: h.name,
+                    value: h.value,
+                })
+                .collect(),
+            remove_headers,
+            route: route.map(|r| match r {
+                w::RouteKind::Local => RouteKind::Local,
+                w::RouteKind::Relay => RouteKind::Relay,
+                w::RouteKind::Reject => RouteKind::Reject,
+            }),
+            mailbox,
+            host,
+        }
+    }
 }
 
 fn classify(e: &wasmtime::Error) -> PluginError {
@@ -415,12 +548,12 @@ impl WasmPlugin {
     }
 
     /// Calls the plugin; `cache` holds the chain's message records.
-    pub async fn call(&self, event: &mut Event, cache: &MessageRecords) -> Result<Verdict, PluginError> {
-        let json = event_json(event).map_err(|e| PluginError::Runtime(format!("event: {e}")))?;
+    pub async fn call(&self, event: &Event, cache: &MessageRecords) -> Result<Verdict, PluginError> {
+        let record_event = wit::event(event);
         let record = event.message.as_ref().map(|m| cache.get(m, self.message_fields));
         let inner = self.inner.clone();
         let message = event.message.clone();
-        let run = move || inner.invoke(message, |p, s| p.call_handle(s, &json, record.as_deref()));
+        let run = move || inner.invoke(message, |p, s| p.call_handle(s, &record_event, record.as_deref()));
         // On the multi-threaded runtime the call simply runs here: it is bounded by fuel and
         // the epoch deadline, and most calls take microseconds, less than any hand-off (a
         // DNS host call, which waits, moves the worker's other tasks away first). On other
@@ -433,8 +566,7 @@ impl WasmPlugin {
         };
         match answer {
             Err(msg) => Err(PluginError::Runtime(msg)),
-            Ok(s) if s.is_empty() => Ok(Verdict::default()),
-            Ok(s) => serde_json::from_str(&s).map_err(|e| PluginError::BadVerdict(e.to_string())),
+            Ok(v) => Ok(v.map(wit::verdict).unwrap_or_default()),
         }
     }
 }

@@ -142,14 +142,49 @@ pub fn describe<P: Plugin>() -> String {
     serde_json::json!({ "hooks": P::HOOKS, "stages": P::STAGES, "message_fields": P::MESSAGE_FIELDS }).to_string()
 }
 
-#[doc(hidden)]
-pub fn handle<P: Plugin>(
-    event: String,
-    message: Option<bindings::mailgate::policy::host::Message>,
-) -> Result<String, String> {
-    let mut event: Event = serde_json::from_str(&event).map_err(|e| format!("event: {e}"))?;
-    event.message = message.map(|m| {
-        std::sync::Arc::new(Message {
+/// The WIT records (`plugins/wit/mailgate.wit`, interface `types`) turned into the contract's
+/// types and back. Every struct literal names all fields: a field added to `contract.rs`
+/// or to the WIT and not to the other fails to compile here.
+mod wit {
+    use super::bindings::mailgate::policy::types as w;
+    use super::*;
+
+    fn hook(h: w::Hook) -> Hook {
+        match h {
+            w::Hook::Receive => Hook::Receive,
+            w::Hook::Route => Hook::Route,
+            w::Hook::Deliver => Hook::Deliver,
+            w::Hook::Fetch => Hook::Fetch,
+        }
+    }
+
+    fn stage(s: w::Stage) -> Stage {
+        match s {
+            w::Stage::Connect => Stage::Connect,
+            w::Stage::Helo => Stage::Helo,
+            w::Stage::Mail => Stage::Mail,
+            w::Stage::Rcpt => Stage::Rcpt,
+            w::Stage::Data => Stage::Data,
+        }
+    }
+
+    fn symbol(s: w::Symbol) -> Symbol {
+        Symbol {
+            name: s.name,
+            score: s.score,
+            reason: s.reason,
+        }
+    }
+
+    fn header(h: Header) -> w::Header {
+        w::Header {
+            name: h.name,
+            value: h.value,
+        }
+    }
+
+    pub fn message(m: w::Message) -> Message {
+        Message {
             subject: m.subject,
             from: m.from,
             to: m.to,
@@ -165,8 +200,122 @@ pub fn handle<P: Plugin>(
             links: m.links,
             size: m.size as usize,
             attachments: m.attachments as usize,
-        })
-    });
+        }
+    }
+
+    pub fn event(e: w::Event, message: Option<w::Message>) -> Event {
+        let w::Session {
+            client_ip,
+            helo,
+            tls,
+            auth_user,
+            listener,
+        } = e.session;
+        Event {
+            hook: hook(e.hook),
+            stage: e.stage.map(stage),
+            session: Session {
+                client_ip,
+                helo,
+                tls,
+                auth_user,
+                listener,
+            },
+            envelope: Envelope {
+                mail_from: e.envelope.mail_from,
+                rcpt_to: e.envelope.rcpt_to,
+            },
+            recipient: e.recipient,
+            default_route: e.default_route,
+            message: message.map(|m| std::sync::Arc::new(self::message(m))),
+            auth: e.auth.map(|a| AuthResults {
+                spf: a.spf,
+                dkim: a.dkim,
+                dmarc: a.dmarc,
+                spf_domain: a.spf_domain,
+                dkim_domains: a.dkim_domains,
+                dmarc_policy: a.dmarc_policy,
+                from_domain: a.from_domain,
+            }),
+            score: e.score,
+            symbols: e.symbols.into_iter().map(symbol).collect(),
+            mailbox: e.mailbox,
+            user: e.user,
+        }
+    }
+
+    fn action(a: Action) -> w::Action {
+        match a {
+            Action::Continue => w::Action::Continue,
+            Action::Accept => w::Action::Accept,
+            Action::Reject => w::Action::Reject,
+            Action::Tempfail => w::Action::Tempfail,
+            Action::Discard => w::Action::Discard,
+            Action::Disconnect => w::Action::Disconnect,
+            Action::Quarantine => w::Action::Quarantine,
+            Action::Hide => w::Action::Hide,
+        }
+    }
+
+    fn route(r: RouteKind) -> w::RouteKind {
+        match r {
+            RouteKind::Local => w::RouteKind::Local,
+            RouteKind::Relay => w::RouteKind::Relay,
+            RouteKind::Reject => w::RouteKind::Reject,
+        }
+    }
+
+    pub fn verdict(v: Verdict) -> w::Verdict {
+        let Verdict {
+            action: a,
+            code,
+            enhanced,
+            text,
+            score,
+            symbol,
+            reason,
+            symbols,
+            folder,
+            flags,
+            add_headers,
+            remove_headers,
+            route: r,
+            mailbox,
+            host,
+        } = v;
+        w::Verdict {
+            action: action(a),
+            code,
+            enhanced,
+            text,
+            score,
+            symbol,
+            reason,
+            symbols: symbols
+                .into_iter()
+                .map(|s| w::Symbol {
+                    name: s.name,
+                    score: s.score,
+                    reason: s.reason,
+                })
+                .collect(),
+            folder,
+            flags,
+            add_headers: add_headers.into_iter().map(header).collect(),
+            remove_headers,
+            route: r.map(route),
+            mailbox,
+            host,
+        }
+    }
+}
+
+#[doc(hidden)]
+pub fn handle<P: Plugin>(
+    event: bindings::mailgate::policy::types::Event,
+    message: Option<bindings::mailgate::policy::types::Message>,
+) -> Result<Option<bindings::mailgate::policy::types::Verdict>, String> {
+    let event = wit::event(event, message);
     let verdict = match event.hook {
         Hook::Receive => P::on_receive(&event),
         Hook::Route => P::on_route(&event),
@@ -174,9 +323,9 @@ pub fn handle<P: Plugin>(
         Hook::Fetch => P::on_fetch(&event),
     };
     if verdict == Verdict::default() {
-        return Ok(String::new());
+        return Ok(None);
     }
-    serde_json::to_string(&verdict).map_err(|e| e.to_string())
+    Ok(Some(wit::verdict(verdict)))
 }
 
 /// Exports a [`Plugin`] implementation as the component's `describe` and `handle`.
@@ -189,9 +338,9 @@ macro_rules! export_plugin {
                 $crate::describe::<$plugin>()
             }
             fn handle(
-                event: String,
-                message: Option<$crate::bindings::mailgate::policy::host::Message>,
-            ) -> Result<String, String> {
+                event: $crate::bindings::mailgate::policy::types::Event,
+                message: Option<$crate::bindings::mailgate::policy::types::Message>,
+            ) -> Result<Option<$crate::bindings::mailgate::policy::types::Verdict>, String> {
                 $crate::handle::<$plugin>(event, message)
             }
         }
