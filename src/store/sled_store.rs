@@ -52,7 +52,10 @@ pub struct Inner {
 /// (`generation`), so a value read just before a write can never overwrite the written one.
 /// Bounded: past [`MAX_CACHED`] entries it starts over.
 #[derive(Default)]
-struct RecordCache(Mutex<(u64, std::collections::HashMap<Vec<u8>, Option<sled::IVec>>)>);
+struct RecordCache(Mutex<Records>);
+
+/// Generation (change sets applied since open) and the cached values by key.
+type Records = (u64, std::collections::HashMap<Vec<u8>, Option<sled::IVec>>);
 
 const CACHED_TAGS: [u8; 5] = [
     keys::ACCOUNT,
@@ -68,7 +71,7 @@ fn cached(key: &[u8]) -> bool {
 }
 
 impl RecordCache {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<Vec<u8>, Option<sled::IVec>>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
