@@ -77,6 +77,10 @@ enum SpamCmd {
         seed: u64,
         #[arg(long)]
         json: bool,
+        /// Also write every message's label, total score and Bayes probability to FILE
+        /// (tab-separated, with a header line): for choosing the `[spam.thresholds]`.
+        #[arg(long, value_name = "FILE")]
+        scores: Option<PathBuf>,
     },
 }
 
@@ -222,7 +226,8 @@ fn main() -> ExitCode {
             holdout,
             seed,
             json,
-        }) => rt.block_on(spam_eval(&config, spam, ham, split_of(holdout, seed), json)),
+            scores,
+        }) => rt.block_on(spam_eval(&config, spam, ham, split_of(holdout, seed), json, scores)),
         other => match request(other) {
             Ok(req) => rt.block_on(admin::client::run(&config, req)).map(|out| {
                 let _ = std::io::stdout().write_all(&out);
@@ -551,17 +556,24 @@ async fn spam_eval(
     ham: Vec<PathBuf>,
     split: Option<mailgate::spam::Split>,
     json: bool,
+    scores: Option<PathBuf>,
 ) -> Result<(), String> {
     use mailgate::spam::{Metrics, corpus_files, messages_in, process_cpu_secs, select};
     let (set, host, scratch) = spam_chain(config).await?;
     let mut m = Metrics::default();
     let (wall, cpu) = (std::time::Instant::now(), process_cpu_secs());
     let mut misses: Vec<String> = Vec::new();
+    let mut table = scores.as_ref().map(|_| String::from("label\tscore\tbayes\tfile\n"));
     for (is_spam, dirs) in [(true, &spam), (false, &ham)] {
         for f in select(corpus_files(dirs)?, split, true) {
             let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
             for raw in messages_in(&bytes) {
-                let (r, _) = spam_judge(&set, config, &raw).await;
+                let (r, message) = spam_judge(&set, config, &raw).await;
+                if let Some(t) = table.as_mut() {
+                    let p = mailgate::spam::bayes(&host.spam, &message).map_or(-1.0, |j| j.probability);
+                    let label = if is_spam { "spam" } else { "ham" };
+                    t.push_str(&format!("{label}\t{:.3}\t{p:.6}\t{}\n", r.score, f.display()));
+                }
                 let said = r.score >= config.spam.thresholds.tag;
                 if said != is_spam {
                     misses.push(format!(
@@ -576,6 +588,9 @@ async fn spam_eval(
         }
     }
     m.finish(wall.elapsed().as_secs_f64(), process_cpu_secs() - cpu);
+    if let (Some(path), Some(t)) = (&scores, table) {
+        std::fs::write(path, t).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     drop(set);
     drop(host);
     remove_scratch(&scratch);
