@@ -200,7 +200,11 @@ fn spam_cli_trains_evaluates_and_classifies() {
         out.contains("trained on") && !out.contains("trained on 40 spam"),
         "holdout left some out: {out}"
     );
-    let mut args = vec!["spam", "eval", "--spam", spam, "--ham", ham, "--json"];
+    let scores = dir.path().join("scores.tsv");
+    let scores_arg = scores.to_str().unwrap();
+    let mut args = vec![
+        "spam", "eval", "--spam", spam, "--ham", ham, "--json", "--scores", scores_arg,
+    ];
     args.extend(split);
     let (code, out, err) = cli(&config, &args, "");
     assert_eq!(code, 0, "{out}{err}");
@@ -211,6 +215,20 @@ fn spam_cli_trains_evaluates_and_classifies() {
     let n = m["messages"].as_u64().unwrap();
     assert!(n > 0 && n < 80, "only the held-out part is scored: {m}");
     assert_eq!(m["f1"].as_f64(), Some(1.0), "{m}");
+    // --scores: a header, then one line per judged message with its label and probability.
+    let table = std::fs::read_to_string(&scores).unwrap();
+    let mut lines = table.lines();
+    assert_eq!(lines.next(), Some("label\tscore\tbayes\tfile"));
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len() as u64, n, "{table}");
+    for r in &rows {
+        let p: f64 = r[2].parse().unwrap();
+        match r[0] {
+            "spam" => assert!(p > 0.5, "{r:?}"),
+            "ham" => assert!(p < 0.5, "{r:?}"),
+            other => panic!("label {other}"),
+        }
+    }
     let (code, out, _) = cli(&config, &["spam", "classify"], &spam_msg(500));
     assert_eq!(code, 0);
     assert!(out.lines().next().unwrap().starts_with("spam "), "{out}");
