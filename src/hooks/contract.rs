@@ -1,8 +1,8 @@
 //! The hook contract: what a policy sees ([`Event`]) and what it may answer ([`Verdict`]).
 //!
 //! Defined once, here. Lua sees these as tables (field names as below); WASM plugins get the
-//! same records through `plugins/wit/mailgate.wit` (interface `types`; the host and the SDK
-//! convert with literals naming every field, so the two cannot drift apart silently).
+//! same records through `plugins/wit/mailgate.wit` (interface `types`; `wit_convert.rs`, one
+//! file shared by the host and the SDK, maps them with literals naming every field).
 //! `docs/hooks.md` is the prose version; keep the three in step.
 
 use serde::{Deserialize, Serialize};
@@ -252,6 +252,17 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 8] = [
+        Action::Continue,
+        Action::Accept,
+        Action::Reject,
+        Action::Tempfail,
+        Action::Discard,
+        Action::Disconnect,
+        Action::Quarantine,
+        Action::Hide,
+    ];
+
     /// The name policies use (`action = "reject"`).
     pub fn name(self) -> &'static str {
         match self {

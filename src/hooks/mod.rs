@@ -528,17 +528,7 @@ mod tests {
     #[test]
     fn names_in_traces_are_the_contract_names() {
         use contract::Stage;
-        let actions = [
-            Action::Continue,
-            Action::Accept,
-            Action::Reject,
-            Action::Tempfail,
-            Action::Discard,
-            Action::Disconnect,
-            Action::Quarantine,
-            Action::Hide,
-        ];
-        for a in actions {
+        for a in Action::ALL {
             assert_eq!(serde_json::to_value(a).unwrap(), a.name(), "{a:?}");
         }
         for st in [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data] {

@@ -287,7 +287,7 @@ const MESSAGE_FIELDS: [&str; 6] = ["subject", "from", "to", "text", "headers", "
 const ALL_FIELDS: u8 = 0b11_1111;
 
 /// The WIT form of `event.message` (`record message` in `plugins/wit/mailgate.wit`).
-type MessageRecord = mailgate::policy::types::Message;
+type MessageRecord = w::Message;
 
 /// For one chain: the message as a WIT record for each set of fields asked for. The message
 /// is the bulk of an event and the same for every WASM plugin of the chain, so its record
@@ -312,7 +312,7 @@ impl MessageRecords {
             headers: if has(16) {
                 m.headers
                     .iter()
-                    .map(|h| mailgate::policy::types::Header {
+                    .map(|h| w::Header {
                         name: h.name.clone(),
                         value: h.value.clone(),
                     })
@@ -329,139 +329,12 @@ impl MessageRecords {
     }
 }
 
-/// The contract's types as the WIT records of `plugins/wit/mailgate.wit` (interface
-/// `types`) and back; the guest SDK does the mirror image. Every struct literal names all
-/// fields, so a field added to `contract.rs` or to the WIT and not to the other fails to
-/// compile.
-mod wit {
-    use super::contract::{Action, AuthResults, Event, Header, Hook, RouteKind, Stage, Symbol, Verdict};
-    use super::mailgate::policy::types as w;
+/// The WIT records (`mailgate::policy::types`) under the name `wit_convert.rs` expects.
+use mailgate::policy::types as w;
 
-    fn symbol(s: &Symbol) -> w::Symbol {
-        w::Symbol {
-            name: s.name.clone(),
-            score: s.score,
-            reason: s.reason.clone(),
-        }
-    }
-
-    /// The event without its message (which crosses beside it, see `MessageRecords`).
-    pub fn event(e: &Event) -> w::Event {
-        let AuthResults {
-            spf,
-            dkim,
-            dmarc,
-            spf_domain,
-            dkim_domains,
-            dmarc_policy,
-            from_domain,
-        } = e.auth.clone().unwrap_or_default();
-        w::Event {
-            hook: match e.hook {
-                Hook::Receive => w::Hook::Receive,
-                Hook::Route => w::Hook::Route,
-                Hook::Deliver => w::Hook::Deliver,
-                Hook::Fetch => w::Hook::Fetch,
-            },
-            stage: e.stage.map(|s| match s {
-                Stage::Connect => w::Stage::Connect,
-                Stage::Helo => w::Stage::Helo,
-                Stage::Mail => w::Stage::Mail,
-                Stage::Rcpt => w::Stage::Rcpt,
-                Stage::Data => w::Stage::Data,
-            }),
-            session: w::Session {
-                client_ip: e.session.client_ip.clone(),
-                helo: e.session.helo.clone(),
-                tls: e.session.tls,
-                auth_user: e.session.auth_user.clone(),
-                listener: e.session.listener.clone(),
-            },
-            envelope: w::Envelope {
-                mail_from: e.envelope.mail_from.clone(),
-                rcpt_to: e.envelope.rcpt_to.clone(),
-            },
-            recipient: e.recipient.clone(),
-            default_route: e.default_route.clone(),
-            auth: e.auth.is_some().then_some(w::AuthResults {
-                spf,
-                dkim,
-                dmarc,
-                spf_domain,
-                dkim_domains,
-                dmarc_policy,
-                from_domain,
-            }),
-            score: e.score,
-            symbols: e.symbols.iter().map(symbol).collect(),
-            mailbox: e.mailbox.clone(),
-            user: e.user.clone(),
-        }
-    }
-
-    pub fn verdict(v: w::Verdict) -> Verdict {
-        let w::Verdict {
-            action,
-            code,
-            enhanced,
-            text,
-            score,
-            symbol,
-            reason,
-            symbols,
-            folder,
-            flags,
-            add_headers,
-            remove_headers,
-            route,
-            mailbox,
-            host,
-        } = v;
-        Verdict {
-            action: match action {
-                w::Action::Continue => Action::Continue,
-                w::Action::Accept => Action::Accept,
-                w::Action::Reject => Action::Reject,
-                w::Action::Tempfail => Action::Tempfail,
-                w::Action::Discard => Action::Discard,
-                w::Action::Disconnect => Action::Disconnect,
-                w::Action::Quarantine => Action::Quarantine,
-                w::Action::Hide => Action::Hide,
-            },
-            code,
-            enhanced,
-            text,
-            score,
-            symbol,
-            reason,
-            symbols: symbols
-                .into_iter()
-                .map(|s| Symbol {
-                    name: s.name,
-                    score: s.score,
-                    reason: s.reason,
-                })
-                .collect(),
-            folder,
-            flags,
-            add_headers: add_headers
-                .into_iter()
-                .map(|h| Header {
-                    name: h.name,
-                    value: h.value,
-                })
-                .collect(),
-            remove_headers,
-            route: route.map(|r| match r {
-                w::RouteKind::Local => RouteKind::Local,
-                w::RouteKind::Relay => RouteKind::Relay,
-                w::RouteKind::Reject => RouteKind::Reject,
-            }),
-            mailbox,
-            host,
-        }
-    }
-}
+/// Event → record, record → verdict (the file is shared with the guest SDK).
+#[path = "wit_convert.rs"]
+mod wit;
 
 fn classify(e: &wasmtime::Error) -> PluginError {
     match e.downcast_ref::<Trap>() {
@@ -549,7 +422,7 @@ impl WasmPlugin {
 
     /// Calls the plugin; `cache` holds the chain's message records.
     pub async fn call(&self, event: &Event, cache: &MessageRecords) -> Result<Verdict, PluginError> {
-        let record_event = wit::event(event);
+        let record_event = wit::event_to(event);
         let record = event.message.as_ref().map(|m| cache.get(m, self.message_fields));
         let inner = self.inner.clone();
         let message = event.message.clone();
@@ -566,7 +439,105 @@ impl WasmPlugin {
         };
         match answer {
             Err(msg) => Err(PluginError::Runtime(msg)),
-            Ok(v) => Ok(v.map(wit::verdict).unwrap_or_default()),
+            Ok(v) => Ok(v.map(wit::verdict_from).unwrap_or_default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contract::{Action, AuthResults, Event, Header, Hook, Message, RouteKind, Stage, Symbol, Verdict};
+    use super::wit;
+
+    /// The guest's directions of the shared mapping undo the host's: every field of an event
+    /// and a verdict survives the trip (the guest SDK compiles the same file).
+    #[test]
+    fn events_and_verdicts_cross_unchanged() {
+        let mut e = Event::new(Hook::Deliver, Default::default());
+        e.stage = Some(Stage::Rcpt);
+        e.session.client_ip = "192.0.2.1".into();
+        e.session.helo = Some("mx.example.org".into());
+        e.session.tls = true;
+        e.session.auth_user = Some("alice@localhost".into());
+        e.session.listener = "submission".into();
+        e.envelope.mail_from = Some(String::new());
+        e.envelope.rcpt_to = vec!["a@localhost".into(), "b@localhost".into()];
+        e.recipient = Some("a@localhost".into());
+        e.default_route = Some("local".into());
+        e.auth = Some(AuthResults {
+            spf: Some("pass".into()),
+            dkim: Some("fail".into()),
+            dmarc: None,
+            spf_domain: Some("example.org".into()),
+            dkim_domains: vec!["example.org".into()],
+            dmarc_policy: Some("reject".into()),
+            from_domain: Some("example.org".into()),
+        });
+        e.score = 2.5;
+        e.symbols = vec![Symbol {
+            name: "X".into(),
+            score: 2.5,
+            reason: "why".into(),
+        }];
+        e.mailbox = Some("Junk".into());
+        e.user = Some("alice@localhost".into());
+        let m = Message {
+            subject: "s".into(),
+            from: "f@example.org".into(),
+            to: vec!["t@localhost".into()],
+            text: "body".into(),
+            headers: vec![Header {
+                name: "X-A".into(),
+                value: "1".into(),
+            }],
+            links: vec!["example.org".into()],
+            size: 99,
+            attachments: 1,
+        };
+        let record = super::w::Message {
+            subject: m.subject.clone(),
+            from: m.from.clone(),
+            to: m.to.clone(),
+            text: m.text.clone(),
+            headers: vec![super::w::Header {
+                name: "X-A".into(),
+                value: "1".into(),
+            }],
+            links: m.links.clone(),
+            size: 99,
+            attachments: 1,
+        };
+        let back = wit::event_from(wit::event_to(&e), Some(record));
+        assert_eq!(back.message.as_deref(), Some(&m));
+        e.message = back.message.clone();
+        assert_eq!(back, e);
+        let v = Verdict {
+            action: Action::Quarantine,
+            code: Some(550),
+            enhanced: Some("5.7.1".into()),
+            text: Some("no".into()),
+            score: Some(1.0),
+            symbol: Some("S".into()),
+            reason: Some("r".into()),
+            symbols: e.symbols.clone(),
+            folder: Some("Junk".into()),
+            flags: vec!["\\Seen".into()],
+            add_headers: vec![Header {
+                name: "X-B".into(),
+                value: "2".into(),
+            }],
+            remove_headers: vec!["X-C".into()],
+            route: Some(RouteKind::Relay),
+            mailbox: Some("bob@localhost".into()),
+            host: Some("relay.example:25".into()),
+        };
+        assert_eq!(wit::verdict_from(wit::verdict_to(v.clone())), v);
+        for a in Action::ALL {
+            let v = Verdict {
+                action: a,
+                ..Verdict::default()
+            };
+            assert_eq!(wit::verdict_from(wit::verdict_to(v.clone())).action, a);
         }
     }
 }

@@ -142,180 +142,17 @@ pub fn describe<P: Plugin>() -> String {
     serde_json::json!({ "hooks": P::HOOKS, "stages": P::STAGES, "message_fields": P::MESSAGE_FIELDS }).to_string()
 }
 
-/// The WIT records (`plugins/wit/mailgate.wit`, interface `types`) turned into the contract's
-/// types and back. Every struct literal names all fields: a field added to `contract.rs`
-/// or to the WIT and not to the other fails to compile here.
-mod wit {
-    use super::bindings::mailgate::policy::types as w;
-    use super::*;
+/// The WIT records under the name `wit_convert.rs` expects.
+use bindings::mailgate::policy::types as w;
 
-    fn hook(h: w::Hook) -> Hook {
-        match h {
-            w::Hook::Receive => Hook::Receive,
-            w::Hook::Route => Hook::Route,
-            w::Hook::Deliver => Hook::Deliver,
-            w::Hook::Fetch => Hook::Fetch,
-        }
-    }
-
-    fn stage(s: w::Stage) -> Stage {
-        match s {
-            w::Stage::Connect => Stage::Connect,
-            w::Stage::Helo => Stage::Helo,
-            w::Stage::Mail => Stage::Mail,
-            w::Stage::Rcpt => Stage::Rcpt,
-            w::Stage::Data => Stage::Data,
-        }
-    }
-
-    fn symbol(s: w::Symbol) -> Symbol {
-        Symbol {
-            name: s.name,
-            score: s.score,
-            reason: s.reason,
-        }
-    }
-
-    fn header(h: Header) -> w::Header {
-        w::Header {
-            name: h.name,
-            value: h.value,
-        }
-    }
-
-    pub fn message(m: w::Message) -> Message {
-        Message {
-            subject: m.subject,
-            from: m.from,
-            to: m.to,
-            text: m.text,
-            headers: m
-                .headers
-                .into_iter()
-                .map(|h| Header {
-                    name: h.name,
-                    value: h.value,
-                })
-                .collect(),
-            links: m.links,
-            size: m.size as usize,
-            attachments: m.attachments as usize,
-        }
-    }
-
-    pub fn event(e: w::Event, message: Option<w::Message>) -> Event {
-        let w::Session {
-            client_ip,
-            helo,
-            tls,
-            auth_user,
-            listener,
-        } = e.session;
-        Event {
-            hook: hook(e.hook),
-            stage: e.stage.map(stage),
-            session: Session {
-                client_ip,
-                helo,
-                tls,
-                auth_user,
-                listener,
-            },
-            envelope: Envelope {
-                mail_from: e.envelope.mail_from,
-                rcpt_to: e.envelope.rcpt_to,
-            },
-            recipient: e.recipient,
-            default_route: e.default_route,
-            message: message.map(|m| std::sync::Arc::new(self::message(m))),
-            auth: e.auth.map(|a| AuthResults {
-                spf: a.spf,
-                dkim: a.dkim,
-                dmarc: a.dmarc,
-                spf_domain: a.spf_domain,
-                dkim_domains: a.dkim_domains,
-                dmarc_policy: a.dmarc_policy,
-                from_domain: a.from_domain,
-            }),
-            score: e.score,
-            symbols: e.symbols.into_iter().map(symbol).collect(),
-            mailbox: e.mailbox,
-            user: e.user,
-        }
-    }
-
-    fn action(a: Action) -> w::Action {
-        match a {
-            Action::Continue => w::Action::Continue,
-            Action::Accept => w::Action::Accept,
-            Action::Reject => w::Action::Reject,
-            Action::Tempfail => w::Action::Tempfail,
-            Action::Discard => w::Action::Discard,
-            Action::Disconnect => w::Action::Disconnect,
-            Action::Quarantine => w::Action::Quarantine,
-            Action::Hide => w::Action::Hide,
-        }
-    }
-
-    fn route(r: RouteKind) -> w::RouteKind {
-        match r {
-            RouteKind::Local => w::RouteKind::Local,
-            RouteKind::Relay => w::RouteKind::Relay,
-            RouteKind::Reject => w::RouteKind::Reject,
-        }
-    }
-
-    pub fn verdict(v: Verdict) -> w::Verdict {
-        let Verdict {
-            action: a,
-            code,
-            enhanced,
-            text,
-            score,
-            symbol,
-            reason,
-            symbols,
-            folder,
-            flags,
-            add_headers,
-            remove_headers,
-            route: r,
-            mailbox,
-            host,
-        } = v;
-        w::Verdict {
-            action: action(a),
-            code,
-            enhanced,
-            text,
-            score,
-            symbol,
-            reason,
-            symbols: symbols
-                .into_iter()
-                .map(|s| w::Symbol {
-                    name: s.name,
-                    score: s.score,
-                    reason: s.reason,
-                })
-                .collect(),
-            folder,
-            flags,
-            add_headers: add_headers.into_iter().map(header).collect(),
-            remove_headers,
-            route: r.map(route),
-            mailbox,
-            host,
-        }
-    }
-}
+/// Record → event, verdict → record: the host's own mapping file (it uses the other two
+/// directions), so the two ends cannot disagree.
+#[path = "../../../src/hooks/wit_convert.rs"]
+mod wit;
 
 #[doc(hidden)]
-pub fn handle<P: Plugin>(
-    event: bindings::mailgate::policy::types::Event,
-    message: Option<bindings::mailgate::policy::types::Message>,
-) -> Result<Option<bindings::mailgate::policy::types::Verdict>, String> {
-    let event = wit::event(event, message);
+pub fn handle<P: Plugin>(event: w::Event, message: Option<w::Message>) -> Result<Option<w::Verdict>, String> {
+    let event = wit::event_from(event, message);
     let verdict = match event.hook {
         Hook::Receive => P::on_receive(&event),
         Hook::Route => P::on_route(&event),
@@ -325,7 +162,7 @@ pub fn handle<P: Plugin>(
     if verdict == Verdict::default() {
         return Ok(None);
     }
-    Ok(Some(wit::verdict(verdict)))
+    Ok(Some(wit::verdict_to(verdict)))
 }
 
 /// Exports a [`Plugin`] implementation as the component's `describe` and `handle`.

@@ -133,17 +133,8 @@ fn symbol(v: Value) -> Result<Symbol> {
 
 fn action(v: Value) -> Result<Action> {
     let name = string("action", v)?;
-    const ALL: [Action; 8] = [
-        Action::Continue,
-        Action::Accept,
-        Action::Reject,
-        Action::Tempfail,
-        Action::Discard,
-        Action::Disconnect,
-        Action::Quarantine,
-        Action::Hide,
-    ];
-    ALL.into_iter()
+    Action::ALL
+        .into_iter()
         .find(|a| a.name() == name)
         .ok_or_else(|| format!("action: unknown action {name:?}"))
 }
