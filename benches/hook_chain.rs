@@ -69,6 +69,7 @@ fn build_wasm() -> PathBuf {
         .arg(root.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(root.join("target"))
+        .current_dir(&root) // for plugins/.cargo/config.toml
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building plugins/ for wasm32-wasip2 failed");

@@ -17,6 +17,8 @@ fn built() -> &'static Path {
             .arg(root.join("Cargo.toml"))
             .arg("--target-dir")
             .arg(&target)
+            // plugins/.cargo/config.toml (its rustflags) applies to builds started there.
+            .current_dir(&root)
             .env_remove("RUSTFLAGS")
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
