@@ -40,6 +40,9 @@ fn engine() -> &'static Engine {
         let mut c = Config::new();
         c.consume_fuel(true);
         c.epoch_interruption(true);
+        // Calls are synchronous: without the component-model-async bookkeeping a call does
+        // not set up a guest task and its resource-table entries each time.
+        c.concurrency_support(false);
         if std::env::var_os("MAILGATE_WASM_PERFMAP").is_some() {
             c.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
