@@ -12,9 +12,10 @@
 //! acknowledged. Message bodies are written only here: sled keeps a pointer
 //! `(segment, offset, length)` to the bytes inside the record.
 //!
-//! sled gets each change set's ops one by one and then the key `V applied` = its sequence
-//! number, so after a crash [`Journal::open`] re-applies exactly the change sets sled lacks
-//! (or has only part of), starting at the last checkpoint position. A checkpoint flushes sled, records the position, and deletes old
+//! sled gets each change set's ops one by one; at each checkpoint the key `V applied` = the
+//! sequence number of the last change set before the checkpoint position, so after a crash
+//! [`Journal::open`] re-applies, from the last checkpoint position, every change set sled
+//! may lack (or have only part of); ones it already has are re-applied harmlessly. A checkpoint flushes sled, records the position, and deletes old
 //! segments that hold no live body. Segments are rotated at [`SEGMENT_SIZE`].
 //!
 //! Record: `magic "MGJ1" | len u32 | crc32(payload) u32 | payload`, payload:
@@ -153,6 +154,8 @@ pub struct Journal {
     live: Mutex<HashMap<u64, u64>>,
     /// Position recorded by the last checkpoint (an idle server then does no I/O at all).
     checkpointed: Mutex<(u64, u64)>,
+    /// Change sets re-applied by [`Journal::open`].
+    replayed: u64,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -202,17 +205,32 @@ fn checkpoint_key() -> Vec<u8> {
     keys::tagged(keys::VERSION, b"checkpoint")
 }
 
-/// Applies ops in order, then the `applied` mark for `seq`, so a crash part-way leaves the
-/// mark at the previous change set and replay redoes this one.
-pub fn apply(tree: &sled::Tree, ops: Vec<Op>, seq: u64) -> sled::Result<()> {
+/// Applies a change set's ops in order. The `applied` mark is not moved here (it was, once
+/// per change set: a fifth of a delivery's sled inserts) but at checkpoints
+/// ([`Journal::checkpoint_finish`], [`set_applied`]): replay starts at the checkpoint and
+/// re-applies every later change set, and re-applying one that sled already has is
+/// harmless, because ops carry whole values and run in journal order.
+pub fn apply_ops(tree: &sled::Tree, ops: Vec<Op>) -> sled::Result<()> {
     for (k, v) in ops {
         match v {
             Some(v) => tree.insert(k, v)?,
             None => tree.remove(k)?,
         };
     }
+    Ok(())
+}
+
+/// Records that sled holds every change set up to `seq` (the caller knows it does: all of
+/// them were applied under the writer lock, and sled makes writes durable in order).
+pub fn set_applied(tree: &sled::Tree, seq: u64) -> sled::Result<()> {
     tree.insert(applied_key(), &seq.to_be_bytes())?;
     Ok(())
+}
+
+/// Replay: the ops, then the mark, so a crash part-way through replay redoes this one.
+fn apply(tree: &sled::Tree, ops: Vec<Op>, seq: u64) -> sled::Result<()> {
+    apply_ops(tree, ops)?;
+    set_applied(tree, seq)
 }
 
 struct Parsed {
@@ -354,6 +372,7 @@ impl Journal {
             readers: RwLock::new(HashMap::new()),
             live: Mutex::new(live),
             checkpointed: Mutex::new((0, 0)),
+            replayed,
         };
         Ok((journal, last))
     }
@@ -456,6 +475,11 @@ impl Journal {
         self.written.load(Ordering::SeqCst)
     }
 
+    /// How many change sets opening the journal re-applied to sled.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
     }
@@ -529,11 +553,13 @@ impl Journal {
 
     /// Checkpoint, part 2 (blocking; no lock held): flush sled so everything before `pos` is
     /// durable there, remember `pos` for the next replay, and delete dead segments.
+    /// `seq`: the last change set before `pos` (read with `pos`, under the writer lock).
     pub fn checkpoint_finish(
         &self,
         db: &sled::Db,
         tree: &sled::Tree,
         pos: (u64, u64),
+        seq: u64,
         live: &HashMap<u64, u64>,
     ) -> io::Result<()> {
         let sled_err = io::Error::other;
@@ -543,8 +569,10 @@ impl Journal {
         db.flush().map_err(sled_err)?;
         let mut v = pos.0.to_be_bytes().to_vec();
         v.extend_from_slice(&pos.1.to_be_bytes());
-        // Durable with the next sled flush; until then replay starts at an older, also valid,
-        // position (and skips segments deleted meanwhile: they held nothing replay needs).
+        // Both durable with the next sled flush; until then replay starts at an older, also
+        // valid, position and mark (and skips segments deleted meanwhile: they held nothing
+        // replay needs). Every change set after `pos` has a sequence number above `seq`.
+        set_applied(tree, seq).map_err(sled_err)?;
         tree.insert(checkpoint_key(), v).map_err(sled_err)?;
         for n in self.dead_segments(pos.0, live)? {
             self.readers.write().unwrap_or_else(|p| p.into_inner()).remove(&n);

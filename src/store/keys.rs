@@ -18,7 +18,7 @@
 //! | `S` | account `0x00` mailbox name | empty (IMAP subscription) |
 //! | `C` | counter name | u64 (`mailbox` = last mailbox id) |
 //! | `V` | `schema` | layout version, u64 |
-//! | `V` | `applied` | sequence number of the last journal change set applied |
+//! | `V` | `applied` | sequence number of the last change set before the checkpoint position (set at checkpoints) |
 //! | `V` | `checkpoint` | journal position (segment u64, offset u64) replay starts from |
 //!
 //! The value formats change only with a bump of [`SCHEMA_VERSION`].

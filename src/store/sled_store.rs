@@ -40,6 +40,9 @@ pub struct Inner {
     /// Change notifications per mailbox (only for mailboxes someone watches).
     watchers: Mutex<std::collections::HashMap<MailboxId, tokio::sync::watch::Sender<u64>>>,
     records: RecordCache,
+    /// A change set failed part-way in sled (its journal record is whole): from then on no
+    /// checkpoint or `applied` mark moves past it, so the next start replays it.
+    sled_failed: std::sync::atomic::AtomicBool,
 }
 
 /// The small records every delivery reads — accounts, domains, aliases, mailbox names and
@@ -165,6 +168,7 @@ impl SledStore {
             journal,
             watchers: Mutex::new(Default::default()),
             records: RecordCache::default(),
+            sled_failed: Default::default(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(checkpoints(Arc::downgrade(&inner)));
@@ -174,6 +178,14 @@ impl SledStore {
 
     /// Makes all writes durable without a runtime (the CLI's direct mode, tests).
     pub fn flush_blocking(&self) -> Result<()> {
+        {
+            // No checkpoint task without a runtime: mark what sled holds, so the next open
+            // has nothing to replay after a clean run.
+            let _w = self.lock();
+            if !self.sled_failed.load(Ordering::SeqCst) {
+                journal::set_applied(&self.tree, self.seq.load(Ordering::SeqCst))?;
+            }
+        }
         self.journal
             .sync_blocking(self.journal.written())
             .map_err(|e| StoreError::Backend(format!("journal: {e}")))
@@ -205,9 +217,12 @@ impl Inner {
             .filter(|(k, _)| cached(k))
             .map(|(k, v)| (k.clone(), v.as_deref().map(sled::IVec::from)))
             .collect();
-        let applied = journal::apply(&self.tree, ops, seq);
+        let applied = journal::apply_ops(&self.tree, ops);
         // Half-applied (sled failed): forget everything; replay at the next open completes it.
         self.records.written(applied.is_ok().then_some(updates));
+        if applied.is_err() {
+            self.sled_failed.store(true, Ordering::SeqCst);
+        }
         applied?;
         for p in &released {
             self.journal.release(p);
@@ -883,11 +898,17 @@ impl MailStore for SledStore {
 impl Inner {
     /// Flushes sled up to a consistent journal position and drops dead journal segments.
     async fn checkpoint_now(self: Arc<Inner>) -> Result<()> {
-        let (pos, live) = {
+        if self.sled_failed.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend(
+                "a change set failed part-way in sled: not checkpointing, so the next start replays it".into(),
+            ));
+        }
+        let (pos, seq, live) = {
             let _w = self.lock();
-            self.journal.checkpoint_begin()
+            let (pos, live) = self.journal.checkpoint_begin();
+            (pos, self.seq.load(Ordering::SeqCst), live)
         };
-        tokio::task::spawn_blocking(move || self.journal.checkpoint_finish(&self.db, &self.tree, pos, &live))
+        tokio::task::spawn_blocking(move || self.journal.checkpoint_finish(&self.db, &self.tree, pos, seq, &live))
             .await
             .map_err(|e| StoreError::Backend(e.to_string()))?
             .map_err(|e| StoreError::Backend(format!("journal checkpoint: {e}")))
@@ -1057,6 +1078,51 @@ mod tests {
         let inbox = a.mailbox("a@x.test", "INBOX").unwrap().unwrap();
         assert_eq!(a.messages(inbox.id).unwrap().len(), 2);
         assert_eq!(a.deliver(b"three", 3, &[inbox.id]).unwrap(), vec![3]);
+    }
+
+    /// The `applied` mark moves only at checkpoints, so a restart replays change sets sled
+    /// already holds: that must leave the same state (counts, uids, refcounts), and the
+    /// sequence and uids must go on from there.
+    #[tokio::test]
+    async fn replaying_what_sled_already_has_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let body = b"Subject: x\r\n\r\nsame body twice\r\n";
+        {
+            let s = SledStore::open(&path, 16).unwrap();
+            s.create_account("a@x.test", "h").unwrap();
+            let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+            s.deliver(b"one", 1, &[inbox.id]).unwrap();
+            s.sync().await.unwrap();
+            s.checkpoint().await.unwrap();
+            // After the checkpoint: sled gets these, the mark stays at "one".
+            s.deliver(body, 2, &[inbox.id]).unwrap();
+            s.deliver(body, 3, &[inbox.id]).unwrap();
+            let first = s.messages(inbox.id).unwrap()[0].clone();
+            s.expunge(inbox.id, &[first.uid]).unwrap();
+            s.sync().await.unwrap();
+        } // dropped without a checkpoint: the next open replays the last three change sets
+        let s = SledStore::open(&path, 16).unwrap();
+        assert_eq!(s.journal.replayed(), 3, "the change sets after the checkpoint, again");
+        let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        let msgs = s.messages(inbox.id).unwrap();
+        assert_eq!(msgs.iter().map(|m| m.uid).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(msgs[0].meta.blob, msgs[1].meta.blob, "one stored copy");
+        assert_eq!(s.blob(&msgs[0].meta.blob).unwrap().unwrap(), body);
+        assert_eq!(inbox.uidnext, 4);
+        // The refcount was replayed as a value, not added again: two expunges free the body.
+        s.expunge(inbox.id, &[2, 3]).unwrap();
+        assert!(s.blob(&msgs[0].meta.blob).unwrap().is_none(), "refcount was 2, not 4");
+        assert_eq!(s.deliver(b"four", 4, &[inbox.id]).unwrap(), vec![4]);
+        s.sync().await.unwrap();
+        drop(s);
+        let s = SledStore::open(&path, 16).unwrap();
+        // Replay marked what it re-applied: only the two change sets since (the expunge and
+        // "four") are re-applied now.
+        assert_eq!(s.journal.replayed(), 2);
+        let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        let uids: Vec<u32> = s.messages(inbox.id).unwrap().iter().map(|m| m.uid).collect();
+        assert_eq!(uids, vec![4], "change sets after the restart replay too, in order");
     }
 
     fn wal_files(dir: &std::path::Path) -> usize {
