@@ -10,7 +10,7 @@ fn raw_headers(raw: &[u8]) -> Vec<Header> {
     let end = memchr::memmem::find(raw, b"\r\n\r\n")
         .map(|i| i + 2)
         .unwrap_or(raw.len());
-    let text = String::from_utf8_lossy(&raw[..end]);
+    let text = utf8_lossy(&raw[..end]);
     let mut out: Vec<Header> = Vec::new();
     for line in text.split("\r\n") {
         if line.starts_with([' ', '\t']) {
@@ -26,6 +26,15 @@ fn raw_headers(raw: &[u8]) -> Vec<Header> {
         }
     }
     out
+}
+
+/// `String::from_utf8_lossy`, with the (vectorised) validity check first: std's lossy
+/// decoder walks valid text a byte at a time.
+fn utf8_lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.into(),
+        Err(_) => String::from_utf8_lossy(b),
+    }
 }
 
 /// Parses a message once for every policy: decoded subject, From, To, text, headers.
@@ -131,7 +140,8 @@ impl Links {
     fn in_text(&mut self, text: &str) {
         let lower = text.to_ascii_lowercase();
         for marker in ["http://", "https://", "www."] {
-            for (i, _) in lower.match_indices(marker) {
+            // An ASCII marker only matches at a char boundary, so `lower[start..]` is sound.
+            for i in memchr::memmem::find_iter(lower.as_bytes(), marker.as_bytes()) {
                 let start = if marker == "www." { i } else { i + marker.len() };
                 self.push(&lower[start..]);
             }
@@ -143,7 +153,7 @@ impl Links {
         let lower = html.to_ascii_lowercase();
         for attr in ["href", "src"] {
             let mut from = 0;
-            while let Some(i) = lower[from..].find(attr) {
+            while let Some(i) = memchr::memmem::find(&lower.as_bytes()[from..], attr.as_bytes()) {
                 let at = from + i + attr.len();
                 from = at;
                 let rest = lower[at..].trim_start();
