@@ -12,6 +12,35 @@ use super::contract::{
 };
 use super::w;
 
+/// A record whose fields are the same on both sides, moved across: the pattern names every
+/// field (so one added to the source fails to compile) and so does the literal.
+macro_rules! same_fields {
+    ($v:expr, $from:path => $to:path { $($f:ident),* $(,)? }) => {{
+        let $from { $($f),* } = $v;
+        $to { $($f),* }
+    }};
+}
+
+macro_rules! session_between {
+    ($v:expr, $from:path => $to:path) => {
+        same_fields!($v, $from => $to { client_ip, helo, tls, auth_user, listener })
+    };
+}
+
+macro_rules! envelope_between {
+    ($v:expr, $from:path => $to:path) => {
+        same_fields!($v, $from => $to { mail_from, rcpt_to })
+    };
+}
+
+macro_rules! auth_between {
+    ($v:expr, $from:path => $to:path) => {
+        same_fields!($v, $from => $to {
+            spf, dkim, dmarc, spf_domain, dkim_domains, dmarc_policy, from_domain
+        })
+    };
+}
+
 fn symbol_to(s: &Symbol) -> w::Symbol {
     w::Symbol {
         name: s.name.clone(),
@@ -58,38 +87,11 @@ pub fn event_to(e: &Event) -> w::Event {
             Stage::Rcpt => w::Stage::Rcpt,
             Stage::Data => w::Stage::Data,
         }),
-        session: w::Session {
-            client_ip: e.session.client_ip.clone(),
-            helo: e.session.helo.clone(),
-            tls: e.session.tls,
-            auth_user: e.session.auth_user.clone(),
-            listener: e.session.listener.clone(),
-        },
-        envelope: w::Envelope {
-            mail_from: e.envelope.mail_from.clone(),
-            rcpt_to: e.envelope.rcpt_to.clone(),
-        },
+        session: session_between!(e.session.clone(), Session => w::Session),
+        envelope: envelope_between!(e.envelope.clone(), Envelope => w::Envelope),
         recipient: e.recipient.clone(),
         default_route: e.default_route.clone(),
-        auth: e.auth.clone().map(
-            |AuthResults {
-                 spf,
-                 dkim,
-                 dmarc,
-                 spf_domain,
-                 dkim_domains,
-                 dmarc_policy,
-                 from_domain,
-             }| w::AuthResults {
-                spf,
-                dkim,
-                dmarc,
-                spf_domain,
-                dkim_domains,
-                dmarc_policy,
-                from_domain,
-            },
-        ),
+        auth: e.auth.clone().map(|a| auth_between!(a, AuthResults => w::AuthResults)),
         score: e.score,
         symbols: e.symbols.iter().map(symbol_to).collect(),
         mailbox: e.mailbox.clone(),
@@ -99,13 +101,6 @@ pub fn event_to(e: &Event) -> w::Event {
 
 /// Guest side: the record back into the contract's event, with its message.
 pub fn event_from(e: w::Event, message: Option<w::Message>) -> Event {
-    let w::Session {
-        client_ip,
-        helo,
-        tls,
-        auth_user,
-        listener,
-    } = e.session;
     Event {
         hook: match e.hook {
             w::Hook::Receive => Hook::Receive,
@@ -120,39 +115,12 @@ pub fn event_from(e: w::Event, message: Option<w::Message>) -> Event {
             w::Stage::Rcpt => Stage::Rcpt,
             w::Stage::Data => Stage::Data,
         }),
-        session: Session {
-            client_ip,
-            helo,
-            tls,
-            auth_user,
-            listener,
-        },
-        envelope: Envelope {
-            mail_from: e.envelope.mail_from,
-            rcpt_to: e.envelope.rcpt_to,
-        },
+        session: session_between!(e.session, w::Session => Session),
+        envelope: envelope_between!(e.envelope, w::Envelope => Envelope),
         recipient: e.recipient,
         default_route: e.default_route,
         message: message.map(|m| std::sync::Arc::new(message_from(m))),
-        auth: e.auth.map(
-            |w::AuthResults {
-                 spf,
-                 dkim,
-                 dmarc,
-                 spf_domain,
-                 dkim_domains,
-                 dmarc_policy,
-                 from_domain,
-             }| AuthResults {
-                spf,
-                dkim,
-                dmarc,
-                spf_domain,
-                dkim_domains,
-                dmarc_policy,
-                from_domain,
-            },
-        ),
+        auth: e.auth.map(|a| auth_between!(a, w::AuthResults => AuthResults)),
         score: e.score,
         symbols: e.symbols.into_iter().map(symbol_from).collect(),
         mailbox: e.mailbox,
@@ -174,104 +142,95 @@ pub fn message_from(m: w::Message) -> Message {
     }
 }
 
+/// A verdict from one side's type to the other's: one list of its fields for both
+/// directions (a pattern naming all of them on the way in, a literal on the way out).
+macro_rules! verdict_between {
+    ($v:expr, $from:path => $to:path, $action:expr, $symbol:expr, $header:expr, $route:expr) => {{
+        let $from {
+            action,
+            code,
+            enhanced,
+            text,
+            score,
+            symbol,
+            reason,
+            symbols,
+            folder,
+            flags,
+            add_headers,
+            remove_headers,
+            route,
+            mailbox,
+            host,
+        } = $v;
+        $to {
+            action: $action(action),
+            code,
+            enhanced,
+            text,
+            score,
+            symbol,
+            reason,
+            symbols: symbols.into_iter().map($symbol).collect(),
+            folder,
+            flags,
+            add_headers: add_headers.into_iter().map($header).collect(),
+            remove_headers,
+            route: route.map($route),
+            mailbox,
+            host,
+        }
+    }};
+}
+
+fn action_to(a: Action) -> w::Action {
+    match a {
+        Action::Continue => w::Action::Continue,
+        Action::Accept => w::Action::Accept,
+        Action::Reject => w::Action::Reject,
+        Action::Tempfail => w::Action::Tempfail,
+        Action::Discard => w::Action::Discard,
+        Action::Disconnect => w::Action::Disconnect,
+        Action::Quarantine => w::Action::Quarantine,
+        Action::Hide => w::Action::Hide,
+    }
+}
+
+fn action_from(a: w::Action) -> Action {
+    match a {
+        w::Action::Continue => Action::Continue,
+        w::Action::Accept => Action::Accept,
+        w::Action::Reject => Action::Reject,
+        w::Action::Tempfail => Action::Tempfail,
+        w::Action::Discard => Action::Discard,
+        w::Action::Disconnect => Action::Disconnect,
+        w::Action::Quarantine => Action::Quarantine,
+        w::Action::Hide => Action::Hide,
+    }
+}
+
+fn route_to(r: RouteKind) -> w::RouteKind {
+    match r {
+        RouteKind::Local => w::RouteKind::Local,
+        RouteKind::Relay => w::RouteKind::Relay,
+        RouteKind::Reject => w::RouteKind::Reject,
+    }
+}
+
+fn route_from(r: w::RouteKind) -> RouteKind {
+    match r {
+        w::RouteKind::Local => RouteKind::Local,
+        w::RouteKind::Relay => RouteKind::Relay,
+        w::RouteKind::Reject => RouteKind::Reject,
+    }
+}
+
 /// Guest → host: the plugin's verdict as the record.
 pub fn verdict_to(v: Verdict) -> w::Verdict {
-    let Verdict {
-        action,
-        code,
-        enhanced,
-        text,
-        score,
-        symbol,
-        reason,
-        symbols,
-        folder,
-        flags,
-        add_headers,
-        remove_headers,
-        route,
-        mailbox,
-        host,
-    } = v;
-    w::Verdict {
-        action: match action {
-            Action::Continue => w::Action::Continue,
-            Action::Accept => w::Action::Accept,
-            Action::Reject => w::Action::Reject,
-            Action::Tempfail => w::Action::Tempfail,
-            Action::Discard => w::Action::Discard,
-            Action::Disconnect => w::Action::Disconnect,
-            Action::Quarantine => w::Action::Quarantine,
-            Action::Hide => w::Action::Hide,
-        },
-        code,
-        enhanced,
-        text,
-        score,
-        symbol,
-        reason,
-        symbols: symbols.iter().map(symbol_to).collect(),
-        folder,
-        flags,
-        add_headers: add_headers.into_iter().map(header_to).collect(),
-        remove_headers,
-        route: route.map(|r| match r {
-            RouteKind::Local => w::RouteKind::Local,
-            RouteKind::Relay => w::RouteKind::Relay,
-            RouteKind::Reject => w::RouteKind::Reject,
-        }),
-        mailbox,
-        host,
-    }
+    verdict_between!(v, Verdict => w::Verdict, action_to, |s: Symbol| symbol_to(&s), header_to, route_to)
 }
 
 /// Host side: the record back into the contract's verdict.
 pub fn verdict_from(v: w::Verdict) -> Verdict {
-    let w::Verdict {
-        action,
-        code,
-        enhanced,
-        text,
-        score,
-        symbol,
-        reason,
-        symbols,
-        folder,
-        flags,
-        add_headers,
-        remove_headers,
-        route,
-        mailbox,
-        host,
-    } = v;
-    Verdict {
-        action: match action {
-            w::Action::Continue => Action::Continue,
-            w::Action::Accept => Action::Accept,
-            w::Action::Reject => Action::Reject,
-            w::Action::Tempfail => Action::Tempfail,
-            w::Action::Discard => Action::Discard,
-            w::Action::Disconnect => Action::Disconnect,
-            w::Action::Quarantine => Action::Quarantine,
-            w::Action::Hide => Action::Hide,
-        },
-        code,
-        enhanced,
-        text,
-        score,
-        symbol,
-        reason,
-        symbols: symbols.into_iter().map(symbol_from).collect(),
-        folder,
-        flags,
-        add_headers: add_headers.into_iter().map(header_from).collect(),
-        remove_headers,
-        route: route.map(|r| match r {
-            w::RouteKind::Local => RouteKind::Local,
-            w::RouteKind::Relay => RouteKind::Relay,
-            w::RouteKind::Reject => RouteKind::Reject,
-        }),
-        mailbox,
-        host,
-    }
+    verdict_between!(v, w::Verdict => Verdict, action_from, symbol_from, header_from, route_from)
 }
