@@ -37,9 +37,25 @@ fn utf8_lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// mail-parser set to decode only what [`parse_message`] reads: the MIME headers (needed for
+/// the bodies), Subject, From and To. Its default also parses every Received, Date,
+/// Message-ID, References and List-* field, which nothing here looks at (our `headers` are
+/// the raw fields); every other field is kept raw.
+fn parser() -> &'static mail_parser::MessageParser {
+    use mail_parser::HeaderName;
+    static PARSER: std::sync::OnceLock<mail_parser::MessageParser> = std::sync::OnceLock::new();
+    PARSER.get_or_init(|| {
+        mail_parser::MessageParser::new()
+            .with_mime_headers()
+            .header_text(HeaderName::Subject)
+            .header_address(HeaderName::From)
+            .header_address(HeaderName::To)
+    })
+}
+
 /// Parses a message once for every policy: decoded subject, From, To, text, headers.
 pub fn parse_message(raw: &[u8]) -> Message {
-    let parsed = mail_parser::MessageParser::default().parse(raw);
+    let parsed = parser().parse(raw);
     let mut m = Message {
         headers: raw_headers(raw),
         size: raw.len(),
