@@ -29,6 +29,12 @@ mod bindings {
     wasmtime::component::bindgen!({ world: "policy", path: "plugins/wit" });
 }
 use bindings::{Policy, PolicyPre, mailgate};
+/// The WIT records (`mailgate::policy::types`) under the name `wit_convert.rs` expects.
+use mailgate::policy::types as w;
+
+/// Contract ↔ record mapping (the file is shared with the guest SDK).
+#[path = "wit_convert.rs"]
+mod wit;
 
 /// Epoch tick: the resolution of WASM wall-time budgets.
 const TICK: Duration = Duration::from_millis(10);
@@ -304,40 +310,17 @@ impl MessageRecords {
         if let Some((_, r)) = cache.iter().find(|(k, _)| *k == mask) {
             return r.clone();
         }
-        let has = |bit: u8| mask & bit != 0;
-        let text = |bit: u8, v: &String| if has(bit) { v.clone() } else { String::new() };
-        let list = |bit: u8, v: &Vec<String>| if has(bit) { v.clone() } else { Vec::new() };
-        let record = Arc::new(MessageRecord {
-            subject: text(1, &m.subject),
-            from: text(2, &m.from),
-            to: list(4, &m.to),
-            text: text(8, &m.text),
-            headers: if has(16) {
-                m.headers
-                    .iter()
-                    .map(|h| w::Header {
-                        name: h.name.clone(),
-                        value: h.value.clone(),
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            links: list(32, &m.links),
-            size: m.size as u64,
-            attachments: m.attachments as u64,
-        });
+        let asked = |field: &str| {
+            MESSAGE_FIELDS
+                .iter()
+                .position(|n| *n == field)
+                .is_some_and(|i| mask & (1 << i) != 0)
+        };
+        let record = Arc::new(wit::message_to(m, asked));
         cache.push((mask, record.clone()));
         record
     }
 }
-
-/// The WIT records (`mailgate::policy::types`) under the name `wit_convert.rs` expects.
-use mailgate::policy::types as w;
-
-/// Event → record, record → verdict (the file is shared with the guest SDK).
-#[path = "wit_convert.rs"]
-mod wit;
 
 fn classify(e: &wasmtime::Error) -> PluginError {
     match e.downcast_ref::<Trap>() {
@@ -497,19 +480,7 @@ mod tests {
             size: 99,
             attachments: 1,
         };
-        let record = super::w::Message {
-            subject: m.subject.clone(),
-            from: m.from.clone(),
-            to: m.to.clone(),
-            text: m.text.clone(),
-            headers: vec![super::w::Header {
-                name: "X-A".into(),
-                value: "1".into(),
-            }],
-            links: m.links.clone(),
-            size: 99,
-            attachments: 1,
-        };
+        let record = wit::message_to(&m, |_| true);
         let back = wit::event_from(wit::event_to(&e), Some(record));
         assert_eq!(back.message.as_deref(), Some(&m));
         e.message = back.message.clone();

@@ -128,6 +128,28 @@ pub fn event_from(e: w::Event, message: Option<w::Message>) -> Event {
     }
 }
 
+/// Host side: the message as a record with only the fields `keep` names ("subject",
+/// "from", "to", "text", "headers", "links"; the others empty); `size` and `attachments`
+/// always come.
+pub fn message_to(m: &Message, keep: impl Fn(&str) -> bool) -> w::Message {
+    let text = |name: &str, v: &String| if keep(name) { v.clone() } else { String::new() };
+    let list = |name: &str, v: &Vec<String>| if keep(name) { v.clone() } else { Vec::new() };
+    w::Message {
+        subject: text("subject", &m.subject),
+        from: text("from", &m.from),
+        to: list("to", &m.to),
+        text: text("text", &m.text),
+        headers: if keep("headers") {
+            m.headers.iter().cloned().map(header_to).collect()
+        } else {
+            Vec::new()
+        },
+        links: list("links", &m.links),
+        size: m.size as u64,
+        attachments: m.attachments as u64,
+    }
+}
+
 /// Guest side: the message record as the contract's message.
 pub fn message_from(m: w::Message) -> Message {
     Message {
