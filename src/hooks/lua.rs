@@ -417,32 +417,17 @@ fn message_field(lua: &Lua, m: &Message, key: &str) -> mlua::Result<Value> {
     })
 }
 
-/// `{ {name = ..., value = ...}, ... }` built in one protected call: through mlua's safe API
+/// A table built by `fill` with raw Lua calls in one protected call: through mlua's safe API
 /// every table and every field was a protected call of its own (8.7 µs for the bench
-/// message's headers, most of the header policy's cost).
-fn header_list(lua: &Lua, headers: &[crate::hooks::contract::Header]) -> mlua::Result<mlua::Table> {
-    let n = i32::try_from(headers.len()).unwrap_or(i32::MAX);
-    // SAFETY: the closure runs protected (a memory error unwinds to exec_raw's pcall, and the
-    // closure owns nothing that needs dropping); it uses at most three stack slots (exec_raw
-    // checks for three) and leaves exactly the list on the stack, which is the result.
-    unsafe {
-        lua.exec_raw((), |state| {
-            use mlua::ffi;
-            ffi::lua_createtable(state, n, 0);
-            for (i, h) in headers.iter().take(n as usize).enumerate() {
-                ffi::lua_createtable(state, 0, 2);
-                ffi::lua_pushlstring(state, h.name.as_ptr().cast(), h.name.len());
-                ffi::lua_setfield(state, -2, c"name".as_ptr());
-                ffi::lua_pushlstring(state, h.value.as_ptr().cast(), h.value.len());
-                ffi::lua_setfield(state, -2, c"value".as_ptr());
-                ffi::lua_rawseti(state, -2, i as ffi::lua_Integer + 1);
-            }
-        })
-    }
+/// message's headers, most of the header policy's cost). `fill` must leave exactly one new
+/// table on the stack and use at most three slots (what `exec_raw` checks for).
+fn raw_table(lua: &Lua, fill: impl FnOnce(*mut mlua::ffi::lua_State)) -> mlua::Result<mlua::Table> {
+    // SAFETY: `fill` runs protected (a memory error unwinds to exec_raw's pcall; the fillers
+    // below own nothing that needs dropping) within the stack room stated above.
+    unsafe { lua.exec_raw((), fill) }
 }
 
-/// Raw table building for the event's small records, as [`header_list`] (the same fields,
-/// names and nil-for-absent as their serde form, without a protected call per field).
+/// The raw calls the table builders use (each on a table at the top of the stack).
 mod raw {
     use mlua::ffi;
     use std::ffi::CStr;
@@ -460,61 +445,72 @@ mod raw {
         }
     }
 
-    pub unsafe fn strings(state: *mut ffi::lua_State, key: &CStr, v: &[String]) {
+    /// A new sequence of `items`, each pushed (one value) by `push`.
+    pub unsafe fn list<T>(state: *mut ffi::lua_State, items: &[T], push: impl Fn(*mut ffi::lua_State, &T)) {
         unsafe {
-            ffi::lua_createtable(state, v.len().min(i32::MAX as usize) as i32, 0);
-            for (i, s) in v.iter().enumerate() {
-                ffi::lua_pushlstring(state, s.as_ptr().cast(), s.len());
+            ffi::lua_createtable(state, items.len().min(i32::MAX as usize) as i32, 0);
+            for (i, item) in items.iter().enumerate() {
+                push(state, item);
                 ffi::lua_rawseti(state, -2, i as ffi::lua_Integer + 1);
             }
+        }
+    }
+
+    /// `key = { strings... }`.
+    pub unsafe fn strings(state: *mut ffi::lua_State, key: &CStr, v: &[String]) {
+        unsafe {
+            list(state, v, |state, s| {
+                ffi::lua_pushlstring(state, s.as_ptr().cast(), s.len());
+            });
             ffi::lua_setfield(state, -2, key.as_ptr());
         }
     }
 }
 
-/// `event.session` (SAFETY of the `exec_raw` calls below: as in [`header_list`]; at most
-/// three stack slots, the one table left as the result).
-fn session_table(lua: &Lua, s: &crate::hooks::contract::Session) -> mlua::Result<mlua::Table> {
-    unsafe {
-        lua.exec_raw((), |state| {
-            mlua::ffi::lua_createtable(state, 0, 5);
-            raw::string(state, c"client_ip", &s.client_ip);
-            raw::opt_string(state, c"helo", &s.helo);
-            mlua::ffi::lua_pushboolean(state, i32::from(s.tls));
-            mlua::ffi::lua_setfield(state, -2, c"tls".as_ptr());
-            raw::opt_string(state, c"auth_user", &s.auth_user);
-            raw::string(state, c"listener", &s.listener);
+/// `{ {name = ..., value = ...}, ... }`.
+fn header_list(lua: &Lua, headers: &[crate::hooks::contract::Header]) -> mlua::Result<mlua::Table> {
+    raw_table(lua, |state| unsafe {
+        raw::list(state, headers, |state, h| {
+            mlua::ffi::lua_createtable(state, 0, 2);
+            raw::string(state, c"name", &h.name);
+            raw::string(state, c"value", &h.value);
         })
-    }
+    })
+}
+
+/// `event.session`.
+fn session_table(lua: &Lua, s: &crate::hooks::contract::Session) -> mlua::Result<mlua::Table> {
+    raw_table(lua, |state| unsafe {
+        mlua::ffi::lua_createtable(state, 0, 5);
+        raw::string(state, c"client_ip", &s.client_ip);
+        raw::opt_string(state, c"helo", &s.helo);
+        mlua::ffi::lua_pushboolean(state, i32::from(s.tls));
+        mlua::ffi::lua_setfield(state, -2, c"tls".as_ptr());
+        raw::opt_string(state, c"auth_user", &s.auth_user);
+        raw::string(state, c"listener", &s.listener);
+    })
 }
 
 /// `event.envelope`.
 fn envelope_table(lua: &Lua, e: &crate::hooks::contract::Envelope) -> mlua::Result<mlua::Table> {
-    unsafe {
-        lua.exec_raw((), |state| {
-            mlua::ffi::lua_createtable(state, 0, 2);
-            raw::opt_string(state, c"mail_from", &e.mail_from);
-            raw::strings(state, c"rcpt_to", &e.rcpt_to);
-        })
-    }
+    raw_table(lua, |state| unsafe {
+        mlua::ffi::lua_createtable(state, 0, 2);
+        raw::opt_string(state, c"mail_from", &e.mail_from);
+        raw::strings(state, c"rcpt_to", &e.rcpt_to);
+    })
 }
 
 /// `event.symbols`: `{ {name, score, reason}, ... }`.
 fn symbol_list(lua: &Lua, symbols: &[crate::hooks::contract::Symbol]) -> mlua::Result<mlua::Table> {
-    unsafe {
-        lua.exec_raw((), |state| {
-            use mlua::ffi;
-            ffi::lua_createtable(state, symbols.len().min(i32::MAX as usize) as i32, 0);
-            for (i, s) in symbols.iter().enumerate() {
-                ffi::lua_createtable(state, 0, 3);
-                raw::string(state, c"name", &s.name);
-                ffi::lua_pushnumber(state, s.score);
-                ffi::lua_setfield(state, -2, c"score".as_ptr());
-                raw::string(state, c"reason", &s.reason);
-                ffi::lua_rawseti(state, -2, i as ffi::lua_Integer + 1);
-            }
+    raw_table(lua, |state| unsafe {
+        raw::list(state, symbols, |state, s| {
+            mlua::ffi::lua_createtable(state, 0, 3);
+            raw::string(state, c"name", &s.name);
+            mlua::ffi::lua_pushnumber(state, s.score);
+            mlua::ffi::lua_setfield(state, -2, c"score".as_ptr());
+            raw::string(state, c"reason", &s.reason);
         })
-    }
+    })
 }
 
 /// `pairs(view)`: every field, built at once into a table.
