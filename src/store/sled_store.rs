@@ -57,8 +57,12 @@ pub struct Inner {
 #[derive(Default)]
 struct RecordCache(Mutex<Records>);
 
-/// Generation (change sets applied since open) and the cached values by key.
-type Records = (u64, std::collections::HashMap<Vec<u8>, Option<sled::IVec>>);
+#[derive(Default)]
+struct Records {
+    /// Change sets applied since open.
+    generation: u64,
+    values: std::collections::HashMap<Vec<u8>, Option<sled::IVec>>,
+}
 
 const CACHED_TAGS: [u8; 5] = [
     keys::ACCOUNT,
@@ -73,6 +77,15 @@ fn cached(key: &[u8]) -> bool {
     key.first().is_some_and(|t| CACHED_TAGS.contains(t))
 }
 
+impl Records {
+    fn put(&mut self, key: Vec<u8>, value: Option<sled::IVec>) {
+        if self.values.len() >= MAX_CACHED {
+            self.values.clear();
+        }
+        self.values.insert(key, value);
+    }
+}
+
 impl RecordCache {
     fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
@@ -81,33 +94,23 @@ impl RecordCache {
     /// The cached value, or the generation to read the tree under.
     fn get(&self, key: &[u8]) -> std::result::Result<Option<sled::IVec>, u64> {
         let c = self.lock();
-        c.1.get(key).cloned().ok_or(c.0)
+        c.values.get(key).cloned().ok_or(c.generation)
     }
 
     fn fill(&self, key: &[u8], value: &Option<sled::IVec>, generation: u64) {
         let mut c = self.lock();
-        if c.0 == generation {
-            if c.1.len() >= MAX_CACHED {
-                c.1.clear();
-            }
-            c.1.insert(key.to_vec(), value.clone());
+        if c.generation == generation {
+            c.put(key.to_vec(), value.clone());
         }
     }
 
     /// After a change set: its cached keys take their new values (`None`: forget all).
     fn written(&self, updates: Option<Vec<(Vec<u8>, Option<sled::IVec>)>>) {
         let mut c = self.lock();
-        c.0 += 1;
+        c.generation += 1;
         match updates {
-            Some(u) => {
-                for (k, v) in u {
-                    if c.1.len() >= MAX_CACHED {
-                        c.1.clear();
-                    }
-                    c.1.insert(k, v);
-                }
-            }
-            None => c.1.clear(),
+            Some(u) => u.into_iter().for_each(|(k, v)| c.put(k, v)),
+            None => c.values.clear(),
         }
     }
 }
