@@ -279,13 +279,16 @@ pub fn tokens(m: &Message) -> HashSet<String> {
     for p in body.windows(2) {
         add(format!("{} {}", p[0], p[1]));
     }
-    // Links only the footer has are the list's too.
-    let (text_lower, footer) = match footer {
-        "" => (String::new(), String::new()),
-        f => (text.to_ascii_lowercase(), f.to_ascii_lowercase()),
-    };
+    // Links only the footer has are the list's too. (The author's text is lower-cased only
+    // when a link is in the footer, and once.)
+    let footer = footer.to_ascii_lowercase();
+    let mut text_lower: Option<String> = None;
     for host in &m.links {
-        if footer.contains(host.as_str()) && !text_lower.contains(host.as_str()) {
+        if footer.contains(host.as_str())
+            && !text_lower
+                .get_or_insert_with(|| text.to_ascii_lowercase())
+                .contains(host.as_str())
+        {
             continue;
         }
         if host.parse::<std::net::Ipv4Addr>().is_ok() {
