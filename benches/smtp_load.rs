@@ -118,6 +118,16 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz.max(1))
 }
 
+/// This process's user + system CPU time (the load generator shares the machine's cores with
+/// the server, so its cost is part of what the figures mean).
+fn own_cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 struct Spawned {
     child: std::process::Child,
     addr: SocketAddr,
@@ -180,6 +190,7 @@ async fn main() {
     let addr = a.addr.unwrap_or_else(|| spawned.as_ref().unwrap().addr);
     let pid = spawned.as_ref().map(|s| s.child.id());
     let cpu0 = pid.map(cpu_time);
+    let own0 = own_cpu_time();
     let per = a.messages / a.sessions;
     let extra = a.messages % a.sessions;
     let start = Instant::now();
@@ -216,6 +227,12 @@ async fn main() {
             cpu.as_secs_f64() * 1e6 / lat.len() as f64
         );
     }
+    let own = own_cpu_time() - own0;
+    println!(
+        "load generator CPU: {:.2?} ({:.0} us per message)",
+        own,
+        own.as_secs_f64() * 1e6 / lat.len() as f64
+    );
     if let Some(mut s) = spawned {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };

@@ -36,6 +36,12 @@ pub struct Shared {
     pub learn: crate::imap::LearnSink,
     /// Becomes `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// SMTP sessions take turns here before writing a message into the store. The store
+    /// serialises its writes behind a thread mutex (tens of µs per delivery); a session
+    /// that met it held would park its whole worker thread in the kernel, and the worker's
+    /// other sessions (their policy chains, their reads) with it. Queued here, the session
+    /// yields the worker instead (docs/performance.md).
+    pub delivery_turn: tokio::sync::Mutex<()>,
 }
 
 /// A running server.
@@ -114,6 +120,7 @@ pub async fn start(config: Config) -> Result<Running> {
         pop3_locks: Default::default(),
         learn: crate::imap::learn_sink(),
         shutdown: shutdown_rx.clone(),
+        delivery_turn: tokio::sync::Mutex::new(()),
     });
 
     // Every session holds a clone of `alive`; when all are dropped, `drained` ends.

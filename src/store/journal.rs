@@ -147,7 +147,11 @@ pub struct Journal {
     durable: AtomicU64,
     /// Set after a failed write: the tail may be torn, so nothing more may be acknowledged.
     failed: AtomicBool,
+    /// Held by the one task running a flush (the group commit's leader).
     flush_lock: tokio::sync::Mutex<()>,
+    /// Bumped whenever a flush ends (or its leader goes away): followers wait on this, not
+    /// on `flush_lock`, so one flush releases all of them at once.
+    flushed: tokio::sync::watch::Sender<()>,
     flushes: AtomicU64,
     readers: RwLock<HashMap<u64, Arc<File>>>,
     /// Live body bytes per segment; a segment with none can go once checkpointed.
@@ -286,6 +290,20 @@ fn parse_record(b: &[u8]) -> Option<Parsed> {
     })
 }
 
+/// The group commit's leader: lets go of the flush lock, then wakes the followers, however
+/// the flush ended (also when the leading session was dropped mid-flush).
+struct Leader<'a> {
+    journal: &'a Journal,
+    lock: Option<tokio::sync::MutexGuard<'a, ()>>,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        drop(self.lock.take());
+        self.journal.flushed.send_replace(());
+    }
+}
+
 impl Journal {
     /// Opens the journal in `dir`: re-applies to `tree` every record newer than sled's
     /// `applied` mark, counts live bodies, and starts a fresh segment (a torn tail stays behind
@@ -368,6 +386,7 @@ impl Journal {
             durable: AtomicU64::new(last),
             failed: AtomicBool::new(false),
             flush_lock: tokio::sync::Mutex::new(()),
+            flushed: tokio::sync::watch::Sender::new(()),
             flushes: AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
             live: Mutex::new(live),
@@ -485,26 +504,47 @@ impl Journal {
     }
 
     /// Waits until record `target` (and all before it) is on disk.
+    ///
+    /// Group commit: the first caller to find no flush running becomes the leader and
+    /// `fdatasync`s everything written so far; callers arriving meanwhile follow, waiting for
+    /// that flush to end, and then return if it covered them or lead the next one. Followers
+    /// wait on a broadcast rather than in the lock's queue: queued on the lock they were
+    /// released one by one, each only after the previous one had been polled, and under load
+    /// every step of that chain waited behind other sessions' work (docs/performance.md).
     pub async fn sync(&self, target: u64) -> io::Result<()> {
-        if self.durable.load(Ordering::SeqCst) >= target {
-            return self.check();
+        let mut flushed = self.flushed.subscribe();
+        loop {
+            if self.durable.load(Ordering::SeqCst) >= target {
+                return self.check();
+            }
+            self.check()?;
+            let Ok(lock) = self.flush_lock.try_lock() else {
+                // A flush is running; whatever it ends with, look again.
+                let _ = flushed.changed().await;
+                continue;
+            };
+            let _leader = Leader {
+                journal: self,
+                lock: Some(lock),
+            };
+            if self.durable.load(Ordering::SeqCst) >= target {
+                return self.check(); // a flush that ended just now covered us
+            }
+            let (file, covered) = self.flush_target();
+            let r = tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+            return self.finish(r, covered);
         }
-        let _flushing = self.flush_lock.lock().await;
-        if self.durable.load(Ordering::SeqCst) >= target {
-            return self.check(); // the flush we queued behind covered us
-        }
-        self.check()?;
-        let (file, covered) = self.flush_target();
-        let r = tokio::task::spawn_blocking(move || file.sync_data())
-            .await
-            .map_err(io::Error::other)
-            .and_then(|r| r);
-        self.finish(r, covered)
     }
 
     /// Blocking version of [`Journal::sync`] for callers without a runtime.
     pub fn sync_blocking(&self, target: u64) -> io::Result<()> {
-        let _flushing = self.flush_lock.blocking_lock();
+        let _leader = Leader {
+            journal: self,
+            lock: Some(self.flush_lock.blocking_lock()),
+        };
         if self.durable.load(Ordering::SeqCst) >= target {
             return self.check();
         }
@@ -606,6 +646,53 @@ mod tests {
         let mut bad = rec.clone();
         *bad.last_mut().unwrap() ^= 1;
         assert!(parse_record(&bad).is_none());
+    }
+
+    /// Group commit: followers wait for the running flush, not in the lock's queue, and a
+    /// leader that goes away without finishing (its session dropped) still wakes them: one
+    /// of them leads the next flush.
+    #[test]
+    fn followers_wake_when_a_flush_ends_or_its_leader_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let (journal, last) = Journal::open(dir.path(), &db, &tree).unwrap();
+        let journal = Arc::new(journal);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for seq in last + 1..=last + 3 {
+                let mut ws = WriteSet::default();
+                ws.insert(format!("k{seq}").as_bytes(), b"v");
+                journal.append(seq, &ws).unwrap();
+            }
+            let target = last + 3;
+            // A flush "runs": its leader holds the lock and has not finished.
+            let stalled = Leader {
+                journal: &journal,
+                lock: Some(journal.flush_lock.try_lock().unwrap()),
+            };
+            let followers: Vec<_> = (0..20)
+                .map(|_| {
+                    let j = journal.clone();
+                    tokio::spawn(async move { j.sync(target).await })
+                })
+                .collect();
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+            assert!(followers.iter().all(|f| !f.is_finished()), "nothing is durable yet");
+            assert!(journal.durable.load(Ordering::SeqCst) < target);
+            let flushes = journal.flushes();
+            drop(stalled); // gone without a flush: the followers must not be stranded
+            for f in followers {
+                f.await.unwrap().unwrap();
+            }
+            assert!(journal.durable.load(Ordering::SeqCst) >= target);
+            assert_eq!(journal.flushes() - flushes, 1, "one follower led; the rest rode along");
+        });
     }
 
     #[test]
