@@ -100,6 +100,10 @@ pub struct Policies {
     pub trace_header: bool,
     /// Quiet time after the last change in `dir` before a reload.
     pub reload_debounce_ms: u64,
+    /// Threads that run the data-stage chain, apart from the I/O workers (its plugins stay
+    /// warm in their cores' caches; docs/performance.md). 0 runs it inline on the workers.
+    /// Default: half the cores, at least one.
+    pub threads: usize,
 }
 
 impl Default for Policies {
@@ -109,6 +113,7 @@ impl Default for Policies {
             lua_states: 2,
             trace_header: true,
             reload_debounce_ms: 200,
+            threads: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod lua;
 pub mod manifest;
 mod message;
 pub mod simulate;
+pub mod threads;
 pub mod wasm;
 
 pub use contract::{Action, Event, Hook, Stage, Verdict};

@@ -278,7 +278,27 @@ impl Inner {
             }
         };
         inst.store.data_mut().message = message;
-        let result = f(&inst.policy, &mut inst.store).map_err(|e| classify(&e));
+        // A host function that panics unwinds through the guest to here. The one known
+        // case: wasmtime-wasi's blocking stream calls (a guest writing to stdout or stderr,
+        // as a Rust guest does when it panics) `block_on` the current tokio runtime, which
+        // panics on a runtime worker, where calls run. That is the plugin's failure, not
+        // the server's: the instance is dropped and `on_error` applies.
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&inst.policy, &mut inst.store))) {
+            Ok(r) => r.map_err(|e| classify(&e)),
+            Err(payload) => {
+                let why = payload
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| payload.downcast_ref::<&str>().copied())
+                    .unwrap_or("");
+                return Err(PluginError::Runtime(if why.contains("runtime from within a runtime") {
+                    "the plugin wrote to stdout/stderr (WASI streams), which policies do not have; use the host's log"
+                        .into()
+                } else {
+                    format!("a host call failed: {}", why.lines().next().unwrap_or("panic"))
+                }));
+            }
+        };
         inst.store.data_mut().message = None;
         if result.is_ok() && !self.manifest.fresh_instance {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());

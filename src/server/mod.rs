@@ -42,6 +42,8 @@ pub struct Shared {
     /// other sessions (their policy chains, their reads) with it. Queued here, the session
     /// yields the worker instead (docs/performance.md).
     pub delivery_turn: tokio::sync::Mutex<()>,
+    /// Where data-stage chains run (`[policies] threads`; none: inline).
+    pub chains: Option<crate::hooks::threads::ChainThreads>,
 }
 
 /// A running server.
@@ -110,6 +112,10 @@ pub async fn start(config: Config) -> Result<Running> {
         &config.server.recipient_delimiter,
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let chains = match config.policies.threads {
+        0 => None,
+        n => Some(crate::hooks::threads::ChainThreads::start(n)?),
+    };
     let shared = Arc::new(Shared {
         config: config.clone(),
         store: store.clone(),
@@ -121,6 +127,7 @@ pub async fn start(config: Config) -> Result<Running> {
         learn: crate::imap::learn_sink(),
         shutdown: shutdown_rx.clone(),
         delivery_turn: tokio::sync::Mutex::new(()),
+        chains,
     });
 
     // Every session holds a clone of `alive`; when all are dropped, `drained` ends.

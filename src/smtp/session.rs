@@ -129,7 +129,10 @@ impl Session {
         event.hook = Hook::Receive;
         event.stage = Some(stage);
         event.session = self.session_info();
-        let out = self.policies.run(Hook::Receive, event).await;
+        let out = match &self.shared.chains {
+            Some(threads) if stage == Stage::Data => threads.run(self.policies.clone(), Hook::Receive, event).await,
+            _ => self.policies.run(Hook::Receive, event).await,
+        };
         self.refusal(&out).map(|_| out)
     }
 

@@ -448,3 +448,58 @@ end"#,
         assert_eq!(out.symbols.len(), usize::from(subject == "needle"), "call {i}");
     }
 }
+
+/// `[policies] threads`: a chain run on the chain threads answers as it does inline (the
+/// event comes back carrying the chain's score and symbols; a later policy sees an earlier
+/// one's score), and the threads go away with their owner inside a runtime.
+#[tokio::test]
+async fn chains_on_their_own_threads_answer_as_inline() {
+    use mailgate::hooks::contract::{Action, Hook};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-score.lua"),
+        r#"function on_receive(e)
+  if e.message.subject == "offer" then return { score = 2.5, symbol = "OFFER" } end
+end"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("20-judge.lua"),
+        r#"function on_receive(e)
+  if e.score >= 2 then return { action = "reject", code = 550, enhanced = "5.7.1", text = "scored " .. e.score } end
+end"#,
+    )
+    .unwrap();
+    let set = std::sync::Arc::new(
+        mailgate::hooks::PolicySet::load(dir.path(), &mailgate::hooks::host::HostServices::none(), 2).unwrap(),
+    );
+    let threads = mailgate::hooks::threads::ChainThreads::start(2).unwrap();
+    let event = |subject: &str| {
+        let raw = format!("From: a@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n");
+        mailgate::hooks::Event {
+            stage: Some(mailgate::hooks::Stage::Data),
+            message: Some(std::sync::Arc::new(mailgate::hooks::parse_message(raw.as_bytes()))),
+            ..Default::default()
+        }
+    };
+    for (subject, action) in [
+        ("offer", Action::Reject),
+        ("hello", Action::Continue),
+        ("offer", Action::Reject),
+    ] {
+        let (mut inline_ev, mut threaded_ev) = (event(subject), event(subject));
+        let inline = set.run(Hook::Receive, &mut inline_ev).await;
+        let threaded = threads.run(set.clone(), Hook::Receive, &mut threaded_ev).await;
+        assert_eq!(threaded.action, action, "{subject}");
+        assert_eq!(
+            (inline.action, inline.text.clone()),
+            (threaded.action, threaded.text.clone())
+        );
+        assert_eq!(inline_ev.score, threaded_ev.score);
+        let names = |e: &mailgate::hooks::Event| e.symbols.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&inline_ev), names(&threaded_ev));
+        assert!(threaded_ev.message.is_some(), "the event comes back whole");
+        assert_eq!(threaded.trace.len(), 2);
+    }
+    drop(threads); // inside the test's runtime: must not panic
+}
