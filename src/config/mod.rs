@@ -94,7 +94,8 @@ pub struct Tls {
 pub struct Policies {
     /// Lua (and WASM) policies, run in file-name order.
     pub dir: PathBuf,
-    /// Lua states per plugin: calls on different states run in parallel (one per core).
+    /// Lua states per plugin: calls on different states run in parallel. Default: one per
+    /// core, at least two (the I/O workers and the chain threads each want one).
     pub lua_states: usize,
     /// Add an `X-Mailgate-Trace` header (which policy said what, how long) on local delivery.
     pub trace_header: bool,
@@ -110,7 +111,7 @@ impl Default for Policies {
     fn default() -> Self {
         Policies {
             dir: PathBuf::from("./policies"),
-            lua_states: 2,
+            lua_states: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             trace_header: true,
             reload_debounce_ms: 200,
             threads: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
