@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo bench --bench smtp_load -- [--sessions 20] [--messages 5000] [--size 5000] [--addr HOST:PORT]
+//! cargo bench --bench smtp_load -- --policies DIR --pairs 10 --messages 10000   # the ratio
 //! ```
 //!
 //! Without `--addr` it starts the release `mailgate` binary on a fresh data dir (loopback, port
@@ -22,6 +23,9 @@ struct Args {
     addr: Option<SocketAddr>,
     /// Policies directory for the spawned server (default: an empty one).
     policies: Option<String>,
+    /// With `--policies`: run this many interleaved pairs (without, with) and report the
+    /// median ratio of the two intakes.
+    pairs: usize,
 }
 
 fn args() -> Args {
@@ -31,6 +35,7 @@ fn args() -> Args {
         size: 5000,
         addr: None,
         policies: None,
+        pairs: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -42,6 +47,7 @@ fn args() -> Args {
             "--size" => a.size = val.parse().expect("--size BYTES"),
             "--addr" => a.addr = Some(val.parse().expect("--addr HOST:PORT")),
             "--policies" => a.policies = Some(val),
+            "--pairs" => a.pairs = val.parse().expect("--pairs N"),
             _ => {
                 i += 1; // cargo bench passes --bench; ignore unknown flags
                 continue;
@@ -179,11 +185,10 @@ fn spawn_server(policies: Option<&str>) -> Spawned {
     Spawned { child, addr, _dir: dir }
 }
 
-#[tokio::main]
-async fn main() {
-    let a = args();
+/// One load run: (msgs/s, server CPU µs per message when the server is ours).
+async fn run(a: &Args, policies: Option<&str>) -> (f64, Option<f64>) {
     let spawned = if a.addr.is_none() {
-        Some(spawn_server(a.policies.as_deref()))
+        Some(spawn_server(policies))
     } else {
         None
     };
@@ -208,18 +213,21 @@ async fn main() {
     let wall = start.elapsed();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let rate = lat.len() as f64 / wall.as_secs_f64();
     println!(
         "smtp intake: {} msgs x {} B over {} sessions in {:.2?}: {:.0} msgs/s, latency p50 {:.2?} p99 {:.2?}",
         lat.len(),
         a.size,
         a.sessions,
         wall,
-        lat.len() as f64 / wall.as_secs_f64(),
+        rate,
         pct(0.50),
         pct(0.99)
     );
+    let mut per_msg = None;
     if let (Some(pid), Some(c0)) = (pid, cpu0) {
         let cpu = cpu_time(pid) - c0;
+        per_msg = Some(cpu.as_secs_f64() * 1e6 / lat.len() as f64);
         println!(
             "server CPU: {:.2?} ({:.0}% of one core, {:.0} us per message)",
             cpu,
@@ -238,4 +246,44 @@ async fn main() {
         unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
         let _ = s.child.wait();
     }
+    (rate, per_msg)
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    if a.pairs == 0 {
+        run(&a, a.policies.as_deref()).await;
+        return;
+    }
+    // Interleaved pairs, without then with `--policies`: this machine's speed drifts by
+    // more than the effect, so only runs taken side by side are compared.
+    assert!(
+        a.policies.is_some() && a.addr.is_none(),
+        "--pairs compares a spawned server without and with --policies DIR"
+    );
+    let mut ratios = Vec::new();
+    for i in 1..=a.pairs {
+        let (without, _) = run(&a, None).await;
+        let (with, _) = run(&a, a.policies.as_deref()).await;
+        let r = with / without;
+        println!(
+            "pair {i}: without {without:.0} msgs/s, with {with:.0} msgs/s: {:.0} %",
+            r * 100.0
+        );
+        ratios.push(r);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = if ratios.len() % 2 == 1 {
+        ratios[ratios.len() / 2]
+    } else {
+        (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0
+    };
+    println!(
+        "intake with policies / without over {} pairs: median {:.0} %, range {:.0}-{:.0} %",
+        ratios.len(),
+        median * 100.0,
+        ratios[0] * 100.0,
+        ratios[ratios.len() - 1] * 100.0
+    );
 }
