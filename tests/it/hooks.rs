@@ -437,12 +437,7 @@ end"#,
     let set = mailgate::hooks::PolicySet::load(dir.path(), &mailgate::hooks::host::HostServices::none(), 1).unwrap();
     for i in 0..30_000 {
         let subject = if i % 1000 == 999 { "needle" } else { "hay" };
-        let raw = format!("From: a@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n");
-        let mut ev = mailgate::hooks::Event {
-            stage: Some(mailgate::hooks::Stage::Data),
-            message: Some(std::sync::Arc::new(mailgate::hooks::parse_message(raw.as_bytes()))),
-            ..Default::default()
-        };
+        let mut ev = data_event(subject);
         let out = set.run(mailgate::hooks::contract::Hook::Receive, &mut ev).await;
         assert!(out.trace[0].error.is_none(), "call {i}: {:?}", out.trace[0].error);
         assert_eq!(out.symbols.len(), usize::from(subject == "needle"), "call {i}");
@@ -474,20 +469,12 @@ end"#,
         mailgate::hooks::PolicySet::load(dir.path(), &mailgate::hooks::host::HostServices::none(), 2).unwrap(),
     );
     let threads = mailgate::hooks::threads::ChainThreads::start(2).unwrap();
-    let event = |subject: &str| {
-        let raw = format!("From: a@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n");
-        mailgate::hooks::Event {
-            stage: Some(mailgate::hooks::Stage::Data),
-            message: Some(std::sync::Arc::new(mailgate::hooks::parse_message(raw.as_bytes()))),
-            ..Default::default()
-        }
-    };
     for (subject, action) in [
         ("offer", Action::Reject),
         ("hello", Action::Continue),
         ("offer", Action::Reject),
     ] {
-        let (mut inline_ev, mut threaded_ev) = (event(subject), event(subject));
+        let (mut inline_ev, mut threaded_ev) = (data_event(subject), data_event(subject));
         let inline = set.run(Hook::Receive, &mut inline_ev).await;
         let threaded = threads.run(set.clone(), Hook::Receive, &mut threaded_ev).await;
         assert_eq!(threaded.action, action, "{subject}");
@@ -502,4 +489,14 @@ end"#,
         assert_eq!(threaded.trace.len(), 2);
     }
     drop(threads); // inside the test's runtime: must not panic
+}
+
+/// A data-stage event for a small message with this Subject, as the session builds it.
+fn data_event(subject: &str) -> mailgate::hooks::Event {
+    let raw = format!("From: a@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n");
+    mailgate::hooks::Event {
+        stage: Some(mailgate::hooks::Stage::Data),
+        message: Some(std::sync::Arc::new(mailgate::hooks::parse_message(raw.as_bytes()))),
+        ..Default::default()
+    }
 }
