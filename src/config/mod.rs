@@ -89,6 +89,9 @@ pub struct Tls {
     pub key: Option<PathBuf>,
 }
 
+/// More chain threads than this is a typo, not a machine (each is a runtime with a worker).
+const MAX_CHAIN_THREADS: usize = 256;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policies {
@@ -465,6 +468,9 @@ impl Config {
                 return Err(format!("{key}: must be greater than 0"));
             }
         }
+        if self.policies.threads > MAX_CHAIN_THREADS {
+            return Err(format!("policies.threads: at most {MAX_CHAIN_THREADS}"));
+        }
         let t = &self.spam.thresholds;
         if !(t.tag <= t.quarantine && t.quarantine <= t.reject) {
             return Err("spam.thresholds: need tag <= quarantine <= reject".into());
@@ -549,6 +555,10 @@ mod tests {
         assert!(e.contains("smtp.max_recipients"), "{e}");
         let e = Config::parse("[server]\nlocal_domains = [\"bad domain\"]\n").unwrap_err();
         assert!(e.contains("server.local_domains"), "{e}");
+        let e = Config::parse("[policies]\nthreads = 100000\n").unwrap_err();
+        assert!(e.contains("policies.threads"), "{e}");
+        let c = Config::parse("[policies]\nthreads = 0\n").unwrap();
+        assert_eq!(c.policies.threads, 0, "0 runs chains inline");
     }
 
     #[test]
