@@ -129,10 +129,7 @@ impl Session {
         event.hook = Hook::Receive;
         event.stage = Some(stage);
         event.session = self.session_info();
-        let out = match &self.shared.chains {
-            Some(threads) if stage == Stage::Data => threads.run(self.policies.clone(), Hook::Receive, event).await,
-            _ => self.policies.run(Hook::Receive, event).await,
-        };
+        let out = self.policies.run(Hook::Receive, event).await;
         self.refusal(&out).map(|_| out)
     }
 
@@ -688,20 +685,39 @@ impl Session {
 
     /// End of DATA/BDAT: the data stage, the score thresholds, header edits, `on_deliver` per
     /// recipient, then the store; 250 only once it is on disk.
-    async fn deliver(&mut self, body: Vec<u8>) -> Flow {
+    async fn deliver(&mut self, mut body: Vec<u8>) -> Flow {
         let Some(mut tx) = self.tx.take() else {
             return self.refuse(503, "5.5.1", "Need MAIL command first");
         };
         let id = queue_id();
         let wants_data = !tx.policy.accepted && self.policies.wants(Hook::Receive, Some(Stage::Data));
+        // With chain threads the data stage parses the message there (see below).
+        let parse_there = wants_data && self.shared.chains.is_some();
         // Parsed once, shared by every policy of every hook.
-        let message = (wants_data || self.policies.wants(Hook::Deliver, None)).then(|| Arc::new(parse_message(&body)));
+        let mut message = (!parse_there && (wants_data || self.policies.wants(Hook::Deliver, None)))
+            .then(|| Arc::new(parse_message(&body)));
         let auth_header = self.authenticate(&mut tx, &body).await;
         if wants_data {
             let mut ev = std::mem::take(&mut tx.event);
-            ev.message = message.clone();
-            let r = self.receive(Stage::Data, &mut ev).await;
-            ev.message = None;
+            let r = match &self.shared.chains {
+                Some(threads) => {
+                    ev.hook = Hook::Receive;
+                    ev.stage = Some(Stage::Data);
+                    ev.session = self.session_info();
+                    let (out, raw) = threads
+                        .parse_and_run(self.policies.clone(), Hook::Receive, &mut ev, body)
+                        .await;
+                    body = raw;
+                    message = ev.message.take();
+                    self.refusal(&out).map(|_| out)
+                }
+                None => {
+                    ev.message = message.clone();
+                    let r = self.receive(Stage::Data, &mut ev).await;
+                    ev.message = None;
+                    r
+                }
+            };
             tx.event = ev;
             match r {
                 Ok(out) => tx.policy.absorb(out),

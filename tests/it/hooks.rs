@@ -487,16 +487,36 @@ end"#,
         assert_eq!(names(&inline_ev), names(&threaded_ev));
         assert!(threaded_ev.message.is_some(), "the event comes back whole");
         assert_eq!(threaded.trace.len(), 2);
+        // As the SMTP session calls it: the message parsed on the thread, the bytes given back.
+        let raw = data_event_raw(subject).into_bytes();
+        let mut bare = mailgate::hooks::Event {
+            stage: Some(mailgate::hooks::Stage::Data),
+            ..Default::default()
+        };
+        let (parsed, back) = threads
+            .parse_and_run(set.clone(), Hook::Receive, &mut bare, raw.clone())
+            .await;
+        assert_eq!(back, raw);
+        assert_eq!((parsed.action, parsed.text), (inline.action, inline.text));
+        assert_eq!(bare.score, inline_ev.score);
+        assert_eq!(
+            bare.message.as_ref().map(|m| m.subject.clone()),
+            Some(subject.to_string())
+        );
     }
     drop(threads); // inside the test's runtime: must not panic
 }
 
 /// A data-stage event for a small message with this Subject, as the session builds it.
 fn data_event(subject: &str) -> mailgate::hooks::Event {
-    let raw = format!("From: a@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n");
+    let raw = data_event_raw(subject);
     mailgate::hooks::Event {
         stage: Some(mailgate::hooks::Stage::Data),
         message: Some(std::sync::Arc::new(mailgate::hooks::parse_message(raw.as_bytes()))),
         ..Default::default()
     }
+}
+
+fn data_event_raw(subject: &str) -> String {
+    format!("From: a@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n")
 }
