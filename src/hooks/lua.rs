@@ -303,50 +303,40 @@ fn install_host_table(
 /// change, every other byte is kept), without its per-byte `tolower` call: policies lower
 /// whole bodies, and Lua's loop was a tenth of a chain's time. `string.find` gets a fast
 /// path for plain searches ([`plain_find`]).
+///
+/// All three are C functions on the raw stack: through mlua's callback machinery (argument
+/// conversion, a registry reference per string, the error guard) each call cost about a
+/// microsecond before any work, and a keyword policy makes several per message. They own
+/// nothing that needs dropping, so a Lua error raised inside them (a bad argument, the
+/// memory budget) may unwind through them.
 fn fast_case_functions(lua: &Lua) -> mlua::Result<()> {
-    let string: mlua::Table = lua.globals().get("string")?;
-    string.set(
-        "lower",
-        lua.create_function(|lua, s: mlua::LuaString| lua.create_string(s.as_bytes().to_ascii_lowercase()))?,
-    )?;
-    string.set(
-        "upper",
-        lua.create_function(|lua, s: mlua::LuaString| lua.create_string(s.as_bytes().to_ascii_uppercase()))?,
-    )?;
-    let lua_find: mlua::Function = string.get("find")?;
-    string.set(
-        "find",
-        lua.create_function(move |_, args: mlua::MultiValue| match plain_find(&args) {
-            Some(found) => Ok(found),
-            None => lua_find.call::<mlua::MultiValue>(args),
-        })?,
-    )?;
-    Ok(())
+    use mlua::ffi;
+    // SAFETY: balanced pushes and pops on the state's own stack, three slots at most.
+    unsafe {
+        lua.exec_raw::<()>((), |l| {
+            ffi::lua_getglobal(l, c"string".as_ptr());
+            ffi::lua_getfield(l, -1, c"find".as_ptr());
+            ffi::lua_pushcclosure(l, fast::find, 1); // Lua's own find as upvalue 1
+            ffi::lua_setfield(l, -2, c"find".as_ptr());
+            ffi::lua_pushcfunction(l, fast::lower);
+            ffi::lua_setfield(l, -2, c"lower".as_ptr());
+            ffi::lua_pushcfunction(l, fast::upper);
+            ffi::lua_setfield(l, -2, c"upper".as_ptr());
+            ffi::lua_pop(l, 1);
+        })
+    }
 }
 
 /// Characters that make a `string.find` pattern a pattern (Lua's `SPECIALS`).
 const LUA_SPECIALS: &[u8] = b"^$*+?.([%-";
 
-/// `string.find(s, p [, init [, plain]])` when it is a plain substring search — `plain` true
-/// or `p` without pattern characters, as Lua decides — done with a SIMD substring search.
-/// Lua's own runs `memchr` + `memcmp` at every occurrence of the needle's first byte (a
-/// keyword search over a body was most of a keyword policy's time). `None`: anything else
-/// (patterns, numbers for strings, odd `init`), which Lua's own function then handles.
-fn plain_find(args: &mlua::MultiValue) -> Option<mlua::MultiValue> {
-    let (Some(Value::String(s)), Some(Value::String(p))) = (args.front(), args.get(1)) else {
-        return None;
-    };
-    let init = match args.get(2) {
-        None | Some(Value::Nil) => 1,
-        Some(Value::Integer(i)) => *i,
-        _ => return None,
-    };
-    let plain = match args.get(3) {
-        None | Some(Value::Nil) | Some(Value::Boolean(false)) => false,
-        Some(Value::Boolean(true)) => true,
-        _ => return None,
-    };
-    let (s, p) = (s.as_bytes(), p.as_bytes());
+/// Where `string.find(s, p, init, plain)` finds `p` when that is a plain substring search —
+/// `plain` true or `p` without pattern characters, as Lua decides — done with a SIMD
+/// substring search. Lua's own runs `memchr` + `memcmp` at every occurrence of the needle's
+/// first byte (a keyword search over a body was most of a keyword policy's time).
+/// `None`: not a plain search (Lua's own function answers); `Some(None)`: no match;
+/// `Some(Some((first, last)))`: 1-based positions.
+fn plain_find(s: &[u8], p: &[u8], init: i64, plain: bool) -> Option<Option<(i64, i64)>> {
     if !plain && p.iter().any(|c| LUA_SPECIALS.contains(c)) {
         return None;
     }
@@ -359,18 +349,103 @@ fn plain_find(args: &mlua::MultiValue) -> Option<mlua::MultiValue> {
         i => len + i + 1,
     } - 1;
     if start > len {
-        return Some(mlua::MultiValue::from_vec(vec![Value::Nil]));
+        return Some(None);
     }
     let start = start as usize;
-    Some(mlua::MultiValue::from_vec(
-        match memchr::memmem::find(&s[start..], &p) {
-            Some(at) => {
-                let first = (start + at) as i64 + 1;
-                vec![Value::Integer(first), Value::Integer(first + p.len() as i64 - 1)]
+    Some(memchr::memmem::find(&s[start..], p).map(|at| {
+        let first = (start + at) as i64 + 1;
+        (first, first + p.len() as i64 - 1)
+    }))
+}
+
+/// The C functions of [`fast_case_functions`].
+mod fast {
+    use mlua::ffi;
+    use std::os::raw::c_int;
+
+    /// The string at `idx` if it is one (not a number: Lua's own functions convert those,
+    /// and leave it to them).
+    unsafe fn string<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
+        unsafe {
+            if ffi::lua_type(l, idx) != ffi::LUA_TSTRING {
+                return None;
             }
-            None => vec![Value::Nil],
-        },
-    ))
+            let mut len = 0usize;
+            let p = ffi::lua_tolstring(l, idx, &mut len);
+            Some(std::slice::from_raw_parts(p.cast::<u8>(), len))
+        }
+    }
+
+    pub unsafe extern "C-unwind" fn find(l: *mut ffi::lua_State) -> c_int {
+        unsafe {
+            let init = match ffi::lua_type(l, 3) {
+                ffi::LUA_TNONE | ffi::LUA_TNIL => Some(1),
+                ffi::LUA_TNUMBER if ffi::lua_isinteger(l, 3) != 0 => Some(ffi::lua_tointeger(l, 3)),
+                _ => None,
+            };
+            let plain = match ffi::lua_type(l, 4) {
+                ffi::LUA_TNONE | ffi::LUA_TNIL => Some(false),
+                ffi::LUA_TBOOLEAN => Some(ffi::lua_toboolean(l, 4) != 0),
+                _ => None,
+            };
+            // The strings stay on the stack (anchored) while they are read.
+            let found = match (string(l, 1), string(l, 2), init, plain) {
+                (Some(s), Some(p), Some(init), Some(plain)) => super::plain_find(s, p, init, plain),
+                _ => None,
+            };
+            match found {
+                Some(Some((first, last))) => {
+                    ffi::lua_pushinteger(l, first);
+                    ffi::lua_pushinteger(l, last);
+                    2
+                }
+                Some(None) => {
+                    ffi::lua_pushnil(l);
+                    1
+                }
+                None => {
+                    // Everything else: Lua's own find, with the same arguments.
+                    let n = ffi::lua_gettop(l);
+                    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+                    ffi::lua_insert(l, 1);
+                    ffi::lua_callk(l, n, ffi::LUA_MULTRET, 0, None);
+                    ffi::lua_gettop(l)
+                }
+            }
+        }
+    }
+
+    unsafe fn case(l: *mut ffi::lua_State, upper: bool) -> c_int {
+        unsafe {
+            let mut len = 0usize;
+            // Raises Lua's own "bad argument #1" for a non-string; numbers become strings.
+            let s = ffi::luaL_checklstring(l, 1, &mut len);
+            let mut b: ffi::luaL_Buffer = std::mem::zeroed();
+            ffi::luaL_buffinit(l, &mut b);
+            let out = ffi::luaL_prepbuffsize(&mut b, len);
+            // Read after `prepbuffsize`: a collection it runs leaves the argument (anchored
+            // at index 1) where it is.
+            let src = std::slice::from_raw_parts(s.cast::<u8>(), len);
+            let dst = std::slice::from_raw_parts_mut(out.cast::<u8>(), len);
+            for (d, &c) in dst.iter_mut().zip(src) {
+                *d = if upper {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                };
+            }
+            ffi::luaL_pushresultsize(&mut b, len);
+            1
+        }
+    }
+
+    pub unsafe extern "C-unwind" fn lower(l: *mut ffi::lua_State) -> c_int {
+        unsafe { case(l, false) }
+    }
+
+    pub unsafe extern "C-unwind" fn upper(l: *mut ffi::lua_State) -> c_int {
+        unsafe { case(l, true) }
+    }
 }
 
 /// `event.message` for Lua: fields are made when a script reads them, so a policy that only
@@ -794,5 +869,42 @@ mod tests {
         // The method form goes through the same table.
         let (a, b): (i64, i64) = lua.load(r#"return ("xxabc"):find("abc", 1, true)"#).eval().unwrap();
         assert_eq!((a, b), (3, 5));
+    }
+
+    /// The C `string.lower` / `string.upper` answer as Lua's own: ASCII letters change, every
+    /// other byte (NUL, UTF-8, Latin-1) stays, numbers are converted, and a bad argument is
+    /// Lua's own error, catchable by `pcall`.
+    #[test]
+    fn string_case_fast_paths_agree_with_lua() {
+        let lua = Lua::new();
+        let string: mlua::Table = lua.globals().get("string").unwrap();
+        lua.globals()
+            .set("lua_lower", string.get::<mlua::Function>("lower").unwrap())
+            .unwrap();
+        lua.globals()
+            .set("lua_upper", string.get::<mlua::Function>("upper").unwrap())
+            .unwrap();
+        fast_case_functions(&lua).unwrap();
+        let differs: String = lua
+            .load(
+                r#"
+            local cases = { "", "Hello WORLD 123", "a\0B\255\200z", "Grüße ÀÉ", string.rep("MiXeD", 2000), 42, 1.5 }
+            local out = {}
+            for i, c in ipairs(cases) do
+              if string.lower(c) ~= lua_lower(c) or string.upper(c) ~= lua_upper(c)
+                 or ("x" .. tostring(c)):upper() ~= lua_upper("x" .. tostring(c)) then
+                out[#out + 1] = "case " .. i .. " differs"
+              end
+            end
+            local ok, err = pcall(string.lower, {})
+            if ok or not tostring(err):find("bad argument #1", 1, true) then
+              out[#out + 1] = "error differs: " .. tostring(err)
+            end
+            return table.concat(out)
+        "#,
+            )
+            .eval()
+            .unwrap();
+        assert_eq!(differs, "");
     }
 }
