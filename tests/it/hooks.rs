@@ -520,3 +520,36 @@ fn data_event(subject: &str) -> mailgate::hooks::Event {
 fn data_event_raw(subject: &str) -> String {
     format!("From: a@example.org\r\nSubject: {subject}\r\n\r\nbody\r\n")
 }
+
+/// The C `string.lower` allocates its result through Lua's allocator: past the plugin's
+/// memory budget it fails the call with the budget error (no crash, no half string), and the
+/// state serves the next call.
+#[tokio::test]
+async fn string_lower_respects_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-lower.lua"),
+        r#"function on_receive(e)
+  local n = e.message.subject == "big" and 700000 or 10
+  local s = string.lower(string.rep("A", n))
+  if s == string.rep("a", n) then return { score = 1, symbol = "LOWERED" } end
+end"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("10-lower.toml"), "memory_mb = 1\n").unwrap();
+    let set = mailgate::hooks::PolicySet::load(dir.path(), &mailgate::hooks::host::HostServices::none(), 1).unwrap();
+    for (subject, lowered) in [("small", true), ("big", false), ("small", true)] {
+        let mut ev = data_event(subject);
+        let out = set.run(mailgate::hooks::contract::Hook::Receive, &mut ev).await;
+        assert_eq!(
+            out.symbols.len(),
+            usize::from(lowered),
+            "{subject}: {:?}",
+            out.trace[0].error
+        );
+        if !lowered {
+            let err = out.trace[0].error.clone().unwrap_or_default();
+            assert!(err.contains("memory"), "{err}");
+        }
+    }
+}
