@@ -1002,7 +1002,10 @@ impl Session {
             keywords,
         };
         let date = date.unwrap_or_else(crate::store::now_secs);
-        let uids = self.shared.store.deliver_to(&message, date, &[target])?;
+        let uids = {
+            let _turn = self.shared.store.write_turn().await;
+            self.shared.store.deliver_to(&message, date, &[target])?
+        };
         self.shared.store.sync().await?;
         if mb.special_use.as_deref() == Some("\\Junk") {
             self.learn(crate::store::blob_id(&message), true);

@@ -36,12 +36,6 @@ pub struct Shared {
     pub learn: crate::imap::LearnSink,
     /// Becomes `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
-    /// SMTP sessions take turns here before writing a message into the store. The store
-    /// serialises its writes behind a thread mutex (tens of µs per delivery); a session
-    /// that met it held would park its whole worker thread in the kernel, and the worker's
-    /// other sessions (their policy chains, their reads) with it. Queued here, the session
-    /// yields the worker instead (docs/performance.md).
-    pub delivery_turn: tokio::sync::Mutex<()>,
     /// Where data-stage chains run (`[policies] threads`; none: inline).
     pub chains: Option<crate::hooks::threads::ChainThreads>,
 }
@@ -126,7 +120,6 @@ pub async fn start(config: Config) -> Result<Running> {
         pop3_locks: Default::default(),
         learn: crate::imap::learn_sink(),
         shutdown: shutdown_rx.clone(),
-        delivery_turn: tokio::sync::Mutex::new(()),
         chains,
     });
 

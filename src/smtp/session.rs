@@ -872,7 +872,7 @@ impl Session {
             } else {
                 std::borrow::Cow::Owned(edit_headers(&raw, &extra, &[]))
             };
-            let _turn = self.shared.delivery_turn.lock().await;
+            let _turn = store.write_turn().await;
             if copy.len() >= BLOCKING_DELIVERY_SIZE {
                 let (s, t, copy) = (store.clone(), targets.clone(), copy.into_owned());
                 tokio::task::spawn_blocking(move || s.deliver_to(&copy, now, &t))

@@ -31,6 +31,9 @@ pub type MailboxId = u64;
 pub type BlobId = [u8; 32];
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A writer's turn ([`MailStore::write_turn`]); the next writer's begins when it is dropped.
+pub type WriteTurn<'a> = tokio::sync::MutexGuard<'a, ()>;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Account {
     pub address: String,
@@ -209,6 +212,13 @@ pub trait MailStore: Send + Sync + 'static {
 
     /// One line of counters for logs (writes, flushes).
     fn stats(&self) -> String;
+
+    /// Waits, without blocking the thread, for the caller's turn to write. The store
+    /// serialises its writes behind a thread mutex (tens of µs per change set); an async
+    /// caller that met it held would park its whole runtime worker in the kernel, and the
+    /// worker's other tasks with it. Async writers take the turn and hold it across their
+    /// write calls (docs/performance.md).
+    fn write_turn(&self) -> BoxFuture<'_, WriteTurn<'_>>;
 
     /// Waits until every write made before the call is on disk. Concurrent callers share one
     /// flush.

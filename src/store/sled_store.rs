@@ -34,6 +34,8 @@ pub struct Inner {
     kv: sled::Tree,
     /// Serialises read-modify-write change sets; also orders them in the journal.
     writer: Mutex<()>,
+    /// Async writers queue here before `writer` ([`MailStore::write_turn`]).
+    turn: tokio::sync::Mutex<()>,
     /// Number of the last change set applied.
     seq: AtomicU64,
     journal: Journal,
@@ -167,6 +169,7 @@ impl SledStore {
             tree,
             kv,
             writer: Mutex::new(()),
+            turn: tokio::sync::Mutex::new(()),
             seq: AtomicU64::new(last),
             journal,
             watchers: Mutex::new(Default::default()),
@@ -885,6 +888,10 @@ impl MailStore for SledStore {
 
     fn checkpoint(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.inner.clone().checkpoint_now())
+    }
+
+    fn write_turn(&self) -> BoxFuture<'_, WriteTurn<'_>> {
+        Box::pin(self.turn.lock())
     }
 
     fn sync(&self) -> BoxFuture<'_, Result<()>> {
