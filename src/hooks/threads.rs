@@ -12,9 +12,44 @@
 //! thread and its result is dropped.
 
 use super::contract::{Action, Event, Hook};
-use super::{Outcome, PolicySet};
+use super::{Outcome, PolicySet, parse_message};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Where data-stage chains run: on the calling worker, or on the chain threads.
+pub enum Chains {
+    Inline,
+    Threads(ChainThreads),
+}
+
+impl Chains {
+    /// `n` chain threads; none (inline) for 0.
+    pub fn start(n: usize) -> std::io::Result<Chains> {
+        Ok(match n {
+            0 => Chains::Inline,
+            n => Chains::Threads(ChainThreads::start(n)?),
+        })
+    }
+
+    /// Parses `raw` into `event.message` and runs `set`'s chain for `hook` over `event`, here
+    /// or on the next chain thread (the parser's code and tables stay warm there too, and the
+    /// I/O worker is spared it). Gives `raw` back.
+    pub async fn parse_and_run(
+        &self,
+        set: &Arc<PolicySet>,
+        hook: Hook,
+        event: &mut Event,
+        raw: Vec<u8>,
+    ) -> (Outcome, Vec<u8>) {
+        match self {
+            Chains::Inline => {
+                event.message = Some(Arc::new(parse_message(&raw)));
+                (set.run(hook, event).await, raw)
+            }
+            Chains::Threads(t) => t.parse_and_run(set.clone(), hook, event, raw).await,
+        }
+    }
+}
 
 pub struct ChainThreads {
     runtimes: Vec<tokio::runtime::Runtime>,
@@ -23,7 +58,7 @@ pub struct ChainThreads {
 
 impl ChainThreads {
     /// `n` threads named `mailgate-policy-N`.
-    pub fn start(n: usize) -> std::io::Result<ChainThreads> {
+    fn start(n: usize) -> std::io::Result<ChainThreads> {
         let runtimes = (0..n)
             .map(|i| {
                 tokio::runtime::Builder::new_multi_thread()
@@ -39,38 +74,18 @@ impl ChainThreads {
         })
     }
 
-    /// Runs `set`'s chain for `hook` over `event` on the next thread, round robin.
-    pub async fn run(&self, set: Arc<PolicySet>, hook: Hook, event: &mut Event) -> Outcome {
-        self.run_on_thread(set, hook, event, None).await.0
-    }
-
-    /// [`ChainThreads::run`], parsing `raw` into `event.message` first on the same thread
-    /// (the parser's code and tables stay warm there too, and the I/O worker is spared it).
-    /// Gives `raw` back.
-    pub async fn parse_and_run(
+    /// [`Chains::parse_and_run`] on the next thread, round robin.
+    async fn parse_and_run(
         &self,
         set: Arc<PolicySet>,
         hook: Hook,
         event: &mut Event,
         raw: Vec<u8>,
     ) -> (Outcome, Vec<u8>) {
-        let (out, raw) = self.run_on_thread(set, hook, event, Some(raw)).await;
-        (out, raw.unwrap_or_default())
-    }
-
-    async fn run_on_thread(
-        &self,
-        set: Arc<PolicySet>,
-        hook: Hook,
-        event: &mut Event,
-        raw: Option<Vec<u8>>,
-    ) -> (Outcome, Option<Vec<u8>>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.runtimes.len();
         let mut ev = std::mem::take(event);
         let task = self.runtimes[i].spawn(async move {
-            if let Some(raw) = &raw {
-                ev.message = Some(Arc::new(super::parse_message(raw)));
-            }
+            ev.message = Some(Arc::new(parse_message(&raw)));
             let out = set.run(hook, &mut ev).await;
             (ev, out, raw)
         });
@@ -90,7 +105,7 @@ impl ChainThreads {
                     text: Some("Temporary policy failure, try again later".into()),
                     ..Outcome::default()
                 };
-                (out, None)
+                (out, Vec::new())
             }
         }
     }

@@ -36,8 +36,8 @@ pub struct Shared {
     pub learn: crate::imap::LearnSink,
     /// Becomes `true` when the server shuts down.
     pub shutdown: watch::Receiver<bool>,
-    /// Where data-stage chains run (`[policies] threads`; none: inline).
-    pub chains: Option<crate::hooks::threads::ChainThreads>,
+    /// Where data-stage chains run (`[policies] threads`).
+    pub chains: crate::hooks::threads::Chains,
 }
 
 /// A running server.
@@ -106,10 +106,7 @@ pub async fn start(config: Config) -> Result<Running> {
         &config.server.recipient_delimiter,
     );
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let chains = match config.policies.threads {
-        0 => None,
-        n => Some(crate::hooks::threads::ChainThreads::start(n)?),
-    };
+    let chains = crate::hooks::threads::Chains::start(config.policies.threads)?;
     let shared = Arc::new(Shared {
         config: config.clone(),
         store: store.clone(),

@@ -126,11 +126,16 @@ impl Session {
     /// Runs `on_receive` at `stage` over `event`. On a refusal the reply is written and the
     /// flow to follow is returned as the error.
     async fn receive(&mut self, stage: Stage, event: &mut Event) -> Result<Outcome, Flow> {
+        self.enter(event, stage);
+        let out = self.policies.run(Hook::Receive, event).await;
+        self.refusal(&out).map(|_| out)
+    }
+
+    /// Points `event` at `on_receive`'s `stage` of this session.
+    fn enter(&self, event: &mut Event, stage: Stage) {
         event.hook = Hook::Receive;
         event.stage = Some(stage);
         event.session = self.session_info();
-        let out = self.policies.run(Hook::Receive, event).await;
-        self.refusal(&out).map(|_| out)
     }
 
     /// Writes the reply for a refusing outcome; Ok when the outcome does not refuse.
@@ -188,9 +193,7 @@ impl Session {
     pub async fn run<P>(mut self, permit: P) {
         if self.wants(Stage::Connect) {
             let mut ev = std::mem::take(&mut self.event);
-            ev.session = self.session_info();
-            ev.hook = Hook::Receive;
-            ev.stage = Some(Stage::Connect);
+            self.enter(&mut ev, Stage::Connect);
             let out = self.policies.run(Hook::Receive, &mut ev).await;
             self.event = ev;
             if matches!(out.action, Action::Reject | Action::Tempfail | Action::Disconnect) {
@@ -691,38 +694,27 @@ impl Session {
         };
         let id = queue_id();
         let wants_data = !tx.policy.accepted && self.policies.wants(Hook::Receive, Some(Stage::Data));
-        // With chain threads the data stage parses the message there (see below).
-        let parse_there = wants_data && self.shared.chains.is_some();
-        // Parsed once, shared by every policy of every hook.
-        let mut message = (!parse_there && (wants_data || self.policies.wants(Hook::Deliver, None)))
-            .then(|| Arc::new(parse_message(&body)));
         let auth_header = self.authenticate(&mut tx, &body).await;
+        // Parsed once, shared by every policy of every hook: by the data stage, where it runs.
+        let mut message = None;
         if wants_data {
             let mut ev = std::mem::take(&mut tx.event);
-            let r = match &self.shared.chains {
-                Some(threads) => {
-                    ev.hook = Hook::Receive;
-                    ev.stage = Some(Stage::Data);
-                    ev.session = self.session_info();
-                    let (out, raw) = threads
-                        .parse_and_run(self.policies.clone(), Hook::Receive, &mut ev, body)
-                        .await;
-                    body = raw;
-                    message = ev.message.take();
-                    self.refusal(&out).map(|_| out)
-                }
-                None => {
-                    ev.message = message.clone();
-                    let r = self.receive(Stage::Data, &mut ev).await;
-                    ev.message = None;
-                    r
-                }
-            };
+            self.enter(&mut ev, Stage::Data);
+            let (out, raw) = self
+                .shared
+                .chains
+                .parse_and_run(&self.policies, Hook::Receive, &mut ev, body)
+                .await;
+            body = raw;
+            message = ev.message.take();
             tx.event = ev;
-            match r {
-                Ok(out) => tx.policy.absorb(out),
-                Err(flow) => return flow,
+            if let Err(flow) = self.refusal(&out) {
+                return flow;
             }
+            tx.policy.absorb(out);
+        }
+        if message.is_none() && self.policies.wants(Hook::Deliver, None) {
+            message = Some(Arc::new(parse_message(&body)));
         }
         let score = tx.event.score;
         let judged = if tx.policy.accepted {

@@ -424,17 +424,19 @@ async fn a_second_ehlo_does_not_count_helo_scores_twice() {
 /// ran out after ~11,000 calls (16 MiB after ~150,000 messages, in production terms).
 #[tokio::test]
 async fn lua_states_do_not_keep_each_calls_event() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("10-reads.lua"),
-        r#"function on_receive(e)
+    let (_dir, set) = policy_set(
+        &[
+            (
+                "10-reads.lua",
+                r#"function on_receive(e)
   local m = e.message
   if m.subject == "needle" then return { score = 1, symbol = "NEEDLE" } end
 end"#,
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("10-reads.toml"), "memory_mb = 1\n").unwrap();
-    let set = mailgate::hooks::PolicySet::load(dir.path(), &mailgate::hooks::host::HostServices::none(), 1).unwrap();
+            ),
+            ("10-reads.toml", "memory_mb = 1\n"),
+        ],
+        1,
+    );
     for i in 0..30_000 {
         let subject = if i % 1000 == 999 { "needle" } else { "hay" };
         let mut ev = data_event(subject);
@@ -450,33 +452,47 @@ end"#,
 #[tokio::test]
 async fn chains_on_their_own_threads_answer_as_inline() {
     use mailgate::hooks::contract::{Action, Hook};
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("10-score.lua"),
-        r#"function on_receive(e)
+    use mailgate::hooks::threads::Chains;
+    let (_dir, set) = policy_set(
+        &[
+            (
+                "10-score.lua",
+                r#"function on_receive(e)
   if e.message.subject == "offer" then return { score = 2.5, symbol = "OFFER" } end
 end"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("20-judge.lua"),
-        r#"function on_receive(e)
+            ),
+            (
+                "20-judge.lua",
+                r#"function on_receive(e)
   if e.score >= 2 then return { action = "reject", code = 550, enhanced = "5.7.1", text = "scored " .. e.score } end
 end"#,
-    )
-    .unwrap();
-    let set = std::sync::Arc::new(
-        mailgate::hooks::PolicySet::load(dir.path(), &mailgate::hooks::host::HostServices::none(), 2).unwrap(),
+            ),
+        ],
+        2,
     );
-    let threads = mailgate::hooks::threads::ChainThreads::start(2).unwrap();
+    let set = std::sync::Arc::new(set);
+    let threads = Chains::start(2).unwrap();
+    assert!(matches!(threads, Chains::Threads(_)));
+    assert!(matches!(Chains::start(0).unwrap(), Chains::Inline));
     for (subject, action) in [
         ("offer", Action::Reject),
         ("hello", Action::Continue),
         ("offer", Action::Reject),
     ] {
-        let (mut inline_ev, mut threaded_ev) = (data_event(subject), data_event(subject));
-        let inline = set.run(Hook::Receive, &mut inline_ev).await;
-        let threaded = threads.run(set.clone(), Hook::Receive, &mut threaded_ev).await;
+        // As the SMTP session calls it: the message parsed where the chain runs, the bytes
+        // given back.
+        let raw = data_event_raw(subject).into_bytes();
+        let bare = || mailgate::hooks::Event {
+            stage: Some(mailgate::hooks::Stage::Data),
+            ..Default::default()
+        };
+        let (mut inline_ev, mut threaded_ev) = (bare(), bare());
+        let (inline, inline_back) = Chains::Inline
+            .parse_and_run(&set, Hook::Receive, &mut inline_ev, raw.clone())
+            .await;
+        let (threaded, back) = threads
+            .parse_and_run(&set, Hook::Receive, &mut threaded_ev, raw.clone())
+            .await;
         assert_eq!(threaded.action, action, "{subject}");
         assert_eq!(
             (inline.action, inline.text.clone()),
@@ -487,24 +503,27 @@ end"#,
         assert_eq!(names(&inline_ev), names(&threaded_ev));
         assert!(threaded_ev.message.is_some(), "the event comes back whole");
         assert_eq!(threaded.trace.len(), 2);
-        // As the SMTP session calls it: the message parsed on the thread, the bytes given back.
-        let raw = data_event_raw(subject).into_bytes();
-        let mut bare = mailgate::hooks::Event {
-            stage: Some(mailgate::hooks::Stage::Data),
-            ..Default::default()
-        };
-        let (parsed, back) = threads
-            .parse_and_run(set.clone(), Hook::Receive, &mut bare, raw.clone())
-            .await;
-        assert_eq!(back, raw);
-        assert_eq!((parsed.action, parsed.text), (inline.action, inline.text));
-        assert_eq!(bare.score, inline_ev.score);
-        assert_eq!(
-            bare.message.as_ref().map(|m| m.subject.clone()),
-            Some(subject.to_string())
-        );
+        assert_eq!((back, inline_back), (raw.clone(), raw));
+        for ev in [&inline_ev, &threaded_ev] {
+            assert_eq!(
+                ev.message.as_ref().map(|m| m.subject.clone()),
+                Some(subject.to_string())
+            );
+        }
     }
     drop(threads); // inside the test's runtime: must not panic
+}
+
+/// A policy set loaded from these `(file name, contents)` in a fresh directory (kept alive
+/// by the returned guard).
+fn policy_set(files: &[(&str, &str)], lua_states: usize) -> (tempfile::TempDir, mailgate::hooks::PolicySet) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let set =
+        mailgate::hooks::PolicySet::load(dir.path(), &mailgate::hooks::host::HostServices::none(), lua_states).unwrap();
+    (dir, set)
 }
 
 /// A data-stage event for a small message with this Subject, as the session builds it.
@@ -526,18 +545,20 @@ fn data_event_raw(subject: &str) -> String {
 /// state serves the next call.
 #[tokio::test]
 async fn string_lower_respects_the_memory_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("10-lower.lua"),
-        r#"function on_receive(e)
+    let (_dir, set) = policy_set(
+        &[
+            (
+                "10-lower.lua",
+                r#"function on_receive(e)
   local n = e.message.subject == "big" and 700000 or 10
   local s = string.lower(string.rep("A", n))
   if s == string.rep("a", n) then return { score = 1, symbol = "LOWERED" } end
 end"#,
-    )
-    .unwrap();
-    std::fs::write(dir.path().join("10-lower.toml"), "memory_mb = 1\n").unwrap();
-    let set = mailgate::hooks::PolicySet::load(dir.path(), &mailgate::hooks::host::HostServices::none(), 1).unwrap();
+            ),
+            ("10-lower.toml", "memory_mb = 1\n"),
+        ],
+        1,
+    );
     for (subject, lowered) in [("small", true), ("big", false), ("small", true)] {
         let mut ev = data_event(subject);
         let out = set.run(mailgate::hooks::contract::Hook::Receive, &mut ev).await;
