@@ -185,8 +185,8 @@ fn spawn_server(policies: Option<&str>) -> Spawned {
     Spawned { child, addr, _dir: dir }
 }
 
-/// One load run: (msgs/s, server CPU µs per message when the server is ours).
-async fn run(a: &Args, policies: Option<&str>) -> (f64, Option<f64>) {
+/// One load run; its msgs/s.
+async fn run(a: &Args, policies: Option<&str>) -> f64 {
     let spawned = if a.addr.is_none() {
         Some(spawn_server(policies))
     } else {
@@ -224,10 +224,8 @@ async fn run(a: &Args, policies: Option<&str>) -> (f64, Option<f64>) {
         pct(0.50),
         pct(0.99)
     );
-    let mut per_msg = None;
     if let (Some(pid), Some(c0)) = (pid, cpu0) {
         let cpu = cpu_time(pid) - c0;
-        per_msg = Some(cpu.as_secs_f64() * 1e6 / lat.len() as f64);
         println!(
             "server CPU: {:.2?} ({:.0}% of one core, {:.0} us per message)",
             cpu,
@@ -246,7 +244,7 @@ async fn run(a: &Args, policies: Option<&str>) -> (f64, Option<f64>) {
         unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
         let _ = s.child.wait();
     }
-    (rate, per_msg)
+    rate
 }
 
 #[tokio::main]
@@ -264,8 +262,8 @@ async fn main() {
     );
     let mut ratios = Vec::new();
     for i in 1..=a.pairs {
-        let (without, _) = run(&a, None).await;
-        let (with, _) = run(&a, a.policies.as_deref()).await;
+        let without = run(&a, None).await;
+        let with = run(&a, a.policies.as_deref()).await;
         let r = with / without;
         println!(
             "pair {i}: without {without:.0} msgs/s, with {with:.0} msgs/s: {:.0} %",

@@ -112,12 +112,13 @@ pub struct Policies {
 
 impl Default for Policies {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Policies {
             dir: PathBuf::from("./policies"),
-            lua_states: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+            lua_states: cores.max(2),
             trace_header: true,
             reload_debounce_ms: 200,
-            threads: std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            threads: (cores / 2).max(1),
         }
     }
 }

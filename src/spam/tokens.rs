@@ -123,7 +123,7 @@ fn origin_tokens(value: &str) -> Vec<String> {
 const FOOTER_LINES: usize = 15;
 const FOOTER_BYTES: usize = 800;
 
-/// Splits the body text of a message a mailing list delivered into (what the author wrote,
+/// Splits the body text (`m.text`) of a message a mailing list delivered into (what the author wrote,
 /// the list's footer). The footer is the list's, not the sender's: on a list that carries
 /// ham and spam alike, its words and links (the list address, the sponsor's ad) outweighed
 /// a short spam's own words (docs/spam.md). Only for a message with list headers (RFC 2369
@@ -131,7 +131,8 @@ const FOOTER_BYTES: usize = 800;
 /// (`--` or a run of five or more `-`, `_`, `=`, `*`) or line naming the list, within the
 /// window above, whose rest says what a list footer says (a URL or address of the list
 /// headers, "mailing list", "listinfo", "unsubscribe").
-pub fn split_list_footer<'a>(m: &Message, text: &'a str) -> (&'a str, &'a str) {
+pub fn split_list_footer(m: &Message) -> (&str, &str) {
+    let text = m.text.as_str();
     // What the list headers point at: `<http://host/path>`, `<mailto:addr?...>`, `<id>`.
     let mut marks: Vec<String> = Vec::new();
     let mut listed = false;
@@ -271,7 +272,7 @@ pub fn tokens(m: &Message) -> HashSet<String> {
         }
     }
     // Body text: words, pairs, URL hosts.
-    let (text, footer) = split_list_footer(m, &m.text);
+    let (text, footer) = split_list_footer(m);
     let body: Vec<String> = words(text).take(MAX_BODY_WORDS).collect();
     for w in &body {
         add(w.clone());
@@ -430,7 +431,7 @@ mod tests {
         // A mailman footer with a sponsor block above it: both go, from the first separator.
         let body = "Cheap offer at http://offer.example now\n\n-------------------------\nThis list is sponsored by http://sponsor.example\n_______________________\ntools mailing list\nhttps://lists.example/listinfo/tools\n";
         let m = listed(body);
-        let (text, footer) = split_list_footer(&m, &m.text);
+        let (text, footer) = split_list_footer(&m);
         assert_eq!(text, "Cheap offer at http://offer.example now\n\n");
         assert!(
             footer.starts_with("-----") && footer.contains("listinfo/tools"),
@@ -445,19 +446,19 @@ mod tests {
         }
         // HTML reduced to text: one line, the separator inside it.
         let m = listed("Win a green card today ____________ tools mailing list tools@lists.example");
-        assert_eq!(split_list_footer(&m, &m.text).0, "Win a green card today ");
+        assert_eq!(split_list_footer(&m).0, "Win a green card today ");
         // A bare line naming the list (no separator) is a footer too.
         let m = listed("Buy now\nhttps://lists.example/listinfo/tools\n");
-        assert_eq!(split_list_footer(&m, &m.text).0, "Buy now\n");
+        assert_eq!(split_list_footer(&m).0, "Buy now\n");
         // A separator whose rest says nothing of a list is the author's own.
         let m = listed("Part one\n-----\nPart two, signed Bob\n");
-        assert_eq!(split_list_footer(&m, &m.text), (m.text.as_str(), ""));
+        assert_eq!(split_list_footer(&m), (m.text.as_str(), ""));
         // Without list headers nothing is a list footer, whatever the text says.
         let m = Message {
             text: body.into(),
             ..Message::default()
         };
-        assert_eq!(split_list_footer(&m, &m.text), (body, ""));
+        assert_eq!(split_list_footer(&m), (body, ""));
         assert!(tokens(&m).contains("sponsored"));
         // Far from the end (more than FOOTER_LINES lines before it) a separator is content.
         let long = format!(
@@ -465,6 +466,6 @@ mod tests {
             "line\n".repeat(FOOTER_LINES + 1)
         );
         let m = listed(&long);
-        assert_eq!(split_list_footer(&m, &m.text).1, "");
+        assert_eq!(split_list_footer(&m).1, "");
     }
 }
