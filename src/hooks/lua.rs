@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod verdict;
+mod view;
 
 /// Instructions between two budget checks.
 const HOOK_EVERY: u32 = 1000;
@@ -61,21 +62,11 @@ struct State {
     budget: Arc<Budget>,
     /// The hook functions the script defined, looked up once after loading.
     functions: Vec<(Hook, mlua::Function)>,
-    /// The `event` argument of every call ([`LuaEvent`]), and what it and its message
-    /// ([`LuaMessage`]) show.
+    /// The `event` argument of every call ([`view`]), and what it and its message show.
     event: mlua::AnyUserData,
-    event_slot: Slot<Event>,
-    message_slot: Slot<Message>,
+    current: Arc<view::Current>,
     /// Heap in use after the last full collection.
     live: usize,
-}
-
-impl State {
-    /// Points the state's event and message views at `event` (`None`: at nothing).
-    fn point(&self, event: Option<&Arc<Event>>) {
-        *self.message_slot.lock().unwrap_or_else(|p| p.into_inner()) = event.and_then(|e| e.message.clone());
-        *self.event_slot.lock().unwrap_or_else(|p| p.into_inner()) = event.cloned();
-    }
 }
 
 pub struct LuaPlugin {
@@ -116,7 +107,8 @@ fn new_state(
         mlua::state::GcIncParams::default().pause(1000),
     ));
     let budget = Arc::new(Budget::default());
-    (|| -> mlua::Result<()> {
+    let current = Arc::new(view::Current::default());
+    let event = (|| -> mlua::Result<mlua::AnyUserData> {
         let g = lua.globals();
         for n in [
             "dofile",
@@ -143,10 +135,13 @@ fn new_state(
             }
             Ok(VmState::Continue)
         })?;
-        install_host_table(&lua, name, manifest, host, regexes, keywords, &budget)?;
+        let views = view::make(&lua, &current)?;
+        let mailgate = install_host_table(&lua, name, manifest, host, regexes, &budget)?;
+        install_analyzers(&lua, &mailgate, host, keywords, &current, views.message)?;
+        lua.globals().set("mailgate", mailgate)?;
         fast_case_functions(&lua)?;
         lua.set_memory_limit((manifest.memory_mb as usize) << 20)?;
-        Ok(())
+        Ok(views.event)
     })()
     .map_err(|e| lua_error(&e))?;
     // Top-level code runs under the budget too (a script that loops while loading is broken).
@@ -164,33 +159,25 @@ fn new_state(
         })
         .collect();
     drop(g);
-    let (event_slot, message_slot) = (Slot::default(), Slot::default());
-    let event = (|| -> mlua::Result<_> {
-        let event = lua.create_userdata(LuaEvent(event_slot.clone()))?;
-        event.set_user_value(lua.create_userdata(LuaMessage(message_slot.clone()))?)?;
-        Ok(event)
-    })()
-    .map_err(|e| lua_error(&e))?;
     Ok(State {
         lua,
         budget,
         functions,
         event,
-        event_slot,
-        message_slot,
+        current,
         live: 0,
     })
 }
 
+/// The `mailgate` host table, but for the analyzers ([`install_analyzers`]).
 fn install_host_table(
     lua: &Lua,
     plugin: &str,
     manifest: &Manifest,
     host: &Arc<HostServices>,
     regexes: &Arc<RegexCache>,
-    keywords: &Arc<crate::spam::keywords::Rules>,
     budget: &Arc<Budget>,
-) -> mlua::Result<()> {
+) -> mlua::Result<mlua::Table> {
     let t = lua.create_table()?;
     let name = plugin.to_string();
     t.set(
@@ -266,36 +253,63 @@ fn install_host_table(
             }
         })?,
     )?;
-    let h = host.clone();
+    t.set("now", lua.create_function(|_, ()| Ok(crate::store::now_secs()))?)?;
+    t.set("config", lua.to_value(&manifest.config)?)?;
+    t.set("plugin", plugin)?;
+    Ok(t)
+}
+
+/// `mailgate.bayes`, `mailgate.keywords`, `mailgate.letters`: the spam analyzers, each over
+/// the message of the call in progress, given as `event.message`.
+fn install_analyzers(
+    lua: &Lua,
+    t: &mlua::Table,
+    host: &Arc<HostServices>,
+    keywords: &Arc<crate::spam::keywords::Rules>,
+    current: &Arc<view::Current>,
+    message_view: usize,
+) -> mlua::Result<()> {
+    let message_of = {
+        let current = current.clone();
+        move |arg: &Value| -> mlua::Result<Arc<Message>> {
+            if arg.to_pointer() as usize != message_view {
+                return Err(mlua::Error::runtime(format!(
+                    "expects event.message, got {}",
+                    arg.type_name()
+                )));
+            }
+            current
+                .event()
+                .and_then(|e| e.message.clone())
+                .ok_or_else(|| mlua::Error::runtime("the message of a call that has ended"))
+        }
+    };
+    let (h, of) = (host.clone(), message_of.clone());
     t.set(
         "bayes",
-        lua.create_function(move |lua, msg: mlua::AnyUserData| {
-            let m = LuaMessage::of(&msg)?;
+        lua.create_function(move |lua, msg: Value| {
+            let m = of(&msg)?;
             match crate::spam::bayes_result(&h.spam, &m) {
                 Some(j) => lua.to_value(&j),
                 None => Ok(Value::Nil),
             }
         })?,
     )?;
-    let rules = keywords.clone();
+    let (rules, of) = (keywords.clone(), message_of.clone());
     t.set(
         "keywords",
-        lua.create_function(move |lua, msg: mlua::AnyUserData| {
-            let m = LuaMessage::of(&msg)?;
+        lua.create_function(move |lua, msg: Value| {
+            let m = of(&msg)?;
             lua.to_value(&rules.matches(&m))
         })?,
     )?;
     t.set(
         "letters",
-        lua.create_function(move |lua, msg: mlua::AnyUserData| {
-            let m = LuaMessage::of(&msg)?;
+        lua.create_function(move |lua, msg: Value| {
+            let m = message_of(&msg)?;
             lua.to_value(&crate::spam::letter_findings(&m))
         })?,
     )?;
-    t.set("now", lua.create_function(|_, ()| Ok(crate::store::now_secs()))?)?;
-    t.set("config", lua.to_value(&manifest.config)?)?;
-    t.set("plugin", plugin)?;
-    lua.globals().set("mailgate", t)?;
     Ok(())
 }
 
@@ -448,260 +462,6 @@ mod fast {
     }
 }
 
-/// `event.message` for Lua: fields are made when a script reads them, so a policy that only
-/// looks at the subject never copies the body text or builds the header list. One per state,
-/// pointed at the message of the call in progress (and at nothing between calls).
-#[derive(Default)]
-struct LuaMessage(Slot<Message>);
-
-impl LuaMessage {
-    /// The message a `mailgate.*` analyzer was given (`event.message` of the current call).
-    fn of(ud: &mlua::AnyUserData) -> mlua::Result<Arc<Message>> {
-        ud.borrow::<LuaMessage>()?
-            .current()
-            .ok_or_else(|| mlua::Error::runtime("the message of a call that has ended"))
-    }
-
-    fn current(&self) -> Option<Arc<Message>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-const MESSAGE_FIELDS: [&str; 8] = [
-    "subject",
-    "from",
-    "to",
-    "text",
-    "headers",
-    "size",
-    "attachments",
-    "links",
-];
-
-fn message_field(lua: &Lua, m: &Message, key: &str) -> mlua::Result<Value> {
-    Ok(match key {
-        "subject" => Value::String(lua.create_string(&m.subject)?),
-        "from" => Value::String(lua.create_string(&m.from)?),
-        "text" => Value::String(lua.create_string(&m.text)?),
-        "to" => Value::Table(lua.create_sequence_from(m.to.iter().map(String::as_str))?),
-        "headers" => Value::Table(header_list(lua, &m.headers)?),
-        "size" => Value::Integer(m.size as i64),
-        "attachments" => Value::Integer(m.attachments as i64),
-        "links" => Value::Table(lua.create_sequence_from(m.links.iter().map(String::as_str))?),
-        _ => Value::Nil,
-    })
-}
-
-/// A table built by `fill` with raw Lua calls in one protected call: through mlua's safe API
-/// every table and every field was a protected call of its own (8.7 µs for the bench
-/// message's headers, most of the header policy's cost). `fill` must leave exactly one new
-/// table on the stack and use at most three slots (what `exec_raw` checks for).
-fn raw_table(lua: &Lua, fill: impl FnOnce(*mut mlua::ffi::lua_State)) -> mlua::Result<mlua::Table> {
-    // SAFETY: `fill` runs protected (a memory error unwinds to exec_raw's pcall; the fillers
-    // below own nothing that needs dropping) within the stack room stated above.
-    unsafe { lua.exec_raw((), fill) }
-}
-
-/// The raw calls the table builders use (each on a table at the top of the stack).
-mod raw {
-    use mlua::ffi;
-    use std::ffi::CStr;
-
-    pub unsafe fn string(state: *mut ffi::lua_State, key: &CStr, v: &str) {
-        unsafe {
-            ffi::lua_pushlstring(state, v.as_ptr().cast(), v.len());
-            ffi::lua_setfield(state, -2, key.as_ptr());
-        }
-    }
-
-    pub unsafe fn opt_string(state: *mut ffi::lua_State, key: &CStr, v: &Option<String>) {
-        if let Some(v) = v {
-            unsafe { string(state, key, v) }
-        }
-    }
-
-    /// A new sequence of `items`, each pushed (one value) by `push`.
-    pub unsafe fn list<T>(state: *mut ffi::lua_State, items: &[T], push: impl Fn(*mut ffi::lua_State, &T)) {
-        unsafe {
-            ffi::lua_createtable(state, items.len().min(i32::MAX as usize) as i32, 0);
-            for (i, item) in items.iter().enumerate() {
-                push(state, item);
-                ffi::lua_rawseti(state, -2, i as ffi::lua_Integer + 1);
-            }
-        }
-    }
-
-    /// `key = { strings... }`.
-    pub unsafe fn strings(state: *mut ffi::lua_State, key: &CStr, v: &[String]) {
-        unsafe {
-            list(state, v, |state, s| {
-                ffi::lua_pushlstring(state, s.as_ptr().cast(), s.len());
-            });
-            ffi::lua_setfield(state, -2, key.as_ptr());
-        }
-    }
-}
-
-/// `{ {name = ..., value = ...}, ... }`.
-fn header_list(lua: &Lua, headers: &[crate::hooks::contract::Header]) -> mlua::Result<mlua::Table> {
-    raw_table(lua, |state| unsafe {
-        raw::list(state, headers, |state, h| {
-            mlua::ffi::lua_createtable(state, 0, 2);
-            raw::string(state, c"name", &h.name);
-            raw::string(state, c"value", &h.value);
-        })
-    })
-}
-
-/// `event.session`.
-fn session_table(lua: &Lua, s: &crate::hooks::contract::Session) -> mlua::Result<mlua::Table> {
-    raw_table(lua, |state| unsafe {
-        mlua::ffi::lua_createtable(state, 0, 5);
-        raw::string(state, c"client_ip", &s.client_ip);
-        raw::opt_string(state, c"helo", &s.helo);
-        mlua::ffi::lua_pushboolean(state, i32::from(s.tls));
-        mlua::ffi::lua_setfield(state, -2, c"tls".as_ptr());
-        raw::opt_string(state, c"auth_user", &s.auth_user);
-        raw::string(state, c"listener", &s.listener);
-    })
-}
-
-/// `event.envelope`.
-fn envelope_table(lua: &Lua, e: &crate::hooks::contract::Envelope) -> mlua::Result<mlua::Table> {
-    raw_table(lua, |state| unsafe {
-        mlua::ffi::lua_createtable(state, 0, 2);
-        raw::opt_string(state, c"mail_from", &e.mail_from);
-        raw::strings(state, c"rcpt_to", &e.rcpt_to);
-    })
-}
-
-/// `event.symbols`: `{ {name, score, reason}, ... }`.
-fn symbol_list(lua: &Lua, symbols: &[crate::hooks::contract::Symbol]) -> mlua::Result<mlua::Table> {
-    raw_table(lua, |state| unsafe {
-        raw::list(state, symbols, |state, s| {
-            mlua::ffi::lua_createtable(state, 0, 3);
-            raw::string(state, c"name", &s.name);
-            mlua::ffi::lua_pushnumber(state, s.score);
-            mlua::ffi::lua_setfield(state, -2, c"score".as_ptr());
-            raw::string(state, c"reason", &s.reason);
-        })
-    })
-}
-
-/// `pairs(view)`: every field, built at once into a table.
-fn pairs_of(
-    lua: &Lua,
-    keys: &[&str],
-    field: impl Fn(&str) -> mlua::Result<Value>,
-) -> mlua::Result<(mlua::Function, mlua::Table, Value)> {
-    let t = lua.create_table_with_capacity(0, keys.len())?;
-    for k in keys {
-        t.raw_set(*k, field(k)?)?;
-    }
-    let next: mlua::Function = lua.globals().raw_get("next")?;
-    Ok((next, t, Value::Nil))
-}
-
-impl mlua::UserData for LuaMessage {
-    fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_method(mlua::MetaMethod::Index, |lua, this, key: mlua::LuaString| {
-            match this.current() {
-                Some(m) => message_field(lua, &m, &key.to_str()?),
-                None => Ok(Value::Nil),
-            }
-        });
-        methods.add_meta_method(mlua::MetaMethod::Pairs, |lua, this, ()| {
-            let m = this.current();
-            pairs_of(lua, if m.is_some() { &MESSAGE_FIELDS } else { &[] }, |k| {
-                message_field(lua, m.as_ref().expect("fields only with a message"), k)
-            })
-        });
-    }
-}
-
-/// The event for Lua: a read-only view whose fields are made when a script reads them
-/// (building the whole event as tables cost more than most policies' own work). The event
-/// is shared with the chain, not copied. Like [`LuaMessage`], one per state, re-pointed for
-/// each call: making two userdata per call (each with a finalizer) was a third of a small
-/// policy's cost and most of its garbage. Its user value is the state's `LuaMessage`.
-#[derive(Default)]
-struct LuaEvent(Slot<Event>);
-
-/// What a view shows: set by the state for a call, read by the view's metamethods.
-type Slot<T> = Arc<Mutex<Option<Arc<T>>>>;
-
-const EVENT_FIELDS: [&str; 12] = [
-    "hook",
-    "stage",
-    "session",
-    "envelope",
-    "recipient",
-    "default_route",
-    "message",
-    "auth",
-    "score",
-    "symbols",
-    "mailbox",
-    "user",
-];
-
-fn event_field(lua: &Lua, ud: &mlua::AnyUserData, key: &str) -> mlua::Result<Value> {
-    let Some(e) = ud
-        .borrow::<LuaEvent>()?
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-    else {
-        return Ok(Value::Nil); // kept past its call
-    };
-    let opts = mlua::serde::SerializeOptions::new()
-        .serialize_none_to_null(false)
-        .serialize_unit_to_null(false);
-    let opt_str = |s: &Option<String>| -> mlua::Result<Value> {
-        match s {
-            Some(s) => Ok(Value::String(lua.create_string(s)?)),
-            None => Ok(Value::Nil),
-        }
-    };
-    Ok(match key {
-        "hook" => lua.to_value(&e.hook)?,
-        "stage" => match e.stage {
-            Some(s) => lua.to_value(&s)?,
-            None => Value::Nil,
-        },
-        "session" => Value::Table(session_table(lua, &e.session)?),
-        "envelope" => Value::Table(envelope_table(lua, &e.envelope)?),
-        "recipient" => opt_str(&e.recipient)?,
-        "default_route" => opt_str(&e.default_route)?,
-        "message" => match &e.message {
-            Some(_) => ud.user_value::<Value>()?,
-            None => Value::Nil,
-        },
-        "auth" => match &e.auth {
-            Some(a) => lua.to_value_with(a, opts)?,
-            None => Value::Nil,
-        },
-        "score" => Value::Number(e.score),
-        "symbols" => Value::Table(symbol_list(lua, &e.symbols)?),
-        "mailbox" => opt_str(&e.mailbox)?,
-        "user" => opt_str(&e.user)?,
-        _ => Value::Nil,
-    })
-}
-
-impl mlua::UserData for LuaEvent {
-    fn add_methods<M: mlua::UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_meta_function(
-            mlua::MetaMethod::Index,
-            |lua, (ud, key): (mlua::AnyUserData, mlua::LuaString)| event_field(lua, &ud, &key.to_str()?),
-        );
-        methods.add_meta_function(mlua::MetaMethod::Pairs, |lua, ud: mlua::AnyUserData| {
-            pairs_of(lua, &EVENT_FIELDS, |k| event_field(lua, &ud, k))
-        });
-    }
-}
-
 impl LuaPlugin {
     /// Loads and checks a script; `states` copies are made (one per worker thread).
     pub fn load(
@@ -779,7 +539,7 @@ impl LuaPlugin {
         let Some(f) = st.functions.iter().find(|(h, _)| *h == hook).map(|(_, f)| f.clone()) else {
             return Ok(Verdict::default());
         };
-        st.point(Some(event));
+        st.current.show(Some(event));
         let arg = st.event.clone();
         st.budget.arm(&self.manifest);
         let result = if self.uses_async {
@@ -792,7 +552,7 @@ impl LuaPlugin {
         };
         st.budget.disarm();
         // Nothing of this message stays with the state (a script may keep `event` in a global).
-        st.point(None);
+        st.current.show(None);
         // Lua's incremental collector lags behind a state that makes garbage on every call:
         // its heap drifted up by cycles until `memory_mb` failed healthy scripts after some
         // 10^5 messages. A full collection once the heap is halfway from what was live after
@@ -828,6 +588,120 @@ impl LuaPlugin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The views show exactly the event's serde form (every field, nested tables included,
+    /// through `__index` and through `pairs`), nothing once the call has ended, and can be
+    /// neither written nor have their metatables read or replaced.
+    #[test]
+    fn views_show_the_event_as_its_serde_form() {
+        use crate::hooks::contract::{AuthResults, Envelope, Header, Session, Stage, Symbol};
+        let message = Message {
+            subject: "Grüße".into(),
+            from: "a@example.org".into(),
+            to: vec!["b@example.test".into(), "c@example.test".into()],
+            text: "body\0with NUL".into(),
+            headers: vec![
+                Header {
+                    name: "From".into(),
+                    value: "a@example.org".into(),
+                },
+                Header {
+                    name: "Subject".into(),
+                    value: "=?utf-8?q?Gr=C3=BC=C3=9Fe?=".into(),
+                },
+            ],
+            size: 1234,
+            attachments: 1,
+            links: vec!["example.net".into()],
+        };
+        let event = Arc::new(Event {
+            stage: Some(Stage::Data),
+            session: Session {
+                client_ip: "192.0.2.1".into(),
+                helo: Some("mx.example.org".into()),
+                tls: true,
+                auth_user: None,
+                listener: "mx".into(),
+            },
+            envelope: Envelope {
+                mail_from: Some("a@example.org".into()),
+                rcpt_to: vec!["b@example.test".into()],
+            },
+            recipient: Some("b@example.test".into()),
+            message: Some(Arc::new(message)),
+            auth: Some(AuthResults {
+                spf: Some("pass".into()),
+                dkim_domains: vec!["example.org".into()],
+                ..Default::default()
+            }),
+            score: 2.5,
+            symbols: vec![Symbol {
+                name: "S".into(),
+                score: 2.5,
+                reason: "why".into(),
+            }],
+            mailbox: Some("INBOX".into()),
+            ..Event::new(Hook::Deliver, Session::default())
+        });
+        let lua = Lua::new();
+        let current = Arc::new(view::Current::default());
+        let views = view::make(&lua, &current).unwrap();
+        let opts = mlua::serde::SerializeOptions::new()
+            .serialize_none_to_null(false)
+            .serialize_unit_to_null(false);
+        lua.globals().set("event", views.event.clone()).unwrap();
+        lua.globals()
+            .set("expected", lua.to_value_with(&*event, opts).unwrap())
+            .unwrap();
+        let check = lua.load(
+            r#"
+            local function same(a, b, path)
+              if type(b) ~= "table" then
+                assert(a == b, path .. ": " .. tostring(a) .. " ~= " .. tostring(b))
+                return
+              end
+              assert(type(a) == "table" or type(a) == "userdata", path .. " is a " .. type(a))
+              for k, v in pairs(b) do same(a[k], v, path .. "." .. k) end
+              for k, v in pairs(a) do
+                assert(b[k] ~= nil, path .. "." .. k .. " is extra")
+                same(v, b[k], path .. "." .. k)
+              end
+            end
+            same(event, expected, "event")
+            return event.message.subject, event.hook, #event.message.headers
+        "#,
+        );
+        current.show(Some(&event));
+        let (subject, hook, headers): (String, String, i64) = check.eval().unwrap();
+        assert_eq!((subject.as_str(), hook.as_str(), headers), ("Grüße", "deliver", 2));
+        let c = current.clone();
+        let show_none = lua
+            .create_function(move |_, ()| {
+                c.show(None);
+                Ok(())
+            })
+            .unwrap();
+        lua.globals().set("show_none", show_none).unwrap();
+        let after: String = lua
+            .load(
+                r#"
+            local m = event.message
+            show_none()
+            local out = {}
+            if event.hook ~= nil or event.message ~= nil or m.subject ~= nil then out[#out + 1] = "fields after the call" end
+            if next((select(2, pairs(event)))) ~= nil then out[#out + 1] = "pairs after the call" end
+            if pcall(function() event.score = 1 end) then out[#out + 1] = "event written" end
+            if pcall(function() m.subject = "x" end) then out[#out + 1] = "message written" end
+            if getmetatable(event) ~= false or getmetatable(m) ~= false then out[#out + 1] = "metatable shown" end
+            if pcall(setmetatable, event, {}) then out[#out + 1] = "metatable replaced" end
+            if event[1] ~= nil or event[event] ~= nil then out[#out + 1] = "odd keys" end
+            return table.concat(out, "; ")
+        "#,
+            )
+            .eval()
+            .unwrap();
+        assert_eq!(after, "");
+    }
 
     /// The fast `string.find` answers exactly as Lua's own, for plain searches and for
     /// everything it hands back (patterns, odd arguments).

@@ -574,3 +574,57 @@ end"#,
         }
     }
 }
+
+/// The event views make their strings and tables through Lua's allocator: reading a body
+/// past the plugin's memory budget fails that call with the budget error (no crash) and the
+/// state serves the next call. The analyzers take `event.message` and nothing else.
+#[tokio::test]
+async fn views_respect_the_memory_budget_and_analyzers_take_only_the_message() {
+    let (_dir, set) = policy_set(
+        &[
+            (
+                "10-read.lua",
+                r#"function on_receive(e)
+  local m = e.message
+  local text, headers = m.text, m.headers
+  if m.subject == "table" then mailgate.letters({ subject = "x" }) end
+  local findings = mailgate.letters(m)
+  if #text > 0 and #headers == 3 and type(findings) == "table" then
+    return { score = 1, symbol = "READ" }
+  end
+end"#,
+            ),
+            ("10-read.toml", "memory_mb = 1\n"),
+        ],
+        1,
+    );
+    let event = |subject: &str, body_bytes: usize| {
+        let raw = format!(
+            "From: a@example.org\r\nTo: b@example.test\r\nSubject: {subject}\r\n\r\n{}\r\n",
+            "word ".repeat(body_bytes / 5)
+        );
+        mailgate::hooks::Event {
+            stage: Some(mailgate::hooks::Stage::Data),
+            message: Some(std::sync::Arc::new(mailgate::hooks::parse_message(raw.as_bytes()))),
+            ..Default::default()
+        }
+    };
+    for (subject, body, error) in [
+        ("small", 100, None),
+        ("big", 3 << 20, Some("memory")),
+        ("table", 100, Some("expects event.message")),
+        ("small", 100, None),
+    ] {
+        let mut ev = event(subject, body);
+        let out = set.run(mailgate::hooks::contract::Hook::Receive, &mut ev).await;
+        let got = out.trace[0].error.clone();
+        match error {
+            None => assert_eq!(out.symbols.len(), 1, "{subject}: {got:?}"),
+            Some(want) => {
+                assert!(out.symbols.is_empty(), "{subject}");
+                let got = got.unwrap_or_default();
+                assert!(got.contains(want), "{subject}: {got}");
+            }
+        }
+    }
+}
