@@ -580,7 +580,7 @@ impl LuaPlugin {
         };
         match value {
             Value::Nil => Ok(Verdict::default()),
-            v => verdict::from_lua(v).map_err(PluginError::BadVerdict),
+            v => verdict::from_lua(&st.lua, v).map_err(PluginError::BadVerdict),
         }
     }
 }
