@@ -307,7 +307,10 @@ mod tests {
             ("{ text = '\\255' }", "not valid UTF-8"),
             ("{ flags = { x = 'a' } }", "found key of type string"),
             ("{ flags = { 1 } }", "flags: expected a string, got integer"),
-            ("{ symbols = { { name = 'A', score = {} } } }", "expected a number, got table"),
+            (
+                "{ symbols = { { name = 'A', score = {} } } }",
+                "expected a number, got table",
+            ),
         ] {
             let e = read(src).unwrap_err();
             assert!(e.contains(says), "{src}: {e}");
