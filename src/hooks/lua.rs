@@ -378,8 +378,8 @@ mod fast {
     use std::os::raw::c_int;
 
     /// The string at `idx` if it is one (not a number: Lua's own functions convert those,
-    /// and leave it to them).
-    unsafe fn string<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
+    /// and leave it to them). Borrowed from the stack: valid while the value stays there.
+    pub(super) unsafe fn string<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
         unsafe {
             if ffi::lua_type(l, idx) != ffi::LUA_TSTRING {
                 return None;

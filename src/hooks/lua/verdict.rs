@@ -41,15 +41,8 @@ impl At {
     }
 
     fn str<'a>(self) -> Option<std::result::Result<&'a str, std::str::Utf8Error>> {
-        unsafe {
-            if ffi::lua_type(self.0, self.1) != ffi::LUA_TSTRING {
-                return None;
-            }
-            let mut len = 0usize;
-            let p = ffi::lua_tolstring(self.0, self.1, &mut len);
-            // The string is anchored on the stack while it is read; callers copy it.
-            Some(std::str::from_utf8(std::slice::from_raw_parts(p.cast::<u8>(), len)))
-        }
+        // Anchored on the stack while it is read; callers copy it.
+        unsafe { super::fast::string(self.0, self.1) }.map(std::str::from_utf8)
     }
 
     fn number(self) -> Option<f64> {

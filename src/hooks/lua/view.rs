@@ -150,18 +150,6 @@ unsafe fn current<'a>(l: *mut ffi::lua_State) -> &'a Current {
     unsafe { &*ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)).cast::<Current>() }
 }
 
-/// The string at `idx`, if it is one.
-unsafe fn key<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
-    unsafe {
-        if ffi::lua_type(l, idx) != ffi::LUA_TSTRING {
-            return None;
-        }
-        let mut len = 0usize;
-        let p = ffi::lua_tolstring(l, idx, &mut len);
-        Some(std::slice::from_raw_parts(p.cast::<u8>(), len))
-    }
-}
-
 unsafe fn push_str(l: *mut ffi::lua_State, s: &str) {
     unsafe {
         ffi::lua_pushlstring(l, s.as_ptr().cast(), s.len());
@@ -304,7 +292,7 @@ type FieldPusher = unsafe fn(*mut ffi::lua_State, &Event, &[u8]);
 unsafe fn index(l: *mut ffi::lua_State, push: FieldPusher) -> c_int {
     unsafe {
         ffi::luaL_checkstack(l, 8, ptr::null());
-        match (current(l).shown(), key(l, 2)) {
+        match (current(l).shown(), super::fast::string(l, 2)) {
             (Some(e), Some(k)) => push(l, e, k),
             _ => ffi::lua_pushnil(l),
         }
