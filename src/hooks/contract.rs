@@ -21,6 +21,16 @@ pub enum Hook {
 impl Hook {
     pub const ALL: [Hook; 4] = [Hook::Receive, Hook::Route, Hook::Deliver, Hook::Fetch];
 
+    /// The hook's name in the contract (its serde form: `event.hook`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Receive => "receive",
+            Hook::Route => "route",
+            Hook::Deliver => "deliver",
+            Hook::Fetch => "fetch",
+        }
+    }
+
     /// The function a plugin defines for this hook.
     pub fn function(self) -> &'static str {
         match self {

@@ -5,11 +5,15 @@ use super::contract::{Header, Message};
 /// Longest body text handed to policies; spam text past 1 MiB adds nothing to a verdict.
 const MAX_TEXT: usize = 1 << 20;
 
+/// Where the header block's blank line starts (the `\r\n\r\n` after the last field), if
+/// there is one.
+fn blank_line(raw: &[u8]) -> Option<usize> {
+    memchr::memmem::find(raw, b"\r\n\r\n")
+}
+
 /// Raw header fields, unfolded, in order; stops at the blank line.
 fn raw_headers(raw: &[u8]) -> Vec<Header> {
-    let end = memchr::memmem::find(raw, b"\r\n\r\n")
-        .map(|i| i + 2)
-        .unwrap_or(raw.len());
+    let end = blank_line(raw).map(|i| i + 2).unwrap_or(raw.len());
     let text = utf8_lossy(&raw[..end]);
     let mut out: Vec<Header> = Vec::new();
     for line in text.split("\r\n") {
@@ -55,26 +59,25 @@ fn parser() -> &'static mail_parser::MessageParser {
 
 /// Parses a message once for every policy: decoded subject, From, To, text, headers.
 pub fn parse_message(raw: &[u8]) -> Message {
-    let mut m = Message {
+    let mut m = header_fields(raw);
+    if let Some(body) = plain_body(raw, &m.headers)
+        && let Some(p) = parser().parse_headers(raw)
+    {
+        addresses(&mut m, &p);
+        set_text(&mut m, body.to_string(), Links::default());
+    } else {
+        parse_body(raw, &mut m);
+    }
+    m
+}
+
+/// A message of the raw header fields and the size, for the parse to fill in.
+fn header_fields(raw: &[u8]) -> Message {
+    Message {
         headers: raw_headers(raw),
         size: raw.len(),
         ..Message::default()
-    };
-    match plain_body(raw, &m.headers) {
-        Some(body) => match parser().parse_headers(raw) {
-            Some(p) => {
-                addresses(&mut m, &p);
-                let mut text = body.to_string();
-                cut_text(&mut text);
-                let mut links = Links::default();
-                links.in_text(&text);
-                (m.text, m.links) = (text, links.0);
-            }
-            None => parse_body(raw, &mut m),
-        },
-        None => parse_body(raw, &mut m),
     }
-    m
 }
 
 /// The body of a single-part plain-text message whose text is its bytes as they are: no
@@ -85,7 +88,7 @@ pub fn parse_message(raw: &[u8]) -> Message {
 /// fifth of the parse); most other mail (multipart, HTML, encoded, other charsets) goes to
 /// it. `None`: not such a message.
 fn plain_body<'a>(raw: &'a [u8], headers: &[Header]) -> Option<&'a str> {
-    let end = memchr::memmem::find(raw, b"\r\n\r\n")?;
+    let end = blank_line(raw)?;
     let block = &raw[..end + 2];
     // Every LF of the header block ends a CRLF (so its first blank line is the one found).
     if memchr::memchr_iter(b'\n', block).count() != memchr::memmem::find_iter(block, b"\r\n").count() {
@@ -147,7 +150,8 @@ fn addresses(m: &mut Message, p: &mail_parser::Message<'_>) {
         .unwrap_or_default();
 }
 
-fn cut_text(text: &mut String) {
+/// The body text (cut at [`MAX_TEXT`]) and the links: those found so far and the text's own.
+fn set_text(m: &mut Message, mut text: String, mut links: Links) {
     if text.len() > MAX_TEXT {
         let mut cut = MAX_TEXT;
         while !text.is_char_boundary(cut) {
@@ -155,6 +159,9 @@ fn cut_text(text: &mut String) {
         }
         text.truncate(cut);
     }
+    links.in_text(&text);
+    m.text = text;
+    m.links = links.0;
 }
 
 /// The whole message through mail-parser: addresses, text, links, attachments.
@@ -182,10 +189,7 @@ fn parse_body(raw: &[u8], m: &mut Message) {
             _ => {}
         }
     }
-    cut_text(&mut text);
-    links.in_text(&text);
-    m.text = text;
-    m.links = links.0;
+    set_text(m, text, links);
     m.attachments = p.attachment_count();
 }
 
@@ -360,11 +364,7 @@ mod tests {
     /// mail-parser's reading of the whole message, which `parse_message` skips for plain
     /// bodies.
     fn by_mail_parser(raw: &[u8]) -> Message {
-        let mut m = Message {
-            headers: raw_headers(raw),
-            size: raw.len(),
-            ..Message::default()
-        };
+        let mut m = header_fields(raw);
         parse_body(raw, &mut m);
         m
     }

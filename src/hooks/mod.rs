@@ -532,6 +532,9 @@ mod tests {
         for a in Action::ALL {
             assert_eq!(serde_json::to_value(a).unwrap(), a.name(), "{a:?}");
         }
+        for h in Hook::ALL {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.name(), "{h:?}");
+        }
         for st in [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data] {
             assert_eq!(serde_json::to_value(st).unwrap(), st.name(), "{st:?}");
             assert_eq!(Stage::parse(st.name()), Some(st));

@@ -28,7 +28,7 @@ impl At {
         // as long as the reader runs (see `from_lua`).
         unsafe {
             match ffi::lua_type(self.0, self.1) {
-                ffi::LUA_TNUMBER if ffi::lua_isinteger(self.0, self.1) != 0 => "integer",
+                ffi::LUA_TNUMBER if self.integer().is_some() => "integer",
                 t => std::ffi::CStr::from_ptr(ffi::lua_typename(self.0, t))
                     .to_str()
                     .unwrap_or("?"),
@@ -45,12 +45,16 @@ impl At {
         unsafe { super::fast::string(self.0, self.1) }.map(std::str::from_utf8)
     }
 
+    /// The value if it is an integer (Lua 5.4's integer subtype, not a float).
+    fn integer(self) -> Option<i64> {
+        unsafe {
+            (ffi::lua_isinteger(self.0, self.1) != 0).then(|| ffi::lua_tointegerx(self.0, self.1, std::ptr::null_mut()))
+        }
+    }
+
     fn number(self) -> Option<f64> {
         unsafe {
             match ffi::lua_type(self.0, self.1) {
-                ffi::LUA_TNUMBER if ffi::lua_isinteger(self.0, self.1) != 0 => {
-                    Some(ffi::lua_tointegerx(self.0, self.1, std::ptr::null_mut()) as f64)
-                }
                 ffi::LUA_TNUMBER => Some(ffi::lua_tonumberx(self.0, self.1, std::ptr::null_mut())),
                 _ => None,
             }
@@ -108,8 +112,8 @@ fn list<T>(field: &str, v: At, mut item: impl FnMut(At) -> Result<T>) -> Result<
     }
     let mut out = Vec::new();
     v.pairs(field, |k, v| {
-        match k.number() {
-            Some(i) if k.kind() == "integer" && i >= 1.0 => out.push((i as i64, item(v)?)),
+        match k.integer() {
+            Some(i) if i >= 1 => out.push((i, item(v)?)),
             _ => return Err(format!("{field}: expected a list, found key of type {}", k.kind())),
         }
         Ok(())

@@ -15,44 +15,38 @@
 //! a script can neither see nor change the metatables. Writing a field is Lua's usual error
 //! for a userdata without `__newindex`.
 
-use super::super::contract::{Envelope, Event, Header, Hook, Message, Session, Symbol};
+use super::super::contract::{Envelope, Event, Header, Message, Session, Symbol};
 use mlua::{AnyUserData, Lua, LuaSerdeExt, Value, ffi};
 use std::ffi::{CStr, c_void};
 use std::os::raw::c_int;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What a state's views show: the event of the call in progress, or nothing.
 #[derive(Default)]
-pub(super) struct Current {
-    /// Owns the event while it is shown (the Rust side reads it from here).
-    event: Mutex<Option<Arc<Event>>>,
-    /// The same event for the views' C functions: non-null only while `event` holds it.
-    ptr: AtomicPtr<Event>,
-}
+pub(super) struct Current(Mutex<Option<Arc<Event>>>);
 
 impl Current {
     /// Shows `event` (`None`: nothing).
     pub(super) fn show(&self, event: Option<&Arc<Event>>) {
-        let mut slot = self.event.lock().unwrap_or_else(|p| p.into_inner());
-        self.ptr.store(ptr::null_mut(), Ordering::SeqCst);
-        *slot = event.cloned();
-        if let Some(e) = &*slot {
-            self.ptr.store(Arc::as_ptr(e).cast_mut(), Ordering::SeqCst);
-        }
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = event.cloned();
     }
 
     pub(super) fn event(&self) -> Option<Arc<Event>> {
-        self.event.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The shown event, for the C functions.
+    /// The shown event, for the C functions: borrowed, not cloned (an `Arc` held by a C
+    /// function would leak its count if a Lua error unwound through it).
     ///
     /// # Safety
-    /// Only while the state runs (the state's owner does not call [`Current::show`] then).
+    /// Only while the state runs: the state's owner does not call [`Current::show`] then, so
+    /// the event stays where the lock found it.
     unsafe fn shown<'a>(&self) -> Option<&'a Event> {
-        unsafe { self.ptr.load(Ordering::SeqCst).as_ref() }
+        let guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let e: *const Event = guard.as_deref()?;
+        drop(guard);
+        unsafe { e.as_ref() }
     }
 }
 
@@ -78,38 +72,38 @@ pub(super) fn make(lua: &Lua, current: &Arc<Current>) -> mlua::Result<Views> {
         None => Ok(Value::Nil),
     })?;
     let cur = Arc::as_ptr(current).cast_mut().cast::<c_void>();
-    // SAFETY: runs protected; at most 7 slots (checked); leaves the two views on the stack.
-    let (message, event): (AnyUserData, AnyUserData) = unsafe {
-        lua.exec_raw(auth, |l| {
-            ffi::luaL_checkstack(l, 8, ptr::null());
-            // [auth]
-            ffi::lua_newuserdatauv(l, 0, 0); // [auth, message]
+    /// Pushes a view: a payload-less userdata whose hidden metatable has `index` and `pairs`,
+    /// each a closure over `cur`, then the values at `more` (stack indices).
+    unsafe fn push_view(
+        l: *mut ffi::lua_State,
+        cur: *mut c_void,
+        [index, pairs]: [ffi::lua_CFunction; 2],
+        more: &[c_int],
+    ) {
+        unsafe {
+            ffi::lua_newuserdatauv(l, 0, 0);
             ffi::lua_createtable(l, 0, 3);
-            ffi::lua_pushlightuserdata(l, cur);
-            ffi::lua_pushcclosure(l, message_index, 1);
-            ffi::lua_setfield(l, -2, c"__index".as_ptr());
-            ffi::lua_pushlightuserdata(l, cur);
-            ffi::lua_pushcclosure(l, message_pairs, 1);
-            ffi::lua_setfield(l, -2, c"__pairs".as_ptr());
-            ffi::lua_pushboolean(l, 0);
-            ffi::lua_setfield(l, -2, c"__metatable".as_ptr());
-            ffi::lua_setmetatable(l, -2);
-            ffi::lua_newuserdatauv(l, 0, 0); // [auth, message, event]
-            ffi::lua_createtable(l, 0, 3);
-            for (name, f) in [
-                (c"__index", event_index as ffi::lua_CFunction),
-                (c"__pairs", event_pairs),
-            ] {
-                // Upvalues: the current event, the message view, the `auth` reader.
+            for (name, f) in [(c"__index", index), (c"__pairs", pairs)] {
                 ffi::lua_pushlightuserdata(l, cur);
-                ffi::lua_pushvalue(l, 2);
-                ffi::lua_pushvalue(l, 1);
-                ffi::lua_pushcclosure(l, f, 3);
+                for &i in more {
+                    ffi::lua_pushvalue(l, i);
+                }
+                ffi::lua_pushcclosure(l, f, 1 + more.len() as c_int);
                 ffi::lua_setfield(l, -2, name.as_ptr());
             }
             ffi::lua_pushboolean(l, 0);
             ffi::lua_setfield(l, -2, c"__metatable".as_ptr());
             ffi::lua_setmetatable(l, -2);
+        }
+    }
+    // SAFETY: runs protected; at most 7 slots (checked); leaves the two views on the stack.
+    let (message, event): (AnyUserData, AnyUserData) = unsafe {
+        lua.exec_raw(auth, |l| {
+            ffi::luaL_checkstack(l, 8, ptr::null());
+            // [auth] -> [auth, message] -> [auth, message, event]
+            push_view(l, cur, [message_index, message_pairs], &[]);
+            // The event's functions also get the message view and the `auth` reader.
+            push_view(l, cur, [event_index, event_pairs], &[2, 1]);
             ffi::lua_remove(l, 1); // [message, event]
         })?
     };
@@ -119,7 +113,7 @@ pub(super) fn make(lua: &Lua, current: &Arc<Current>) -> mlua::Result<Views> {
     })
 }
 
-pub(super) const EVENT_FIELDS: [&CStr; 12] = [
+const EVENT_FIELDS: [&CStr; 12] = [
     c"hook",
     c"stage",
     c"session",
@@ -134,7 +128,7 @@ pub(super) const EVENT_FIELDS: [&CStr; 12] = [
     c"user",
 ];
 
-pub(super) const MESSAGE_FIELDS: [&CStr; 8] = [
+const MESSAGE_FIELDS: [&CStr; 8] = [
     c"subject",
     c"from",
     c"to",
@@ -235,21 +229,12 @@ unsafe fn push_symbols(l: *mut ffi::lua_State, symbols: &[Symbol]) {
     }
 }
 
-fn hook_name(h: Hook) -> &'static str {
-    match h {
-        Hook::Receive => "receive",
-        Hook::Route => "route",
-        Hook::Deliver => "deliver",
-        Hook::Fetch => "fetch",
-    }
-}
-
 /// Pushes field `k` of `e` (one value, `nil` for an unknown field). Runs in an event view's C
 /// function (the upvalues of [`make`]).
 unsafe fn push_event_field(l: *mut ffi::lua_State, e: &Event, k: &[u8]) {
     unsafe {
         match k {
-            b"hook" => push_str(l, hook_name(e.hook)),
+            b"hook" => push_str(l, e.hook.name()),
             b"stage" => push_opt(l, e.stage.map(|s| s.name())),
             b"session" => push_session(l, &e.session),
             b"envelope" => push_envelope(l, &e.envelope),
@@ -288,10 +273,13 @@ unsafe fn push_message_field(l: *mut ffi::lua_State, m: &Message, k: &[u8]) {
 /// Pushes one field of a view (one value).
 type FieldPusher = unsafe fn(*mut ffi::lua_State, &Event, &[u8]);
 
+// The C functions below use at most six stack slots (a header list: the list, an item, a
+// string; `pairs` adds its table and `next`); Lua gives every C function twenty
+// (`LUA_MINSTACK`), so they do not check.
+
 /// `view[key]`: (view, key) on the stack.
 unsafe fn index(l: *mut ffi::lua_State, push: FieldPusher) -> c_int {
     unsafe {
-        ffi::luaL_checkstack(l, 8, ptr::null());
         match (current(l).shown(), super::fast::string(l, 2)) {
             (Some(e), Some(k)) => push(l, e, k),
             _ => ffi::lua_pushnil(l),
@@ -303,7 +291,6 @@ unsafe fn index(l: *mut ffi::lua_State, push: FieldPusher) -> c_int {
 /// `pairs(view)`: `next` over a table of every field, built at once.
 unsafe fn pairs(l: *mut ffi::lua_State, fields: &[&CStr], push: FieldPusher) -> c_int {
     unsafe {
-        ffi::luaL_checkstack(l, 10, ptr::null());
         ffi::lua_createtable(l, 0, fields.len() as c_int);
         if let Some(e) = current(l).shown() {
             for k in fields {
