@@ -57,9 +57,10 @@ enum SpamCmd {
         holdout: Option<f64>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Hashed feature buckets of a new model.
+        /// Fold a new model's token hashes into this many buckets (default: every distinct token
+        /// its own feature).
         #[arg(long)]
-        features: Option<usize>,
+        features: Option<u64>,
     },
     /// Run the whole policy chain on one message from stdin: `spam SCORE` or `ham SCORE`,
     /// then the symbols and the Bayes tokens.

@@ -60,7 +60,7 @@ pub enum Request {
         ham: Vec<std::path::PathBuf>,
         split: Option<crate::spam::Split>,
         reset: bool,
-        features: Option<usize>,
+        features: Option<u64>,
     },
     /// The stored Bayes model's counts (binary).
     SpamModel,

@@ -1,33 +1,42 @@
 //! The Bayes classifier: per-class token counts (ours, so a message can be unlearned when a
 //! user changes their mind) and a linfa-bayes Multinomial naive Bayes model built from them.
 //!
-//! Counts are the source of truth and what the store keeps. Since a multinomial model's
-//! sufficient statistics are per-class feature sums, the linfa model is fitted on a
-//! two-row dataset: each row is one class's summed counts (so the class priors are equal:
-//! the filter judges the message, not the mix of mail it was trained on).
+//! Counts are the source of truth and what the store keeps: per token (its 64-bit hash;
+//! the dev corpus has ~440k distinct ones), the messages of each class that had it. Since a
+//! multinomial model's sufficient statistics are per-class feature sums, the linfa model is
+//! fitted on a two-row dataset with one column per token training had: each row is one
+//! class's summed counts (so the class priors are equal: the filter judges the message, not
+//! the mix of mail it was trained on).
 //!
 //! linfa-bayes 0.7.1 keeps its joint log-likelihood crate-private and `predict` only gives the
 //! label, so the fitted model's smoothed log-probabilities are read out of it once (through
-//! its serde form) into one log-odds value per feature, and a message's score is summed over
-//! its few hundred present features instead of a dot product over all 2^20. A test checks
-//! that the plain sum gives linfa's own `predict` label.
+//! its serde form) into one weight per token, and a message's score is summed over its few
+//! hundred tokens instead of a dot product over every column. A test checks that the plain
+//! sum gives linfa's own `predict` label.
 //!
 //! The score departs from the plain multinomial sum in measured ways (docs/spam.md, nine
-//! splits of the dev corpus; offline F1 0.976 → 0.982, false positives 59 → 41 in all):
-//! - a feature no training message had counts for nothing: smoothing gives it a constant
-//!   log-odds of ln(ham total / spam total) ≈ +0.6 toward the smaller class, so a newsletter
-//!   full of words the model never saw was judged spam for its novelty alone;
+//! splits of the dev corpus):
+//! - a token no training message had counts for nothing: smoothing gives it a constant
+//!   log-odds of ln(ham total / spam total) toward the smaller class, so a newsletter full of
+//!   words the model never saw was judged spam for its novelty alone;
+//! - each token's log-odds is weighed by its rarity, half its inverse document frequency
+//!   (`rarity`);
 //! - the body's words and word pairs count as their mean, scaled to a typical body
 //!   (`BODY_SCALE` / words, at most `MAX_WORD_WEIGHT` each): a long message no longer wins
 //!   by length, and a few-word body does not hang on one token;
 //! - the message's other tokens (Subject, sender, Message-ID, origin, links, structure: the
 //!   prefixed ones) weigh `FIELD_WEIGHT` each, since they say more per token than prose.
+//!
+//! Tokens used to be hashed into 2^20 buckets; keeping them apart (with the rarity weight:
+//! a bucket's document frequency mixes its tokens') took nine-split misses from 91 to 57 at
+//! the same false positives. `--features N` still folds a new model into N buckets.
 
 use super::tokens;
 use crate::hooks::contract::Message;
 use linfa::prelude::*;
 use linfa_bayes::MultinomialNb;
 use ndarray::{Array1, Array2};
+use rustc_hash::FxHashMap;
 
 /// Tokens a judgement names (the strongest, either way).
 const TOP_TOKENS: usize = 10;
@@ -35,89 +44,124 @@ const TOP_TOKENS: usize = 10;
 pub const HAM: usize = 0;
 pub const SPAM: usize = 1;
 
-/// Default number of hashed feature buckets: 2^20 (8 MiB of counts). The dev corpus has
-/// ~440k distinct tokens (most of them body word pairs); in 2^18 buckets four of five
-/// tokens a model never saw landed on one it had, and carried its weight (docs/spam.md).
-pub const DEFAULT_FEATURES: usize = 1 << 20;
-
-/// Lidstone smoothing; 0.1 gave the best F1 over nine splits of the dev corpus (docs/spam.md).
-const ALPHA: f64 = 0.1;
+/// Lidstone smoothing; 0.02 with the weights below gave the best F1 over nine splits of the
+/// dev corpus (docs/spam.md; 0.1 was best before tokens were kept apart and weighed by rarity).
+const ALPHA: f64 = 0.02;
 
 /// The most one body word weighs: in a body of a few words the mean is noise (one random
-/// string whose bucket a ham word shares scored a three-word spam −131; docs/spam.md).
+/// string whose bucket a ham word shared scored a three-word spam −131; docs/spam.md).
 const MAX_WORD_WEIGHT: f64 = 10.0;
 
 /// Weight of each prefixed (field, link, structure) token against a body word's.
-const FIELD_WEIGHT: f64 = 3.0;
+const FIELD_WEIGHT: f64 = 4.0;
 
 /// The body's words count as their mean log-odds times this (about a typical body's word
 /// count, so a typical message scores as the plain sum would).
 const BODY_SCALE: f64 = 300.0;
 
+/// First bytes of the stored counts (the format before them was dense hashed buckets).
+const MAGIC: &[u8; 4] = b"MGB2";
+
+/// Per-class token counts, the model's sufficient statistics and what the store keeps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counts {
-    pub features: usize,
+    /// Hash space tokens are folded into: 0 keeps every distinct token apart (its 64-bit
+    /// hash); N folds them into N buckets (`spam train --features N`, or a model trained
+    /// before tokens were kept apart).
+    pub features: u64,
     /// Messages learned per class.
     pub docs: [u64; 2],
-    /// Per class, per feature: messages that had it.
-    pub counts: [Vec<u32>; 2],
+    /// Per feature, per class: messages that had it. A feature no message has is absent.
+    pub counts: FxHashMap<u64, [u32; 2]>,
 }
 
 impl Counts {
-    pub fn new(features: usize) -> Counts {
+    pub fn new(features: u64) -> Counts {
         Counts {
             features,
             docs: [0, 0],
-            counts: [vec![0; features], vec![0; features]],
+            counts: FxHashMap::default(),
         }
     }
 
     /// Adds (`+1`) or removes (`-1`) one message's features from a class.
-    pub fn learn(&mut self, class: usize, features: &[u32], delta: i32) {
-        let c = &mut self.counts[class];
+    pub fn learn(&mut self, class: usize, features: &[u64], delta: i32) {
         for &f in features {
-            let slot = &mut c[f as usize % self.features];
-            *slot = slot.saturating_add_signed(delta);
+            let slot = self.counts.entry(f).or_insert([0, 0]);
+            slot[class] = slot[class].saturating_add_signed(delta);
+            if *slot == [0, 0] {
+                self.counts.remove(&f);
+            }
         }
         self.docs[class] = self.docs[class].saturating_add_signed(delta as i64);
     }
 
-    /// `features u32, docs 2×u64, counts 2×features u32`, little-endian.
+    /// Distinct features the counts hold.
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// `MGB2`, `features u64, docs 2×u64`, then per feature in ascending order
+    /// `feature u64, ham u32, spam u32`; little-endian.
     pub fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(4 + 16 + self.features * 8);
-        v.extend_from_slice(&(self.features as u32).to_le_bytes());
+        let mut keys: Vec<u64> = self.counts.keys().copied().collect();
+        keys.sort_unstable();
+        let mut v = Vec::with_capacity(28 + keys.len() * 16);
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&self.features.to_le_bytes());
         for d in self.docs {
             v.extend_from_slice(&d.to_le_bytes());
         }
-        for class in &self.counts {
-            for c in class {
-                v.extend_from_slice(&c.to_le_bytes());
-            }
+        for k in keys {
+            let c = self.counts[&k];
+            v.extend_from_slice(&k.to_le_bytes());
+            v.extend_from_slice(&c[HAM].to_le_bytes());
+            v.extend_from_slice(&c[SPAM].to_le_bytes());
         }
         v
     }
 
+    /// Reads either format: this one, or the dense buckets an older mailgate stored
+    /// (`features u32, docs 2×u64, counts 2×features u32`), which become a folded model of
+    /// as many buckets (tokens hash to the same ones, so nothing needs retraining).
     pub fn decode(b: &[u8]) -> Option<Counts> {
-        let features = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        let u64_at = |i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
+        let u32_at = |i: usize| Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
+        if b.starts_with(MAGIC) {
+            let (features, docs) = (u64_at(4)?, [u64_at(12)?, u64_at(20)?]);
+            let records = b.get(28..)?;
+            if records.len() % 16 != 0 {
+                return None;
+            }
+            let mut counts = FxHashMap::default();
+            counts.reserve(records.len() / 16);
+            for at in (28..b.len()).step_by(16) {
+                let c = [u32_at(at + 8)?, u32_at(at + 12)?];
+                if c == [0, 0] || counts.insert(u64_at(at)?, c).is_some() {
+                    return None;
+                }
+            }
+            return Some(Counts { features, docs, counts });
+        }
+        let features = u32_at(0)? as usize;
         if features == 0 || b.len() != 4 + 16 + features * 8 {
             return None;
         }
-        let docs = [
-            u64::from_le_bytes(b[4..12].try_into().ok()?),
-            u64::from_le_bytes(b[12..20].try_into().ok()?),
-        ];
-        let class = |i: usize| -> Vec<u32> {
-            let start = 20 + i * features * 4;
-            b[start..start + features * 4]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        Some(Counts {
-            features,
-            docs,
-            counts: [class(0), class(1)],
-        })
+        let mut c = Counts::new(features as u64);
+        c.docs = [u64_at(4)?, u64_at(12)?];
+        for class in [HAM, SPAM] {
+            for f in 0..features {
+                let n = u32_at(20 + (class * features + f) * 4)?;
+                if n > 0 {
+                    c.counts.entry(f as u64).or_insert([0, 0])[class] = n;
+                }
+            }
+        }
+        Some(c)
     }
 }
 
@@ -126,9 +170,15 @@ pub struct Model {
     pub counts: Counts,
     #[cfg(test)]
     nb: MultinomialNb<f64, usize>,
-    /// ln P(feature | spam) − ln P(feature | ham), as linfa fitted them; 0 for a feature no
-    /// training message had.
-    log_odds: Vec<f64>,
+    /// Per feature training had: its weight, ln P(feature | spam) − ln P(feature | ham) as
+    /// linfa fitted them times the feature's rarity (`rarity`). A feature no training
+    /// message had is absent and weighs nothing.
+    weights: FxHashMap<u64, f32>,
+    /// The plain log-odds and linfa's column order, for checking them against its labels.
+    #[cfg(test)]
+    log_odds: FxHashMap<u64, f64>,
+    #[cfg(test)]
+    keys: Vec<u64>,
     /// ln P(spam) − ln P(ham).
     prior_odds: f64,
 }
@@ -136,6 +186,15 @@ pub struct Model {
 /// Weight of each body word in a body of `n` distinct words and pairs.
 fn word_weight(n: usize) -> f64 {
     (BODY_SCALE / (n as f64 + 1.0)).min(MAX_WORD_WEIGHT)
+}
+
+/// How much a feature that `n` of `docs` training messages had counts: half its inverse
+/// document frequency, ln(docs / n) / 2. A word most messages have says little about this
+/// one even when its counts lean one way; a rare one, when it leans, says much (measured:
+/// nine splits, false positives 26 → 26 and misses 91 → 57 with tokens kept apart, where
+/// keeping them apart alone gave 39 and 64; docs/spam.md).
+fn rarity(n: u32, docs: u64) -> f64 {
+    (docs as f64 / f64::from(n.max(1))).ln().max(0.0) / 2.0
 }
 
 /// The fitted parameters of one class, out of linfa's serde form.
@@ -154,12 +213,12 @@ fn class_params(v: &serde_json::Value, class: usize) -> Result<(Vec<f64>, f64), 
 pub struct Judgement {
     /// P(spam | message), 0..=1.
     pub probability: f64,
-    /// Tokens that pulled hardest, with their spam log-odds (positive = spammy).
+    /// Tokens that pulled hardest, with their weighted spam log-odds (positive = spammy).
     pub top: Vec<(String, f64)>,
 }
 
 impl Model {
-    /// Fits the linfa model to the counts; `None` until both classes have messages.
+    /// Fits the linfa model to the counts; an error until both classes have messages.
     pub fn new(counts: Counts) -> Result<Model, String> {
         if counts.docs[HAM] == 0 || counts.docs[SPAM] == 0 {
             return Err(format!(
@@ -167,12 +226,14 @@ impl Model {
                 counts.docs[SPAM], counts.docs[HAM]
             ));
         }
-        let f = counts.features;
-        let mut x = Array2::<f64>::zeros((2, f));
-        for class in [HAM, SPAM] {
-            for (i, &c) in counts.counts[class].iter().enumerate() {
-                x[[class, i]] = f64::from(c);
-            }
+        // One dense column per feature training had (linfa smooths over the columns it is
+        // given: over the features used, whatever the hash space).
+        let keys: Vec<u64> = counts.counts.keys().copied().collect();
+        let mut x = Array2::<f64>::zeros((2, keys.len()));
+        for (i, k) in keys.iter().enumerate() {
+            let c = counts.counts[k];
+            x[[HAM, i]] = f64::from(c[HAM]);
+            x[[SPAM, i]] = f64::from(c[SPAM]);
         }
         let y = Array1::from(vec![HAM, SPAM]);
         let nb = MultinomialNb::params()
@@ -182,45 +243,47 @@ impl Model {
         let v = serde_json::to_value(&nb).map_err(|e| format!("reading the linfa model: {e}"))?;
         let (ham, ham_prior) = class_params(&v, HAM)?;
         let (spam, spam_prior) = class_params(&v, SPAM)?;
-        if ham.len() != f || spam.len() != f {
+        if ham.len() != keys.len() || spam.len() != keys.len() {
             return Err("linfa model has the wrong number of features".into());
         }
-        // linfa smooths over every bucket (ln((n + α) / (N + α·F))); renormalised over the
-        // buckets training used, so the model means the same whatever `features` is: with the
-        // body counted as its mean, the per-token constant this moves is multiplied by
-        // `BODY_SCALE` (measured: 2^18 → 2^20 buckets moved a typical score by ~24).
-        let seen = |i: usize| counts.counts[HAM][i] > 0 || counts.counts[SPAM][i] > 0;
-        let known = (0..f).filter(|&i| seen(i)).count() as f64;
-        let renorm = |class: usize| {
-            let total: f64 = counts.counts[class].iter().map(|&c| f64::from(c)).sum();
-            (total + ALPHA * f as f64).ln() - (total + ALPHA * known).ln()
-        };
-        let shift = renorm(SPAM) - renorm(HAM);
-        let log_odds = (0..f)
-            .map(|i| if seen(i) { spam[i] - ham[i] + shift } else { 0.0 })
-            .collect();
+        let docs = counts.docs[HAM] + counts.docs[SPAM];
+        let mut weights = FxHashMap::default();
+        weights.reserve(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let c = counts.counts[k];
+            let w = (spam[i] - ham[i]) * rarity(c[HAM] + c[SPAM], docs);
+            weights.insert(*k, w as f32);
+        }
         Ok(Model {
+            #[cfg(test)]
+            log_odds: keys.iter().enumerate().map(|(i, k)| (*k, spam[i] - ham[i])).collect(),
+            #[cfg(test)]
+            keys,
             counts,
             #[cfg(test)]
             nb,
-            log_odds,
+            weights,
             prior_odds: spam_prior - ham_prior,
         })
     }
 
-    pub fn features(&self) -> usize {
+    pub fn features(&self) -> u64 {
         self.counts.features
+    }
+
+    fn weight(&self, feature: u64) -> f64 {
+        self.weights.get(&feature).map_or(0.0, |&w| f64::from(w))
     }
 
     /// Classifies a message.
     pub fn judge(&self, m: &Message) -> Judgement {
-        // Each token hashed once; its bucket serves the score and the explanation.
-        let toks: Vec<(String, u32, bool)> = tokens::tokens(m)
+        // Each token hashed once; its feature serves the score and the explanation.
+        let toks: Vec<(String, u64, bool)> = tokens::tokens(m)
             .into_iter()
             .map(|t| {
-                let b = tokens::bucket(&t, self.features());
+                let f = tokens::feature(&t, self.features());
                 let word = tokens::is_body_word(&t);
-                (t, b, word)
+                (t, f, word)
             })
             .collect();
         let pick = |word: bool| tokens::distinct(toks.iter().filter(|t| t.2 == word).map(|t| t.1).collect());
@@ -229,9 +292,9 @@ impl Model {
         let probability = self.probability(&fields, &words);
         let mut top: Vec<(String, f64)> = toks
             .into_iter()
-            .map(|(t, b, word)| {
+            .map(|(t, f, word)| {
                 let w = if word { word_weight } else { FIELD_WEIGHT };
-                (t, w * self.log_odds[b as usize])
+                (t, w * self.weight(f))
             })
             .collect();
         let by_strength = |a: &(String, f64), b: &(String, f64)| b.1.abs().total_cmp(&a.1.abs());
@@ -244,26 +307,32 @@ impl Model {
     }
 
     /// P(spam) for a message's prefixed tokens' and body words' features (each sorted and
-    /// distinct): the weighted log-odds sum, as a probability.
-    fn probability(&self, fields: &[u32], words: &[u32]) -> f64 {
-        let sum = |feats: &[u32]| feats.iter().map(|&f| self.log_odds[f as usize]).sum::<f64>();
+    /// distinct): the weighted sum, as a probability.
+    fn probability(&self, fields: &[u64], words: &[u64]) -> f64 {
+        let sum = |feats: &[u64]| feats.iter().map(|&f| self.weight(f)).sum::<f64>();
         let d = self.prior_odds + FIELD_WEIGHT * sum(fields) + word_weight(words.len()) * sum(words);
         1.0 / (1.0 + (-d).exp())
     }
 
     /// The plain multinomial label (every feature weighing one, as linfa's `predict` sums).
     #[cfg(test)]
-    fn plain_label(&self, feats: &[u32]) -> usize {
-        let d = self.prior_odds + feats.iter().map(|&f| self.log_odds[f as usize]).sum::<f64>();
+    fn plain_label(&self, feats: &[u64]) -> usize {
+        let d = self.prior_odds
+            + feats
+                .iter()
+                .map(|f| self.log_odds.get(f).copied().unwrap_or(0.0))
+                .sum::<f64>();
         usize::from(d > 0.0)
     }
 
     /// linfa's own label for a feature set (dense; for checks, not the hot path).
     #[cfg(test)]
-    fn linfa_label(&self, feats: &[u32]) -> usize {
-        let mut x = Array2::<f64>::zeros((1, self.features()));
-        for &f in feats {
-            x[[0, f as usize]] = 1.0;
+    fn linfa_label(&self, feats: &[u64]) -> usize {
+        let mut x = Array2::<f64>::zeros((1, self.keys.len()));
+        for (i, k) in self.keys.iter().enumerate() {
+            if feats.contains(k) {
+                x[[0, i]] = 1.0;
+            }
         }
         self.nb.predict(&x)[0]
     }
@@ -283,7 +352,13 @@ mod tests {
 
     #[test]
     fn learns_classifies_unlearns_and_round_trips() {
-        let f = 1 << 12;
+        // Unfolded, as `spam train` makes them, and folded into few buckets.
+        for f in [0, 1 << 12] {
+            learns_classifies_unlearns_and_round_trips_with(f);
+        }
+    }
+
+    fn learns_classifies_unlearns_and_round_trips_with(f: u64) {
         let mut c = Counts::new(f);
         let spam = [
             "cheap pills online pharmacy discount",
@@ -332,7 +407,36 @@ mod tests {
             c.learn(SPAM, &tokens::features(&msg("offer", s), f), -1);
         }
         assert_eq!(c.docs[SPAM], 0);
-        assert!(c.counts[SPAM].iter().all(|&x| x == 0));
+        assert!(c.counts.values().all(|x| x[SPAM] == 0 && x[HAM] > 0), "{c:?}");
         assert!(Model::new(c).is_err());
+    }
+
+    #[test]
+    fn a_dense_model_of_an_older_mailgate_reads_as_a_folded_one() {
+        // features 4, docs (ham 2, spam 1), ham counts [0, 2, 0, 1], spam counts [1, 0, 0, 1].
+        let mut old = 4u32.to_le_bytes().to_vec();
+        for d in [2u64, 1] {
+            old.extend_from_slice(&d.to_le_bytes());
+        }
+        for n in [0u32, 2, 0, 1, 1, 0, 0, 1] {
+            old.extend_from_slice(&n.to_le_bytes());
+        }
+        let c = Counts::decode(&old).unwrap();
+        assert_eq!((c.features, c.docs), (4, [2, 1]));
+        let mut want = FxHashMap::default();
+        want.insert(0, [0, 1]);
+        want.insert(1, [2, 0]);
+        want.insert(3, [1, 1]);
+        assert_eq!(c.counts, want);
+        assert_eq!(Counts::decode(&c.encode()), Some(c));
+        // Truncated or inconsistent bytes are refused, in either format.
+        assert_eq!(Counts::decode(&old[..old.len() - 1]), None);
+        let mut new = Counts::new(0);
+        new.learn(SPAM, &[7, 9], 1);
+        let bytes = new.encode();
+        assert_eq!(Counts::decode(&bytes[..bytes.len() - 3]), None);
+        let mut zero = bytes.clone();
+        zero[28 + 12..28 + 16].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(Counts::decode(&zero), None, "a record counting nothing");
     }
 }

@@ -313,11 +313,11 @@ pub fn train(
     ham_dirs: &[PathBuf],
     split: Option<Split>,
     reset: bool,
-    features: Option<usize>,
+    features: Option<u64>,
 ) -> Result<(Counts, String), String> {
     let mut counts = match (reset, store.kv_get(MODEL_KEY).map_err(|e| e.to_string())?) {
         (false, Some(b)) => Counts::decode(&b).ok_or("stored Bayes model is corrupt; use --reset")?,
-        _ => Counts::new(features.unwrap_or(bayes::DEFAULT_FEATURES)),
+        _ => Counts::new(features.unwrap_or(0)),
     };
     let mut n = [0usize; 2];
     for (class, dirs) in [(bayes::SPAM, spam_dirs), (bayes::HAM, ham_dirs)] {
@@ -334,12 +334,16 @@ pub fn train(
         .kv_set(MODEL_KEY, Some(&counts.encode()))
         .map_err(|e| e.to_string())?;
     let report = format!(
-        "trained on {} spam and {} ham; the model now has {} spam and {} ham ({} features)\n",
+        "trained on {} spam and {} ham; the model now has {} spam and {} ham ({} distinct {})\n",
         n[bayes::SPAM],
         n[bayes::HAM],
         counts.docs[bayes::SPAM],
         counts.docs[bayes::HAM],
-        counts.features
+        counts.len(),
+        match counts.features {
+            0 => "tokens".to_string(),
+            n => format!("features of {n}"),
+        }
     );
     Ok((counts, report))
 }

@@ -331,21 +331,24 @@ pub fn hash(token: &str) -> u64 {
     h
 }
 
-/// The feature bucket of a token in a model of `features` buckets.
-pub fn bucket(token: &str, features: usize) -> u32 {
-    (hash(token) % features as u64) as u32
+/// The feature of a token: its hash, folded into `features` buckets when that is not 0.
+pub fn feature(token: &str, features: u64) -> u64 {
+    match features {
+        0 => hash(token),
+        n => hash(token) % n,
+    }
 }
 
-/// Sorted, distinct buckets.
-pub fn distinct(mut v: Vec<u32>) -> Vec<u32> {
+/// Sorted, distinct features.
+pub fn distinct(mut v: Vec<u64>) -> Vec<u64> {
     v.sort_unstable();
     v.dedup();
     v
 }
 
-/// Feature indices of a message for a model of `features` buckets, sorted and distinct.
-pub fn features(m: &Message, features: usize) -> Vec<u32> {
-    distinct(tokens(m).iter().map(|t| bucket(t, features)).collect())
+/// A message's features for a model of `features` buckets (0: unfolded), sorted and distinct.
+pub fn features(m: &Message, features: u64) -> Vec<u64> {
+    distinct(tokens(m).iter().map(|t| feature(t, features)).collect())
 }
 
 #[cfg(test)]
