@@ -152,7 +152,8 @@ pub async fn execute(
             reset,
             features,
         } => {
-            let (counts, mut report) = crate::spam::train(store, &spam, &ham, split, reset, features)?;
+            let (counts, mut report) =
+                crate::spam::train(store, &spam, &ham, split, reset, features, config.spam.bayes_max_tokens)?;
             // The model lives in the key-value tree, made durable by a checkpoint.
             store.checkpoint().await.map_err(|e| e.to_string())?;
             if let Some(engine) = engine {

@@ -153,6 +153,8 @@ pub struct Spam {
     pub learn_from_users: bool,
     /// Accounts whose moves never train the model.
     pub learn_opt_out: Vec<String>,
+    /// Most distinct tokens the Bayes model keeps; past it the fewest-seen go.
+    pub bayes_max_tokens: usize,
     /// Time limit for one message's SPF, DKIM and DMARC checks together; past it the
     /// three results are `temperror`.
     pub auth_timeout_ms: u64,
@@ -166,6 +168,7 @@ impl Default for Spam {
             thresholds: Thresholds::default(),
             learn_from_users: true,
             learn_opt_out: Vec::new(),
+            bayes_max_tokens: 1_000_000,
             auth_timeout_ms: 5000,
             authentication_results: true,
         }

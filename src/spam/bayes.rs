@@ -96,6 +96,25 @@ impl Counts {
         self.docs[class] = self.docs[class].saturating_add_signed(delta as i64);
     }
 
+    /// Keeps the counts to at most `max` features: past it, the fewest-seen features go
+    /// (those a single message had, first) until a tenth of `max` is free again, so that a
+    /// model users keep teaching stays bounded without pruning on every lesson. Says how
+    /// many went.
+    pub fn prune(&mut self, max: usize) -> usize {
+        if self.counts.len() <= max {
+            return 0;
+        }
+        let drop = (self.counts.len() - max + max / 10).min(self.counts.len());
+        let mut seen: Vec<(u32, u64)> = self.counts.iter().map(|(&k, c)| (c[HAM] + c[SPAM], k)).collect();
+        if drop < seen.len() {
+            seen.select_nth_unstable(drop);
+        }
+        for &(_, k) in &seen[..drop] {
+            self.counts.remove(&k);
+        }
+        drop
+    }
+
     /// Distinct features the counts hold.
     pub fn len(&self) -> usize {
         self.counts.len()
@@ -409,6 +428,26 @@ mod tests {
         assert_eq!(c.docs[SPAM], 0);
         assert!(c.counts.values().all(|x| x[SPAM] == 0 && x[HAM] > 0), "{c:?}");
         assert!(Model::new(c).is_err());
+    }
+
+    #[test]
+    fn pruning_drops_the_fewest_seen_features_first() {
+        // Feature k seen in k messages, k = 1..=20.
+        let mut c = Counts::new(0);
+        for k in 1..=20u64 {
+            for class in 0..k {
+                c.learn(class as usize % 2, &[k], 1);
+            }
+        }
+        assert_eq!(c.prune(20), 0, "within the bound: nothing goes");
+        // Past it, down to 90 % of the bound: 20 − 10 + 1 go.
+        assert_eq!(c.prune(10), 11);
+        let mut left: Vec<u64> = c.counts.keys().copied().collect();
+        left.sort_unstable();
+        assert_eq!(left, (12..=20).collect::<Vec<_>>());
+        assert_eq!(c.counts[&12], [6, 6]);
+        assert_eq!(c.prune(0), 9);
+        assert!(c.is_empty());
     }
 
     #[test]

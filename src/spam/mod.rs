@@ -64,14 +64,16 @@ impl Spam {
     }
 
     /// Learns users' judgements (blob, message, spam: `true` when moved into Junk) with one
-    /// rewrite of the counts and one refit of the model (the counts are one 8 MiB value: a
-    /// user moving a hundred messages into Junk should not rewrite it a hundred times). The
-    /// same message is never learned twice in one direction; the other direction unlearns it
-    /// first. Says, per item, whether it changed the model.
+    /// rewrite of the counts and one refit of the model (the counts are one value, ~7 MB for
+    /// the dev corpus: a user moving a hundred messages into Junk should not rewrite it a
+    /// hundred times), keeping at most `max_tokens` tokens. The same message is never learned
+    /// twice in one direction; the other direction unlearns it first. Says, per item, whether
+    /// it changed the model.
     pub fn learn_batch<R: AsRef<[u8]>>(
         &self,
         store: &dyn MailStore,
         items: &[(BlobId, R, bool)],
+        max_tokens: usize,
     ) -> Result<Vec<bool>, String> {
         let _guard = self.learning.lock().unwrap_or_else(|p| p.into_inner());
         // Users refine a trained model; a handful of moves is no model of its own.
@@ -104,6 +106,7 @@ impl Spam {
         if now.is_empty() {
             return Ok(learned);
         }
+        counts.prune(max_tokens);
         // Counts first: a crash between the two leaves a message learned but unmarked, so a
         // repeat judgement counts it twice rather than never.
         store
@@ -158,7 +161,7 @@ pub async fn learner(
             cfg.learn_from_users && !cfg.learn_opt_out.iter().any(|a| a.eq_ignore_ascii_case(&ev.account))
         });
         if !batch.is_empty() {
-            let (spam2, store2) = (spam.clone(), store.clone());
+            let (spam2, store2, max_tokens) = (spam.clone(), store.clone(), cfg.bayes_max_tokens);
             let done = tokio::task::spawn_blocking(move || {
                 let mut items = Vec::with_capacity(batch.len());
                 let mut kept = Vec::with_capacity(batch.len());
@@ -175,7 +178,7 @@ pub async fn learner(
                         Err(e) => tracing::warn!(account = ev.account, "learning from a Junk move: {e}"),
                     }
                 }
-                (spam2.learn_batch(&*store2, &items), kept)
+                (spam2.learn_batch(&*store2, &items, max_tokens), kept)
             })
             .await;
             // The counts live in the key-value tree: make them durable now (a large value left
@@ -314,6 +317,7 @@ pub fn train(
     split: Option<Split>,
     reset: bool,
     features: Option<u64>,
+    max_tokens: usize,
 ) -> Result<(Counts, String), String> {
     let mut counts = match (reset, store.kv_get(MODEL_KEY).map_err(|e| e.to_string())?) {
         (false, Some(b)) => Counts::decode(&b).ok_or("stored Bayes model is corrupt; use --reset")?,
@@ -330,10 +334,11 @@ pub fn train(
             }
         }
     }
+    let pruned = counts.prune(max_tokens);
     store
         .kv_set(MODEL_KEY, Some(&counts.encode()))
         .map_err(|e| e.to_string())?;
-    let report = format!(
+    let mut report = format!(
         "trained on {} spam and {} ham; the model now has {} spam and {} ham ({} distinct {})\n",
         n[bayes::SPAM],
         n[bayes::HAM],
@@ -345,6 +350,11 @@ pub fn train(
             n => format!("features of {n}"),
         }
     );
+    if pruned > 0 {
+        report.push_str(&format!(
+            "{pruned} of the fewest-seen tokens dropped to stay within spam.bayes_max_tokens = {max_tokens}\n"
+        ));
+    }
     Ok((counts, report))
 }
 
@@ -457,7 +467,7 @@ mod learn_tests {
         let msg = |s: &str| format!("Subject: {s}\r\n\r\n{s} body words\r\n").into_bytes();
         let (a, b, c) = (msg("cheap pills"), msg("team lunch"), msg("project notes"));
         // No trained model: users' judgements alone do not make one.
-        assert!(spam.learn_batch(&store, &[([1; 32], &a, true)]).is_err());
+        assert!(spam.learn_batch(&store, &[([1; 32], &a, true)], 1000).is_err());
         let mut counts = Counts::new(1 << 12);
         for (class, m) in [(bayes::SPAM, &a), (bayes::HAM, &b)] {
             counts.learn(class, &tokens::features(&crate::hooks::parse_message(m), 1 << 12), 1);
@@ -472,6 +482,7 @@ mod learn_tests {
                     ([2; 32], &c, false),
                     ([1; 32], &a, false),
                 ],
+                1000,
             )
             .unwrap();
         assert_eq!(learned, [true, false, true, true]);
@@ -480,7 +491,10 @@ mod learn_tests {
         assert_eq!(stored.docs, [3, 1]);
         assert!(spam.model().is_some(), "the model was refitted");
         // The flip is remembered across batches.
-        assert_eq!(spam.learn_batch(&store, &[([1; 32], &a, false)]).unwrap(), [false]);
-        assert_eq!(spam.learn_batch(&store, &[([1; 32], &a, true)]).unwrap(), [true]);
+        assert_eq!(
+            spam.learn_batch(&store, &[([1; 32], &a, false)], 1000).unwrap(),
+            [false]
+        );
+        assert_eq!(spam.learn_batch(&store, &[([1; 32], &a, true)], 1000).unwrap(), [true]);
     }
 }

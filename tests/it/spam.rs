@@ -77,7 +77,8 @@ pub(crate) fn train_synthetic(s: &TestServer) -> String {
         &[corpus.path().join("ham")],
         None,
         true,
-        Some(1 << 14),
+        None,
+        s.running.shared.config.spam.bayes_max_tokens,
     )
     .unwrap();
     let spam_state = s.running.shared.engine.host().spam.clone();
@@ -298,4 +299,48 @@ fn shipped_policies_on_the_dev_corpus() {
     assert!(m["messages"].as_u64().unwrap() > 500, "{m}");
     assert!(m["f1"].as_f64().unwrap() >= 0.93, "{m}");
     assert!(m["fpr"].as_f64().unwrap() <= 0.015, "{m}");
+}
+
+#[test]
+fn training_keeps_the_model_within_its_token_bound() {
+    let corpus = tempfile::tempdir().unwrap();
+    write_corpus(corpus.path(), 30);
+    let store = mailgate::store::SledStore::open(&corpus.path().join("store"), 16).unwrap();
+    let (spam, ham) = ([corpus.path().join("spam")], [corpus.path().join("ham")]);
+    let train = |max| mailgate::spam::train(&store, &spam, &ham, None, true, None, max).unwrap();
+    let (full, report) = train(1_000_000);
+    assert!(!report.contains("dropped"), "{report}");
+    let bound = full.len() / 2;
+    let (kept, report) = train(bound);
+    assert!(
+        report.contains("dropped to stay within spam.bayes_max_tokens"),
+        "{report}"
+    );
+    assert!(
+        kept.len() <= bound && kept.len() + 1 >= bound * 9 / 10,
+        "{} of {bound}",
+        kept.len()
+    );
+    // The fewest-seen went: no token kept was seen less often than one dropped.
+    let seen = |c: &[u32; 2]| c[0] + c[1];
+    let least_kept = kept.counts.values().map(seen).min().unwrap();
+    let most_dropped = full
+        .counts
+        .iter()
+        .filter(|(k, _)| !kept.counts.contains_key(*k))
+        .map(|(_, c)| seen(c))
+        .max()
+        .unwrap();
+    assert!(least_kept >= most_dropped, "kept {least_kept}, dropped {most_dropped}");
+    // What the store holds is the bounded model, and it still tells the two apart.
+    let stored = mailgate::spam::bayes::Counts::decode(
+        &mailgate::store::MailStore::kv_get(&store, mailgate::spam::MODEL_KEY)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stored, kept);
+    let model = mailgate::spam::bayes::Model::new(kept).unwrap();
+    let judge = |raw: &str| model.judge(&mailgate::hooks::parse_message(raw.as_bytes())).probability;
+    assert!(judge(&spam_msg(100)) > 0.5 && judge(&ham_msg(101)) < 0.5);
 }
