@@ -297,8 +297,10 @@ fn shipped_policies_on_the_dev_corpus() {
     let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     eprintln!("dev corpus, holdout 0.3 seed 42: {m}");
     assert!(m["messages"].as_u64().unwrap() > 500, "{m}");
-    assert!(m["f1"].as_f64().unwrap() >= 0.93, "{m}");
-    assert!(m["fpr"].as_f64().unwrap() <= 0.015, "{m}");
+    // Shipped on this split (docs/spam.md): F1 0.989, FPR 0.39 % (3 of 772). The bounds
+    // leave a message or two of slack and catch a regression to the hashed model (0.984).
+    assert!(m["f1"].as_f64().unwrap() >= 0.985, "{m}");
+    assert!(m["fpr"].as_f64().unwrap() <= 0.0055, "{m}");
 }
 
 #[test]
