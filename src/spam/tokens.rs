@@ -280,6 +280,26 @@ pub fn tokens(m: &Message) -> HashSet<String> {
     for p in body.windows(2) {
         add(format!("{} {}", p[0], p[1]));
     }
+    // Letter combinations: the character trigrams of each body word, its edges marked
+    // (`^cheap$` → `^ch`, `che`, …, `ap$`); a model of their own (see `bayes`).
+    let mut gram = String::new();
+    for w in &body {
+        let chars: Vec<char> = std::iter::once('^')
+            .chain(w.chars())
+            .chain(std::iter::once('$'))
+            .collect();
+        for g in chars.windows(NGRAM) {
+            gram.clear();
+            gram.push_str(NGRAM_PREFIX);
+            gram.extend(g);
+            if !t.contains(gram.as_str()) {
+                t.insert(gram.clone());
+            }
+        }
+    }
+    let mut add = |s: String| {
+        t.insert(s);
+    };
     // Links only the footer has are the list's too. (The author's text is lower-cased only
     // when a link is in the footer, and once.)
     let footer = footer.to_ascii_lowercase();
@@ -321,6 +341,20 @@ pub fn is_body_word(token: &str) -> bool {
     !token.contains(':')
 }
 
+/// Characters in a letter-combination token.
+const NGRAM: usize = 3;
+
+const NGRAM_PREFIX: &str = "c:";
+
+/// A letter combination (a character trigram of a body word).
+pub fn is_ngram(token: &str) -> bool {
+    token.starts_with(NGRAM_PREFIX)
+}
+
+/// The bit that sets letter combinations' features apart from the others' (they form a
+/// model of their own).
+pub const NGRAM_BIT: u64 = 1 << 63;
+
 /// FNV-1a, 64 bit: a stable hash (the model on disk must mean the same after a rebuild).
 pub fn hash(token: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -331,12 +365,14 @@ pub fn hash(token: &str) -> u64 {
     h
 }
 
-/// The feature of a token: its hash, folded into `features` buckets when that is not 0.
+/// The feature of a token: its hash, folded into `features` buckets when that is not 0,
+/// with `NGRAM_BIT` set for a letter combination and clear for any other token.
 pub fn feature(token: &str, features: u64) -> u64 {
-    match features {
+    let f = match features {
         0 => hash(token),
         n => hash(token) % n,
-    }
+    } & !NGRAM_BIT;
+    if is_ngram(token) { f | NGRAM_BIT } else { f }
 }
 
 /// Sorted, distinct features.
@@ -398,9 +434,13 @@ mod tests {
             "rd:relay.example",
             "rip:203.0",
             "rip:203.0.113",
+            "c:^vi",
+            "c:isi",
+            "c:it$",
         ] {
             assert!(t.contains(want), "{want} missing from {t:?}");
         }
+        assert!(!t.contains("c:^v") && !t.contains("c:visi"), "trigrams only");
         assert!(
             !t.iter().any(|x| x.contains("collector") || x.contains("x-keywords")),
             "{t:?}"
@@ -409,8 +449,12 @@ mod tests {
         assert!(
             is_body_word("visit") && is_body_word("buy now") && !is_body_word("s:cheap") && !is_body_word("u:<ip>")
         );
+        assert!(is_ngram("c:^vi") && !is_ngram("cc:count1") && !is_body_word("c:^vi"));
+        // Folded features stay within the buckets; letter combinations carry their bit.
         let f = features(&m, 1024);
-        assert!(f.windows(2).all(|w| w[0] < w[1]) && f.iter().all(|&i| i < 1024));
+        assert!(f.windows(2).all(|w| w[0] < w[1]) && f.iter().all(|&i| i & !NGRAM_BIT < 1024));
+        assert_eq!(feature("c:^vi", 1024) & NGRAM_BIT, NGRAM_BIT);
+        assert_eq!(feature("visit", 0) & NGRAM_BIT, 0);
     }
 
     #[test]
