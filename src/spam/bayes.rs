@@ -2,7 +2,7 @@
 //! user changes their mind) and a linfa-bayes Multinomial naive Bayes model built from them.
 //!
 //! Counts are the source of truth and what the store keeps: per token (its 64-bit hash;
-//! the dev corpus has ~440k distinct ones), the messages of each class that had it. Since a
+//! the dev corpus has ~486k distinct ones), the messages of each class that had it. Since a
 //! multinomial model's sufficient statistics are per-class feature sums, the linfa model is
 //! fitted on a two-row dataset with one column per token training had: each row is one
 //! class's summed counts (so the class priors are equal: the filter judges the message, not

@@ -64,7 +64,7 @@ impl Spam {
     }
 
     /// Learns users' judgements (blob, message, spam: `true` when moved into Junk) with one
-    /// rewrite of the counts and one refit of the model (the counts are one value, ~7 MB for
+    /// rewrite of the counts and one refit of the model (the counts are one value, ~8 MB for
     /// the dev corpus: a user moving a hundred messages into Junk should not rewrite it a
     /// hundred times), keeping at most `max_tokens` tokens. The same message is never learned
     /// twice in one direction; the other direction unlearns it first. Says, per item, whether
