@@ -330,9 +330,11 @@ impl Model {
         // counts (several per word) shifted every word's probability (docs/spam.md).
         let (grams, others): (Vec<u64>, Vec<u64>) = counts.counts.keys().partition(|&&k| k & tokens::NGRAM_BIT != 0);
         let main = fit(&counts, &others)?;
-        let gram_odds = match grams.is_empty() {
-            true => Vec::new(),
-            false => fit(&counts, &grams)?.odds,
+        // (None in a model from before them, or folded from an older mailgate's.)
+        let gram_odds = if grams.is_empty() {
+            Vec::new()
+        } else {
+            fit(&counts, &grams)?.odds
         };
         let docs = counts.docs[HAM] + counts.docs[SPAM];
         let mut weights = FxHashMap::default();
