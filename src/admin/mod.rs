@@ -168,7 +168,7 @@ pub async fn execute(
             report.into_bytes()
         }
         Request::SpamModel => store
-            .kv_get(crate::spam::MODEL_KEY)
+            .kv_get_large(crate::spam::MODEL_KEY)
             .map_err(|e| e.to_string())?
             .ok_or("no Bayes model has been trained yet (`mailgate spam train`)")?,
         req => run(store, config, req)?,

@@ -39,7 +39,7 @@ impl Spam {
     /// The model stored in `store`, if one was trained.
     pub fn load(store: &dyn MailStore) -> Spam {
         let spam = Spam::default();
-        match store.kv_get(MODEL_KEY) {
+        match store.kv_get_large(MODEL_KEY) {
             Ok(Some(bytes)) => match Counts::decode(&bytes).map(Model::new) {
                 Some(Ok(m)) => spam.model.store(Some(Arc::new(m))),
                 Some(Err(e)) => tracing::warn!("Bayes model not usable: {e}"),
@@ -77,7 +77,7 @@ impl Spam {
     ) -> Result<Vec<bool>, String> {
         let _guard = self.learning.lock().unwrap_or_else(|p| p.into_inner());
         // Users refine a trained model; a handful of moves is no model of its own.
-        let Some(stored) = store.kv_get(MODEL_KEY).map_err(|e| e.to_string())? else {
+        let Some(stored) = store.kv_get_large(MODEL_KEY).map_err(|e| e.to_string())? else {
             return Err("no Bayes model trained yet (`mailgate spam train`); judgement not learned".into());
         };
         let mut counts = Counts::decode(&stored).ok_or("stored Bayes model is corrupt")?;
@@ -110,7 +110,7 @@ impl Spam {
         // Counts first: a crash between the two leaves a message learned but unmarked, so a
         // repeat judgement counts it twice rather than never.
         store
-            .kv_set(MODEL_KEY, Some(&counts.encode()))
+            .kv_set_large(MODEL_KEY, Some(&counts.encode()))
             .map_err(|e| e.to_string())?;
         for (key, spam) in &now {
             let mark: &[u8] = if *spam { b"s" } else { b"h" };
@@ -319,7 +319,7 @@ pub fn train(
     features: Option<u64>,
     max_tokens: usize,
 ) -> Result<(Counts, String), String> {
-    let mut counts = match (reset, store.kv_get(MODEL_KEY).map_err(|e| e.to_string())?) {
+    let mut counts = match (reset, store.kv_get_large(MODEL_KEY).map_err(|e| e.to_string())?) {
         (false, Some(b)) => Counts::decode(&b).ok_or("stored Bayes model is corrupt; use --reset")?,
         _ => Counts::new(features.unwrap_or(0)),
     };
@@ -336,7 +336,7 @@ pub fn train(
     }
     let pruned = counts.prune(max_tokens);
     store
-        .kv_set(MODEL_KEY, Some(&counts.encode()))
+        .kv_set_large(MODEL_KEY, Some(&counts.encode()))
         .map_err(|e| e.to_string())?;
     let mut report = format!(
         "trained on {} spam and {} ham; the model now has {} spam and {} ham ({} distinct {})\n",
@@ -472,7 +472,7 @@ mod learn_tests {
         for (class, m) in [(bayes::SPAM, &a), (bayes::HAM, &b)] {
             counts.learn(class, &tokens::features(&crate::hooks::parse_message(m), 1 << 12), 1);
         }
-        store.kv_set(MODEL_KEY, Some(&counts.encode())).unwrap();
+        store.kv_set_large(MODEL_KEY, Some(&counts.encode())).unwrap();
         let learned = spam
             .learn_batch(
                 &store,
@@ -486,7 +486,7 @@ mod learn_tests {
             )
             .unwrap();
         assert_eq!(learned, [true, false, true, true]);
-        let stored = Counts::decode(&store.kv_get(MODEL_KEY).unwrap().unwrap()).unwrap();
+        let stored = Counts::decode(&store.kv_get_large(MODEL_KEY).unwrap().unwrap()).unwrap();
         // a: learned spam then flipped to ham; c: ham.
         assert_eq!(stored.docs, [3, 1]);
         assert!(spam.model().is_some(), "the model was refitted");

@@ -282,12 +282,16 @@ pub fn tokens(m: &Message) -> HashSet<String> {
     }
     // Letter combinations: the character trigrams of each body word, its edges marked
     // (`^cheap$` → `^ch`, `che`, …, `ap$`); a model of their own (see `bayes`).
-    let mut gram = String::new();
+    // Each distinct word once (a body repeats most of its words).
+    let (mut gram, mut chars, mut done) = (String::new(), Vec::new(), HashSet::new());
     for w in &body {
-        let chars: Vec<char> = std::iter::once('^')
-            .chain(w.chars())
-            .chain(std::iter::once('$'))
-            .collect();
+        if !done.insert(w.as_str()) {
+            continue;
+        }
+        chars.clear();
+        chars.push('^');
+        chars.extend(w.chars());
+        chars.push('$');
         for g in chars.windows(NGRAM) {
             gram.clear();
             gram.push_str(NGRAM_PREFIX);

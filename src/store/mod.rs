@@ -209,6 +209,11 @@ pub trait MailStore: Send + Sync + 'static {
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Sets (`Some`) or removes (`None`) a key.
     fn kv_set(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
+    /// A value of any size (the Bayes model's counts: megabytes), kept as small chunks
+    /// written together atomically. A large value stored whole by `kv_set` reads back too.
+    fn kv_get_large(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Sets (`Some`) or removes (`None`) a value `kv_get_large` reads.
+    fn kv_set_large(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
 
     /// One line of counters for logs (writes, flushes).
     fn stats(&self) -> String;

@@ -142,7 +142,8 @@ async fn bayes_policy_tags_spam_and_junk_moves_train_it() {
         .expect("learner handles both moves")
         .unwrap();
     let counts =
-        mailgate::spam::bayes::Counts::decode(&s.store().kv_get(mailgate::spam::MODEL_KEY).unwrap().unwrap()).unwrap();
+        mailgate::spam::bayes::Counts::decode(&s.store().kv_get_large(mailgate::spam::MODEL_KEY).unwrap().unwrap())
+            .unwrap();
     assert_eq!(counts.docs, [30, 31], "learned as spam exactly once");
 }
 
@@ -336,7 +337,7 @@ fn training_keeps_the_model_within_its_token_bound() {
     assert!(least_kept >= most_dropped, "kept {least_kept}, dropped {most_dropped}");
     // What the store holds is the bounded model, and it still tells the two apart.
     let stored = mailgate::spam::bayes::Counts::decode(
-        &mailgate::store::MailStore::kv_get(&store, mailgate::spam::MODEL_KEY)
+        &mailgate::store::MailStore::kv_get_large(&store, mailgate::spam::MODEL_KEY)
             .unwrap()
             .unwrap(),
     )
