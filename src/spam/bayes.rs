@@ -114,7 +114,8 @@ impl Counts {
         if self.counts.len() <= max {
             return 0;
         }
-        let drop = (self.counts.len() - max + max / 10).min(self.counts.len());
+        // At most every feature (max = 0).
+        let drop = self.counts.len() - max + max / 10;
         let mut seen: Vec<(u32, u64)> = self.counts.iter().map(|(&k, c)| (c[HAM] + c[SPAM], k)).collect();
         if drop < seen.len() {
             seen.select_nth_unstable(drop);
@@ -380,7 +381,7 @@ impl Model {
         let pick = |g: Group| tokens::distinct(toks.iter().filter(|t| t.2 == g).map(|t| t.1).collect());
         let groups = [pick(Group::Field), pick(Group::Word), pick(Group::Gram)];
         let weight_of = group_weights(&groups);
-        let probability = self.probability(&groups);
+        let probability = self.probability(&groups, weight_of);
         let mut top: Vec<(String, f64)> = toks
             .into_iter()
             .map(|(t, f, g)| (t, weight_of[g as usize] * self.weight(f)))
@@ -394,16 +395,11 @@ impl Model {
         Judgement { probability, top }
     }
 
-    /// P(spam) for a message's features by `Group` (each sorted and distinct): the
-    /// weighted sum, as a probability.
-    fn probability(&self, groups: &[Vec<u64>; 3]) -> f64 {
+    /// P(spam) for a message's features by `Group` (each sorted and distinct) and the
+    /// groups' weights (`group_weights`): the weighted sum, as a probability.
+    fn probability(&self, groups: &[Vec<u64>; 3], weights: [f64; 3]) -> f64 {
         let sum = |feats: &[u64]| feats.iter().map(|&f| self.weight(f)).sum::<f64>();
-        let d = self.prior_odds
-            + groups
-                .iter()
-                .zip(group_weights(groups))
-                .map(|(g, w)| w * sum(g))
-                .sum::<f64>();
+        let d = self.prior_odds + groups.iter().zip(weights).map(|(g, w)| w * sum(g)).sum::<f64>();
         1.0 / (1.0 + (-d).exp())
     }
 

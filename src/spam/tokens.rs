@@ -280,30 +280,6 @@ pub fn tokens(m: &Message) -> HashSet<String> {
     for p in body.windows(2) {
         add(format!("{} {}", p[0], p[1]));
     }
-    // Letter combinations: the character trigrams of each body word, its edges marked
-    // (`^cheap$` → `^ch`, `che`, …, `ap$`); a model of their own (see `bayes`).
-    // Each distinct word once (a body repeats most of its words).
-    let (mut gram, mut chars, mut done) = (String::new(), Vec::new(), HashSet::new());
-    for w in &body {
-        if !done.insert(w.as_str()) {
-            continue;
-        }
-        chars.clear();
-        chars.push('^');
-        chars.extend(w.chars());
-        chars.push('$');
-        for g in chars.windows(NGRAM) {
-            gram.clear();
-            gram.push_str(NGRAM_PREFIX);
-            gram.extend(g);
-            if !t.contains(gram.as_str()) {
-                t.insert(gram.clone());
-            }
-        }
-    }
-    let mut add = |s: String| {
-        t.insert(s);
-    };
     // Links only the footer has are the list's too. (The author's text is lower-cased only
     // when a link is in the footer, and once.)
     let footer = footer.to_ascii_lowercase();
@@ -336,7 +312,32 @@ pub fn tokens(m: &Message) -> HashSet<String> {
         }
     ));
     add(format!("att:{}", m.attachments.min(3)));
+    letter_combinations(&body, &mut t);
     t
+}
+
+/// Adds the character trigrams of each body word, its edges marked (`^cheap$` → `c:^ch`,
+/// `c:che`, …, `c:ap$`): a model of their own (see `bayes`). Each distinct word once (a
+/// body repeats most of its words), and a trigram already there is not allocated again.
+fn letter_combinations(body: &[String], t: &mut HashSet<String>) {
+    let (mut gram, mut chars, mut done) = (String::new(), Vec::new(), HashSet::new());
+    for w in body {
+        if !done.insert(w.as_str()) {
+            continue;
+        }
+        chars.clear();
+        chars.push('^');
+        chars.extend(w.chars());
+        chars.push('$');
+        for g in chars.windows(NGRAM) {
+            gram.clear();
+            gram.push_str(NGRAM_PREFIX);
+            gram.extend(g);
+            if !t.contains(gram.as_str()) {
+                t.insert(gram.clone());
+            }
+        }
+    }
 }
 
 /// A word or word pair of the body text (the other tokens carry a `prefix:`), which the

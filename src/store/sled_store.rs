@@ -32,6 +32,8 @@ pub struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     kv: sled::Tree,
+    /// `kv_set_large` values: per key a head (chunk count, length) and its chunks.
+    large: sled::Tree,
     /// Serialises read-modify-write change sets; also orders them in the journal.
     writer: Mutex<()>,
     /// Async writers queue here before `writer` ([`MailStore::write_turn`]).
@@ -127,21 +129,21 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// runs). Chunks this small keep every node in the log, which sled compacts.
 const LARGE_CHUNK: usize = 4096;
 
-/// First bytes of the head entry of a chunked value.
-const LARGE_MAGIC: &[u8; 4] = b"MGLV";
-
-/// A chunked value's head: chunk count and total length (`None`: a plain value).
-fn large_head(head: &[u8]) -> Option<(u32, usize)> {
-    if head.len() != 16 || !head.starts_with(LARGE_MAGIC) {
-        return None;
-    }
-    let chunks = u32::from_le_bytes(head[4..8].try_into().ok()?);
-    let len = u64::from_le_bytes(head[8..16].try_into().ok()?);
-    Some((chunks, usize::try_from(len).ok()?))
+/// A chunked value's head, `chunks u32, length u64` little-endian.
+fn large_head(head: &[u8]) -> Result<(u32, usize)> {
+    let corrupt = || StoreError::Backend("corrupt large-value head".into());
+    let chunks = u32::from_le_bytes(head.get(..4).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+    let len = u64::from_le_bytes(head.get(4..12).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+    Ok((chunks, usize::try_from(len).map_err(|_| corrupt())?))
 }
 
+/// Chunk `i` of a large value: its key, a 0xFF byte (never in UTF-8, so never another
+/// key's head) and `i` big-endian (the chunks sort in order after their head).
 fn large_chunk_key(key: &str, i: u32) -> Vec<u8> {
-    format!("{key}\u{0}chunk{i:08}").into_bytes()
+    let mut k = key.as_bytes().to_vec();
+    k.push(0xff);
+    k.extend_from_slice(&i.to_be_bytes());
+    k
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -188,10 +190,12 @@ impl SledStore {
         let (journal, last) = Journal::open(&journal_dir, &db, &tree)
             .map_err(|e| StoreError::Backend(format!("journal {}: {e}", journal_dir.display())))?;
         let kv = db.open_tree("kv")?;
+        let large = db.open_tree("kv-large")?;
         let inner = Arc::new(Inner {
             db,
             tree,
             kv,
+            large,
             writer: Mutex::new(()),
             turn: tokio::sync::Mutex::new(()),
             seq: AtomicU64::new(last),
@@ -903,15 +907,14 @@ impl MailStore for SledStore {
     }
 
     fn kv_get_large(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let Some(head) = self.kv.get(key.as_bytes())? else {
-            return Ok(None);
+        let Some(head) = self.large.get(key.as_bytes())? else {
+            // Stored whole by a version before chunking, or never.
+            return self.kv_get(key);
         };
-        let Some((chunks, len)) = large_head(&head) else {
-            return Ok(Some(head.to_vec()));
-        };
+        let (chunks, len) = large_head(&head)?;
         let mut v = Vec::with_capacity(len);
         for i in 0..chunks {
-            let chunk = self.kv.get(large_chunk_key(key, i))?;
+            let chunk = self.large.get(large_chunk_key(key, i))?;
             v.extend_from_slice(&chunk.ok_or_else(|| StoreError::Backend(format!("{key}: chunk {i} missing")))?);
         }
         if v.len() != len {
@@ -921,32 +924,31 @@ impl MailStore for SledStore {
     }
 
     fn kv_set_large(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
-        let old = match self.kv.get(key.as_bytes())? {
-            Some(head) => large_head(&head).map_or(0, |(chunks, _)| chunks),
+        let old = match self.large.get(key.as_bytes())? {
+            Some(head) => large_head(&head)?.0,
             None => 0,
         };
         let mut batch = sled::Batch::default();
-        let chunks = match value {
+        let mut chunks: u32 = 0;
+        match value {
             Some(v) => {
-                let chunks: Vec<&[u8]> = v.chunks(LARGE_CHUNK).collect();
-                let mut head = LARGE_MAGIC.to_vec();
-                head.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+                for (i, c) in v.chunks(LARGE_CHUNK).enumerate() {
+                    batch.insert(large_chunk_key(key, i as u32), c);
+                    chunks += 1;
+                }
+                let mut head = chunks.to_le_bytes().to_vec();
                 head.extend_from_slice(&(v.len() as u64).to_le_bytes());
                 batch.insert(key.as_bytes(), head);
-                for (i, c) in chunks.iter().enumerate() {
-                    batch.insert(large_chunk_key(key, i as u32), *c);
-                }
-                chunks.len() as u32
             }
-            None => {
-                batch.remove(key.as_bytes());
-                0
-            }
-        };
+            None => batch.remove(key.as_bytes()),
+        }
         for i in chunks..old {
             batch.remove(large_chunk_key(key, i));
         }
-        self.kv.apply_batch(batch)?;
+        self.large.apply_batch(batch)?;
+        // A whole value an older version stored goes once the chunks are in (a crash between
+        // the two leaves it unread: the head wins).
+        self.kv.remove(key.as_bytes())?;
         Ok(())
     }
 
@@ -1027,7 +1029,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         let value = |n: usize, seed: u8| -> Vec<u8> { (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect() };
-        let chunks = |s: &SledStore| s.kv.scan_prefix("big\u{0}").count();
+        let chunks = |s: &SledStore| s.large.scan_prefix(b"big\xff").count();
         for round in 0..3u8 {
             let s = SledStore::open(&path, 16).unwrap();
             let v = value(1 << 20, round);
@@ -1047,12 +1049,15 @@ mod tests {
         assert_eq!(s.kv_get_large("big").unwrap(), Some(Vec::new()));
         s.kv_set_large("big", None).unwrap();
         assert_eq!((s.kv_get_large("big").unwrap(), chunks(&s)), (None, 0));
-        // Stored whole (as before chunking): read as it is.
+        // Stored whole (as before chunking): read as it is, and replaced by the chunks.
         s.kv_set("old", Some(b"whole value")).unwrap();
         assert_eq!(s.kv_get_large("old").unwrap().as_deref(), Some(&b"whole value"[..]));
+        s.kv_set_large("old", Some(b"chunked")).unwrap();
+        assert_eq!(s.kv_get_large("old").unwrap().as_deref(), Some(&b"chunked"[..]));
+        assert_eq!(s.kv_get("old").unwrap(), None);
         // A chunk gone missing is an error, not a short value.
         s.kv_set_large("cut", Some(&value(3 * LARGE_CHUNK, 1))).unwrap();
-        s.kv.remove(large_chunk_key("cut", 1)).unwrap();
+        s.large.remove(large_chunk_key("cut", 1)).unwrap();
         assert!(s.kv_get_large("cut").is_err());
     }
 
