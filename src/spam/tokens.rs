@@ -225,7 +225,14 @@ pub fn tokens(m: &Message) -> HashSet<String> {
             "from" | "reply-to" | "sender" => {
                 let addr = address_in(v);
                 let d = domain_of(&addr).to_string();
-                let tag = &name[..1];
+                // Prefixes of their own: `s:` is the Subject's and `r…:` the originating
+                // hop's (Reply-To once shared `rd:` with the hop's DNS name and Sender
+                // shared `s:` with the Subject's words).
+                let tag = match name.as_str() {
+                    "from" => "f",
+                    "reply-to" => "rt",
+                    _ => "snd",
+                };
                 add(format!("{tag}:{addr}"));
                 add(format!("{tag}d:{d}"));
                 add(format!("{tag}d2:{}", tail2(&d)));
@@ -419,6 +426,14 @@ mod tests {
                     name: "X-Keywords".into(),
                     value: "".into(),
                 },
+                Header {
+                    name: "Reply-To".into(),
+                    value: "<deals@reply.example>".into(),
+                },
+                Header {
+                    name: "Sender".into(),
+                    value: "Bulk <bulk@sender.example>".into(),
+                },
             ],
             text: "Visit http://shop.pharma.example/buy now!!! BUY".into(),
             links: vec!["shop.pharma.example".into(), "203.0.113.9".into()],
@@ -442,8 +457,17 @@ mod tests {
             "c:^vi",
             "c:isi",
             "c:it$",
+            "rt:deals@reply.example",
+            "rtd:reply.example",
+            "snd:bulk@sender.example",
+            "sndd:sender.example",
+            "sndn:bulk",
         ] {
             assert!(t.contains(want), "{want} missing from {t:?}");
+        }
+        // Reply-To and Sender keep out of the hop's and the Subject's prefixes.
+        for gone in ["rd:reply.example", "r:deals@reply.example", "s:bulk@sender.example"] {
+            assert!(!t.contains(gone), "{gone} in {t:?}");
         }
         assert!(!t.contains("c:^v") && !t.contains("c:visi"), "trigrams only");
         assert!(
