@@ -14,6 +14,15 @@ use std::time::Duration;
 /// must not grow memory without bound).
 const REGEX_CACHE: usize = 256;
 
+/// The longest key a plugin may store (bytes, its own name not counted).
+pub const KV_MAX_KEY: usize = 1024;
+/// The largest value a plugin may store (bytes): the key-value store holds small state
+/// (greylisting triplets, counters), kept in memory pages of the store; a plugin that needs
+/// more is keeping documents, not state.
+pub const KV_MAX_VALUE: usize = 64 * 1024;
+/// How often the server removes expired plugin entries.
+pub const KV_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 /// Shared by all plugins of a server (or of one `policy test` run).
 pub struct HostServices {
     pub store: Option<Arc<dyn MailStore>>,
@@ -86,24 +95,61 @@ impl HostServices {
         format!("{plugin}\0{key}")
     }
 
+    /// Whether a stored plugin value (expiry, 8 bytes big-endian, 0 for none; then the value)
+    /// has expired by `now`.
+    fn kv_expired(raw: &[u8], now: i64) -> bool {
+        let expiry = raw
+            .get(..8)
+            .map_or(0, |b| i64::from_be_bytes(b.try_into().unwrap_or_default()));
+        expiry != 0 && expiry < now
+    }
+
+    /// Removes every plugin entry whose time to live has passed (their reads already say
+    /// nil; without this a greylisting MX would keep every triplet it ever saw). Other
+    /// key-value state (the Bayes model's marks) is not plugin state and stays. Returns how
+    /// many went.
+    pub fn kv_sweep(&self) -> Result<usize, String> {
+        let store = self.store.as_ref().ok_or("no store here")?;
+        let now = crate::store::now_secs();
+        store
+            .kv_retain(&mut |k, v| !(k.contains(&0) && Self::kv_expired(v, now)))
+            .map_err(|e| e.to_string())
+    }
+
     /// A value set by this plugin, unless expired.
     pub fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<String>, String> {
         let store = self.store.as_ref().ok_or("no store here")?;
         let Some(raw) = store.kv_get(&Self::kv_key(plugin, key)).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
-        let (expiry, value) = raw.split_at(8.min(raw.len()));
-        let expiry = i64::from_be_bytes(expiry.try_into().unwrap_or_default());
-        if expiry != 0 && expiry < crate::store::now_secs() {
+        if Self::kv_expired(&raw, crate::store::now_secs()) {
             return Ok(None);
         }
-        Ok(Some(String::from_utf8_lossy(value).into_owned()))
+        Ok(Some(String::from_utf8_lossy(&raw[8.min(raw.len())..]).into_owned()))
     }
 
-    /// Sets a value, optionally expiring after `ttl_secs`.
+    /// Sets a value, optionally expiring after `ttl_secs` (more than 0). Keys up to
+    /// [`KV_MAX_KEY`] bytes, values up to [`KV_MAX_VALUE`].
     pub fn kv_set(&self, plugin: &str, key: &str, value: &str, ttl_secs: Option<i64>) -> Result<(), String> {
         let store = self.store.as_ref().ok_or("no store here")?;
-        let expiry = ttl_secs.map(|t| crate::store::now_secs() + t).unwrap_or(0);
+        if key.len() > KV_MAX_KEY {
+            return Err(format!("kv_set: key of {} bytes, more than {KV_MAX_KEY}", key.len()));
+        }
+        if value.len() > KV_MAX_VALUE {
+            return Err(format!(
+                "kv_set: value of {} bytes, more than {KV_MAX_VALUE}",
+                value.len()
+            ));
+        }
+        let expiry = match ttl_secs {
+            None => 0,
+            Some(t) if t > 0 => crate::store::now_secs().saturating_add(t),
+            Some(t) => {
+                return Err(format!(
+                    "kv_set: ttl_secs must be more than 0, not {t} (kv_del removes)"
+                ));
+            }
+        };
         let mut raw = expiry.to_be_bytes().to_vec();
         raw.extend_from_slice(value.as_bytes());
         store
@@ -192,4 +238,60 @@ pub fn resolver(cfg: &crate::config::Dns) -> Result<Arc<TokioResolver>, String> 
         .build()
         .map(Arc::new)
         .map_err(|e| format!("DNS resolver: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    /// Plugin state: kept per plugin, bounded in size, and an entry whose time to live has
+    /// passed reads as nil and goes at the next sweep, while live entries, entries with no
+    /// time to live and the server's own key-value state stay.
+    #[test]
+    fn plugin_state_is_bounded_and_expired_entries_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn MailStore> = Arc::new(SledStore::open(&dir.path().join("store"), 16).unwrap());
+        let mut host = Arc::into_inner(HostServices::none()).unwrap();
+        host.store = Some(store.clone());
+
+        host.kv_set("grey", "live", "1", Some(3600)).unwrap();
+        host.kv_set("grey", "forever", "2", None).unwrap();
+        host.kv_set("other", "live", "3", Some(3600)).unwrap();
+        assert_eq!(host.kv_get("grey", "live").unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            host.kv_get("other", "live").unwrap().as_deref(),
+            Some("3"),
+            "plugins apart"
+        );
+        // Expired ones, as a plugin's set an hour ago with a minute to live would have left them.
+        let past = (crate::store::now_secs() - 60).to_be_bytes();
+        for key in ["grey\0old1", "grey\0old2"] {
+            store.kv_set(key, Some(&[&past[..], b"x"].concat())).unwrap();
+        }
+        store.kv_set("spam/bayes/learned/ab", Some(b"s")).unwrap();
+        assert_eq!(host.kv_get("grey", "old1").unwrap(), None, "expired reads as nil");
+
+        assert_eq!(host.kv_sweep().unwrap(), 2);
+        assert_eq!(store.kv_get("grey\0old1").unwrap(), None);
+        assert_eq!(host.kv_get("grey", "live").unwrap().as_deref(), Some("1"));
+        assert_eq!(host.kv_get("grey", "forever").unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            store.kv_get("spam/bayes/learned/ab").unwrap().as_deref(),
+            Some(&b"s"[..])
+        );
+        assert_eq!(host.kv_sweep().unwrap(), 0);
+
+        let big = "x".repeat(KV_MAX_VALUE + 1);
+        let e = host.kv_set("grey", "big", &big, None).unwrap_err();
+        assert!(e.contains("65537 bytes"), "{e}");
+        host.kv_set("grey", "big", &big[1..], None).unwrap();
+        let e = host.kv_set("grey", &"k".repeat(KV_MAX_KEY + 1), "v", None).unwrap_err();
+        assert!(e.contains("key of 1025 bytes"), "{e}");
+        for ttl in [0, -5] {
+            let e = host.kv_set("grey", "t", "v", Some(ttl)).unwrap_err();
+            assert!(e.contains("ttl_secs must be more than 0"), "{e}");
+        }
+        assert_eq!(host.kv_get("grey", "t").unwrap(), None);
+    }
 }

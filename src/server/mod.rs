@@ -166,6 +166,7 @@ pub async fn start(config: Config) -> Result<Running> {
         shared.learn.subscribe(),
         shutdown_rx.clone(),
     ));
+    let sweeper = tokio::spawn(kv_sweeper(engine.host().clone(), shutdown_rx.clone()));
     let admin = crate::admin::server::serve(&config, store.clone(), Some(engine.clone()), shutdown_rx.clone()).await?;
     drop(alive);
 
@@ -185,6 +186,7 @@ pub async fn start(config: Config) -> Result<Running> {
             tracing::warn!("sessions still running after the grace period; closing them");
         }
         admin.abort();
+        sweeper.abort();
         let _ = learner.await;
         if let Err(e) = store.checkpoint().await {
             tracing::error!("final checkpoint failed: {e}");
@@ -197,6 +199,26 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown_tx,
         done,
     })
+}
+
+/// Removes expired plugin key-value entries at start and every
+/// [`crate::hooks::host::KV_SWEEP_EVERY`] (an hour), off the runtime's threads.
+async fn kv_sweeper(host: Arc<crate::hooks::host::HostServices>, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(crate::hooks::host::KV_SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let h = host.clone();
+        match tokio::task::spawn_blocking(move || h.kv_sweep()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("removed {n} expired plugin key-value entries"),
+            Ok(Err(e)) => tracing::warn!("plugin key-value sweep: {e}"),
+            Err(e) => tracing::warn!("plugin key-value sweep: {e}"),
+        }
+    }
 }
 
 async fn accept_loop(

@@ -209,6 +209,9 @@ pub trait MailStore: Send + Sync + 'static {
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Sets (`Some`) or removes (`None`) a key.
     fn kv_set(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
+    /// Walks every `kv_set` entry and removes those `keep` refuses (expired plugin state);
+    /// returns how many went. An entry rewritten while the walk ran stays.
+    fn kv_retain(&self, keep: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<usize>;
     /// A value of any size (the Bayes model's counts: megabytes), kept as small chunks
     /// written together atomically. A large value stored whole by `kv_set` reads back too.
     fn kv_get_large(&self, key: &str) -> Result<Option<Vec<u8>>>;

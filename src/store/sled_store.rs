@@ -906,6 +906,21 @@ impl MailStore for SledStore {
         Ok(())
     }
 
+    fn kv_retain(&self, keep: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<usize> {
+        let mut gone = 0;
+        for entry in self.kv.iter() {
+            let (k, v) = entry?;
+            if keep(&k, &v) {
+                continue;
+            }
+            // Only the value judged: one set since then is newer state, not expired.
+            if self.kv.compare_and_swap(&k, Some(&v), None::<&[u8]>)?.is_ok() {
+                gone += 1;
+            }
+        }
+        Ok(gone)
+    }
+
     fn kv_get_large(&self, key: &str) -> Result<Option<Vec<u8>>> {
         let Some(head) = self.large.get(key.as_bytes())? else {
             // Stored whole by a version before chunking, or never.

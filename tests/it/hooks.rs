@@ -260,6 +260,10 @@ stages = { "rcpt" }
 function on_receive(event)
   local key = event.envelope.mail_from .. "|" .. event.recipient
   local seen = mailgate.kv_get(key)
+  -- Bounded: an oversized value or a time to live of 0 is an error the script can catch.
+  local ok, err = pcall(mailgate.kv_set, "big", string.rep("x", 65537))
+  if ok or not string.find(tostring(err), "more than 65536", 1, true) then return { action = "reject", text = "unbounded kv" } end
+  if pcall(mailgate.kv_set, "zero", "v", 0) then return { action = "reject", text = "ttl 0 kept" } end
   if seen == nil then
     mailgate.kv_set(key, tostring(mailgate.now()), 3600)
     return { action = "tempfail", text = "first sight" }
