@@ -74,6 +74,12 @@ enum SpamCmd {
         /// Score only the held-out fraction (as given to `train --holdout`).
         #[arg(long)]
         holdout: Option<f64>,
+        /// Cross-validate instead: cut the folders into N parts (by --seed) and judge each
+        /// part with a model trained, in memory, on the others. The stored model is neither
+        /// used nor changed.
+        #[arg(long, value_name = "N", conflicts_with = "holdout",
+              value_parser = clap::value_parser!(u64).range(2..=100))]
+        folds: Option<u64>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[arg(long)]
@@ -225,10 +231,17 @@ fn main() -> ExitCode {
             spam,
             ham,
             holdout,
+            folds,
             seed,
             json,
             scores,
-        }) => rt.block_on(spam_eval(&config, spam, ham, split_of(holdout, seed), json, scores)),
+        }) => {
+            let judge = match folds {
+                Some(n) => EvalParts::Folds { n, seed },
+                None => EvalParts::HeldOut(split_of(holdout, seed)),
+            };
+            rt.block_on(spam_eval(&config, spam, ham, judge, json, scores))
+        }
         other => match request(other) {
             Ok(req) => rt.block_on(admin::client::run(&config, req)).map(|out| {
                 let _ = std::io::stdout().write_all(&out);
@@ -459,6 +472,7 @@ fn absolute(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
 /// The offline policy set with the stored Bayes model (from the running server or the store).
 async fn spam_chain(
     config: &Config,
+    fetch_model: bool,
 ) -> Result<
     (
         mailgate::hooks::PolicySet,
@@ -469,12 +483,14 @@ async fn spam_chain(
 > {
     use mailgate::spam::bayes::{Counts, Model};
     let (host, scratch) = offline_host(config);
-    match admin::client::run(config, Request::SpamModel).await {
-        Ok(bytes) => {
-            let counts = Counts::decode(&bytes).ok_or("the stored Bayes model is corrupt")?;
-            host.spam.set_model(Some(Model::new(counts)?));
+    if fetch_model {
+        match admin::client::run(config, Request::SpamModel).await {
+            Ok(bytes) => {
+                let counts = Counts::decode(&bytes).ok_or("the stored Bayes model is corrupt")?;
+                host.spam.set_model(Some(Model::new(counts)?));
+            }
+            Err(e) => eprintln!("mailgate: no Bayes model ({e}); scoring without it"),
         }
-        Err(e) => eprintln!("mailgate: no Bayes model ({e}); scoring without it"),
     }
     let set = mailgate::hooks::PolicySet::load(&config.policies.dir, &host, 1)?;
     Ok((set, host, scratch))
@@ -526,7 +542,7 @@ async fn spam_classify(config: &Config) -> Result<(), String> {
         .read_to_end(&mut bytes)
         .map_err(|e| format!("reading stdin: {e}"))?;
     let raw = simulate::normalize_eml(&bytes);
-    let (set, host, scratch) = spam_chain(config).await?;
+    let (set, host, scratch) = spam_chain(config, true).await?;
     let (report, message) = spam_judge(&set, config, &raw).await;
     let judged = mailgate::spam::bayes(&host.spam, &message);
     drop(set);
@@ -551,51 +567,139 @@ async fn spam_classify(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// What `spam eval` judges, and with which model.
+enum EvalParts {
+    /// The held-out part of a split (or everything), with the stored model.
+    HeldOut(Option<mailgate::spam::Split>),
+    /// Every message, each with a model trained in memory on the other folds.
+    Folds { n: u64, seed: u64 },
+}
+
+/// The verdicts of one `spam eval` run so far.
+#[derive(Default)]
+struct EvalRun {
+    m: mailgate::spam::Metrics,
+    misses: Vec<String>,
+    table: Option<String>,
+    /// Time spent on the table's second Bayes pass and on cross-validation's training: left
+    /// out of the rate and CPU figures, which are the judging's.
+    aside: (std::time::Duration, f64),
+}
+
+impl EvalRun {
+    /// Judges every message of one corpus file with the model the host holds now.
+    async fn judge_file(
+        &mut self,
+        set: &mailgate::hooks::PolicySet,
+        host: &mailgate::hooks::host::HostServices,
+        config: &Config,
+        f: &std::path::Path,
+        is_spam: bool,
+    ) -> Result<(), String> {
+        use mailgate::spam::{messages_in, process_cpu_secs};
+        let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        for raw in messages_in(&bytes) {
+            let (r, message) = spam_judge(set, config, &raw).await;
+            if let Some(t) = self.table.as_mut() {
+                let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
+                let p = mailgate::spam::bayes(&host.spam, &message).map_or(-1.0, |j| j.probability);
+                let label = if is_spam { "spam" } else { "ham" };
+                t.push_str(&format!("{label}\t{:.3}\t{p:.6}\t{}\n", r.score, f.display()));
+                self.aside.0 += w0.elapsed();
+                self.aside.1 += process_cpu_secs() - c0;
+            }
+            let said = r.score >= config.spam.thresholds.tag;
+            if said != is_spam {
+                self.misses.push(format!(
+                    "{} {:.2} {}",
+                    if is_spam { "FN" } else { "FP" },
+                    r.score,
+                    f.display()
+                ));
+            }
+            self.m.add(is_spam, said);
+        }
+        Ok(())
+    }
+}
+
 async fn spam_eval(
     config: &Config,
     spam: Vec<PathBuf>,
     ham: Vec<PathBuf>,
-    split: Option<mailgate::spam::Split>,
+    parts: EvalParts,
     json: bool,
     scores: Option<PathBuf>,
 ) -> Result<(), String> {
-    use mailgate::spam::{Metrics, corpus_files, messages_in, process_cpu_secs, select};
-    let (set, host, scratch) = spam_chain(config).await?;
-    let mut m = Metrics::default();
+    use mailgate::spam::bayes::{Counts, HAM, Model, SPAM};
+    use mailgate::spam::{corpus_files, fold_of, messages_in, process_cpu_secs, select, tokens};
+    let (set, host, scratch) = spam_chain(config, matches!(parts, EvalParts::HeldOut(_))).await?;
+    let mut run = EvalRun {
+        table: scores.as_ref().map(|_| String::from("label\tscore\tbayes\tfile\n")),
+        ..EvalRun::default()
+    };
     let (wall, cpu) = (std::time::Instant::now(), process_cpu_secs());
-    let mut misses: Vec<String> = Vec::new();
-    let mut table = scores.as_ref().map(|_| String::from("label\tscore\tbayes\tfile\n"));
-    // The table's second Bayes pass is left out of the rate and CPU figures.
-    let (mut table_wall, mut table_cpu) = (std::time::Duration::ZERO, 0.0);
-    for (is_spam, dirs) in [(true, &spam), (false, &ham)] {
-        for f in select(corpus_files(dirs)?, split, true) {
-            let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            for raw in messages_in(&bytes) {
-                let (r, message) = spam_judge(&set, config, &raw).await;
-                if let Some(t) = table.as_mut() {
-                    let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
-                    let p = mailgate::spam::bayes(&host.spam, &message).map_or(-1.0, |j| j.probability);
-                    let label = if is_spam { "spam" } else { "ham" };
-                    t.push_str(&format!("{label}\t{:.3}\t{p:.6}\t{}\n", r.score, f.display()));
-                    table_wall += w0.elapsed();
-                    table_cpu += process_cpu_secs() - c0;
+    let folds = match parts {
+        EvalParts::HeldOut(split) => {
+            for (is_spam, dirs) in [(true, &spam), (false, &ham)] {
+                for f in select(corpus_files(dirs)?, split, true) {
+                    run.judge_file(&set, &host, config, &f, is_spam).await?;
                 }
-                let said = r.score >= config.spam.thresholds.tag;
-                if said != is_spam {
-                    misses.push(format!(
-                        "{} {:.2} {}",
-                        if is_spam { "FN" } else { "FP" },
-                        r.score,
-                        f.display()
-                    ));
-                }
-                m.add(is_spam, said);
             }
+            None
         }
-    }
+        EvalParts::Folds { n, seed } => {
+            // Every message's features once, and the counts of all; each fold's model is
+            // all of them less the fold's own (cheaper than n trainings, and the same).
+            let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
+            let mut files: Vec<(PathBuf, bool, u64, Vec<Vec<u64>>)> = Vec::new();
+            let mut all = Counts::new(0);
+            for (is_spam, dirs) in [(true, &spam), (false, &ham)] {
+                for f in corpus_files(dirs)? {
+                    let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+                    let class = if is_spam { SPAM } else { HAM };
+                    let feats: Vec<Vec<u64>> = messages_in(&bytes)
+                        .iter()
+                        .map(|raw| tokens::features(&mailgate::hooks::parse_message(raw), 0))
+                        .collect();
+                    for x in &feats {
+                        all.learn(class, x, 1);
+                    }
+                    let fold = fold_of(&f, seed, n);
+                    files.push((f, is_spam, fold, feats));
+                }
+            }
+            run.aside.0 += w0.elapsed();
+            run.aside.1 += process_cpu_secs() - c0;
+            for fold in 0..n {
+                let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
+                let mut counts = all.clone();
+                for (_, is_spam, _, feats) in files.iter().filter(|x| x.2 == fold) {
+                    for x in feats {
+                        counts.learn(if *is_spam { SPAM } else { HAM }, x, -1);
+                    }
+                }
+                counts.prune(config.spam.bayes_max_tokens);
+                let model = Model::new(counts).map_err(|e| format!("fold {fold} of {n}: {e}"))?;
+                host.spam.set_model(Some(model));
+                run.aside.0 += w0.elapsed();
+                run.aside.1 += process_cpu_secs() - c0;
+                for (f, is_spam, _, _) in files.iter().filter(|x| x.2 == fold) {
+                    run.judge_file(&set, &host, config, f, *is_spam).await?;
+                }
+            }
+            Some(n)
+        }
+    };
+    let EvalRun {
+        mut m,
+        misses,
+        table,
+        aside,
+    } = run;
     m.finish(
-        (wall.elapsed() - table_wall).as_secs_f64(),
-        process_cpu_secs() - cpu - table_cpu,
+        (wall.elapsed() - aside.0).as_secs_f64(),
+        process_cpu_secs() - cpu - aside.1,
     );
     if let (Some(path), Some(t)) = (&scores, table) {
         std::fs::write(path, t).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -604,8 +708,15 @@ async fn spam_eval(
     drop(host);
     remove_scratch(&scratch);
     if json {
-        println!("{}", serde_json::to_string(&m).map_err(|e| e.to_string())?);
+        let mut v = serde_json::to_value(&m).map_err(|e| e.to_string())?;
+        if let Some(n) = folds {
+            v["folds"] = n.into();
+        }
+        println!("{v}");
     } else {
+        if let Some(n) = folds {
+            println!("folds {n} (each message judged by a model trained on the other folds)");
+        }
         println!(
             "messages {}\nprecision {:.4}\nrecall {:.4}\nf1 {:.4}\nfpr {:.4}\naccuracy {:.4}",
             m.messages, m.precision, m.recall, m.f1, m.fpr, m.accuracy

@@ -386,7 +386,10 @@ impl Model {
             .into_iter()
             .map(|(t, f, g)| (t, weight_of[g as usize] * self.weight(f)))
             .collect();
-        let by_strength = |a: &(String, f64), b: &(String, f64)| b.1.abs().total_cmp(&a.1.abs());
+        // Ties (tokens with the same counts weigh the same) in name order: the explanation
+        // of one message under one model is always the same.
+        let by_strength =
+            |a: &(String, f64), b: &(String, f64)| b.1.abs().total_cmp(&a.1.abs()).then_with(|| a.0.cmp(&b.0));
         if top.len() > TOP_TOKENS {
             top.select_nth_unstable_by(TOP_TOKENS, by_strength);
             top.truncate(TOP_TOKENS);

@@ -286,9 +286,20 @@ pub fn held_out(path: &Path, seed: u64, fraction: f64) -> bool {
     if fraction <= 0.0 {
         return false;
     }
+    (split_point(path, seed) as f64) < fraction * 10_000.0
+}
+
+/// Which of `folds` parts a file is in, for cross-validation (`spam eval --folds`): the
+/// same hash as [`held_out`] cut into equal ranges, so part 0 of 10 is exactly what
+/// `--holdout 0.1` with the same seed holds out.
+pub fn fold_of(path: &Path, seed: u64, folds: u64) -> u64 {
+    split_point(path, seed) * folds / 10_000
+}
+
+/// Where a file falls in 0..10_000, from the seed and its name only.
+fn split_point(path: &Path, seed: u64) -> u64 {
     let name = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy();
-    let h = tokens::hash(&format!("{seed}:{name}"));
-    ((h % 10_000) as f64) < fraction * 10_000.0
+    tokens::hash(&format!("{seed}:{name}")) % 10_000
 }
 
 /// Which files to use: all, or only those in (`held_out` = true) or out of the split.
@@ -432,6 +443,15 @@ mod tests {
         );
         let p = Path::new("a/b.eml");
         assert_eq!(held_out(p, 1, 0.3), held_out(p, 1, 0.3));
+        // Part 0 of ten folds is what a tenth held out is; every part gets its share.
+        let mut parts = [0usize; 10];
+        for i in 0..1000 {
+            let f = PathBuf::from(format!("/c/{i}.eml"));
+            let k = fold_of(&f, 9, 10);
+            assert_eq!(k == 0, held_out(&f, 9, 0.1), "{f:?}");
+            parts[k as usize] += 1;
+        }
+        assert!(parts.iter().all(|&n| (60..=140).contains(&n)), "{parts:?}");
         // The split follows file names, not where the corpus is stored.
         let names: Vec<String> = (0..200).map(|i| format!("{i:05}.eml")).collect();
         let here: Vec<bool> = names

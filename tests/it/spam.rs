@@ -231,13 +231,44 @@ fn spam_cli_trains_evaluates_and_classifies() {
             other => panic!("label {other}"),
         }
     }
-    let (code, out, _) = cli(&config, &["spam", "classify"], &spam_msg(500));
+    let (code, before, _) = cli(&config, &["spam", "classify"], &spam_msg(500));
     assert_eq!(code, 0);
+    let out = &before;
     assert!(out.lines().next().unwrap().starts_with("spam "), "{out}");
     assert!(out.contains("symbol BAYES_99"), "{out}");
     let (_, out, _) = cli(&config, &["spam", "classify"], &ham_msg(501));
     assert!(out.lines().next().unwrap().starts_with("ham "), "{out}");
     assert!(out.contains("token "), "{out}");
+    // --folds: every message is judged once, by a model trained on the other folds; the
+    // stored model is neither used nor changed, so classify answers as before.
+    let (code, out, err) = cli(
+        &config,
+        &[
+            "spam", "eval", "--spam", spam, "--ham", ham, "--json", "--folds", "4", "--seed", "3",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(m["folds"].as_u64(), Some(4), "{m}");
+    assert_eq!(m["messages"].as_u64(), Some(80), "{m}");
+    assert_eq!(m["f1"].as_f64(), Some(1.0), "{m}");
+    let (_, after, _) = cli(&config, &["spam", "classify"], &spam_msg(500));
+    assert_eq!(after, before, "the stored model is untouched by --folds");
+    let args = [
+        "spam",
+        "eval",
+        "--spam",
+        spam,
+        "--ham",
+        ham,
+        "--folds",
+        "4",
+        "--holdout",
+        "0.2",
+    ];
+    let (code, _, err) = cli(&config, &args, "");
+    assert_ne!(code, 0, "--folds with --holdout is refused: {err}");
 }
 
 #[tokio::test]
