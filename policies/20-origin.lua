@@ -18,15 +18,6 @@ local function domain_of(addr)
   return addr and string.match(string.lower(addr), "@([^@>%s]+)>?%s*$")
 end
 
--- The registrable part, roughly: the last two labels (three under a two-letter
--- second-level such as co.uk). Good enough to tell "mail.shop.example" from "shop.example".
-local function org(d)
-  if not d then return nil end
-  local a, b, c = string.match(d, "([^.]+)%.([^.]+)%.([^.]+)$")
-  if a and #c == 2 and #b <= 3 then return a .. "." .. b .. "." .. c end
-  return string.match(d, "([^.]+%.[^.]+)$") or d
-end
-
 local function header(m, name)
   for _, h in ipairs(m.headers) do
     if string.lower(h.name) == name then return h.value end
@@ -60,7 +51,7 @@ function on_receive(e)
   local m = e.message
   local env_domain = domain_of(e.envelope.mail_from)
   local from_domain = domain_of(m.from)
-  if env_domain and from_domain and org(env_domain) ~= org(from_domain)
+  if env_domain and from_domain and mailgate.org_domain(env_domain) ~= mailgate.org_domain(from_domain)
       and not (a and a.dmarc == "pass") then
     add("FROM_ENVELOPE_MISMATCH", env_domain .. " / " .. from_domain)
   end

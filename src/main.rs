@@ -559,7 +559,7 @@ async fn spam_classify(config: &Config) -> Result<(), String> {
         println!("symbol {} {:+.2} {}", s.name, s.score, s.reason);
     }
     if let Some(j) = judged {
-        println!("bayes {:.4}", j.probability);
+        println!("bayes {:.4} log-odds {:.1}", j.probability, j.log_odds);
         for (t, w) in j.top {
             println!("token {w:+.2} {t}");
         }
@@ -602,9 +602,10 @@ impl EvalRun {
             let (r, message) = spam_judge(set, config, &raw).await;
             if let Some(t) = self.table.as_mut() {
                 let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
-                let p = mailgate::spam::bayes(&host.spam, &message).map_or(-1.0, |j| j.probability);
+                let (p, d) =
+                    mailgate::spam::bayes(&host.spam, &message).map_or((-1.0, 0.0), |j| (j.probability, j.log_odds));
                 let label = if is_spam { "spam" } else { "ham" };
-                t.push_str(&format!("{label}\t{:.3}\t{p:.6}\t{}\n", r.score, f.display()));
+                t.push_str(&format!("{label}\t{:.3}\t{p:.6}\t{d:.2}\t{}\n", r.score, f.display()));
                 self.aside.0 += w0.elapsed();
                 self.aside.1 += process_cpu_secs() - c0;
             }
@@ -635,7 +636,9 @@ async fn spam_eval(
     use mailgate::spam::{corpus_files, fold_of, messages_in, process_cpu_secs, select, tokens};
     let (set, host, scratch) = spam_chain(config, matches!(parts, EvalParts::HeldOut(_))).await?;
     let mut run = EvalRun {
-        table: scores.as_ref().map(|_| String::from("label\tscore\tbayes\tfile\n")),
+        table: scores
+            .as_ref()
+            .map(|_| String::from("label\tscore\tbayes\tlog_odds\tfile\n")),
         ..EvalRun::default()
     };
     let (wall, cpu) = (std::time::Instant::now(), process_cpu_secs());

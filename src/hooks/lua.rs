@@ -254,6 +254,10 @@ fn install_host_table(
         })?,
     )?;
     t.set("now", lua.create_function(|_, ()| Ok(crate::store::now_secs()))?)?;
+    t.set(
+        "org_domain",
+        lua.create_function(|_, name: mlua::LuaString| Ok(super::contract::org_domain(&name.to_str()?)))?,
+    )?;
     t.set("config", lua.to_value(&manifest.config)?)?;
     t.set("plugin", plugin)?;
     Ok(t)

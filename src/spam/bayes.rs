@@ -21,7 +21,7 @@
 //!   words the model never saw was judged spam for its novelty alone;
 //! - each token's log-odds is weighed by its rarity, half its inverse document frequency
 //!   (`rarity`);
-//! - the body's words and word pairs count as their mean, scaled to a typical body
+//! - the body's words count as their mean, scaled to a typical body
 //!   (`BODY_SCALE` / words, at most `MAX_WORD_WEIGHT` each): a long message no longer wins
 //!   by length, and a few-word body does not hang on one token;
 //! - the message's other tokens (Subject, sender, Message-ID, origin, links, structure: the
@@ -213,7 +213,7 @@ pub struct Model {
     prior_odds: f64,
 }
 
-/// Weight of each body word in a body of `n` distinct words and pairs.
+/// Weight of each body word in a body of `n` distinct words.
 fn word_weight(n: usize) -> f64 {
     (BODY_SCALE / (n as f64 + 1.0)).min(MAX_WORD_WEIGHT)
 }
@@ -223,7 +223,7 @@ fn word_weight(n: usize) -> f64 {
 enum Group {
     /// Prefixed tokens: Subject, sender, Message-ID, origin, links, structure.
     Field = 0,
-    /// Body words and word pairs.
+    /// Body words.
     Word = 1,
     /// Letter combinations of the body words (their own multinomial).
     Gram = 2,
@@ -314,6 +314,10 @@ fn class_params(v: &serde_json::Value, class: usize) -> Result<(Vec<f64>, f64), 
 pub struct Judgement {
     /// P(spam | message), 0..=1.
     pub probability: f64,
+    /// The score it comes from: ln P(spam | message) / P(ham | message) as weighed here
+    /// (`probability` is its logistic). Unlike the probability it does not saturate: two
+    /// messages both at P = 1.0000 may stand at 40 and at 2,000.
+    pub log_odds: f64,
     /// Tokens that pulled hardest, with their weighted spam log-odds (positive = spammy).
     pub top: Vec<(String, f64)>,
 }
@@ -381,7 +385,7 @@ impl Model {
         let pick = |g: Group| tokens::distinct(toks.iter().filter(|t| t.2 == g).map(|t| t.1).collect());
         let groups = [pick(Group::Field), pick(Group::Word), pick(Group::Gram)];
         let weight_of = group_weights(&groups);
-        let probability = self.probability(&groups, weight_of);
+        let log_odds = self.log_odds(&groups, weight_of);
         let mut top: Vec<(String, f64)> = toks
             .into_iter()
             .map(|(t, f, g)| (t, weight_of[g as usize] * self.weight(f)))
@@ -395,15 +399,18 @@ impl Model {
             top.truncate(TOP_TOKENS);
         }
         top.sort_by(by_strength);
-        Judgement { probability, top }
+        Judgement {
+            probability: 1.0 / (1.0 + (-log_odds).exp()),
+            log_odds,
+            top,
+        }
     }
 
-    /// P(spam) for a message's features by `Group` (each sorted and distinct) and the
-    /// groups' weights (`group_weights`): the weighted sum, as a probability.
-    fn probability(&self, groups: &[Vec<u64>; 3], weights: [f64; 3]) -> f64 {
+    /// The log-odds of spam for a message's features by `Group` (each sorted and distinct)
+    /// and the groups' weights (`group_weights`): the weighted sum.
+    fn log_odds(&self, groups: &[Vec<u64>; 3], weights: [f64; 3]) -> f64 {
         let sum = |feats: &[u64]| feats.iter().map(|&f| self.weight(f)).sum::<f64>();
-        let d = self.prior_odds + groups.iter().zip(weights).map(|(g, w)| w * sum(g)).sum::<f64>();
-        1.0 / (1.0 + (-d).exp())
+        self.prior_odds + groups.iter().zip(weights).map(|(g, w)| w * sum(g)).sum::<f64>()
     }
 
     /// The plain multinomial label (every feature weighing one, as linfa's `predict` sums).

@@ -216,6 +216,7 @@ pub fn bayes(spam: &Spam, m: &Message) -> Option<bayes::Judgement> {
 pub fn bayes_result(spam: &Spam, m: &Message) -> Option<crate::hooks::contract::BayesResult> {
     bayes(spam, m).map(|j| crate::hooks::contract::BayesResult {
         probability: j.probability,
+        log_odds: j.log_odds,
         tokens: j
             .top
             .into_iter()
