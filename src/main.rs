@@ -575,39 +575,60 @@ enum EvalParts {
     Folds { n: u64, seed: u64 },
 }
 
+/// Time kept out of `spam eval`'s rate and CPU figures, which are the judging's: the
+/// `--scores` table's second Bayes pass, and cross-validation's reading and training.
+#[derive(Default)]
+struct Aside {
+    wall: std::time::Duration,
+    cpu: f64,
+}
+
+impl Aside {
+    fn time<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let (w0, c0) = (std::time::Instant::now(), mailgate::spam::process_cpu_secs());
+        let out = f();
+        self.wall += w0.elapsed();
+        self.cpu += mailgate::spam::process_cpu_secs() - c0;
+        out
+    }
+}
+
 /// The verdicts of one `spam eval` run so far.
 #[derive(Default)]
 struct EvalRun {
     m: mailgate::spam::Metrics,
     misses: Vec<String>,
     table: Option<String>,
-    /// Time spent on the table's second Bayes pass and on cross-validation's training: left
-    /// out of the rate and CPU figures, which are the judging's.
-    aside: (std::time::Duration, f64),
+    aside: Aside,
 }
 
 impl EvalRun {
-    /// Judges every message of one corpus file with the model the host holds now.
-    async fn judge_file(
+    /// Judges the messages of one corpus file with the model the host holds now.
+    async fn judge_messages(
         &mut self,
-        set: &mailgate::hooks::PolicySet,
-        host: &mailgate::hooks::host::HostServices,
-        config: &Config,
-        f: &std::path::Path,
-        is_spam: bool,
-    ) -> Result<(), String> {
-        use mailgate::spam::{messages_in, process_cpu_secs};
-        let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        for raw in messages_in(&bytes) {
-            let (r, message) = spam_judge(set, config, &raw).await;
+        (set, host, config): (
+            &mailgate::hooks::PolicySet,
+            &mailgate::hooks::host::HostServices,
+            &Config,
+        ),
+        path: &std::path::Path,
+        class: usize,
+        messages: &[Vec<u8>],
+    ) {
+        let is_spam = class == mailgate::spam::bayes::SPAM;
+        for raw in messages {
+            let (r, message) = spam_judge(set, config, raw).await;
             if let Some(t) = self.table.as_mut() {
-                let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
-                let (p, d) =
-                    mailgate::spam::bayes(&host.spam, &message).map_or((-1.0, 0.0), |j| (j.probability, j.log_odds));
-                let label = if is_spam { "spam" } else { "ham" };
-                t.push_str(&format!("{label}\t{:.3}\t{p:.6}\t{d:.2}\t{}\n", r.score, f.display()));
-                self.aside.0 += w0.elapsed();
-                self.aside.1 += process_cpu_secs() - c0;
+                self.aside.time(|| {
+                    let (p, d) = mailgate::spam::bayes(&host.spam, &message)
+                        .map_or((-1.0, 0.0), |j| (j.probability, j.log_odds));
+                    let label = if is_spam { "spam" } else { "ham" };
+                    t.push_str(&format!(
+                        "{label}\t{:.3}\t{p:.6}\t{d:.2}\t{}\n",
+                        r.score,
+                        path.display()
+                    ));
+                });
             }
             let said = r.score >= config.spam.thresholds.tag;
             if said != is_spam {
@@ -615,13 +636,21 @@ impl EvalRun {
                     "{} {:.2} {}",
                     if is_spam { "FN" } else { "FP" },
                     r.score,
-                    f.display()
+                    path.display()
                 ));
             }
             self.m.add(is_spam, said);
         }
-        Ok(())
     }
+}
+
+/// A corpus file in cross-validation: its messages, read once, and their features.
+struct FoldFile {
+    path: PathBuf,
+    class: usize,
+    fold: u64,
+    messages: Vec<Vec<u8>>,
+    features: Vec<Vec<u64>>,
 }
 
 async fn spam_eval(
@@ -633,8 +662,9 @@ async fn spam_eval(
     scores: Option<PathBuf>,
 ) -> Result<(), String> {
     use mailgate::spam::bayes::{Counts, HAM, Model, SPAM};
-    use mailgate::spam::{corpus_files, fold_of, messages_in, process_cpu_secs, select, tokens};
+    use mailgate::spam::{corpus_files, fold_of, process_cpu_secs, read_messages, select, tokens};
     let (set, host, scratch) = spam_chain(config, matches!(parts, EvalParts::HeldOut(_))).await?;
+    let chain = (&set, &*host, config);
     let mut run = EvalRun {
         table: scores
             .as_ref()
@@ -644,9 +674,9 @@ async fn spam_eval(
     let (wall, cpu) = (std::time::Instant::now(), process_cpu_secs());
     let folds = match parts {
         EvalParts::HeldOut(split) => {
-            for (is_spam, dirs) in [(true, &spam), (false, &ham)] {
+            for (class, dirs) in [(SPAM, &spam), (HAM, &ham)] {
                 for f in select(corpus_files(dirs)?, split, true) {
-                    run.judge_file(&set, &host, config, &f, is_spam).await?;
+                    run.judge_messages(chain, &f, class, &read_messages(&f)?).await;
                 }
             }
             None
@@ -654,41 +684,45 @@ async fn spam_eval(
         EvalParts::Folds { n, seed } => {
             // Every message's features once, and the counts of all; each fold's model is
             // all of them less the fold's own (cheaper than n trainings, and the same).
-            let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
-            let mut files: Vec<(PathBuf, bool, u64, Vec<Vec<u64>>)> = Vec::new();
-            let mut all = Counts::new(0);
-            for (is_spam, dirs) in [(true, &spam), (false, &ham)] {
-                for f in corpus_files(dirs)? {
-                    let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-                    let class = if is_spam { SPAM } else { HAM };
-                    let feats: Vec<Vec<u64>> = messages_in(&bytes)
-                        .iter()
-                        .map(|raw| tokens::features(&mailgate::hooks::parse_message(raw), 0))
-                        .collect();
-                    for x in &feats {
-                        all.learn(class, x, 1);
+            let (files, all) = run.aside.time(|| -> Result<_, String> {
+                let (mut files, mut all) = (Vec::new(), Counts::new(0));
+                for (class, dirs) in [(SPAM, &spam), (HAM, &ham)] {
+                    for path in corpus_files(dirs)? {
+                        let messages = read_messages(&path)?;
+                        let features: Vec<Vec<u64>> = messages
+                            .iter()
+                            .map(|raw| tokens::features(&mailgate::hooks::parse_message(raw), 0))
+                            .collect();
+                        for x in &features {
+                            all.learn(class, x, 1);
+                        }
+                        let fold = fold_of(&path, seed, n);
+                        files.push(FoldFile {
+                            path,
+                            class,
+                            fold,
+                            messages,
+                            features,
+                        });
                     }
-                    let fold = fold_of(&f, seed, n);
-                    files.push((f, is_spam, fold, feats));
                 }
-            }
-            run.aside.0 += w0.elapsed();
-            run.aside.1 += process_cpu_secs() - c0;
+                Ok((files, all))
+            })?;
             for fold in 0..n {
-                let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
-                let mut counts = all.clone();
-                for (_, is_spam, _, feats) in files.iter().filter(|x| x.2 == fold) {
-                    for x in feats {
-                        counts.learn(if *is_spam { SPAM } else { HAM }, x, -1);
+                let part: Vec<&FoldFile> = files.iter().filter(|f| f.fold == fold).collect();
+                let model = run.aside.time(|| {
+                    let mut counts = all.clone();
+                    for f in &part {
+                        for x in &f.features {
+                            counts.learn(f.class, x, -1);
+                        }
                     }
-                }
-                counts.prune(config.spam.bayes_max_tokens);
-                let model = Model::new(counts).map_err(|e| format!("fold {fold} of {n}: {e}"))?;
+                    counts.prune(config.spam.bayes_max_tokens);
+                    Model::new(counts).map_err(|e| format!("fold {fold} of {n}: {e}"))
+                })?;
                 host.spam.set_model(Some(model));
-                run.aside.0 += w0.elapsed();
-                run.aside.1 += process_cpu_secs() - c0;
-                for (f, is_spam, _, _) in files.iter().filter(|x| x.2 == fold) {
-                    run.judge_file(&set, &host, config, f, *is_spam).await?;
+                for f in part {
+                    run.judge_messages(chain, &f.path, f.class, &f.messages).await;
                 }
             }
             Some(n)
@@ -701,8 +735,8 @@ async fn spam_eval(
         aside,
     } = run;
     m.finish(
-        (wall.elapsed() - aside.0).as_secs_f64(),
-        process_cpu_secs() - cpu - aside.1,
+        (wall.elapsed() - aside.wall).as_secs_f64(),
+        process_cpu_secs() - cpu - aside.cpu,
     );
     if let (Some(path), Some(t)) = (&scores, table) {
         std::fs::write(path, t).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -372,16 +372,15 @@ pub struct Verdict {
 /// list, so `a.github.io` and `b.github.io` are one organisation to it.
 pub fn org_domain(name: &str) -> String {
     let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
-    if name.parse::<std::net::IpAddr>().is_ok() || name.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok() {
+    if name.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok() {
         return name;
     }
-    let labels: Vec<&str> = name.rsplit('.').take(3).collect();
-    let keep = match labels.as_slice() {
-        [tld, sld, _] if tld.len() == 2 && sld.len() <= 3 => 3,
-        _ => 2,
-    };
-    let labels_kept: Vec<&str> = labels.into_iter().take(keep).rev().collect();
-    labels_kept.join(".")
+    let mut labels: Vec<&str> = name.rsplit('.').take(3).collect();
+    if !matches!(labels.as_slice(), [tld, sld, _] if tld.len() == 2 && sld.len() <= 3) {
+        labels.truncate(2);
+    }
+    labels.reverse();
+    labels.join(".")
 }
 
 #[cfg(test)]

@@ -237,6 +237,12 @@ pub fn letter_findings(m: &Message) -> Vec<crate::hooks::contract::LetterFinding
         .collect()
 }
 
+/// The messages of one corpus file ([`messages_in`] of its bytes).
+pub fn read_messages(f: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let bytes = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+    Ok(messages_in(&bytes))
+}
+
 /// Messages of a corpus: every file under `dirs` (recursively), in name order. A file is one
 /// `.eml` message or an mbox of several.
 pub fn corpus_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
@@ -338,8 +344,7 @@ pub fn train(
     let mut n = [0usize; 2];
     for (class, dirs) in [(bayes::SPAM, spam_dirs), (bayes::HAM, ham_dirs)] {
         for f in select(corpus_files(dirs)?, split, false) {
-            let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-            for raw in messages_in(&bytes) {
+            for raw in read_messages(&f)? {
                 let feats = tokens::features(&crate::hooks::parse_message(&raw), counts.features);
                 counts.learn(class, &feats, 1);
                 n[class] += 1;
