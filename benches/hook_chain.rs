@@ -10,7 +10,8 @@
 
 use mailgate::hooks::contract::{Event, Hook, Stage};
 use mailgate::hooks::host::HostServices;
-use mailgate::hooks::{PolicySet, parse_message};
+use mailgate::hooks::PolicySet;
+use mailgate::mail::parse_message;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Logins for POP3 and IMAP: password checks off the async threads, failure delays and a
 //! per-IP failure budget, the plaintext-over-cleartext policy, and SASL PLAIN/LOGIN decoding.
 
-use crate::address::Address;
+use crate::mail::address::Address;
 use crate::config::{Auth as AuthConfig, Plaintext};
 use crate::store::MailStore;
 use base64::Engine as _;

@@ -14,7 +14,7 @@
 //!
 //! The plan is in `docs/architecture.md`.
 
-pub mod address;
+pub mod mail;
 pub mod admin;
 pub mod auth;
 pub mod config;

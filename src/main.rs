@@ -351,7 +351,7 @@ async fn policy_test(
 ) -> Result<(), String> {
     use mailgate::hooks::simulate;
     let raw = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let raw = simulate::normalize_eml(&raw);
+    let raw = mailgate::mail::wire::from_file(&raw);
     let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
     let (host, scratch) = offline_host(config);
     let result = match mailgate::hooks::PolicySet::load(&dir, &host, 1) {
@@ -362,7 +362,7 @@ async fn policy_test(
                 mail_from: from,
                 rcpt_to: to,
             };
-            let message = std::sync::Arc::new(mailgate::hooks::parse_message(&raw));
+            let message = std::sync::Arc::new(mailgate::mail::parse_message(&raw));
             Ok(simulate::run(
                 &set,
                 &config.spam.thresholds,
@@ -529,7 +529,7 @@ async fn spam_judge(
     mailgate::hooks::simulate::Report,
     std::sync::Arc<mailgate::hooks::contract::Message>,
 ) {
-    let message = std::sync::Arc::new(mailgate::hooks::parse_message(raw));
+    let message = std::sync::Arc::new(mailgate::mail::parse_message(raw));
     let env = spam_envelope(&message);
     let report = mailgate::hooks::simulate::run(set, &config.spam.thresholds, &env, raw, message.clone(), None).await;
     (report, message)
@@ -541,7 +541,7 @@ async fn spam_classify(config: &Config) -> Result<(), String> {
     std::io::stdin()
         .read_to_end(&mut bytes)
         .map_err(|e| format!("reading stdin: {e}"))?;
-    let raw = simulate::normalize_eml(&bytes);
+    let raw = mailgate::mail::wire::from_file(&bytes);
     let (set, host, scratch) = spam_chain(config, true).await?;
     let (report, message) = spam_judge(&set, config, &raw).await;
     let judged = mailgate::spam::bayes(&host.spam, &message);
@@ -691,7 +691,7 @@ async fn spam_eval(
                         let messages = read_messages(&path)?;
                         let features: Vec<Vec<u64>> = messages
                             .iter()
-                            .map(|raw| tokens::features(&mailgate::hooks::parse_message(raw), 0))
+                            .map(|raw| tokens::features(&mailgate::mail::parse_message(raw), 0))
                             .collect();
                         for x in &features {
                             all.learn(class, x, 1);

@@ -7,7 +7,7 @@
 pub mod client;
 pub mod server;
 
-use crate::address::{Address, is_valid_domain};
+use crate::mail::address::{Address, is_valid_domain};
 use crate::config::Config;
 use crate::store::{DEFAULT_MAILBOXES, Flags, MailStore};
 use serde::{Deserialize, Serialize};

@@ -428,7 +428,7 @@ impl Config {
         }
         for d in &mut s.local_domains {
             *d = d.trim().to_ascii_lowercase();
-            if !crate::address::is_valid_domain(d) {
+            if !crate::mail::address::is_valid_domain(d) {
                 return Err(format!("server.local_domains: invalid domain {d:?}"));
             }
         }

@@ -5,6 +5,7 @@
 //! file shared by the host and the SDK, maps them with literals naming every field).
 //! `docs/hooks.md` is the prose version; keep the three in step.
 
+pub use crate::mail::model::{Header, Message};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -87,35 +88,6 @@ pub struct Envelope {
     /// Empty string for the null sender `<>`.
     pub mail_from: Option<String>,
     pub rcpt_to: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: String,
-}
-
-/// The message, parsed once per transaction and shared by every policy. A WASM plugin may
-/// ask for only some fields (`MESSAGE_FIELDS` in the SDK); the others arrive empty.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct Message {
-    /// Decoded Subject.
-    pub subject: String,
-    /// Address in From.
-    pub from: String,
-    pub to: Vec<String>,
-    /// Decoded body text (text parts, HTML reduced to text), then the Subject and text of
-    /// attached messages (`message/rfc822`, one level: a bounce shows what it returns).
-    pub text: String,
-    /// Every header in order, raw value (unfolded).
-    pub headers: Vec<Header>,
-    pub size: usize,
-    pub attachments: usize,
-    /// Host names the message links to (HTML `href`/`src`, `http(s)://` and `www.` in the
-    /// text), lowercase, distinct, in order of appearance, at most 64.
-    #[serde(default)]
-    pub links: Vec<String>,
 }
 
 /// Sender-authentication results, computed once per message at the `data` stage when a

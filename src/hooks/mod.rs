@@ -12,13 +12,11 @@ pub mod contract;
 pub mod host;
 pub mod lua;
 pub mod manifest;
-mod message;
 pub mod simulate;
 pub mod threads;
 pub mod wasm;
 
 pub use contract::{Action, Event, Hook, Stage, Verdict};
-pub use message::{edit_headers, edit_headers_into, parse_message};
 
 use arc_swap::ArcSwap;
 use contract::{Header, RouteKind, Symbol};
@@ -339,13 +337,13 @@ pub async fn on_fetch(set: &PolicySet, session: contract::Session, user: &str, m
     let mut ev = Event::new(Hook::Fetch, session);
     ev.user = Some(user.to_string());
     ev.mailbox = Some(mailbox.to_string());
-    ev.message = Some(Arc::new(parse_message(raw)));
+    ev.message = Some(Arc::new(crate::mail::parse_message(raw)));
     let out = set.run(Hook::Fetch, &mut ev).await;
     match out.action {
         Action::Hide | Action::Reject | Action::Discard => FetchView::Hidden,
         Action::Tempfail => FetchView::Later,
         _ if out.add_headers.is_empty() && out.remove_headers.is_empty() => FetchView::Unchanged,
-        _ => FetchView::Edited(edit_headers(raw, &out.add_headers, &out.remove_headers)),
+        _ => FetchView::Edited(crate::mail::edit_headers(raw, &out.add_headers, &out.remove_headers)),
     }
 }
 

@@ -39,23 +39,6 @@ pub struct Report {
     pub trace: Vec<TraceEntry>,
 }
 
-/// Turns a `.eml` or single-message mbox file into wire form: a leading `From ` line
-/// dropped, line endings made CRLF.
-pub fn normalize_eml(bytes: &[u8]) -> Vec<u8> {
-    let mut b = bytes;
-    if b.starts_with(b"From ") {
-        b = memchr::memchr(b'\n', b).map(|i| &b[i + 1..]).unwrap_or(&[]);
-    }
-    let mut out = Vec::with_capacity(b.len() + b.len() / 32);
-    for (i, &c) in b.iter().enumerate() {
-        if c == b'\n' && (i == 0 || b[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn refusal(out: &super::Outcome) -> Option<(String, String)> {
     let verdict = match out.action {
         Action::Reject => "reject",
@@ -261,18 +244,4 @@ pub fn render(r: &Report) -> String {
     }
     out.push_str(&format!("verdict   {}\nreply     {}\n", r.verdict, r.reply));
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn eml_normalisation() {
-        assert_eq!(
-            normalize_eml(b"From a@b Mon\nSubject: x\n\nbody\n"),
-            b"Subject: x\r\n\r\nbody\r\n"
-        );
-        assert_eq!(normalize_eml(b"A: 1\r\n\r\nb\r\n"), b"A: 1\r\n\r\nb\r\n");
-    }
 }

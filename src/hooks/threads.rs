@@ -12,7 +12,8 @@
 //! thread and its result is dropped.
 
 use super::contract::{Action, Event, Hook};
-use super::{Outcome, PolicySet, parse_message};
+use super::{Outcome, PolicySet};
+use crate::mail::parse_message;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

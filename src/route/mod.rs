@@ -6,7 +6,7 @@
 //! levels, loops cut). Anything outside our domains is a relay attempt: refused unless the
 //! session may relay (a later outbound issue adds authenticated relay).
 
-use crate::address::Address;
+use crate::mail::address::Address;
 use crate::store::{MailStore, Result};
 use std::sync::Arc;
 

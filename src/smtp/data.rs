@@ -120,26 +120,6 @@ impl DataReceiver {
     }
 }
 
-/// Turns every bare LF into CRLF (BDAT content is stored with canonical line endings; BDAT
-/// has no end marker, so this is normalisation, not a smuggling risk).
-pub fn canonical_line_endings(body: Vec<u8>) -> Vec<u8> {
-    let bare = body
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || body[i - 1] != b'\r'));
-    if !bare {
-        return body;
-    }
-    let mut out = Vec::with_capacity(body.len() + body.len() / 32);
-    for (i, &b) in body.iter().enumerate() {
-        if b == b'\n' && (i == 0 || body[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,11 +189,5 @@ mod tests {
         let (p, _, over) = run(b"0123456789\r\n0123456789\r\n.\r\n", 4, 12);
         assert_eq!(p, Progress::Done { consumed: 27 });
         assert!(over);
-    }
-
-    #[test]
-    fn canonicalises_bdat() {
-        assert_eq!(canonical_line_endings(b"a\nb\r\nc\n".to_vec()), b"a\r\nb\r\nc\r\n");
-        assert_eq!(canonical_line_endings(b"a\r\n".to_vec()), b"a\r\n");
     }
 }

@@ -4,13 +4,14 @@
 //! are ours. Each protocol error maps to one reply in [`Session::parse_error`]. A message is
 //! answered 250 only after the store has flushed it (see [`crate::store::MailStore::sync`]).
 
-use super::data::{DataReceiver, Progress, canonical_line_endings};
+use super::data::{DataReceiver, Progress};
 use super::policy::{self, PolicyState};
-use crate::address::Address;
+use crate::mail::address::Address;
+use crate::mail::{edit_headers, edit_headers_into, parse_message};
 use crate::config::TlsMode;
 use crate::hooks::contract::{Header, RouteKind, Session as SessionInfo};
 use crate::hooks::{
-    Action, Event, Hook, Outcome, PolicySet, Stage, edit_headers, edit_headers_into, parse_message, trace_header,
+    Action, Event, Hook, Outcome, PolicySet, Stage, trace_header,
 };
 use crate::route::Route;
 use crate::server::Shared;
@@ -654,7 +655,7 @@ impl Session {
             return Flow::Continue;
         }
         let body = self.tx.as_mut().and_then(|t| t.bdat.take()).unwrap_or_default();
-        self.deliver(canonical_line_endings(body)).await
+        self.deliver(crate::mail::wire::crlf(body)).await
     }
 
     /// The trace headers of RFC 5321 §4.4, prepended once for all recipients.

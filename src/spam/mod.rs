@@ -95,7 +95,7 @@ impl Spam {
                 learned.push(false);
                 continue;
             }
-            let feats = tokens::features(&crate::hooks::parse_message(raw.as_ref()), counts.features);
+            let feats = tokens::features(&crate::mail::parse_message(raw.as_ref()), counts.features);
             if let Some(old) = before {
                 counts.learn(class(old), &feats, -1);
             }
@@ -268,11 +268,11 @@ pub fn corpus_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 
 /// The messages in one file, in wire form (CRLF, no mbox `From ` separator lines).
 pub fn messages_in(bytes: &[u8]) -> Vec<Vec<u8>> {
-    let norm = crate::hooks::simulate::normalize_eml(bytes);
+    let norm = crate::mail::wire::from_file(bytes);
     if !bytes.starts_with(b"From ") {
         return vec![norm];
     }
-    // An mbox: further messages start at "\r\n\r\nFrom " (normalize_eml dropped the first).
+    // An mbox: further messages start at "\r\n\r\nFrom " (wire::from_file dropped the first).
     let mut out = Vec::new();
     let mut rest: &[u8] = &norm;
     while let Some(i) = memchr::memmem::find(rest, b"\r\n\r\nFrom ") {
@@ -345,7 +345,7 @@ pub fn train(
     for (class, dirs) in [(bayes::SPAM, spam_dirs), (bayes::HAM, ham_dirs)] {
         for f in select(corpus_files(dirs)?, split, false) {
             for raw in read_messages(&f)? {
-                let feats = tokens::features(&crate::hooks::parse_message(&raw), counts.features);
+                let feats = tokens::features(&crate::mail::parse_message(&raw), counts.features);
                 counts.learn(class, &feats, 1);
                 n[class] += 1;
             }
@@ -496,7 +496,7 @@ mod learn_tests {
         assert!(spam.learn_batch(&store, &[([1; 32], &a, true)], 1000).is_err());
         let mut counts = Counts::new(1 << 12);
         for (class, m) in [(bayes::SPAM, &a), (bayes::HAM, &b)] {
-            counts.learn(class, &tokens::features(&crate::hooks::parse_message(m), 1 << 12), 1);
+            counts.learn(class, &tokens::features(&crate::mail::parse_message(m), 1 << 12), 1);
         }
         store.kv_set_large(MODEL_KEY, Some(&counts.encode())).unwrap();
         let learned = spam

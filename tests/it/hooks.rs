@@ -535,7 +535,7 @@ fn data_event(subject: &str) -> mailgate::hooks::Event {
     let raw = data_event_raw(subject);
     mailgate::hooks::Event {
         stage: Some(mailgate::hooks::Stage::Data),
-        message: Some(std::sync::Arc::new(mailgate::hooks::parse_message(raw.as_bytes()))),
+        message: Some(std::sync::Arc::new(mailgate::mail::parse_message(raw.as_bytes()))),
         ..Default::default()
     }
 }
@@ -609,7 +609,7 @@ end"#,
         );
         mailgate::hooks::Event {
             stage: Some(mailgate::hooks::Stage::Data),
-            message: Some(std::sync::Arc::new(mailgate::hooks::parse_message(raw.as_bytes()))),
+            message: Some(std::sync::Arc::new(mailgate::mail::parse_message(raw.as_bytes()))),
             ..Default::default()
         }
     };

@@ -411,6 +411,6 @@ fn training_keeps_the_model_within_its_token_bound() {
     .unwrap();
     assert_eq!(stored, kept);
     let model = mailgate::spam::bayes::Model::new(kept).unwrap();
-    let judge = |raw: &str| model.judge(&mailgate::hooks::parse_message(raw.as_bytes())).probability;
+    let judge = |raw: &str| model.judge(&mailgate::mail::parse_message(raw.as_bytes())).probability;
     assert!(judge(&spam_msg(100)) > 0.5 && judge(&ham_msg(101)) < 0.5);
 }

@@ -20,6 +20,11 @@
 
 #[path = "../../../src/hooks/contract.rs"]
 mod contract;
+/// The message model the contract re-exports (the host's `mail::model`, compiled unchanged).
+mod mail {
+    #[path = "../../../../src/mail/model.rs"]
+    pub mod model;
+}
 
 pub use contract::*;
 /// The JSON crate the SDK speaks (for `host::config()` values).
