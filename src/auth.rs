@@ -160,7 +160,7 @@ impl Authenticator {
             Ok(None) => {
                 // Spend the same time as a real check so timing does not reveal accounts.
                 let pw = password.to_string();
-                let _ = tokio::task::spawn_blocking(move || crate::admin::verify_password(&pw, dummy_hash())).await;
+                let _ = tokio::task::spawn_blocking(move || verify_password(&pw, dummy_hash())).await;
                 return Outcome::Failed;
             }
             Err(e) => {
@@ -174,7 +174,7 @@ impl Authenticator {
         }
         let pw = password.to_string();
         let hash = account.password_hash.clone();
-        match tokio::task::spawn_blocking(move || crate::admin::verify_password(&pw, &hash)).await {
+        match tokio::task::spawn_blocking(move || verify_password(&pw, &hash)).await {
             Ok(true) => {
                 self.cache.insert(&address, digest);
                 Outcome::Ok(address)
@@ -189,7 +189,7 @@ impl Authenticator {
 /// what a wrong password costs.
 fn dummy_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| crate::admin::hash_password("no such user").unwrap_or_default())
+    HASH.get_or_init(|| hash_password("no such user").unwrap_or_default())
 }
 
 pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
@@ -214,6 +214,27 @@ pub fn sasl_plain(response_b64: &str) -> Option<(String, String)> {
     Some((authc.to_string(), pass.to_string()))
 }
 
+/// Hashes a password with argon2id (about 25 ms: call it off async threads).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing password: {e}"))
+}
+
+/// Checks a password against a stored PHC hash.
+pub fn verify_password(password: &str, phc: &str) -> bool {
+    use argon2::PasswordVerifier;
+    match argon2::password_hash::phc::PasswordHash::new(phc) {
+        Ok(h) => argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +257,7 @@ mod tests {
     #[test]
     fn dummy_hash_is_well_formed() {
         assert!(argon2::password_hash::phc::PasswordHash::new(dummy_hash()).is_ok());
-        assert!(!crate::admin::verify_password("guess", dummy_hash()));
+        assert!(!verify_password("guess", dummy_hash()));
     }
 
     #[test]

@@ -404,7 +404,7 @@ fn password(address: &str, from_stdin: bool) -> Result<String, String> {
     if pw.is_empty() {
         return Err("empty password".into());
     }
-    admin::hash_password(&pw)
+    mailgate::auth::hash_password(&pw)
 }
 
 fn request(cmd: Command) -> Result<Request, String> {

@@ -82,26 +82,6 @@ impl Request {
     }
 }
 
-/// Hashes a password with argon2id (about 25 ms: call it off async threads).
-pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::PasswordHasher;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| format!("hashing password: {e}"))
-}
-
-/// Checks a password against a stored PHC hash.
-pub fn verify_password(password: &str, phc: &str) -> bool {
-    use argon2::PasswordVerifier;
-    match argon2::password_hash::phc::PasswordHash::new(phc) {
-        Ok(h) => argon2::Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok(),
-        Err(_) => false,
-    }
-}
-
 fn local_domain(store: &dyn MailStore, config: &Config, domain: &str) -> Result<(), String> {
     let configured = config.server.local_domains.iter().any(|d| d == domain);
     if configured || store.has_domain(domain).map_err(|e| e.to_string())? {

@@ -7,8 +7,8 @@
 //! - [`search`]: SEARCH keys.
 //! - [`mutf7`]: modified UTF-7 names for rev1 clients.
 //!
-//! Moving mail into or out of Junk emits a [`LearnEvent`] on [`LearnSink`] (the spam
-//! filter's training seam).
+//! Moving mail into or out of Junk emits a [`crate::spam::LearnEvent`] on the
+//! [`crate::spam::LearnSink`] (the spam filter's training seam).
 
 pub mod fetch;
 pub mod mime;
@@ -18,21 +18,3 @@ pub mod search;
 pub mod session;
 
 pub use session::Session;
-
-use crate::store::BlobId;
-
-/// A user's judgement of a message, from where they moved it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LearnEvent {
-    pub account: String,
-    pub blob: BlobId,
-    /// `true`: into Junk (spam); `false`: out of Junk into a folder other than Trash (ham).
-    pub spam: bool,
-}
-
-/// Where learn events go; receivers subscribe (events are dropped when no one listens).
-pub type LearnSink = tokio::sync::broadcast::Sender<LearnEvent>;
-
-pub fn learn_sink() -> LearnSink {
-    tokio::sync::broadcast::channel(1024).0
-}

@@ -8,12 +8,13 @@
 use super::fetch::{self, write_mailbox};
 use super::parser::{self, Cmd, Command, FetchAtt, ListOptions, SearchKey, SeqSet, StatusItem};
 use super::search;
-use super::{LearnEvent, mime};
+use super::mime;
+use crate::spam::LearnEvent;
 use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
 use crate::hooks::FetchView;
-use crate::server::Shared;
-use crate::server::conn::{Conn, Line, ReadError};
+use crate::context::Shared;
+use crate::net::conn::{Conn, Line, ReadError};
 use crate::store::{FlagOp, Flags, MailboxMeta, MessageMeta, StoreError, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;

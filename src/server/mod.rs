@@ -5,7 +5,6 @@
 //! accepting, tells idle sessions to close (421), waits up to `shutdown_grace_secs` for the
 //! rest, flushes the store and ends.
 
-pub mod conn;
 pub mod limits;
 pub mod tls;
 
@@ -13,32 +12,14 @@ use crate::config::{Config, Protocol, TlsMode};
 use crate::route::Router;
 use crate::store::{MailStore, SledStore};
 use anyhow::{Context, Result};
-use conn::Conn;
+use crate::context::Shared;
+use crate::net::conn::Conn;
 use limits::ConnLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-
-/// What every session shares.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub store: Arc<dyn MailStore>,
-    pub router: Router,
-    pub tls: Option<TlsAcceptor>,
-    pub auth: crate::auth::Authenticator,
-    pub engine: Arc<crate::hooks::Engine>,
-    /// POP3 maildrop locks.
-    pub pop3_locks: crate::pop3::Maildrops,
-    /// Junk/not-Junk judgements from IMAP moves, for the spam filter's training.
-    pub learn: crate::imap::LearnSink,
-    /// Becomes `true` when the server shuts down.
-    pub shutdown: watch::Receiver<bool>,
-    /// Where data-stage chains run (`[policies] threads`).
-    pub chains: crate::hooks::threads::Chains,
-}
 
 /// A running server.
 pub struct Running {
@@ -115,7 +96,7 @@ pub async fn start(config: Config) -> Result<Running> {
         auth: crate::auth::Authenticator::new(store.clone(), config.auth.clone()),
         engine: engine.clone(),
         pop3_locks: Default::default(),
-        learn: crate::imap::learn_sink(),
+        learn: crate::spam::learn_sink(),
         shutdown: shutdown_rx.clone(),
         chains,
     });

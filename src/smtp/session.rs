@@ -14,8 +14,8 @@ use crate::hooks::{
     Action, Event, Hook, Outcome, PolicySet, Stage, trace_header,
 };
 use crate::route::Route;
-use crate::server::Shared;
-use crate::server::conn::{Conn, Line, ReadError};
+use crate::context::Shared;
+use crate::net::conn::{Conn, Line, ReadError};
 use crate::store::{Target, now_secs};
 use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 use std::net::SocketAddr;

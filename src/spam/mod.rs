@@ -10,6 +10,23 @@ pub mod tokens;
 
 use crate::hooks::contract::Message;
 use crate::store::{BlobId, MailStore};
+
+/// A user's judgement of a message, from where they moved it (IMAP COPY/MOVE/APPEND into or
+/// out of a `\\Junk` mailbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LearnEvent {
+    pub account: String,
+    pub blob: BlobId,
+    /// `true`: into Junk (spam); `false`: out of Junk into a folder other than Trash (ham).
+    pub spam: bool,
+}
+
+/// Where learn events go; receivers subscribe (events are dropped when no one listens).
+pub type LearnSink = tokio::sync::broadcast::Sender<LearnEvent>;
+
+pub fn learn_sink() -> LearnSink {
+    tokio::sync::broadcast::channel(1024).0
+}
 use arc_swap::ArcSwapOption;
 use bayes::{Counts, Model};
 use std::collections::HashMap;
@@ -124,12 +141,12 @@ impl Spam {
     }
 }
 
-/// Learns from users' Junk moves until the sink closes (see `imap::LearnEvent`).
+/// Learns from users' Junk moves until the sink closes (see [`LearnEvent`]).
 pub async fn learner(
     spam: Arc<Spam>,
     store: Arc<dyn MailStore>,
     config: Arc<crate::config::Config>,
-    mut events: tokio::sync::broadcast::Receiver<crate::imap::LearnEvent>,
+    mut events: tokio::sync::broadcast::Receiver<LearnEvent>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use tokio::sync::broadcast::error::{RecvError, TryRecvError};

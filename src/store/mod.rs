@@ -6,6 +6,7 @@
 //! update) only after that. Concurrent callers share one flush (group commit).
 
 pub mod journal;
+pub mod locks;
 pub mod keys;
 mod message_meta;
 mod sled_store;

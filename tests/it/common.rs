@@ -24,7 +24,7 @@ pub const PASSWORD: &str = "pw";
 /// argon2 hash of [`PASSWORD`], computed once.
 pub fn password_hash() -> &'static str {
     static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    H.get_or_init(|| mailgate::admin::hash_password(PASSWORD).unwrap())
+    H.get_or_init(|| mailgate::auth::hash_password(PASSWORD).unwrap())
 }
 
 /// A config for tests: one SMTP listener on a free loopback port, data in `dir`.

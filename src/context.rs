@@ -1,0 +1,29 @@
+//! What every protocol session shares: configuration, store, router, authenticator, the
+//! policy engine and the rest of the server's live state. Built once by [`crate::server`];
+//! the protocols take it, so none of them needs the listeners.
+
+use crate::config::Config;
+use crate::route::Router;
+use crate::store::MailStore;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+/// What every session shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn MailStore>,
+    pub router: Router,
+    pub tls: Option<TlsAcceptor>,
+    pub auth: crate::auth::Authenticator,
+    pub engine: Arc<crate::hooks::Engine>,
+    /// POP3 maildrop locks.
+    pub pop3_locks: crate::store::locks::Maildrops,
+    /// Junk/not-Junk judgements from IMAP moves, for the spam filter's training.
+    pub learn: crate::spam::LearnSink,
+    /// Becomes `true` when the server shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    /// Where data-stage chains run (`[policies] threads`).
+    pub chains: crate::hooks::threads::Chains,
+}
+
