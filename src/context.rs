@@ -17,6 +17,10 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     pub auth: crate::auth::Authenticator,
     pub engine: Arc<crate::hooks::Engine>,
+    /// The spam filter's live state (the Bayes model the analyzers use).
+    pub spam: Arc<crate::spam::Spam>,
+    /// SPF/DKIM/DMARC checks (when there is DNS).
+    pub origin: Option<Arc<crate::spam::origin::Origin>>,
     /// POP3 maildrop locks.
     pub pop3_locks: crate::store::locks::Maildrops,
     /// Junk/not-Junk judgements from IMAP moves, for the spam filter's training.

@@ -17,11 +17,14 @@
 pub mod mail;
 pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod context;
+pub mod deliver;
 pub mod hooks;
 pub mod imap;
 pub mod net;
+pub mod pipeline;
 pub mod pop3;
 pub mod route;
 pub mod server;

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::store::{DEFAULT_MAILBOXES, Flags, MailStore};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "kebab-case")]
@@ -64,6 +65,14 @@ pub enum Request {
     },
     /// The stored Bayes model's counts (binary).
     SpamModel,
+    /// One message (an absolute path, read by whoever owns the store) through the decision
+    /// pipeline with the server's routing, thresholds and Bayes model: the report as JSON.
+    PolicyTest {
+        file: std::path::PathBuf,
+        envelope: crate::pipeline::Envelope,
+        /// Policies to load instead of `[policies] dir`.
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 impl Request {
@@ -78,6 +87,7 @@ impl Request {
                 | Request::PolicyReload
                 | Request::PolicyStatus
                 | Request::SpamModel
+                | Request::PolicyTest { .. }
         )
     }
 }
@@ -99,15 +109,15 @@ fn parse_address(s: &str) -> Result<Address, String> {
 
 /// Runs one command. The output is what the CLI prints.
 pub async fn execute(
-    store: &dyn MailStore,
+    store: &Arc<dyn MailStore>,
     config: &Config,
-    engine: Option<&crate::hooks::Engine>,
+    live: Option<&crate::context::Shared>,
     req: Request,
 ) -> Result<Vec<u8>, String> {
     let writes = req.writes();
     let out = match req {
         Request::PolicyReload | Request::PolicyStatus => {
-            let Some(engine) = engine else {
+            let Some(engine) = live.map(|l| &l.engine) else {
                 return Err("no server is running (policy reload/status talk to the running server; `mailgate policy check` works offline)".into());
             };
             if req == Request::PolicyReload {
@@ -133,13 +143,13 @@ pub async fn execute(
             features,
         } => {
             let (counts, mut report) =
-                crate::spam::train(store, &spam, &ham, split, reset, features, config.spam.bayes_max_tokens)?;
+                crate::spam::train(&**store, &spam, &ham, split, reset, features, config.spam.bayes_max_tokens)?;
             // The model lives in the key-value tree, made durable by a checkpoint.
             store.checkpoint().await.map_err(|e| e.to_string())?;
-            if let Some(engine) = engine {
+            if let Some(live) = live {
                 match crate::spam::bayes::Model::new(counts) {
                     Ok(m) => {
-                        engine.host().spam.set_model(Some(m));
+                        live.spam.set_model(Some(m));
                         report.push_str("the running server uses the new model\n");
                     }
                     Err(e) => report.push_str(&format!("not used yet: {e}\n")),
@@ -151,12 +161,58 @@ pub async fn execute(
             .kv_get_large(crate::spam::MODEL_KEY)
             .map_err(|e| e.to_string())?
             .ok_or("no Bayes model has been trained yet (`mailgate spam train`)")?,
-        req => run(store, config, req)?,
+        Request::PolicyTest { file, envelope, dir } => {
+            let raw = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let report = policy_test(store, config, live, crate::mail::wire::from_file(&raw), &envelope, dir).await?;
+            serde_json::to_vec(&report).map_err(|e| e.to_string())?
+        }
+        req => run(&**store, config, req)?,
     };
     if writes {
         store.sync().await.map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+/// `mailgate policy test`: the policies in `dir` (default `[policies] dir`), loaded afresh
+/// with a scratch key-value store (a test must not feed greylisting), decide over `raw` as
+/// the server would: its routing (accounts, aliases, domains), thresholds, Bayes model and
+/// SPF/DKIM/DMARC.
+async fn policy_test(
+    store: &Arc<dyn MailStore>,
+    config: &Config,
+    live: Option<&crate::context::Shared>,
+    raw: Vec<u8>,
+    envelope: &crate::pipeline::Envelope,
+    dir: Option<std::path::PathBuf>,
+) -> Result<crate::pipeline::Report, String> {
+    let spam = match live {
+        Some(l) => l.spam.clone(),
+        None => Arc::new(crate::spam::Spam::load(&**store)),
+    };
+    let offline = crate::hooks::host::Offline::new(config, spam);
+    let dir = dir.unwrap_or_else(|| config.policies.dir.clone());
+    let set = Arc::new(crate::hooks::PolicySet::load(&dir, &offline.host, 1)?);
+    let router = match live {
+        Some(l) => l.router.clone(),
+        None => crate::route::Router::new(
+            store.clone(),
+            config.server.local_domains.clone(),
+            &config.server.recipient_delimiter,
+        ),
+    };
+    let origin = match live {
+        Some(l) => l.origin.clone(),
+        None => crate::spam::origin::Origin::for_config(offline.host.resolver.as_ref(), config),
+    };
+    let ctx = crate::pipeline::Context {
+        policies: &set,
+        config,
+        router: Some(&router),
+        origin: origin.as_deref(),
+        chains: None,
+    };
+    Ok(crate::pipeline::decide(&ctx, envelope, raw).await)
 }
 
 fn run(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, String> {
@@ -280,7 +336,11 @@ fn run(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, 
                 .ok();
             }
         }
-        Request::PolicyReload | Request::PolicyStatus | Request::SpamTrain { .. } | Request::SpamModel => {
+        Request::PolicyReload
+        | Request::PolicyStatus
+        | Request::SpamTrain { .. }
+        | Request::SpamModel
+        | Request::PolicyTest { .. } => {
             unreachable!("handled by execute")
         }
         Request::MailboxShow { address, uid, folder } => {

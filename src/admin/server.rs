@@ -32,7 +32,7 @@ pub struct Header {
 pub async fn serve(
     config: &Arc<Config>,
     store: Arc<dyn MailStore>,
-    engine: Option<Arc<crate::hooks::Engine>>,
+    live: Option<Arc<crate::context::Shared>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let path = config.admin_socket_path();
@@ -49,9 +49,9 @@ pub async fn serve(
                 },
                 _ = shutdown.changed() => break,
             };
-            let (store, config, engine) = (store.clone(), config.clone(), engine.clone());
+            let (store, config, live) = (store.clone(), config.clone(), live.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &*store, &config, engine.as_deref()).await {
+                if let Err(e) = handle(stream, &store, &config, live.as_deref()).await {
                     tracing::debug!("admin connection: {e}");
                 }
             });
@@ -62,9 +62,9 @@ pub async fn serve(
 
 async fn handle(
     stream: UnixStream,
-    store: &dyn MailStore,
+    store: &Arc<dyn MailStore>,
     config: &Config,
-    engine: Option<&crate::hooks::Engine>,
+    live: Option<&crate::context::Shared>,
 ) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
@@ -76,7 +76,7 @@ async fn handle(
                 .ok()
                 .and_then(|v| v["cmd"].as_str().map(str::to_string));
             tracing::info!(cmd = cmd.as_deref().unwrap_or("?"), "admin request");
-            execute(store, config, engine, req).await
+            execute(store, config, live, req).await
         }
         Err(e) => Err(format!("bad admin request: {e}")),
     };

@@ -1,6 +1,7 @@
 //! Host services plugins may call (the Lua `mailgate` table; WASM host imports mirror it):
 //! DNS through hickory, a per-plugin key-value store kept in the mail store, and a regex cache.
 
+use super::analyzers::{Analyzers, NoAnalyzers};
 use crate::store::MailStore;
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -28,10 +29,44 @@ pub struct HostServices {
     pub store: Option<Arc<dyn MailStore>>,
     pub resolver: Option<Arc<TokioResolver>>,
     pub dns_timeout: Duration,
-    /// The spam analyzers' shared state (the live Bayes model).
-    pub spam: Arc<crate::spam::Spam>,
-    /// SPF/DKIM/DMARC checks (when there is DNS).
-    pub origin: Option<Arc<crate::spam::origin::Origin>>,
+    /// `mailgate.bayes`, `.keywords`, `.letters`: registered by the spam filter.
+    pub analyzers: Arc<dyn Analyzers>,
+}
+
+/// Host services for a run outside the server (`policy test`, `spam classify|eval`): DNS as
+/// configured, the given analyzers, and a scratch key-value store that goes with this value
+/// (a policy's state from such a run never reaches the real store).
+pub struct Offline {
+    pub host: Arc<HostServices>,
+    scratch: std::path::PathBuf,
+}
+
+impl Offline {
+    pub fn new(config: &crate::config::Config, analyzers: Arc<dyn Analyzers>) -> Offline {
+        static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let scratch = std::env::temp_dir().join(format!("mailgate-policy-{}-{n}", std::process::id()));
+        let store = crate::store::SledStore::open(&scratch, 8)
+            .ok()
+            .map(|s| Arc::new(s) as Arc<dyn MailStore>);
+        let host = HostServices {
+            store,
+            resolver: resolver(&config.dns).ok(),
+            dns_timeout: Duration::from_millis(config.dns.timeout_ms),
+            analyzers,
+        };
+        Offline {
+            host: Arc::new(host),
+            scratch,
+        }
+    }
+}
+
+impl Drop for Offline {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        let _ = std::fs::remove_dir_all(self.scratch.with_extension("journal"));
+    }
 }
 
 impl HostServices {
@@ -40,15 +75,14 @@ impl HostServices {
             store: None,
             resolver: None,
             dns_timeout: Duration::from_secs(2),
-            spam: Default::default(),
-            origin: None,
+            analyzers: Arc::new(NoAnalyzers),
         })
     }
 
     /// DNS blocklist lookup (RFC 5782): the A answers for `target` (an IP, reversed, or a
     /// domain) under `zone`; empty when not listed.
     pub async fn dnsbl(&self, target: &str, zone: &str) -> Result<Vec<String>, String> {
-        let name = crate::spam::origin::dnsbl_query(target, zone)?;
+        let name = dnsbl_query(target, zone)?;
         self.dns("A", &name).await
     }
 
@@ -240,6 +274,44 @@ pub fn resolver(cfg: &crate::config::Dns) -> Result<Arc<TokioResolver>, String> 
         .map_err(|e| format!("DNS resolver: {e}"))
 }
 
+/// The name to look up in a DNS blocklist: an IP's reversed octets (IPv4) or nibbles (IPv6),
+/// or a domain, under `zone` (RFC 5782 §2.1, §2.3).
+pub fn dnsbl_query(target: &str, zone: &str) -> Result<String, String> {
+    let zone = zone.trim_matches('.');
+    if zone.is_empty() || !zone.contains('.') {
+        return Err(format!("not a blocklist zone: {zone:?}"));
+    }
+    let target = target.trim().trim_start_matches('[').trim_end_matches(']');
+    let name = match target.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}", o[3], o[2], o[1], o[0])
+        }
+        Ok(IpAddr::V6(v6)) => {
+            let mut nibbles = Vec::with_capacity(32);
+            for b in v6.octets().iter().rev() {
+                nibbles.push(format!("{:x}", b & 0xf));
+                nibbles.push(format!("{:x}", b >> 4));
+            }
+            nibbles.join(".")
+        }
+        Err(_) => {
+            let d = target.trim_matches('.').to_ascii_lowercase();
+            let valid = !d.is_empty()
+                && d.len() <= 253
+                && d.contains('.')
+                && d.split('.').all(|l| {
+                    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                return Err(format!("neither an IP address nor a domain: {target:?}"));
+            }
+            d
+        }
+    };
+    Ok(format!("{name}.{zone}."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +365,24 @@ mod tests {
             assert!(e.contains("ttl_secs must be more than 0"), "{e}");
         }
         assert_eq!(host.kv_get("grey", "t").unwrap(), None);
+    }
+
+    #[test]
+    fn blocklist_names() {
+        assert_eq!(
+            dnsbl_query("192.0.2.99", "bl.example").unwrap(),
+            "99.2.0.192.bl.example."
+        );
+        assert_eq!(
+            dnsbl_query("2001:db8:1:2:3:4:567:89ab", "bl.example.").unwrap(),
+            "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.bl.example."
+        );
+        assert_eq!(
+            dnsbl_query("Spam.Example", "dbl.example").unwrap(),
+            "spam.example.dbl.example."
+        );
+        assert!(dnsbl_query("not a domain", "bl.example").is_err());
+        assert!(dnsbl_query("192.0.2.1", "localhost").is_err());
+        assert!(dnsbl_query("a..b", "bl.example").is_err());
     }
 }

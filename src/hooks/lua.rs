@@ -8,6 +8,7 @@
 //! spent in host calls), and heap (`set_memory_limit`). After an error the state stays usable.
 
 use super::PluginError;
+use super::analyzers::KeywordRules;
 use super::contract::{Event, Hook, Message, Stage, Verdict};
 use super::host::{HostServices, RegexCache};
 use super::manifest::Manifest;
@@ -95,7 +96,7 @@ fn new_state(
     manifest: &Manifest,
     host: &Arc<HostServices>,
     regexes: &Arc<RegexCache>,
-    keywords: &Arc<crate::spam::keywords::Rules>,
+    keywords: &Arc<dyn KeywordRules>,
 ) -> Result<State, String> {
     let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE;
     let lua = Lua::new_with(libs, LuaOptions::default()).map_err(|e| lua_error(&e))?;
@@ -269,7 +270,7 @@ fn install_analyzers(
     lua: &Lua,
     t: &mlua::Table,
     host: &Arc<HostServices>,
-    keywords: &Arc<crate::spam::keywords::Rules>,
+    keywords: &Arc<dyn KeywordRules>,
     current: &Arc<view::Current>,
     message_view: usize,
 ) -> mlua::Result<()> {
@@ -293,7 +294,7 @@ fn install_analyzers(
         "bayes",
         lua.create_function(move |lua, msg: Value| {
             let m = of(&msg)?;
-            match crate::spam::bayes_result(&h.spam, &m) {
+            match h.analyzers.bayes(&m) {
                 Some(j) => lua.to_value(&j),
                 None => Ok(Value::Nil),
             }
@@ -307,11 +308,12 @@ fn install_analyzers(
             lua.to_value(&rules.matches(&m))
         })?,
     )?;
+    let h = host.clone();
     t.set(
         "letters",
         lua.create_function(move |lua, msg: Value| {
             let m = message_of(&msg)?;
-            lua.to_value(&crate::spam::letter_findings(&m))
+            lua.to_value(&h.analyzers.letters(&m))
         })?,
     )?;
     Ok(())
@@ -481,7 +483,7 @@ impl LuaPlugin {
             .unwrap_or_default();
         let shown = path.display();
         let regexes = Arc::new(RegexCache::default());
-        let keywords = Arc::new(crate::spam::keywords::Rules::for_plugin(path, &manifest)?);
+        let keywords = host.analyzers.keywords(path, &manifest)?;
         let mut pool = Vec::with_capacity(states.max(1));
         for _ in 0..states.max(1) {
             pool.push(new_state(&name, path, source, &manifest, host, &regexes, &keywords)?);

@@ -8,11 +8,11 @@
 //!
 //! `docs/hooks.md` is the author's guide to the contract in [`contract`].
 
+pub mod analyzers;
 pub mod contract;
 pub mod host;
 pub mod lua;
 pub mod manifest;
-pub mod simulate;
 pub mod threads;
 pub mod wasm;
 
@@ -91,7 +91,7 @@ impl Plugin {
 }
 
 /// One line of the trace: which plugin said what, how long it took.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TraceEntry {
     pub plugin: String,
     pub hook: Hook,

@@ -12,6 +12,7 @@
 //! the runtime there.
 
 use super::PluginError;
+use super::analyzers::KeywordRules;
 use super::contract::{self, Event, Hook, Stage, Verdict};
 use super::host::{HostServices, RegexCache};
 use super::manifest::Manifest;
@@ -84,7 +85,7 @@ struct Shared {
     host: Arc<HostServices>,
     regexes: RegexCache,
     config_json: String,
-    keywords: crate::spam::keywords::Rules,
+    keywords: Arc<dyn KeywordRules>,
 }
 
 impl HostState {
@@ -153,7 +154,7 @@ impl mailgate::policy::host::Host for HostState {
 
     fn bayes(&mut self) -> Option<String> {
         let m = self.message.as_ref()?;
-        crate::spam::bayes_result(&self.plugin.host.spam, m).map(|j| Self::json(&j))
+        self.plugin.host.analyzers.bayes(m).map(|j| Self::json(&j))
     }
 
     fn keywords(&mut self) -> String {
@@ -165,7 +166,7 @@ impl mailgate::policy::host::Host for HostState {
 
     fn letters(&mut self) -> String {
         match &self.message {
-            Some(m) => Self::json(&crate::spam::letter_findings(m)),
+            Some(m) => Self::json(&self.plugin.host.analyzers.letters(m)),
             None => "[]".into(),
         }
     }
@@ -376,7 +377,7 @@ impl WasmPlugin {
             .and_then(PolicyPre::new)
             .map_err(|e| format!("{shown}: does not fit the mailgate:policy world: {e:#}"))?;
         let config_json = serde_json::to_string(&manifest.config).map_err(|e| format!("{shown}: config: {e}"))?;
-        let keywords = crate::spam::keywords::Rules::for_plugin(path, &manifest)?;
+        let keywords = host.analyzers.keywords(path, &manifest)?;
         let inner = Arc::new(Inner {
             manifest,
             pre,

@@ -70,12 +70,13 @@ pub async fn start(config: Config) -> Result<Running> {
             None
         }
     };
+    let spam = Arc::new(crate::spam::Spam::load(&*store));
+    let origin = crate::spam::origin::Origin::for_config(resolver.as_ref(), &config);
     let host = Arc::new(crate::hooks::host::HostServices {
         store: Some(store.clone()),
-        origin: crate::spam::origin::Origin::for_config(resolver.as_ref(), &config),
         resolver,
         dns_timeout: Duration::from_millis(config.dns.timeout_ms),
-        spam: Arc::new(crate::spam::Spam::load(&*store)),
+        analyzers: spam.clone(),
     });
     let engine = Arc::new(
         crate::hooks::Engine::new(&config.policies.dir, host, config.policies.lua_states)
@@ -95,6 +96,8 @@ pub async fn start(config: Config) -> Result<Running> {
         tls,
         auth: crate::auth::Authenticator::new(store.clone(), config.auth.clone()),
         engine: engine.clone(),
+        spam,
+        origin,
         pop3_locks: Default::default(),
         learn: crate::spam::learn_sink(),
         shutdown: shutdown_rx.clone(),
@@ -141,14 +144,14 @@ pub async fn start(config: Config) -> Result<Running> {
         );
     }
     let learner = tokio::spawn(crate::spam::learner(
-        shared.engine.host().spam.clone(),
+        shared.spam.clone(),
         store.clone(),
         config.clone(),
         shared.learn.subscribe(),
         shutdown_rx.clone(),
     ));
     let sweeper = tokio::spawn(kv_sweeper(engine.host().clone(), shutdown_rx.clone()));
-    let admin = crate::admin::server::serve(&config, store.clone(), Some(engine.clone()), shutdown_rx.clone()).await?;
+    let admin = crate::admin::server::serve(&config, store.clone(), Some(shared.clone()), shutdown_rx.clone()).await?;
     drop(alive);
 
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);

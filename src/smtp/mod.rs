@@ -2,7 +2,6 @@
 //! CHUNKING and STARTTLS.
 
 pub mod data;
-pub mod policy;
 mod session;
 
 pub use session::Session;

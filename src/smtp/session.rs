@@ -5,40 +5,23 @@
 //! answered 250 only after the store has flushed it (see [`crate::store::MailStore::sync`]).
 
 use super::data::{DataReceiver, Progress};
-use super::policy::{self, PolicyState};
-use crate::mail::address::Address;
-use crate::mail::{edit_headers, edit_headers_into, parse_message};
 use crate::config::TlsMode;
-use crate::hooks::contract::{Header, RouteKind, Session as SessionInfo};
-use crate::hooks::{
-    Action, Event, Hook, Outcome, PolicySet, Stage, trace_header,
-};
-use crate::route::Route;
 use crate::context::Shared;
+use crate::hooks::contract::Session as SessionInfo;
+use crate::hooks::{PolicySet, Stage};
+use crate::mail::address::Address;
+use crate::mail::edit_headers_into;
+use crate::pipeline::{Context, Refusal, Scope};
 use crate::net::conn::{Conn, Line, ReadError};
-use crate::store::{Target, now_secs};
+use crate::store::now_secs;
 use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Messages above this size are stored from a blocking thread (hashing and copying a large
-/// body would otherwise stall other sessions on the same worker).
-const BLOCKING_DELIVERY_SIZE: usize = 256 * 1024;
-
-/// Headers only this server writes; copies arriving with a message are removed.
-const OWN_HEADERS: [&str; 4] = ["X-Spam-Flag", "X-Spam-Score", "X-Spam-Symbols", "X-Mailgate-Trace"];
-
 /// MAIL FROM flags we advertise and therefore accept.
 const ACCEPTED_MAIL_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
-
-/// Why storing a message did not end in 250.
-enum Stored {
-    /// An `on_deliver` policy refused it.
-    Refused(Box<Outcome>),
-    Failed(anyhow::Error),
-}
 
 #[derive(PartialEq, Eq)]
 enum Flow {
@@ -57,9 +40,8 @@ struct Transaction {
     attempted: usize,
     /// BDAT chunks received so far.
     bdat: Option<Vec<u8>>,
-    /// What policies see of this transaction (envelope, scores so far).
-    event: Event,
-    policy: PolicyState,
+    /// What policies see of this transaction (envelope, scores so far) and said of it.
+    scope: Scope,
 }
 
 pub struct Session {
@@ -74,11 +56,10 @@ pub struct Session {
     /// The policy set this session started with (a reload does not change it mid-session).
     policies: Arc<PolicySet>,
     /// Scores and verdicts from the connect and helo stages.
-    event: Event,
-    policy: PolicyState,
-    /// The same as they were after the connect stage: every EHLO/HELO (a second one after
+    scope: Scope,
+    /// The same as it was after the connect stage: every EHLO/HELO (a second one after
     /// STARTTLS, say) starts again from here, so helo scores are never counted twice.
-    after_connect: (Event, PolicyState),
+    after_connect: Scope,
 }
 
 /// `RCPT TO:<Postmaster>` (no domain), which RFC 5321 §4.1.1.3 requires us to accept; the
@@ -108,9 +89,19 @@ impl Session {
             tx: None,
             errors: 0,
             policies,
-            event: Event::default(),
-            policy: PolicyState::default(),
-            after_connect: (Event::default(), PolicyState::default()),
+            scope: Scope::default(),
+            after_connect: Scope::default(),
+        }
+    }
+
+    /// The decision pipeline over this session's policy set.
+    fn ctx(&self) -> Context<'_> {
+        Context {
+            policies: &self.policies,
+            config: &self.shared.config,
+            router: Some(&self.shared.router),
+            origin: self.shared.origin.as_deref(),
+            chains: Some(&self.shared.chains),
         }
     }
 
@@ -124,42 +115,13 @@ impl Session {
         }
     }
 
-    /// Runs `on_receive` at `stage` over `event`. On a refusal the reply is written and the
-    /// flow to follow is returned as the error.
-    async fn receive(&mut self, stage: Stage, event: &mut Event) -> Result<Outcome, Flow> {
-        self.enter(event, stage);
-        let out = self.policies.run(Hook::Receive, event).await;
-        self.refusal(&out).map(|_| out)
-    }
-
-    /// Points `event` at `on_receive`'s `stage` of this session.
-    fn enter(&self, event: &mut Event, stage: Stage) {
-        event.hook = Hook::Receive;
-        event.stage = Some(stage);
-        event.session = self.session_info();
-    }
-
-    /// Writes the reply for a refusing outcome; Ok when the outcome does not refuse.
-    fn refusal(&mut self, out: &Outcome) -> Result<(), Flow> {
-        match out.action {
-            Action::Reject | Action::Tempfail => {
-                let (code, enhanced, text) = out.reply();
-                self.reply(code, &enhanced, &text);
-                Err(self.after_error())
-            }
-            Action::Disconnect => {
-                let (code, enhanced, text) = out.reply();
-                self.conn.write(format!("{code} {enhanced} {text}\r\n").as_bytes());
-                Err(Flow::Close)
-            }
-            _ => Ok(()),
+    /// Answers a refusal: its reply, then the session's end or the error count.
+    fn refused(&mut self, r: Refusal) -> Flow {
+        if r.close {
+            self.conn.write(format!("{}\r\n", r.line()).as_bytes());
+            return Flow::Close;
         }
-    }
-
-    /// Whether on_receive should run at `stage` in the current scope.
-    fn wants(&self, stage: Stage) -> bool {
-        let accepted = self.tx.as_ref().is_some_and(|t| t.policy.accepted) || self.policy.accepted;
-        !accepted && self.policies.wants(Hook::Receive, Some(stage))
+        self.refuse(r.code, &r.enhanced, &r.text)
     }
 
     fn cfg(&self) -> &crate::config::Smtp {
@@ -192,23 +154,18 @@ impl Session {
     /// Serves the session to its end. `permit` (the connection-limit slot) is released before
     /// the socket closes, so a client that saw the close can connect again at once.
     pub async fn run<P>(mut self, permit: P) {
-        if self.wants(Stage::Connect) {
-            let mut ev = std::mem::take(&mut self.event);
-            self.enter(&mut ev, Stage::Connect);
-            let out = self.policies.run(Hook::Receive, &mut ev).await;
-            self.event = ev;
-            if matches!(out.action, Action::Reject | Action::Tempfail | Action::Disconnect) {
-                // Refused at connect: a 554 greeting (RFC 5321 §3.1) or 421, then close.
-                let (code, enhanced, text) = out.reply();
-                let code = if code >= 500 { 554 } else { 421 };
-                self.conn.write(format!("{code} {enhanced} {text}\r\n").as_bytes());
-                drop(permit);
-                self.conn.close().await;
-                return;
-            }
-            self.policy.absorb(out);
-            self.after_connect = (self.event.clone(), self.policy.clone());
+        let mut scope = Scope::default();
+        let info = self.session_info();
+        if let Err(r) = self.ctx().receive(Stage::Connect, &info, &mut scope).await {
+            // Refused at connect: a 554 greeting (RFC 5321 §3.1) or 421, then close.
+            let code = if r.code >= 500 { 554 } else { 421 };
+            self.conn.write(format!("{code} {} {}\r\n", r.enhanced, r.text).as_bytes());
+            drop(permit);
+            self.conn.close().await;
+            return;
         }
+        self.after_connect = scope.clone();
+        self.scope = scope;
         let greeting = format!("220 {} {}\r\n", self.shared.config.server.hostname, self.cfg().banner);
         self.conn.write(greeting.as_bytes());
 
@@ -339,20 +296,13 @@ impl Session {
             return self.refuse(501, "5.5.4", "Syntax: EHLO hostname");
         }
         self.tx = None;
-        self.event = self.after_connect.0.clone();
-        self.policy = self.after_connect.1.clone();
-        if self.wants(Stage::Helo) {
-            let previous = self.helo.replace(host.clone());
-            let mut ev = std::mem::take(&mut self.event);
-            let r = self.receive(Stage::Helo, &mut ev).await;
-            self.event = ev;
-            match r {
-                Ok(out) => self.policy.absorb(out),
-                Err(flow) => {
-                    self.helo = previous;
-                    return flow;
-                }
-            }
+        let mut scope = self.after_connect.clone();
+        let mut info = self.session_info();
+        info.helo = Some(host.clone());
+        let decided = self.ctx().receive(Stage::Helo, &info, &mut scope).await;
+        self.scope = scope;
+        if let Err(r) = decided {
+            return self.refused(r);
         }
         self.esmtp = esmtp;
         let name = self.shared.config.server.hostname.clone();
@@ -410,15 +360,9 @@ impl Session {
                 return self.refuse(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
             }
         }
-        let mut event = self.event.clone();
-        event.envelope.mail_from = Some(address.clone());
-        event.envelope.rcpt_to.clear();
-        let mut state = self.policy.clone();
-        if self.wants(Stage::Mail) {
-            match self.receive(Stage::Mail, &mut event).await {
-                Ok(out) => state.absorb(out),
-                Err(flow) => return flow,
-            }
+        let mut scope = self.scope.transaction(&address);
+        if let Err(r) = self.ctx().receive(Stage::Mail, &self.session_info(), &mut scope).await {
+            return self.refused(r);
         }
         self.tx = Some(Transaction {
             mail_from: address,
@@ -427,8 +371,7 @@ impl Session {
             rcpts: Vec::new(),
             attempted: 0,
             bdat: None,
-            event,
-            policy: state,
+            scope,
         });
         self.reply(250, "2.1.0", "Ok");
         Flow::Continue
@@ -466,105 +409,23 @@ impl Session {
                 .unwrap_or_default();
             given = format!("postmaster@{first}");
         }
-        let address = match Address::parse(&given) {
-            Ok(a) => a,
-            Err(_) => return self.refuse(501, "5.1.3", "Bad recipient address syntax"),
-        };
-        let route = match self.route(&given, &address).await {
-            Ok(r) => r,
-            Err(flow) => return flow,
-        };
-        let accounts = match route {
-            Ok(Route::Local(accounts)) => accounts,
-            Ok(Route::UnknownUser) => {
-                return self.refuse(
-                    550,
-                    "5.1.1",
-                    &format!("<{given}>: Recipient address rejected: User unknown"),
-                );
-            }
-            Ok(Route::RelayDenied) => return self.refuse(554, "5.7.1", &format!("<{given}>: Relay access denied")),
-            Err(e) => {
-                tracing::error!("routing {given}: {e}");
-                return self.refuse(451, "4.3.0", "Temporary lookup failure");
-            }
-        };
-        if self.wants(Stage::Rcpt) {
-            let mut ev = self.tx.as_ref().expect("checked above").event.clone();
-            ev.recipient = Some(given.clone());
-            match self.receive(Stage::Rcpt, &mut ev).await {
-                Ok(out) => {
-                    let tx = self.tx.as_mut().expect("checked above");
-                    tx.event.score = ev.score;
-                    tx.event.symbols = ev.symbols;
-                    tx.policy.absorb(out);
-                }
-                Err(flow) => return flow,
-            }
-        }
         let tx = self.tx.as_mut().expect("checked above");
+        let mut scope = std::mem::take(&mut tx.scope);
+        let routed = self.ctx().rcpt(&self.session_info(), &mut scope, &given).await;
+        let tx = self.tx.as_mut().expect("checked above");
+        tx.scope = scope;
+        let accounts = match routed {
+            Ok(accounts) => accounts,
+            Err(r) => return self.refused(r),
+        };
         for a in accounts {
             if !tx.accounts.contains(&a) {
                 tx.accounts.push(a);
             }
         }
-        tx.event.envelope.rcpt_to.push(given.clone());
         tx.rcpts.push(given);
         self.reply(250, "2.1.5", "Ok");
         Flow::Continue
-    }
-
-    /// The built-in route, then `on_route` policies, which may override it. The outer error
-    /// is a refusal already answered.
-    async fn route(&mut self, given: &str, address: &Address) -> Result<crate::store::Result<Route>, Flow> {
-        let builtin = self.shared.router.route(address);
-        let Ok(default) = &builtin else { return Ok(builtin) };
-        if !self.policies.wants(Hook::Route, None) {
-            return Ok(builtin);
-        }
-        let mut ev = self.tx.as_ref().map(|t| t.event.clone()).unwrap_or_default();
-        ev.hook = Hook::Route;
-        ev.stage = None;
-        ev.session = self.session_info();
-        ev.recipient = Some(given.to_string());
-        ev.default_route = Some(
-            match default {
-                Route::Local(_) => "local",
-                Route::UnknownUser => "unknown",
-                Route::RelayDenied => "relay-denied",
-            }
-            .into(),
-        );
-        let out = self.policies.run(Hook::Route, &mut ev).await;
-        if let Some(tx) = self.tx.as_mut() {
-            tx.policy.trace.extend(out.trace.iter().cloned());
-        }
-        self.refusal(&out)?;
-        match out.route {
-            None => Ok(builtin),
-            Some(RouteKind::Local) => {
-                let target = out.mailbox.clone().unwrap_or_else(|| given.to_string());
-                Ok(match Address::parse(&target) {
-                    // A rewrite may only name local accounts: a policy cannot open a relay.
-                    Ok(a) => match self.shared.router.route(&a) {
-                        Ok(Route::RelayDenied) => Ok(Route::UnknownUser),
-                        r => r,
-                    },
-                    Err(_) => Ok(Route::UnknownUser),
-                })
-            }
-            Some(RouteKind::Reject) => {
-                let default_text = format!("<{given}>: Recipient address rejected");
-                let (code, enhanced, text) = out.reply_or(550, "5.1.1", &default_text);
-                self.reply(code, &enhanced, &text);
-                Err(self.after_error())
-            }
-            Some(RouteKind::Relay) => {
-                // Relay to a next hop needs the outbound queue (a later issue).
-                self.reply(451, "4.3.2", "Relay to the next hop is not available yet");
-                Err(self.after_error())
-            }
-        }
     }
 
     /// Checks that a message may be sent now; replies and returns false otherwise.
@@ -687,200 +548,51 @@ impl Session {
         )
     }
 
-    /// End of DATA/BDAT: the data stage, the score thresholds, header edits, `on_deliver` per
-    /// recipient, then the store; 250 only once it is on disk.
-    async fn deliver(&mut self, mut body: Vec<u8>) -> Flow {
+    /// End of DATA/BDAT: the pipeline decides (data stage, thresholds, header edits,
+    /// `on_deliver` per recipient), then the store; 250 only once it is on disk.
+    async fn deliver(&mut self, body: Vec<u8>) -> Flow {
         let Some(mut tx) = self.tx.take() else {
             return self.refuse(503, "5.5.1", "Need MAIL command first");
         };
         let id = queue_id();
-        let wants_data = !tx.policy.accepted && self.policies.wants(Hook::Receive, Some(Stage::Data));
-        let auth_header = self.authenticate(&mut tx, &body).await;
-        // Parsed once, shared by every policy of every hook: by the data stage, where it runs.
-        let mut message = None;
-        if wants_data {
-            let mut ev = std::mem::take(&mut tx.event);
-            self.enter(&mut ev, Stage::Data);
-            let (out, raw) = self
-                .shared
-                .chains
-                .parse_and_run(&self.policies, Hook::Receive, &mut ev, body)
-                .await;
-            body = raw;
-            message = ev.message.take();
-            tx.event = ev;
-            if let Err(flow) = self.refusal(&out) {
-                return flow;
-            }
-            tx.policy.absorb(out);
-        }
-        if message.is_none() && self.policies.wants(Hook::Deliver, None) {
-            message = Some(Arc::new(parse_message(&body)));
-        }
-        let score = tx.event.score;
-        let judged = if tx.policy.accepted {
-            policy::Verdict::Clean
-        } else {
-            policy::judge(score, &self.shared.config.spam.thresholds)
+        let info = self.session_info();
+        let ctx = self.ctx();
+        let decided = match ctx.data(&info, &mut tx.scope, body).await {
+            Ok(accepted) if accepted.discard => Ok((accepted, Vec::new())),
+            Ok(accepted) => match ctx.deliveries(&info, &mut tx.scope, &accepted, &tx.accounts).await {
+                Ok(ds) => Ok((accepted, ds)),
+                Err(r) => Err(r),
+            },
+            Err(r) => Err(r),
         };
-        if judged == policy::Verdict::Reject {
-            let reasons = policy::main_symbols(&tx.event.symbols, 3);
-            tracing::info!(id, score, reasons, "rejected as spam");
-            return self.refuse(
-                550,
-                "5.7.1",
-                &format!("Message rejected as spam (score {score:.1}: {reasons})"),
-            );
-        }
-        if tx.policy.discard {
+        let (accepted, deliveries) = match decided {
+            Ok(d) => d,
+            Err(r) => {
+                tracing::info!(id, reply = r.line(), "refused at end of data");
+                return self.refused(r);
+            }
+        };
+        let score = accepted.score;
+        if accepted.discard {
             tracing::info!(id, from = %tx.mail_from, "discarded by policy");
             self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
             return Flow::Continue;
         }
-        let quarantine = tx.policy.quarantine || judged == policy::Verdict::Quarantine;
-        let mut add = tx.policy.add_headers.clone();
-        if let Some(h) = auth_header {
-            add.insert(0, h);
-        }
-        add.extend(policy::spam_headers(
-            score,
-            &tx.event.symbols,
-            judged != policy::Verdict::Clean,
-        ));
-        if self.shared.config.policies.trace_header && !tx.policy.trace.is_empty() {
-            add.push(Header {
-                name: "X-Mailgate-Trace".into(),
-                value: format!("v={}; {}", self.policies.version, trace_header(&tx.policy.trace)),
-            });
-        }
-        // Headers we vouch for are never taken from the sender: a forged "X-Spam-Flag: NO" or
-        // trace would mislead users' filters.
-        let mut remove = tx.policy.remove_headers.clone();
-        remove.extend(OWN_HEADERS.iter().map(|h| h.to_string()));
-        // RFC 8601 §5: results claiming to come from us that we did not write.
-        remove.push(format!("Authentication-Results:{}", self.shared.config.server.hostname));
         let mut raw = self.trace_headers(&tx, &id).into_bytes();
-        raw.reserve(body.len() + 512);
-        edit_headers_into(&mut raw, &body, &add, &remove);
-        drop(body);
-        match self.store_message(&tx, raw, message, quarantine).await {
+        raw.reserve(accepted.raw.len() + 512);
+        edit_headers_into(&mut raw, &accepted.raw, &accepted.add_headers, &accepted.remove_headers);
+        drop(accepted.raw);
+        match crate::deliver::store_local(&self.shared.store, &raw, &deliveries).await {
             Ok(n) => {
-                tracing::info!(id, from = %tx.mail_from, rcpts = ?tx.rcpts, mailboxes = n, score, quarantine, "delivered");
+                tracing::info!(id, from = %tx.mail_from, rcpts = ?tx.rcpts, mailboxes = n, score, quarantine = accepted.quarantine, "delivered");
                 self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
                 Flow::Continue
             }
-            Err(Stored::Refused(out)) => self.refusal(&out).err().unwrap_or(Flow::Continue),
-            Err(Stored::Failed(e)) => {
+            Err(e) => {
                 tracing::error!(id, "delivery failed: {e}");
                 self.refuse(451, "4.3.0", "Temporary storage failure, try again later")
             }
         }
-    }
-
-    /// SPF, DKIM and DMARC onto the transaction's event when a policy reads `event.auth`.
-    /// Returns the `Authentication-Results` header to add, if one is configured.
-    async fn authenticate(&self, tx: &mut Transaction, body: &[u8]) -> Option<Header> {
-        if tx.policy.accepted || !self.policies.wants_auth() {
-            return None;
-        }
-        let origin = self.shared.engine.host().origin.as_ref()?;
-        let sender = crate::spam::origin::Sender {
-            ip: self.peer.ip(),
-            helo: self.helo.as_deref().unwrap_or(""),
-            mail_from: &tx.mail_from,
-        };
-        let checked = origin.check(&sender, body).await;
-        tx.event.auth = Some(checked.results);
-        self.shared.config.spam.authentication_results.then_some(checked.header)
-    }
-
-    /// Runs `on_deliver` for each recipient, writes the message into the chosen folders
-    /// (one stored copy per distinct set of added headers) and waits until it is on disk.
-    async fn store_message(
-        &self,
-        tx: &Transaction,
-        raw: Vec<u8>,
-        message: Option<Arc<crate::hooks::contract::Message>>,
-        quarantine: bool,
-    ) -> Result<usize, Stored> {
-        let store = self.shared.store.clone();
-        let mut groups: Vec<(Vec<Header>, Vec<Target>)> = Vec::new();
-        for account in &tx.accounts {
-            let mut folder = if quarantine { "Junk" } else { "INBOX" }.to_string();
-            let (mut flags, mut keywords, mut extra) = (Default::default(), Vec::new(), Vec::new());
-            if self.policies.wants(Hook::Deliver, None) {
-                let mut ev = tx.event.clone();
-                ev.hook = Hook::Deliver;
-                ev.stage = None;
-                ev.session = self.session_info();
-                ev.recipient = Some(account.clone());
-                ev.mailbox = Some(folder.clone());
-                ev.message = message.clone();
-                let out = self.policies.run(Hook::Deliver, &mut ev).await;
-                match out.action {
-                    Action::Discard => continue,
-                    Action::Reject | Action::Tempfail | Action::Disconnect => {
-                        return Err(Stored::Refused(Box::new(out)));
-                    }
-                    _ => {}
-                }
-                if out.quarantine {
-                    folder = "Junk".into();
-                }
-                if let Some(f) = out.folder.clone() {
-                    folder = f;
-                }
-                (flags, keywords) = policy::parse_flags(&out.flags);
-                extra = out.add_headers;
-            }
-            let mailbox = match store.mailbox(account, &folder).map_err(|e| Stored::Failed(e.into()))? {
-                Some(m) => m,
-                None => {
-                    tracing::warn!(account, folder, "no such folder; delivering to INBOX");
-                    match store.mailbox(account, "INBOX").map_err(|e| Stored::Failed(e.into()))? {
-                        Some(m) => m,
-                        None => {
-                            tracing::warn!(account, "account vanished since RCPT; skipped");
-                            continue;
-                        }
-                    }
-                }
-            };
-            let target = Target {
-                mailbox: mailbox.id,
-                flags,
-                keywords,
-            };
-            match groups.iter_mut().find(|(h, _)| *h == extra) {
-                Some((_, targets)) => targets.push(target),
-                None => groups.push((extra, vec![target])),
-            }
-        }
-        let mut delivered = 0;
-        let now = now_secs();
-        for (extra, targets) in groups {
-            // No added headers (the common case): deliver the received bytes without a copy.
-            let copy: std::borrow::Cow<[u8]> = if extra.is_empty() {
-                std::borrow::Cow::Borrowed(&raw)
-            } else {
-                std::borrow::Cow::Owned(edit_headers(&raw, &extra, &[]))
-            };
-            let _turn = store.write_turn().await;
-            if copy.len() >= BLOCKING_DELIVERY_SIZE {
-                let (s, t, copy) = (store.clone(), targets.clone(), copy.into_owned());
-                tokio::task::spawn_blocking(move || s.deliver_to(&copy, now, &t))
-                    .await
-                    .map_err(|e| Stored::Failed(e.into()))?
-                    .map_err(|e| Stored::Failed(e.into()))?;
-            } else {
-                store
-                    .deliver_to(&copy, now, &targets)
-                    .map_err(|e| Stored::Failed(e.into()))?;
-            }
-            delivered += targets.len();
-        }
-        store.sync().await.map_err(|e| Stored::Failed(e.into()))?;
-        Ok(delivered)
     }
 
     /// STARTTLS (RFC 3207): reply, drop anything pipelined behind the command, handshake, and

@@ -59,6 +59,12 @@ pub struct Rules {
     one_header: Vec<(String, Regex, usize)>,
 }
 
+impl crate::hooks::analyzers::KeywordRules for Rules {
+    fn matches(&self, m: &Message) -> Vec<Hit> {
+        Rules::matches(self, m)
+    }
+}
+
 impl Rules {
     pub fn empty() -> Rules {
         Rules::compile(Vec::new()).expect("no rules compile")

@@ -229,29 +229,38 @@ pub fn bayes(spam: &Spam, m: &Message) -> Option<bayes::Judgement> {
     spam.model().map(|model| model.judge(m))
 }
 
-/// [`bayes`] in the policies' contract form (`mailgate.bayes`, WASM `bayes`).
-pub fn bayes_result(spam: &Spam, m: &Message) -> Option<crate::hooks::contract::BayesResult> {
-    bayes(spam, m).map(|j| crate::hooks::contract::BayesResult {
-        probability: j.probability,
-        log_odds: j.log_odds,
-        tokens: j
-            .top
-            .into_iter()
-            .map(|(token, weight)| crate::hooks::contract::TokenWeight { token, weight })
-            .collect(),
-    })
-}
-
-/// [`letters::analyze`] in the policies' contract form (`mailgate.letters`, WASM `letters`).
-pub fn letter_findings(m: &Message) -> Vec<crate::hooks::contract::LetterFinding> {
-    letters::analyze(m)
-        .into_iter()
-        .map(|f| crate::hooks::contract::LetterFinding {
-            name: f.name.to_string(),
-            count: f.count,
-            example: f.example,
+/// The spam filter's analyzers, as the hook engine offers them to policies.
+impl crate::hooks::analyzers::Analyzers for Spam {
+    fn bayes(&self, m: &Message) -> Option<crate::hooks::contract::BayesResult> {
+        bayes(self, m).map(|j| crate::hooks::contract::BayesResult {
+            probability: j.probability,
+            log_odds: j.log_odds,
+            tokens: j
+                .top
+                .into_iter()
+                .map(|(token, weight)| crate::hooks::contract::TokenWeight { token, weight })
+                .collect(),
         })
-        .collect()
+    }
+
+    fn letters(&self, m: &Message) -> Vec<crate::hooks::contract::LetterFinding> {
+        letters::analyze(m)
+            .into_iter()
+            .map(|f| crate::hooks::contract::LetterFinding {
+                name: f.name.to_string(),
+                count: f.count,
+                example: f.example,
+            })
+            .collect()
+    }
+
+    fn keywords(
+        &self,
+        plugin: &Path,
+        manifest: &crate::hooks::manifest::Manifest,
+    ) -> Result<Arc<dyn crate::hooks::analyzers::KeywordRules>, String> {
+        Ok(Arc::new(keywords::Rules::for_plugin(plugin, manifest)?))
+    }
 }
 
 /// The messages of one corpus file ([`messages_in`] of its bytes).

@@ -81,7 +81,7 @@ pub(crate) fn train_synthetic(s: &TestServer) -> String {
         s.running.shared.config.spam.bayes_max_tokens,
     )
     .unwrap();
-    let spam_state = s.running.shared.engine.host().spam.clone();
+    let spam_state = s.running.shared.spam.clone();
     spam_state.set_model(Some(mailgate::spam::bayes::Model::new(counts).unwrap()));
     report
 }
@@ -91,7 +91,7 @@ async fn bayes_policy_tags_spam_and_junk_moves_train_it() {
     let s = start_with_policies(&[("50-bayes.lua", BAYES_LUA), ("50-bayes.toml", BAYES_TOML)], |_| {}).await;
     let report = train_synthetic(&s);
     assert!(report.contains("trained on 30 spam and 30 ham"), "{report}");
-    let spam_state = s.running.shared.engine.host().spam.clone();
+    let spam_state = s.running.shared.spam.clone();
 
     // Held-back messages (indices never trained) through a real SMTP session.
     let mut c = greeted(s.smtp).await;

@@ -1,4 +1,5 @@
-//! How policy outcomes accumulate over an SMTP session and turn into one action per message.
+//! How policy outcomes accumulate over a session and turn into one action per message:
+//! the score thresholds, the rejection text, the X-Spam-* headers, the flags `on_deliver` names.
 
 use crate::config::Thresholds;
 use crate::hooks::contract::{Header, Symbol};

@@ -1,0 +1,175 @@
+//! The command line: every subcommand and flag (clap).
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "mailgate", version, about = "Mail server and spam gateway")]
+pub struct Cli {
+    /// Configuration file (TOML). Without it, embedded defaults are used.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run every configured listener.
+    Serve,
+    /// Accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Local domains (besides server.local_domains in the config).
+    #[command(subcommand)]
+    Domain(DomainCmd),
+    /// Aliases; a source of `@domain` is a catch-all.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Look into mailboxes.
+    #[command(subcommand)]
+    Mailbox(MailboxCmd),
+    /// Policies: validate, try on a message, reload, status.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Spam filter: train the Bayes model, classify a message, evaluate on a corpus.
+    #[command(subcommand)]
+    Spam(SpamCmd),
+}
+
+#[derive(Subcommand)]
+pub enum SpamCmd {
+    /// Train the Bayes model on folders of .eml or mbox files (adds to the stored model).
+    Train {
+        #[arg(long, required = true)]
+        spam: Vec<PathBuf>,
+        #[arg(long, required = true)]
+        ham: Vec<PathBuf>,
+        /// Start from an empty model.
+        #[arg(long)]
+        reset: bool,
+        /// Leave out this fraction of each folder (the part `eval --holdout` scores).
+        #[arg(long)]
+        holdout: Option<f64>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Fold a new model's token hashes into this many buckets (default: every distinct token
+        /// its own feature).
+        #[arg(long)]
+        features: Option<u64>,
+    },
+    /// Run the whole policy chain on one message from stdin: `spam SCORE` or `ham SCORE`,
+    /// then the symbols and the Bayes tokens.
+    Classify,
+    /// Score folders of known spam and ham through the whole policy chain.
+    Eval {
+        #[arg(long, required = true)]
+        spam: Vec<PathBuf>,
+        #[arg(long, required = true)]
+        ham: Vec<PathBuf>,
+        /// Score only the held-out fraction (as given to `train --holdout`).
+        #[arg(long)]
+        holdout: Option<f64>,
+        /// Cross-validate instead: cut the folders into N parts (by --seed) and judge each
+        /// part with a model trained, in memory, on the others. The stored model is neither
+        /// used nor changed.
+        #[arg(long, value_name = "N", conflicts_with = "holdout",
+              value_parser = clap::value_parser!(u64).range(2..=100))]
+        folds: Option<u64>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+        /// Also write every message's label, total score and Bayes probability to FILE
+        /// (tab-separated, with a header line): for choosing the `[spam.thresholds]`.
+        #[arg(long, value_name = "FILE")]
+        scores: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Load every policy in DIR (default: [policies] dir) and report errors as file:line.
+    Check { dir: Option<PathBuf> },
+    /// Run the whole chain on a message offline and print the verdict and trace.
+    Test {
+        file: PathBuf,
+        #[arg(long, default_value = "sender@example.org")]
+        from: String,
+        /// Recipient (repeatable).
+        #[arg(long = "to", default_value = "postmaster@localhost")]
+        to: Vec<String>,
+        #[arg(long, default_value = "192.0.2.1")]
+        ip: String,
+        #[arg(long, default_value = "client.example.org")]
+        helo: String,
+        /// Policies directory (default: [policies] dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running server to reload its policies now.
+    Reload,
+    /// Show the running server's policy version, plugins and last error.
+    Status,
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add an account (with INBOX, Sent, Drafts, Junk, Trash).
+    Add {
+        address: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an account and all its mail.
+    Del { address: String },
+    /// List accounts.
+    List,
+    /// Change an account's password.
+    Passwd {
+        address: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DomainCmd {
+    Add { domain: String },
+    Del { domain: String },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum AliasCmd {
+    /// Point SOURCE (address or @domain) at one or more local addresses.
+    Add {
+        source: String,
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    Del {
+        source: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum MailboxCmd {
+    /// List messages: UID, size, flags, date, From, Subject.
+    List {
+        address: String,
+        #[arg(default_value = "INBOX")]
+        folder: String,
+    },
+    /// Print one message, raw.
+    Show {
+        address: String,
+        uid: u32,
+        #[arg(default_value = "INBOX")]
+        folder: String,
+    },
+}
