@@ -8,9 +8,9 @@
 //! `plugins/` for wasm32-wasip2) into a temporary directory, and also prints that directory
 //! so `smtp_load --policies DIR` can measure intake with the same set.
 
+use mailgate::hooks::PolicySet;
 use mailgate::hooks::contract::{Event, Hook, Stage};
 use mailgate::hooks::host::HostServices;
-use mailgate::hooks::PolicySet;
 use mailgate::mail::parse_message;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

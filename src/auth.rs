@@ -1,8 +1,8 @@
 //! Logins for POP3 and IMAP: password checks off the async threads, failure delays and a
 //! per-IP failure budget, the plaintext-over-cleartext policy, and SASL PLAIN/LOGIN decoding.
 
-use crate::mail::address::Address;
 use crate::config::{Auth as AuthConfig, Plaintext};
+use crate::mail::address::Address;
 use crate::store::MailStore;
 use base64::Engine as _;
 use std::collections::{HashMap, VecDeque};
@@ -233,7 +233,6 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
         Err(_) => false,
     }
 }
-
 
 #[cfg(test)]
 mod tests {

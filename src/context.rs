@@ -30,4 +30,3 @@ pub struct Shared {
     /// Where data-stage chains run (`[policies] threads`).
     pub chains: crate::hooks::threads::Chains,
 }
-

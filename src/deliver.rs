@@ -22,7 +22,11 @@ pub async fn store_local(store: &Arc<dyn MailStore>, raw: &[u8], deliveries: &[D
         let mailbox = match store.mailbox(&d.account, &d.folder)? {
             Some(m) => m,
             None => {
-                tracing::warn!(account = d.account, folder = d.folder, "no such folder; delivering to INBOX");
+                tracing::warn!(
+                    account = d.account,
+                    folder = d.folder,
+                    "no such folder; delivering to INBOX"
+                );
                 match store.mailbox(&d.account, "INBOX")? {
                     Some(m) => m,
                     None => {

@@ -14,7 +14,6 @@
 //!
 //! The plan is in `docs/architecture.md`.
 
-pub mod mail;
 pub mod admin;
 pub mod auth;
 pub mod cli;
@@ -23,6 +22,7 @@ pub mod context;
 pub mod deliver;
 pub mod hooks;
 pub mod imap;
+pub mod mail;
 pub mod net;
 pub mod pipeline;
 pub mod pop3;

@@ -7,8 +7,8 @@
 pub mod client;
 pub mod server;
 
-use crate::mail::address::{Address, is_valid_domain};
 use crate::config::Config;
+use crate::mail::address::{Address, is_valid_domain};
 use crate::store::{DEFAULT_MAILBOXES, Flags, MailStore};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -142,8 +142,15 @@ pub async fn execute(
             reset,
             features,
         } => {
-            let (counts, mut report) =
-                crate::spam::train(&**store, &spam, &ham, split, reset, features, config.spam.bayes_max_tokens)?;
+            let (counts, mut report) = crate::spam::train(
+                &**store,
+                &spam,
+                &ham,
+                split,
+                reset,
+                features,
+                config.spam.bayes_max_tokens,
+            )?;
             // The model lives in the key-value tree, made durable by a checkpoint.
             store.checkpoint().await.map_err(|e| e.to_string())?;
             if let Some(live) = live {

@@ -155,7 +155,14 @@ pub struct Run {
 
 impl Run {
     /// Judges the messages of one corpus file with the model the chain holds now.
-    async fn judge_messages(&mut self, chain: &Chain, config: &Config, path: &Path, class: usize, messages: &[Vec<u8>]) {
+    async fn judge_messages(
+        &mut self,
+        chain: &Chain,
+        config: &Config,
+        path: &Path,
+        class: usize,
+        messages: &[Vec<u8>],
+    ) {
         let is_spam = class == SPAM;
         for raw in messages {
             let r = chain.judge(config, raw).await;
@@ -243,8 +250,10 @@ pub async fn judge(
         }
     }
     let (aside_wall, aside_cpu) = (run.aside.wall, run.aside.cpu);
-    run.metrics
-        .finish((wall.elapsed() - aside_wall).as_secs_f64(), process_cpu_secs() - cpu - aside_cpu);
+    run.metrics.finish(
+        (wall.elapsed() - aside_wall).as_secs_f64(),
+        process_cpu_secs() - cpu - aside_cpu,
+    );
     let table = run.table.take();
     Ok((run, table))
 }
@@ -325,7 +334,8 @@ mod tests {
 
     #[test]
     fn corpus_messages_are_judged_under_their_own_envelope_sender() {
-        let with = crate::mail::parse_message(b"Return-Path: <bounce@lists.example>\r\nFrom: a@example.org\r\n\r\nx\r\n");
+        let with =
+            crate::mail::parse_message(b"Return-Path: <bounce@lists.example>\r\nFrom: a@example.org\r\n\r\nx\r\n");
         assert_eq!(envelope_of(&with).mail_from, "bounce@lists.example");
         let without = crate::mail::parse_message(b"From: A <a@example.org>\r\n\r\nx\r\n");
         assert_eq!(envelope_of(&without).mail_from, "a@example.org");
@@ -341,9 +351,13 @@ mod tests {
         std::fs::create_dir_all(&spam).unwrap();
         std::fs::create_dir_all(&ham).unwrap();
         for i in 0..12 {
-            let s = format!("From: s{i}@spam.example\r\nSubject: cheap pills offer\r\n\r\ncheap pills viagra offer buy now unique{i}\r\n");
+            let s = format!(
+                "From: s{i}@spam.example\r\nSubject: cheap pills offer\r\n\r\ncheap pills viagra offer buy now unique{i}\r\n"
+            );
             std::fs::write(spam.join(format!("{i}.eml")), s).unwrap();
-            let h = format!("From: h{i}@work.example\r\nSubject: meeting notes\r\n\r\nthe meeting notes agenda for tuesday item{i}\r\n");
+            let h = format!(
+                "From: h{i}@work.example\r\nSubject: meeting notes\r\n\r\nthe meeting notes agenda for tuesday item{i}\r\n"
+            );
             std::fs::write(ham.join(format!("{i}.eml")), h).unwrap();
         }
         let mut config = Config::default();
@@ -361,7 +375,11 @@ mod tests {
         let (run, table) = judge(&config, &[spam], &[ham], &parts, true).await.unwrap();
         assert_eq!(run.metrics.messages, 24, "each message judged exactly once");
         assert_eq!(table.unwrap().lines().count(), 25, "a header and one line a message");
-        assert!(run.metrics.recall > 0.9, "the shared spam words carry it: {:?}", run.misses);
+        assert!(
+            run.metrics.recall > 0.9,
+            "the shared spam words carry it: {:?}",
+            run.misses
+        );
         assert_eq!(run.metrics.false_positives, 0, "{:?}", run.misses);
     }
 }

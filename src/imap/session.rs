@@ -6,15 +6,15 @@
 //! SEARCH (their UID forms are fine), and during IDLE. Until then sequence numbers stay put.
 
 use super::fetch::{self, write_mailbox};
+use super::mime;
 use super::parser::{self, Cmd, Command, FetchAtt, ListOptions, SearchKey, SeqSet, StatusItem};
 use super::search;
-use super::mime;
-use crate::spam::LearnEvent;
 use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
-use crate::hooks::FetchView;
 use crate::context::Shared;
+use crate::hooks::FetchView;
 use crate::net::conn::{Conn, Line, ReadError};
+use crate::spam::LearnEvent;
 use crate::store::{FlagOp, Flags, MailboxMeta, MessageMeta, StoreError, Target};
 use std::net::SocketAddr;
 use std::sync::Arc;

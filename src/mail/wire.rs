@@ -37,7 +37,10 @@ mod tests {
 
     #[test]
     fn files_and_bare_line_feeds_become_wire_form() {
-        assert_eq!(from_file(b"From a@b Mon\nSubject: x\n\nbody\n"), b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(
+            from_file(b"From a@b Mon\nSubject: x\n\nbody\n"),
+            b"Subject: x\r\n\r\nbody\r\n"
+        );
         assert_eq!(from_file(b"A: 1\r\n\r\nb\r\n"), b"A: 1\r\n\r\nb\r\n");
         assert_eq!(crlf(b"\na\r\nb\n".to_vec()), b"\r\na\r\nb\r\n");
     }

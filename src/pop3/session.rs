@@ -6,12 +6,12 @@
 //! removes the marked messages, waits until that is on disk, and only then answers +OK. A
 //! dropped connection, a timeout or a failed update deletes nothing.
 
-use crate::store::locks::MaildropLock;
 use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
-use crate::hooks::FetchView;
 use crate::context::Shared;
+use crate::hooks::FetchView;
 use crate::net::conn::{Conn, Line, ReadError};
+use crate::store::locks::MaildropLock;
 use crate::store::{BlobId, MailboxId};
 use std::net::SocketAddr;
 use std::sync::Arc;

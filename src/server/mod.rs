@@ -9,11 +9,11 @@ pub mod limits;
 pub mod tls;
 
 use crate::config::{Config, Protocol, TlsMode};
+use crate::context::Shared;
+use crate::net::conn::Conn;
 use crate::route::Router;
 use crate::store::{MailStore, SledStore};
 use anyhow::{Context, Result};
-use crate::context::Shared;
-use crate::net::conn::Conn;
 use limits::ConnLimits;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,8 +11,8 @@ use crate::hooks::contract::Session as SessionInfo;
 use crate::hooks::{PolicySet, Stage};
 use crate::mail::address::Address;
 use crate::mail::edit_headers_into;
-use crate::pipeline::{Context, Refusal, Scope};
 use crate::net::conn::{Conn, Line, ReadError};
+use crate::pipeline::{Context, Refusal, Scope};
 use crate::store::now_secs;
 use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 use std::net::SocketAddr;
@@ -159,7 +159,8 @@ impl Session {
         if let Err(r) = self.ctx().receive(Stage::Connect, &info, &mut scope).await {
             // Refused at connect: a 554 greeting (RFC 5321 §3.1) or 421, then close.
             let code = if r.code >= 500 { 554 } else { 421 };
-            self.conn.write(format!("{code} {} {}\r\n", r.enhanced, r.text).as_bytes());
+            self.conn
+                .write(format!("{code} {} {}\r\n", r.enhanced, r.text).as_bytes());
             drop(permit);
             self.conn.close().await;
             return;

@@ -6,8 +6,8 @@
 //! update) only after that. Concurrent callers share one flush (group commit).
 
 pub mod journal;
-pub mod locks;
 pub mod keys;
+pub mod locks;
 mod message_meta;
 mod sled_store;
 

@@ -145,6 +145,9 @@ fn policy_check_and_test_offline() {
         "{out}"
     );
 
+    // policy test routes as the server does: the recipient must be one it accepts.
+    let (code, _, err) = cli(&cfg, &["user", "add", "alice@localhost", "--password-stdin"], "pw\n");
+    assert_eq!(code, 0, "{err}");
     let eml = dir.path().join("pills.eml");
     // mbox-style leading From line and LF endings, as saved mail often is.
     std::fs::write(
@@ -161,12 +164,42 @@ fn policy_check_and_test_offline() {
     assert!(out.contains("10-pills.lua") && out.contains("PILLS"), "{out}");
     assert!(out.contains("verdict   tag"), "{out}");
     assert!(out.contains("header    X-Spam-Flag: YES"), "{out}");
-    let (code, out, err) = cli(&cfg, &["policy", "test", eml.to_str().unwrap(), "--json"], "");
+    let (code, out, err) = cli(
+        &cfg,
+        &[
+            "policy",
+            "test",
+            eml.to_str().unwrap(),
+            "--json",
+            "--to",
+            "alice@localhost",
+        ],
+        "",
+    );
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["verdict"], "tag");
     assert_eq!(v["score"], 6.0);
     assert_eq!(v["trace"].as_array().unwrap().len(), 1);
+    let (code, out, _) = cli(
+        &cfg,
+        &[
+            "policy",
+            "test",
+            eml.to_str().unwrap(),
+            "--json",
+            "--to",
+            "nobody@localhost",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["verdict"], "reject",
+        "an unknown user is refused, as the server refuses it"
+    );
+    assert!(v["reply"].as_str().unwrap().starts_with("550 5.1.1"), "{v}");
 
     write_policies(
         &policies,

@@ -8,6 +8,7 @@ mod dns;
 mod hooks;
 mod imap;
 mod origin;
+mod pipeline;
 mod pop3;
 mod smtp;
 mod smtp_clients;

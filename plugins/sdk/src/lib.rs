@@ -20,10 +20,12 @@
 
 #[path = "../../../src/hooks/contract.rs"]
 mod contract;
-/// The message model the contract re-exports (the host's `mail::model`, compiled unchanged).
+/// The message model the contract re-exports (the host's `mail::model`, compiled unchanged),
+/// at the path the contract names it by.
+#[path = "../../../src/mail/model.rs"]
+mod model;
 mod mail {
-    #[path = "../../../../src/mail/model.rs"]
-    pub mod model;
+    pub(crate) use super::model;
 }
 
 pub use contract::*;
