@@ -1,5 +1,5 @@
 //! What every protocol session shares: configuration, store, router, authenticator, the
-//! policy engine and the rest of the server's live state. Built once by [`crate::server`];
+//! policy engine and the rest of the server's live state. Built once by the listeners (`server`);
 //! the protocols take it, so none of them needs the listeners.
 
 use crate::config::Config;

@@ -2,15 +2,26 @@
 //!
 //! # Layout
 //!
+//! Lowest layer first; each module imports only modules above it in this list
+//! (`docs/architecture.md`, "Layers"; `tests/it/layers.rs` checks it).
+//!
 //! | module | job |
 //! |---|---|
-//! | [`config`] | TOML configuration, embedded defaults, validation that names the bad key |
-//! | [`server`] | listeners, TLS, connection limits, graceful shutdown; [`server::conn`] buffered I/O shared by all protocols |
-//! | [`smtp`] | inbound SMTP: sans-IO DATA receiver, session state machine |
-//! | [`route`] | where a recipient goes: local accounts, aliases, catch-alls, relay denial |
+//! | [`mail`] | the leaf: addresses, the message model, parsing, header edits, line endings |
+//! | [`net`] | [`net::conn::Conn`], the buffered plaintext/TLS stream every protocol reads and writes |
 //! | [`store`] | the [`store::MailStore`] contract and its sled implementation (key layout in [`store::keys`]) |
+//! | [`config`] | TOML configuration, embedded defaults, validation that names the bad key |
+//! | [`auth`] | password checks: argon2, failure delays, per-IP budgets |
+//! | [`hooks`] | the policy contract and engine: Lua, WASM, host services |
+//! | [`spam`] | analyzers registered into the hooks, SPF/DKIM/DMARC, training, learning |
+//! | [`route`] | where a recipient goes: local accounts, aliases, catch-alls, relay denial |
+//! | [`pipeline`] | what happens to a message: the one decision path for the server and the tools |
+//! | [`deliver`] | local delivery of a decided message, durably |
+//! | [`context`] | what every protocol session shares |
+//! | [`smtp`], [`pop3`], [`imap`] | the protocols, side by side |
 //! | [`admin`] | admin commands, over the admin socket or directly on the store |
-//! | [`address`] | mail address parsing and normalisation |
+//! | [`server`] | listeners, TLS, connection limits, graceful shutdown |
+//! | [`cli`] | the `mailgate` command |
 //!
 //! The plan is in `docs/architecture.md`.
 

@@ -9,7 +9,7 @@
 //! disagree with the server.
 //!
 //! The pipeline decides; it does not store or send. The caller writes the accepted message
-//! where [`Delivery`] says (`crate::deliver` for local mailboxes).
+//! where [`Delivery`] says (the `deliver` module for local mailboxes).
 
 pub mod report;
 pub mod verdict;

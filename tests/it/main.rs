@@ -7,6 +7,7 @@ mod crash;
 mod dns;
 mod hooks;
 mod imap;
+mod layers;
 mod origin;
 mod pipeline;
 mod pop3;
