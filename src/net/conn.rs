@@ -18,9 +18,16 @@ use tokio_rustls::server::TlsStream;
 /// How long a TLS handshake may take.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Any byte stream a session can run over besides TCP: an in-memory pipe
+/// (`tokio::io::duplex`) in transcript tests, say.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
+
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Not a socket: no TLS upgrade, no socket options.
+    Other(Box<dyn Io>),
     /// Only while upgrading.
     Gone,
 }
@@ -30,6 +37,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Other(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -40,6 +48,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Other(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
         }
     }
@@ -48,6 +57,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Other(s) => Pin::new(s).poll_flush(cx),
             Stream::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -56,6 +66,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Other(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -98,8 +109,18 @@ const READ_CHUNK: usize = 16 * 1024;
 impl Conn {
     pub fn plain(tcp: TcpStream) -> Conn {
         let _ = tcp.set_nodelay(true);
+        Conn::with(Stream::Plain(tcp))
+    }
+
+    /// A session over any other byte stream (the protocols are the same over it; STARTTLS
+    /// answers that TLS is not available). Transcript tests drive sessions this way.
+    pub fn over(io: impl Io + 'static) -> Conn {
+        Conn::with(Stream::Other(Box::new(io)))
+    }
+
+    fn with(stream: Stream) -> Conn {
         Conn {
-            stream: Stream::Plain(tcp),
+            stream,
             inbuf: Vec::with_capacity(READ_CHUNK),
             pos: 0,
             outbuf: Vec::with_capacity(1024),
@@ -128,8 +149,12 @@ impl Conn {
         self.flush().await?;
         self.inbuf.clear();
         self.pos = 0;
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
-            return Err(io::Error::other("TLS already active"));
+        let tcp = match std::mem::replace(&mut self.stream, Stream::Gone) {
+            Stream::Plain(tcp) => tcp,
+            other => {
+                self.stream = other;
+                return Err(io::Error::other("TLS is not available on this stream"));
+            }
         };
         let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
             .await
@@ -145,7 +170,7 @@ impl Conn {
         let tcp = match &self.stream {
             Stream::Plain(t) => t,
             Stream::Tls(s) => s.get_ref().0,
-            Stream::Gone => return,
+            Stream::Other(_) | Stream::Gone => return,
         };
         let _ = tcp.set_quickack(true);
     }

@@ -119,8 +119,14 @@ impl Session {
         }
     }
 
+    /// `+OK`, then the text after a space when there is one (RFC 2449: `status [SP text]`).
     fn ok(&mut self, text: &str) {
-        self.conn.write(format!("+OK {text}\r\n").as_bytes());
+        let line = if text.is_empty() {
+            "+OK\r\n".to_string()
+        } else {
+            format!("+OK {text}\r\n")
+        };
+        self.conn.write(line.as_bytes());
     }
 
     fn err(&mut self, text: &str) {

@@ -16,4 +16,5 @@ mod smtp_clients;
 mod smtp_limits;
 mod smtp_tls;
 mod spam;
+mod transcripts;
 mod wasm;
