@@ -1,7 +1,7 @@
 //! FETCH data items: ENVELOPE, BODY/BODYSTRUCTURE, BODY[section]<partial>, BINARY (RFC 3516).
 
+use super::command::{Section, SectionKind};
 use super::mime::{self, Addr, Part};
-use super::parser::{Section, SectionKind};
 use base64::Engine as _;
 
 /// Writes an IMAP string: quoted when it is short printable ASCII, else a literal.

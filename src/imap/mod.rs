@@ -1,6 +1,7 @@
 //! IMAP4rev1 (RFC 3501) and IMAP4rev2 (RFC 9051) server.
 //!
-//! - [`parser`]: the command grammar, sans-IO, over a complete command with its literals.
+//! - [`command`]: commands as data; [`parser`]: their grammar, sans-IO, over a complete
+//!   command with its literals.
 //! - [`session`]: states, the selected-mailbox snapshot (sequence numbers), untagged updates
 //!   at the points the RFCs allow, IDLE.
 //! - [`mime`] and [`fetch`]: message structure with exact byte ranges, FETCH items.
@@ -10,6 +11,7 @@
 //! Moving mail into or out of Junk emits a [`crate::spam::LearnEvent`] on the
 //! [`crate::spam::LearnSink`] (the spam filter's training seam).
 
+pub mod command;
 pub mod fetch;
 pub mod mime;
 pub mod mutf7;

@@ -3,7 +3,7 @@
 //! Keys on metadata (flags, sizes, dates, sets) never read the message; header, body and
 //! sent-date keys parse it once per message, only when the program needs them.
 
-use super::parser::{SearchKey, SeqSet};
+use super::command::{SearchKey, SeqSet};
 use crate::store::MessageMeta;
 
 /// One message as the search sees it.
@@ -167,7 +167,8 @@ pub fn compress(nums: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imap::parser::{Cmd, parse};
+    use crate::imap::command::Cmd;
+    use crate::imap::parser::parse;
     use crate::store::Flags;
 
     fn program(s: &str) -> SearchKey {

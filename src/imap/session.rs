@@ -5,9 +5,10 @@
 //! where RFC 9051 §7.5.2 lets a server send EXPUNGE: after any command but FETCH, STORE and
 //! SEARCH (their UID forms are fine), and during IDLE. Until then sequence numbers stay put.
 
+use super::command::{Cmd, Command, FetchAtt, ListOptions, SearchKey, SectionKind, SeqSet, StatusItem};
 use super::fetch::{self, write_mailbox};
 use super::mime;
-use super::parser::{self, Cmd, Command, FetchAtt, ListOptions, SearchKey, SeqSet, StatusItem};
+use super::parser;
 use super::search;
 use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
@@ -67,7 +68,7 @@ impl Selected {
             SeqSet::Ranges(r) => {
                 for &(a, b) in r {
                     for x in [a, b] {
-                        if x != parser::STAR && x > n {
+                        if x != super::command::STAR && x > n {
                             return Err(format!("message {x} does not exist (mailbox has {n})"));
                         }
                     }
@@ -1608,7 +1609,7 @@ fn write_fetch(
             } => {
                 out.extend_from_slice(fetch::section_name(*binary, section, *partial).as_bytes());
                 out.push(b' ');
-                if section.part.is_empty() && section.kind == parser::SectionKind::Full {
+                if section.part.is_empty() && section.kind == SectionKind::Full {
                     // The whole message: straight from the stored bytes, no copy.
                     fetch::write_literal(out, fetch::partial(raw, *partial));
                     continue;

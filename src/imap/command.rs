@@ -1,0 +1,207 @@
+//! IMAP commands as data: what the parser ([`super::parser`]) produces and the session
+//! executes. No grammar here.
+
+use crate::store::FlagOp;
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// A sequence set; `u32::MAX` stands for `*`. `Saved` is `$` (RFC 5182).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeqSet {
+    Ranges(Vec<(u32, u32)>),
+    Saved,
+}
+
+pub const STAR: u32 = u32::MAX;
+
+impl SeqSet {
+    /// Does `n` fall in the set, with `*` meaning `max`?
+    pub fn contains(ranges: &[(u32, u32)], n: u32, max: u32) -> bool {
+        ranges.iter().any(|&(a, b)| {
+            let a = if a == STAR { max } else { a };
+            let b = if b == STAR { max } else { b };
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            n >= lo && n <= hi
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SectionKind {
+    Full,
+    Header,
+    HeaderFields(Vec<String>),
+    HeaderFieldsNot(Vec<String>),
+    Text,
+    Mime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    pub part: Vec<u32>,
+    pub kind: SectionKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchAtt {
+    Envelope,
+    Flags,
+    InternalDate,
+    Rfc822Size,
+    Rfc822,
+    Rfc822Header,
+    Rfc822Text,
+    Uid,
+    /// BODY without a section: BODYSTRUCTURE without extension data.
+    Body,
+    BodyStructure,
+    ModSeq,
+    /// BODY[...], BODY.PEEK[...], BINARY[...], BINARY.PEEK[...]
+    Section {
+        peek: bool,
+        binary: bool,
+        section: Section,
+        partial: Option<(u32, u32)>,
+    },
+    BinarySize(Vec<u32>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchKey {
+    All,
+    Seq(SeqSet),
+    Uid(SeqSet),
+    Flag(u8, bool),
+    Keyword(String, bool),
+    New,
+    Old,
+    Recent,
+    /// Header name (lower case; "" for TEXT/BODY pseudo keys not used here) and substring.
+    Header(String, String),
+    Body(String),
+    Text(String),
+    /// Internal date, days since the epoch: before, on, since.
+    Before(i64),
+    On(i64),
+    Since(i64),
+    SentBefore(i64),
+    SentOn(i64),
+    SentSince(i64),
+    Larger(u64),
+    Smaller(u64),
+    ModSeq(u64),
+    Not(Box<SearchKey>),
+    Or(Box<SearchKey>, Box<SearchKey>),
+    And(Vec<SearchKey>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusItem {
+    Messages,
+    Recent,
+    UidNext,
+    UidValidity,
+    Unseen,
+    Deleted,
+    Size,
+    HighestModSeq,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListOptions {
+    pub subscribed: bool,
+    pub remote: bool,
+    pub recursive_match: bool,
+    pub special_use_only: bool,
+    pub ret_subscribed: bool,
+    pub ret_children: bool,
+    pub ret_special_use: bool,
+    pub ret_status: Option<Vec<StatusItem>>,
+    /// Was any LIST-EXTENDED syntax used (changes the default output)?
+    pub extended: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    Capability,
+    Noop,
+    Logout,
+    StartTls,
+    Authenticate {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    Login {
+        user: String,
+        password: String,
+    },
+    Enable(Vec<String>),
+    Id,
+    Namespace,
+    Select {
+        mailbox: String,
+        read_only: bool,
+        condstore: bool,
+    },
+    Create(String),
+    Delete(String),
+    Rename(String, String),
+    Subscribe(String),
+    Unsubscribe(String),
+    List {
+        reference: String,
+        patterns: Vec<String>,
+        options: ListOptions,
+    },
+    Lsub {
+        reference: String,
+        pattern: String,
+    },
+    Status {
+        mailbox: String,
+        items: Vec<StatusItem>,
+    },
+    Append {
+        mailbox: String,
+        flags: Vec<String>,
+        date: Option<i64>,
+        message: Vec<u8>,
+    },
+    Idle,
+    Check,
+    Close,
+    Unselect,
+    Expunge(Option<SeqSet>),
+    Search {
+        ret: Option<Vec<String>>,
+        key: SearchKey,
+    },
+    Fetch {
+        set: SeqSet,
+        atts: Vec<FetchAtt>,
+        changed_since: Option<u64>,
+    },
+    Store {
+        set: SeqSet,
+        op: FlagOp,
+        silent: bool,
+        flags: Vec<String>,
+        unchanged_since: Option<u64>,
+    },
+    Copy {
+        set: SeqSet,
+        mailbox: String,
+    },
+    Move {
+        set: SeqSet,
+        mailbox: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub tag: String,
+    /// The `UID` prefix: sets and results are UIDs.
+    pub uid: bool,
+    pub cmd: Cmd,
+}
