@@ -219,7 +219,7 @@ async fn policy_test(
         origin: origin.as_deref(),
         chains: None,
     };
-    Ok(crate::pipeline::decide(&ctx, envelope, raw).await)
+    Ok(crate::pipeline::decide(&ctx, envelope, raw, None).await)
 }
 
 fn run(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, String> {

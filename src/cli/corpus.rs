@@ -62,8 +62,8 @@ impl Chain {
             origin: None,
             chains: None,
         };
-        let message = crate::mail::parse_message(raw);
-        decide(&ctx, &envelope_of(&message), raw.to_vec()).await
+        let message = Arc::new(crate::mail::parse_message(raw));
+        decide(&ctx, &envelope_of(&message), raw.to_vec(), Some(message)).await
     }
 }
 

@@ -270,7 +270,8 @@ impl Context<'_> {
     pub async fn data(&self, session: &Session, scope: &mut Scope, raw: Vec<u8>) -> Result<Accepted, Refusal> {
         let mut raw = raw;
         let auth_header = self.authenticate(session, scope, &raw).await;
-        let mut message = None;
+        // Parsed already by a caller that needed it too (`decide`'s callers), or not yet.
+        let mut message = scope.event.message.take();
         if self.wants(scope, Stage::Data) {
             let ev = &mut scope.event;
             ev.hook = Hook::Receive;
@@ -284,7 +285,11 @@ impl Context<'_> {
                     out
                 }
                 None => {
-                    ev.message = Some(Arc::new(crate::mail::parse_message(&raw)));
+                    ev.message = Some(
+                        message
+                            .take()
+                            .unwrap_or_else(|| Arc::new(crate::mail::parse_message(&raw))),
+                    );
                     self.policies.run(Hook::Receive, ev).await
                 }
             };
@@ -425,7 +430,8 @@ impl Context<'_> {
 
 /// One message through every stage, as an SMTP client sending `env` would take it through
 /// the server: the offline tools' decision, identical to the server's by construction.
-pub async fn decide(ctx: &Context<'_>, env: &Envelope, raw: Vec<u8>) -> Report {
+/// `parsed` is `raw` parsed, when the caller has it already (it is not parsed again).
+pub async fn decide(ctx: &Context<'_>, env: &Envelope, raw: Vec<u8>, parsed: Option<Arc<Message>>) -> Report {
     let mut report = Report::new(&ctx.policies.version);
     let mut session = Session {
         client_ip: env.client_ip.clone(),
@@ -473,6 +479,7 @@ pub async fn decide(ctx: &Context<'_>, env: &Envelope, raw: Vec<u8>) -> Report {
     if let Some(r) = last_refusal.filter(|r| r.close || tx.event.envelope.rcpt_to.is_empty()) {
         return report.refused(&tx, r);
     }
+    tx.event.message = parsed;
     let accepted = match ctx.data(&session, &mut tx, raw).await {
         Ok(a) => a,
         Err(r) => return report.refused(&tx, r),
