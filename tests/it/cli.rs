@@ -164,37 +164,20 @@ fn policy_check_and_test_offline() {
     assert!(out.contains("10-pills.lua") && out.contains("PILLS"), "{out}");
     assert!(out.contains("verdict   tag"), "{out}");
     assert!(out.contains("header    X-Spam-Flag: YES"), "{out}");
-    let (code, out, err) = cli(
-        &cfg,
-        &[
-            "policy",
-            "test",
-            eml.to_str().unwrap(),
-            "--json",
-            "--to",
-            "alice@localhost",
-        ],
-        "",
-    );
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let test_json = |to: &str| {
+        let (code, out, err) = cli(
+            &cfg,
+            &["policy", "test", eml.to_str().unwrap(), "--json", "--to", to],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let v = test_json("alice@localhost");
     assert_eq!(v["verdict"], "tag");
     assert_eq!(v["score"], 6.0);
     assert_eq!(v["trace"].as_array().unwrap().len(), 1);
-    let (code, out, _) = cli(
-        &cfg,
-        &[
-            "policy",
-            "test",
-            eml.to_str().unwrap(),
-            "--json",
-            "--to",
-            "nobody@localhost",
-        ],
-        "",
-    );
-    assert_eq!(code, 0);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = test_json("nobody@localhost");
     assert_eq!(
         v["verdict"], "reject",
         "an unknown user is refused, as the server refuses it"
