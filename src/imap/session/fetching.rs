@@ -1,0 +1,278 @@
+//! FETCH: bodies through `on_fetch`, then the data items.
+
+use super::*;
+
+impl Session {
+    pub(super) fn blob(&self, meta: &MessageMeta) -> Option<Arc<Vec<u8>>> {
+        match self.shared.store.blob(&meta.blob) {
+            Ok(Some(b)) => Some(Arc::new(b)),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!("IMAP: reading a message: {e}");
+                None
+            }
+        }
+    }
+
+    /// The message as this client may see it (on-fetch policies may hide or edit it).
+    pub(super) async fn visible_body(&self, mailbox: &str, raw: Arc<Vec<u8>>) -> Result<Arc<Vec<u8>>, Fail> {
+        let session = crate::hooks::contract::Session {
+            client_ip: self.peer.ip().to_string(),
+            helo: None,
+            tls: self.conn.is_tls(),
+            auth_user: self.user.clone(),
+            listener: "imap".into(),
+        };
+        match crate::hooks::on_fetch(&self.policies, session, self.account(), mailbox, &raw).await {
+            FetchView::Unchanged => Ok(raw),
+            FetchView::Edited(b) => Ok(Arc::new(b)),
+            FetchView::Hidden => no("[UNAVAILABLE] Message withheld by policy"),
+            FetchView::Later => no("[UNAVAILABLE] Message unavailable now; try later"),
+        }
+    }
+
+    pub(super) async fn fetch(
+        &mut self,
+        set: &SeqSet,
+        mut atts: Vec<FetchAtt>,
+        changed_since: Option<u64>,
+        uid: bool,
+    ) -> Reply {
+        if changed_since.is_some() || atts.contains(&FetchAtt::ModSeq) {
+            self.condstore = true;
+        }
+        if uid && !atts.contains(&FetchAtt::Uid) {
+            atts.insert(0, FetchAtt::Uid);
+        }
+        if changed_since.is_some() && !atts.contains(&FetchAtt::ModSeq) {
+            atts.push(FetchAtt::ModSeq);
+        }
+        let sel = self.selected();
+        let mut idx = sel.resolve(set, uid).map_err(Fail::Bad)?;
+        if let Some(cs) = changed_since {
+            idx.retain(|&i| sel.msgs[i].meta.modseq > cs);
+        }
+        let read_only = sel.read_only;
+        let mailbox_id = sel.mailbox.id;
+        let mailbox_name = sel.mailbox.name.clone();
+        // Reading a body without PEEK sets \Seen (RFC 3501 §6.4.5); done first so the FLAGS
+        // in the response are the new ones.
+        let sets_seen = atts.iter().any(|a| {
+            matches!(
+                a,
+                FetchAtt::Rfc822 | FetchAtt::Rfc822Text | FetchAtt::Section { peek: false, .. }
+            )
+        });
+        if sets_seen && !read_only {
+            let unseen: Vec<u32> = idx
+                .iter()
+                .filter(|&&i| !sel.msgs[i].meta.flags.contains(Flags::SEEN))
+                .map(|&i| sel.msgs[i].uid)
+                .collect();
+            if !unseen.is_empty() {
+                let r =
+                    self.shared
+                        .store
+                        .store_flags(mailbox_id, &unseen, FlagOp::Add, Flags(Flags::SEEN), &[], None)?;
+                let sel = self.selected();
+                for (u, meta) in r.changed {
+                    if let Some(i) = sel.seq_of_uid(u) {
+                        sel.msgs[i].meta = meta;
+                    }
+                }
+                if !atts.contains(&FetchAtt::Flags) {
+                    atts.push(FetchAtt::Flags);
+                }
+            }
+        }
+        let needs_body = atts.iter().any(|a| {
+            !matches!(
+                a,
+                FetchAtt::Flags | FetchAtt::InternalDate | FetchAtt::Rfc822Size | FetchAtt::Uid | FetchAtt::ModSeq
+            )
+        });
+        let content = atts.iter().any(|a| {
+            matches!(
+                a,
+                FetchAtt::Rfc822 | FetchAtt::Rfc822Text | FetchAtt::Section { .. } | FetchAtt::BinarySize(_)
+            )
+        });
+        let mut failed = false;
+        for i in idx {
+            let (uid_i, meta) = {
+                let e = &self.selected().msgs[i];
+                (e.uid, e.meta.clone())
+            };
+            let raw = if needs_body {
+                match self.blob(&meta) {
+                    Some(r) => Some(r),
+                    None => {
+                        failed = true; // expunged meanwhile (RFC 2180 §4.1.2)
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let raw = match raw {
+                Some(r) if content => match self.visible_body(&mailbox_name, r).await {
+                    Ok(r) => Some(r),
+                    Err(_) => {
+                        failed = true;
+                        continue;
+                    }
+                },
+                r => r,
+            };
+            let condstore = self.condstore;
+            let mut err = None;
+            self.conn.write_with(|out| {
+                let before = out.len();
+                if let Err(e) = write_fetch(
+                    out,
+                    i + 1,
+                    uid_i,
+                    &meta,
+                    raw.as_deref().map(|v| &v[..]),
+                    &atts,
+                    condstore,
+                ) {
+                    out.truncate(before); // no half-written response
+                    err = Some(e);
+                }
+            });
+            if let Some(e) = err {
+                return no(e);
+            }
+            // Let the client read while we work: a 2000-message FETCH is many megabytes.
+            if self.conn.pending_output() > FLUSH_AT && self.conn.flush().await.is_err() {
+                return no("connection lost");
+            }
+        }
+        if failed {
+            return no("Some messages could not be fetched (expunged or withheld)");
+        }
+        Ok(if uid { "UID FETCH completed" } else { "FETCH completed" }.into())
+    }
+}
+
+/// One `* n FETCH (...)` response.
+pub(super) fn write_fetch(
+    out: &mut Vec<u8>,
+    seq: usize,
+    uid: u32,
+    meta: &MessageMeta,
+    raw: Option<&[u8]>,
+    atts: &[FetchAtt],
+    condstore: bool,
+) -> Result<(), String> {
+    out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+    // The MIME structure is parsed only for items that need it (not for BODY[] or ENVELOPE).
+    let has_raw = raw.is_some();
+    let raw = raw.unwrap_or(b"");
+    let parsed = std::cell::OnceCell::new();
+    let root = || -> Result<&mime::Part, String> {
+        if !has_raw {
+            return Err("no message".into());
+        }
+        Ok(parsed.get_or_init(|| mime::parse(raw)))
+    };
+    let header = || raw[..mime::header_len(raw)].as_ref();
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !first {
+            out.push(b' ');
+        }
+        first = false;
+    };
+    let mut modseq_written = false;
+    for a in atts {
+        sep(out);
+        match a {
+            FetchAtt::Uid => out.extend_from_slice(format!("UID {uid}").as_bytes()),
+            FetchAtt::Flags => out.extend_from_slice(format!("FLAGS {}", flag_list(meta)).as_bytes()),
+            FetchAtt::InternalDate => {
+                out.extend_from_slice(format!("INTERNALDATE {}", fetch::internal_date(meta.internal_date)).as_bytes())
+            }
+            // The size of what this client is shown (on-fetch policies may add headers).
+            FetchAtt::Rfc822Size => {
+                let size = if raw.is_empty() { meta.size } else { raw.len() as u64 };
+                out.extend_from_slice(format!("RFC822.SIZE {size}").as_bytes())
+            }
+            FetchAtt::ModSeq => {
+                modseq_written = true;
+                out.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes())
+            }
+            FetchAtt::Envelope => {
+                out.extend_from_slice(b"ENVELOPE ");
+                fetch::envelope(out, header());
+            }
+            FetchAtt::Body | FetchAtt::BodyStructure => {
+                let ext = *a == FetchAtt::BodyStructure;
+                out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                fetch::body_structure(out, raw, root()?, ext);
+            }
+            FetchAtt::Rfc822 => {
+                out.extend_from_slice(b"RFC822 ");
+                fetch::write_literal(out, raw);
+            }
+            FetchAtt::Rfc822Header => {
+                out.extend_from_slice(b"RFC822.HEADER ");
+                fetch::write_literal(out, header());
+            }
+            FetchAtt::Rfc822Text => {
+                out.extend_from_slice(b"RFC822.TEXT ");
+                fetch::write_literal(out, &raw[header().len()..]);
+            }
+            FetchAtt::Section {
+                binary,
+                section,
+                partial,
+                ..
+            } => {
+                out.extend_from_slice(fetch::section_name(*binary, section, *partial).as_bytes());
+                out.push(b' ');
+                if section.part.is_empty() && section.kind == SectionKind::Full {
+                    // The whole message: straight from the stored bytes, no copy.
+                    fetch::write_literal(out, fetch::partial(raw, *partial));
+                    continue;
+                }
+                let root = root()?;
+                let data = if *binary {
+                    match fetch::binary_bytes(raw, root, &section.part) {
+                        Some(Ok(d)) => Some(d),
+                        Some(Err(())) => return Err("[UNKNOWN-CTE] Cannot decode this part".into()),
+                        None => None,
+                    }
+                } else {
+                    fetch::section_bytes(raw, root, section)
+                };
+                match data {
+                    Some(d) => {
+                        let d = fetch::partial(&d, *partial);
+                        if *binary && d.contains(&0) {
+                            out.push(b'~');
+                        }
+                        fetch::write_literal(out, d);
+                    }
+                    None => out.extend_from_slice(b"\"\""),
+                }
+            }
+            FetchAtt::BinarySize(part) => {
+                let n = match fetch::binary_bytes(raw, root()?, part) {
+                    Some(Ok(d)) => d.len(),
+                    Some(Err(())) => return Err("[UNKNOWN-CTE] Cannot decode this part".into()),
+                    None => 0,
+                };
+                let nums: Vec<String> = part.iter().map(|n| n.to_string()).collect();
+                out.extend_from_slice(format!("BINARY.SIZE[{}] {n}", nums.join(".")).as_bytes());
+            }
+        }
+    }
+    if condstore && !modseq_written && atts.contains(&FetchAtt::Flags) {
+        sep(out);
+        out.extend_from_slice(format!("MODSEQ ({})", meta.modseq).as_bytes());
+    }
+    out.extend_from_slice(b")\r\n");
+    Ok(())
+}
