@@ -509,7 +509,7 @@ mod tests {
 #[cfg(test)]
 mod learn_tests {
     use super::*;
-    use crate::store::SledStore;
+    use crate::store::{KeyValue, SledStore};
 
     #[test]
     fn a_batch_learns_each_judgement_once_and_relearning_flips_it() {

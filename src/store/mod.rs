@@ -117,10 +117,8 @@ impl From<sled::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The storage contract. Methods are synchronous and fast (in-memory tree operations);
-/// only [`MailStore::sync`], which waits for the disk, is async.
-pub trait MailStore: Send + Sync + 'static {
-    // --- directory ---
+/// Accounts, local domains and aliases.
+pub trait Directory {
     fn create_account(&self, address: &str, password_hash: &str) -> Result<()>;
     fn delete_account(&self, address: &str) -> Result<()>;
     fn set_password(&self, address: &str, password_hash: &str) -> Result<()>;
@@ -137,15 +135,43 @@ pub trait MailStore: Send + Sync + 'static {
     fn delete_alias(&self, source: &str) -> Result<()>;
     fn alias(&self, source: &str) -> Result<Option<Vec<String>>>;
     fn aliases(&self) -> Result<Vec<(String, Vec<String>)>>;
+}
 
-    // --- mailboxes and messages ---
+/// Mailboxes: names, ids, UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ, subscriptions, change notices.
+pub trait Mailboxes {
     fn mailbox(&self, account: &str, name: &str) -> Result<Option<MailboxMeta>>;
+
     fn mailboxes(&self, account: &str) -> Result<Vec<MailboxMeta>>;
+
+    fn mailbox_by_id(&self, id: MailboxId) -> Result<Option<MailboxMeta>>;
+
+    /// Creates a mailbox (name as given; `INBOX` is reserved). Fails if it exists.
+    fn create_mailbox(&self, account: &str, name: &str, special_use: Option<&str>) -> Result<MailboxMeta>;
+
+    /// Deletes a mailbox and its messages (not its children: callers check hierarchy rules).
+    fn delete_mailbox(&self, account: &str, name: &str) -> Result<()>;
+
+    /// Renames a mailbox and every mailbox under it (`name/…`). Renaming INBOX moves its
+    /// messages into a new mailbox and leaves INBOX empty (RFC 3501 §6.3.5).
+    fn rename_mailbox(&self, account: &str, from: &str, to: &str, delimiter: char) -> Result<()>;
+
+    /// Subscribed names; independent of whether the mailboxes exist (RFC 3501 §6.3.6).
+    fn subscriptions(&self, account: &str) -> Result<Vec<String>>;
+
+    fn set_subscribed(&self, account: &str, name: &str, subscribed: bool) -> Result<()>;
+
+    /// A receiver that changes after every change set touching `mailbox` (new mail, flags,
+    /// expunges), for IMAP IDLE and session updates.
+    fn watch(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<u64>;
+}
+
+/// Messages in mailboxes: delivery, flags, copy and move, expunge, bodies.
+pub trait Messages {
     /// Stores `raw` once and adds it to every mailbox in `targets` with its flags, atomically.
     /// Returns the uid given in each mailbox, in order. Not durable until [`MailStore::sync`].
     fn deliver_to(&self, raw: &[u8], internal_date: i64, targets: &[Target]) -> Result<Vec<u32>>;
 
-    /// [`MailStore::deliver_to`] with no flags.
+    /// [`Messages::deliver_to`] with no flags.
     fn deliver(&self, raw: &[u8], internal_date: i64, targets: &[MailboxId]) -> Result<Vec<u32>> {
         let t: Vec<Target> = targets
             .iter()
@@ -156,6 +182,7 @@ pub trait MailStore: Send + Sync + 'static {
             .collect();
         self.deliver_to(raw, internal_date, &t)
     }
+
     /// Sets `flags` on messages by uid (absent uids are ignored); each changed message gets a
     /// new MODSEQ. Returns the uids changed.
     fn add_flags(&self, mailbox: MailboxId, uids: &[u32], flags: Flags) -> Result<Vec<u32>> {
@@ -181,30 +208,22 @@ pub trait MailStore: Send + Sync + 'static {
     /// (IMAP MOVE). Returns `(source uid, new uid)` pairs. Not durable until `sync`.
     fn copy_messages(&self, from: MailboxId, uids: &[u32], to: MailboxId, remove: bool) -> Result<Vec<(u32, u32)>>;
 
-    fn mailbox_by_id(&self, id: MailboxId) -> Result<Option<MailboxMeta>>;
-    /// Creates a mailbox (name as given; `INBOX` is reserved). Fails if it exists.
-    fn create_mailbox(&self, account: &str, name: &str, special_use: Option<&str>) -> Result<MailboxMeta>;
-    /// Deletes a mailbox and its messages (not its children: callers check hierarchy rules).
-    fn delete_mailbox(&self, account: &str, name: &str) -> Result<()>;
-    /// Renames a mailbox and every mailbox under it (`name/…`). Renaming INBOX moves its
-    /// messages into a new mailbox and leaves INBOX empty (RFC 3501 §6.3.5).
-    fn rename_mailbox(&self, account: &str, from: &str, to: &str, delimiter: char) -> Result<()>;
-    /// Subscribed names; independent of whether the mailboxes exist (RFC 3501 §6.3.6).
-    fn subscriptions(&self, account: &str) -> Result<Vec<String>>;
-    fn set_subscribed(&self, account: &str, name: &str, subscribed: bool) -> Result<()>;
-    /// A receiver that changes after every change set touching `mailbox` (new mail, flags,
-    /// expunges), for IMAP IDLE and session updates.
-    fn watch(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<u64>;
-
     /// Removes messages by uid (absent uids are ignored) and returns the uids removed.
     /// Bodies no longer referenced anywhere are released. Not durable until `sync`.
     fn expunge(&self, mailbox: MailboxId, uids: &[u32]) -> Result<Vec<u32>>;
+
     fn messages(&self, mailbox: MailboxId) -> Result<Vec<StoredMessage>>;
+
     fn message(&self, mailbox: MailboxId, uid: u32) -> Result<Option<StoredMessage>>;
+
     fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>>;
+
     /// Number of stored blobs (distinct message bodies), for checks and status.
     fn blob_count(&self) -> Result<usize>;
+}
 
+/// Key-value state: plugins' (greylisting and the like) and the Bayes model's.
+pub trait KeyValue {
     /// Plugin key-value state (greylisting and the like). Kept in its own tree, outside the
     /// journal: it is made durable by the periodic checkpoint, not before each answer.
     fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
@@ -218,7 +237,12 @@ pub trait MailStore: Send + Sync + 'static {
     fn kv_get_large(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Sets (`Some`) or removes (`None`) a value `kv_get_large` reads.
     fn kv_set_large(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
+}
 
+/// The storage contract, by what it keeps ([`Directory`], [`Mailboxes`], [`Messages`],
+/// [`KeyValue`]) and how it is made durable. Methods are synchronous and fast (in-memory tree
+/// operations); only [`MailStore::sync`], which waits for the disk, is async.
+pub trait MailStore: Directory + Mailboxes + Messages + KeyValue + Send + Sync + 'static {
     /// One line of counters for logs (writes, flushes).
     fn stats(&self) -> String;
 

@@ -1,7 +1,7 @@
 //! kill -9 while mail streams in: every message answered 250 is stored exactly once.
 
 use crate::common::*;
-use mailgate::store::{MailStore, SledStore};
+use mailgate::store::{Messages, SledStore};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -404,7 +404,7 @@ fn training_keeps_the_model_within_its_token_bound() {
     assert!(least_kept >= most_dropped, "kept {least_kept}, dropped {most_dropped}");
     // What the store holds is the bounded model, and it still tells the two apart.
     let stored = mailgate::spam::bayes::Counts::decode(
-        &mailgate::store::MailStore::kv_get_large(&store, mailgate::spam::MODEL_KEY)
+        &mailgate::store::KeyValue::kv_get_large(&store, mailgate::spam::MODEL_KEY)
             .unwrap()
             .unwrap(),
     )
