@@ -2,7 +2,6 @@
 
 use super::command::{Section, SectionKind};
 use super::mime::{self, Addr, Part};
-use base64::Engine as _;
 
 /// Writes an IMAP string: quoted when it is short printable ASCII, else a literal.
 pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
@@ -290,23 +289,22 @@ pub fn binary_bytes(raw: &[u8], root: &Part, part: &[u32]) -> Option<Result<Vec<
         .unwrap_or_default();
     Some(match enc.as_str() {
         "" | "7bit" | "8bit" | "binary" => Ok(body.to_vec()),
-        "base64" => {
-            let clean: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-            base64::engine::GeneralPurpose::new(
-                &base64::alphabet::STANDARD,
-                base64::engine::GeneralPurposeConfig::new()
-                    .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent)
-                    .with_decode_allow_trailing_bits(true),
-            )
-            .decode(clean)
-            .map_err(|_| ())
+        // mail-parser's decoders: base64 skipping line breaks and spaces; quoted-printable
+        // with RFC 2045 §6.7's rules (trailing whitespace on a line dropped, `=` followed by
+        // whitespace a soft line break).
+        "base64" => mail_parser::decoders::base64::base64_decode(body).ok_or(()),
+        "quoted-printable" => {
+            Ok(mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+                .unwrap_or_else(|| lenient_qp(body)))
         }
-        "quoted-printable" => Ok(qp_decode(body)),
         _ => Err(()),
     })
 }
 
-fn qp_decode(body: &[u8]) -> Vec<u8> {
+/// Quoted-printable that mail-parser refuses as malformed (`=` before non-hex, say): what
+/// it lacks is a lenient mode, and a client asking for BINARY still wants the bytes. Each
+/// `=XX` is decoded, a soft break dropped, anything else kept as it is.
+fn lenient_qp(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut i = 0;
@@ -423,7 +421,7 @@ To: bob@y.org\r\nMessage-ID: <1@x>\r\n\r\nhello\r\n";
         assert_eq!(section_bytes(raw, &root, &s(SectionKind::Text)).unwrap(), b"body");
         assert_eq!(partial(b"abcdef", Some((2, 3))), b"cde");
         assert_eq!(partial(b"abc", Some((5, 3))), b"");
-        assert_eq!(qp_decode(b"a=3Db=\r\nc"), b"a=bc");
+        assert_eq!(lenient_qp(b"a=3Db=\r\nc=ZZ"), b"a=bc=ZZ");
         let name = section_name(
             false,
             &Section {
@@ -433,5 +431,17 @@ To: bob@y.org\r\nMessage-ID: <1@x>\r\n\r\nhello\r\n";
             Some((0, 9)),
         );
         assert_eq!(name, "BODY[1.2.MIME]<0>");
+    }
+
+    #[test]
+    fn binary_decodes_as_rfc_2045_says() {
+        let raw = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nline one  \r\nsoft= \r\nbreak=3D\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\naGVs\r\nbG8=\r\n--b--\r\n";
+        let root = mime::parse(raw);
+        // Trailing whitespace goes; `=` then whitespace is a soft line break (RFC 2045 §6.7).
+        assert_eq!(
+            binary_bytes(raw, &root, &[1]).unwrap().unwrap(),
+            b"line one\r\nsoftbreak="
+        );
+        assert_eq!(binary_bytes(raw, &root, &[2]).unwrap().unwrap(), b"hello");
     }
 }

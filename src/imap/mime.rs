@@ -5,6 +5,14 @@
 //! numbers), so the walk here keeps ranges into the raw message and decodes nothing.
 //! Header values are unfolded but left encoded (RFC 2047 words go to the client as they are,
 //! as Dovecot does).
+//!
+//! Why this walk and not mail-parser (which the policies' view of a message and BINARY's
+//! decoding use): mail-parser has no structure-only pass. It decodes every part's body
+//! (base64, quoted-printable, charsets into `String`s) to give the structure, which a FETCH of
+//! BODYSTRUCTURE or one section of a large message would pay in full; a base64 attached
+//! message is decoded and parsed, so its part offsets point into a decoded copy where IMAP
+//! needs the raw octets and treats it as one opaque part; and header values come decoded
+//! (RFC 2047, RFC 2231), where ENVELOPE and BODYSTRUCTURE must carry them as sent.
 
 use std::ops::Range;
 
