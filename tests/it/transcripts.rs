@@ -4,8 +4,11 @@
 //!
 //! Format, one line each: `C: text` is sent (with CRLF); `S: pattern` must be the next line
 //! the server sends, where `*` matches any run of characters; `S: <closed>` says the server
-//! has closed the connection; `#` lines and blank lines are comments. TLS, timeouts and
-//! real clients stay with the socket tests.
+//! has closed the connection; `B: bytes` sends bytes as written, with `\r` and `\n` for CR
+//! and LF and no line ending added; `D: account subject` delivers a small message with that
+//! subject into the account's INBOX before going on (what the session then finds);
+//! `#` lines and blank lines are comments. TLS, timeouts and real clients stay with the
+//! socket tests.
 
 use crate::common::*;
 use mailgate::config::TlsMode;
@@ -56,6 +59,19 @@ async fn run_transcript(protocol: &str, path: &Path) {
             if let Err(e) = wr.write_all(format!("{c}\r\n").as_bytes()).await {
                 panic!("{at}: sending failed ({e}); so far:\n{}", seen.join("\n"));
             }
+        } else if let Some(b) = line.strip_prefix("B: ") {
+            seen.push(format!("B: {b}"));
+            let bytes = b.replace("\\r", "\r").replace("\\n", "\n");
+            if let Err(e) = wr.write_all(bytes.as_bytes()).await {
+                panic!("{at}: sending failed ({e}); so far:\n{}", seen.join("\n"));
+            }
+        } else if let Some(d) = line.strip_prefix("D: ") {
+            let (account, subject) = d.split_once(' ').unwrap_or((d, ""));
+            let store = server.store();
+            let inbox = store.mailbox(account, "INBOX").unwrap().expect("the account exists").id;
+            let raw = format!("From: sender@example.org\r\nSubject: {subject}\r\n\r\nHello.\r\n.dot line\r\n");
+            store.deliver(raw.as_bytes(), 1_700_000_000, &[inbox]).unwrap();
+            store.sync().await.unwrap();
         } else if let Some(pattern) = line.strip_prefix("S: ") {
             let mut got = String::new();
             let n = tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut got))
