@@ -3,3 +3,10 @@
 //! into another's or into the listeners.
 
 pub mod conn;
+
+/// What a session does after a command: read the next one, or end (after its goodbye).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Close,
+}

@@ -10,6 +10,7 @@ use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
 use crate::context::Shared;
 use crate::hooks::FetchView;
+use crate::net::Flow;
 use crate::net::conn::{Conn, Line, ReadError};
 use crate::store::locks::MaildropLock;
 use crate::store::{BlobId, MailboxId};
@@ -37,12 +38,6 @@ struct Maildrop {
 enum State {
     Authorization { user: Option<String> },
     Transaction(Maildrop),
-}
-
-#[derive(PartialEq, Eq)]
-enum Flow {
-    Continue,
-    Close,
 }
 
 pub struct Session {

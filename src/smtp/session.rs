@@ -11,6 +11,7 @@ use crate::hooks::contract::Session as SessionInfo;
 use crate::hooks::{PolicySet, Stage};
 use crate::mail::address::Address;
 use crate::mail::edit_headers_into;
+use crate::net::Flow;
 use crate::net::conn::{Conn, Line, ReadError};
 use crate::pipeline::{Context, Refusal, Scope};
 use crate::store::now_secs;
@@ -22,12 +23,6 @@ use std::time::Duration;
 
 /// MAIL FROM flags we advertise and therefore accept.
 const ACCEPTED_MAIL_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
-
-#[derive(PartialEq, Eq)]
-enum Flow {
-    Continue,
-    Close,
-}
 
 struct Transaction {
     mail_from: String,

@@ -19,6 +19,7 @@ use crate::auth::{self, Outcome};
 use crate::config::TlsMode;
 use crate::context::Shared;
 use crate::hooks::FetchView;
+use crate::net::Flow;
 use crate::net::conn::{Conn, Line, ReadError};
 use crate::spam::LearnEvent;
 use crate::store::{FlagOp, Flags, MailboxMeta, MessageMeta, StoreError, Target};
@@ -100,11 +101,6 @@ impl Selected {
             }
         }
     }
-}
-
-enum Flow {
-    Continue,
-    Close,
 }
 
 pub struct Session {
