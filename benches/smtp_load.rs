@@ -5,8 +5,9 @@
 //! cargo bench --bench smtp_load -- --policies DIR --pairs 10 --messages 10000   # the ratio
 //! ```
 //!
-//! Without `--addr` it starts the release `mailgate` binary on a fresh data dir (loopback, port
-//! 0, account alice@localhost) and also reports that process's CPU time. Each message is one
+//! Without `--addr` it starts the release `mailgate` binary (or `$MAILGATE_BIN`, another build
+//! to compare) on a fresh data dir (loopback, port 0, account alice@localhost) and also
+//! reports that process's CPU time. Each message is one
 //! pipelined MAIL/RCPT/DATA group (as PIPELINING clients send), then the body; latency is from
 //! MAIL to the 250 after the final dot, which the server sends only once the message is on disk.
 
@@ -141,7 +142,8 @@ struct Spawned {
 }
 
 fn spawn_server(policies: Option<&str>) -> Spawned {
-    let bin = env!("CARGO_BIN_EXE_mailgate");
+    // MAILGATE_BIN: another build to measure (a saved binary of an earlier commit, say).
+    let bin = std::env::var("MAILGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mailgate").to_string());
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bench.toml");
     std::fs::write(
@@ -153,7 +155,7 @@ fn spawn_server(policies: Option<&str>) -> Spawned {
         ),
     )
     .unwrap();
-    let mut add = std::process::Command::new(bin)
+    let mut add = std::process::Command::new(&bin)
         .args([
             "--config",
             cfg.to_str().unwrap(),
@@ -167,7 +169,7 @@ fn spawn_server(policies: Option<&str>) -> Spawned {
         .unwrap();
     add.stdin.take().unwrap().write_all(b"bench").unwrap();
     assert!(add.wait().unwrap().success());
-    let mut child = std::process::Command::new(bin)
+    let mut child = std::process::Command::new(&bin)
         .args(["--config", cfg.to_str().unwrap(), "serve"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
