@@ -178,29 +178,47 @@ fn flag_list(meta: &MessageMeta) -> String {
     format!("({})", v.join(" "))
 }
 
-/// Does `name` match a LIST pattern (`*` anything, `%` anything but the delimiter)?
+/// LIST/LSUB wildcard match (RFC 3501 §6.3.8): `*` matches anything, `%` anything but the
+/// hierarchy delimiter. Runs the pattern as a set of positions over the name, one step per
+/// character: time bounded by pattern × name length whatever the wildcards (a backtracking
+/// match of `*a*a*a…b` is exponential).
 fn pattern_matches(pat: &[char], name: &[char]) -> bool {
-    match pat.first() {
-        None => name.is_empty(),
-        Some('*') => (0..=name.len()).any(|i| pattern_matches(&pat[1..], &name[i..])),
-        Some('%') => {
-            for i in 0..=name.len() {
-                if pattern_matches(&pat[1..], &name[i..]) {
-                    return true;
-                }
-                if i < name.len() && name[i] == DELIM {
-                    return false;
-                }
+    // Positions reachable through wildcards that match nothing.
+    let close = |at: &mut Vec<bool>| {
+        for i in 0..pat.len() {
+            if at[i] && matches!(pat[i], '*' | '%') {
+                at[i + 1] = true;
             }
-            false
         }
-        Some(&c) => name.first() == Some(&c) && pattern_matches(&pat[1..], &name[1..]),
+    };
+    let mut at = vec![false; pat.len() + 1];
+    at[0] = true;
+    close(&mut at);
+    for &c in name {
+        let mut next = vec![false; pat.len() + 1];
+        for (i, &p) in pat.iter().enumerate().filter(|&(i, _)| at[i]) {
+            match p {
+                '*' => next[i] = true,
+                '%' if c != DELIM => next[i] = true,
+                '%' => {}
+                p if p == c => next[i + 1] = true,
+                _ => {}
+            }
+        }
+        close(&mut next);
+        if !next.contains(&true) {
+            return false;
+        }
+        at = next;
     }
+    at[pat.len()]
 }
 
 /// `INBOX` (any case) at the start of a name means the one INBOX.
 fn canonical_inbox(name: &str) -> String {
-    if name.len() >= 5 && name[..5].eq_ignore_ascii_case("INBOX") && (name.len() == 5 || name[5..].starts_with(DELIM)) {
+    // Compared as bytes: the first five may end inside a multi-byte character.
+    let inbox = name.len() >= 5 && name.as_bytes()[..5].eq_ignore_ascii_case(b"INBOX");
+    if inbox && (name.len() == 5 || name[5..].starts_with(DELIM)) {
         format!("INBOX{}", &name[5..])
     } else {
         name.to_string()
@@ -554,6 +572,22 @@ mod tests {
         assert!(list_match("inbox", "INBOX"));
         assert!(list_match("Inbox/%", "INBOX/x"));
         assert!(!list_match("b*", "a"));
+        assert!(list_match("a*b%", "axb/yb"));
+        assert!(!list_match("a*b%", "axb/y"));
+        assert!(list_match("%/%", "a/b") && !list_match("%/%", "a/b/c"));
+        assert!(list_match("*/c", "a/b/c") && list_match("", "") && !list_match("", "a"));
+        // Linear time: ten and twelve `*a` against a 40-letter name, which backtracking
+        // took 18 s and over a minute for.
+        let name = "a".repeat(40);
+        for n in [10, 12, 40] {
+            assert!(!list_match(&format!("{}b", "*a".repeat(n)), &name));
+            assert!(list_match(&format!("{}*", "*a".repeat(n.min(40))), &name));
+        }
+        // Names are handled by characters: no byte index may split one.
+        for name in ["abcd&AOk-", "abcdé", "inboé", "INBOé/x", "é", "INBOX/é"] {
+            assert_eq!(canonical_inbox(name), name);
+        }
+        assert_eq!(canonical_inbox("inbox/é"), "INBOX/é");
         assert_eq!(literal_suffix(b"a APPEND x {12}"), Some((12, true)));
         assert_eq!(literal_suffix(b"a LOGIN {3+}"), Some((3, false)));
         assert_eq!(literal_suffix(b"a LOGIN {x}"), None);
