@@ -310,6 +310,9 @@ pub struct Imap {
     pub max_literal_bytes: usize,
     /// Largest message APPEND accepts (refused with NO [TOOBIG] before the client sends it).
     pub max_append_bytes: usize,
+    /// Largest literal before login (LOGIN and AUTHENTICATE need a few hundred bytes; an
+    /// unauthenticated client must not make us read megabytes).
+    pub max_literal_bytes_before_login: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -321,6 +324,7 @@ impl Default for Imap {
             max_line_length: 64 * 1024,
             max_literal_bytes: 64 * 1024,
             max_append_bytes: 50 << 20,
+            max_literal_bytes_before_login: 8 * 1024,
             max_connections: 1000,
             max_connections_per_ip: 50,
         }
@@ -463,6 +467,10 @@ impl Config {
             ("imap.max_connections", self.imap.max_connections as u64),
             ("imap.max_connections_per_ip", self.imap.max_connections_per_ip as u64),
             ("imap.max_append_bytes", self.imap.max_append_bytes as u64),
+            (
+                "imap.max_literal_bytes_before_login",
+                self.imap.max_literal_bytes_before_login as u64,
+            ),
             ("auth.max_failures_per_ip", self.auth.max_failures_per_ip as u64),
             ("auth.failure_window_secs", self.auth.failure_window_secs),
             ("policies.lua_states", self.policies.lua_states as u64),

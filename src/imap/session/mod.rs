@@ -383,13 +383,22 @@ impl Session {
             let Some((n, sync)) = literal_suffix(&line) else {
                 return Ok(Some(buf));
             };
-            let is_append = append_command(&buf);
-            let limit = if is_append {
-                self.cfg.max_append_bytes
+            // Before login only small literals (a password); after it, APPEND's messages.
+            let (limit, total) = if self.user.is_none() {
+                let l = self.cfg.max_literal_bytes_before_login;
+                (l, l + self.cfg.max_line_length)
+            } else if append_command(&buf) {
+                (
+                    self.cfg.max_append_bytes,
+                    self.cfg.max_append_bytes + self.cfg.max_line_length,
+                )
             } else {
-                self.cfg.max_literal_bytes
+                (
+                    self.cfg.max_literal_bytes,
+                    self.cfg.max_append_bytes + self.cfg.max_line_length,
+                )
             };
-            if n > limit || buf.len() + n > self.cfg.max_append_bytes + self.cfg.max_line_length {
+            if n > limit || buf.len() + n > total {
                 let tag = parser::tag_of(&buf).unwrap_or_else(|| "*".into());
                 if sync {
                     self.conn.write(
