@@ -66,6 +66,9 @@ pub struct Server {
     /// Sub-address delimiter: `alice+news@x` is delivered to `alice@x` when no exact match exists.
     /// Empty disables it.
     pub recipient_delimiter: String,
+    /// How long a write to a client may make no progress (a client that stopped reading)
+    /// before the session ends and its slot and locks are released.
+    pub write_timeout_secs: u64,
 }
 
 impl Default for Server {
@@ -76,6 +79,7 @@ impl Default for Server {
             local_domains: vec!["localhost".into()],
             shutdown_grace_secs: 30,
             recipient_delimiter: "+".into(),
+            write_timeout_secs: 300,
         }
     }
 }
@@ -461,6 +465,7 @@ impl Config {
         }
         let p = &self.pop3;
         for (key, v) in [
+            ("server.write_timeout_secs", self.server.write_timeout_secs),
             ("pop3.idle_timeout_secs", p.idle_timeout_secs),
             ("pop3.max_connections", p.max_connections as u64),
             ("pop3.max_connections_per_ip", p.max_connections_per_ip as u64),

@@ -18,6 +18,10 @@ use tokio_rustls::server::TlsStream;
 /// How long a TLS handshake may take.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a write may make no progress, until [`Conn::set_write_timeout`] says otherwise
+/// (`server.write_timeout_secs`).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Any byte stream a session can run over besides TCP: an in-memory pipe
 /// (`tokio::io::duplex`) in transcript tests, say.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
@@ -102,6 +106,10 @@ pub struct Conn {
     pos: usize,
     outbuf: Vec<u8>,
     scratch: Box<[u8]>,
+    write_timeout: Duration,
+    /// A write failed or timed out: every later one fails at once (the session is ending;
+    /// it must not wait out the timeout again for its goodbye).
+    write_failed: bool,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -125,7 +133,15 @@ impl Conn {
             pos: 0,
             outbuf: Vec::with_capacity(1024),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
+            write_timeout: WRITE_TIMEOUT,
+            write_failed: false,
         }
+    }
+
+    /// How long each write may make no progress before it fails with `TimedOut` (and the
+    /// session, which ends on a failed write, with it).
+    pub fn set_write_timeout(&mut self, d: Duration) {
+        self.write_timeout = d;
     }
 
     pub fn is_tls(&self) -> bool {
@@ -194,18 +210,40 @@ impl Conn {
         self.outbuf.len()
     }
 
+    /// Sends the buffered output. Each write must make progress within the write timeout: a
+    /// client that stops reading gets the session ended, not a slot held forever.
     pub async fn flush(&mut self) -> io::Result<()> {
-        if !self.outbuf.is_empty() {
-            self.stream.write_all(&self.outbuf).await?;
-            self.outbuf.clear();
+        if self.write_failed {
+            return Err(io::ErrorKind::BrokenPipe.into());
         }
-        self.stream.flush().await
+        let r = self.send_all().await;
+        self.write_failed = r.is_err();
+        r
     }
 
-    /// Closes the write side after flushing (best effort).
+    async fn send_all(&mut self) -> io::Result<()> {
+        let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "client stopped reading");
+        let mut sent = 0;
+        while sent < self.outbuf.len() {
+            let n = tokio::time::timeout(self.write_timeout, self.stream.write(&self.outbuf[sent..]))
+                .await
+                .map_err(|_| timed_out())??;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            sent += n;
+        }
+        self.outbuf.clear();
+        tokio::time::timeout(self.write_timeout, self.stream.flush())
+            .await
+            .map_err(|_| timed_out())?
+    }
+
+    /// Closes the write side after flushing (best effort, within the write timeout).
     pub async fn close(&mut self) {
-        let _ = self.flush().await;
-        let _ = self.stream.shutdown().await;
+        if self.flush().await.is_ok() {
+            let _ = tokio::time::timeout(self.write_timeout, self.stream.shutdown()).await;
+        }
     }
 
     /// Reads more input, flushing pending output first (we are about to wait).

@@ -234,6 +234,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _alive = alive;
             let mut conn = Conn::plain(tcp);
+            conn.set_write_timeout(Duration::from_secs(shared.config.server.write_timeout_secs));
             let Ok(permit) = permit else {
                 conn.write(match protocol {
                     Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",

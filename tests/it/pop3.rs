@@ -377,3 +377,38 @@ async fn retrieved_messages_are_marked_seen_at_quit() {
         .collect();
     assert_eq!(after, vec![(1, true), (2, false)]);
 }
+
+/// A client that asks for a large message and stops reading: the server's write makes no
+/// progress, the write deadline ends the session, and the maildrop lock goes with it.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_session_and_lock() {
+    let s = start_server(|c| c.server.write_timeout_secs = 1).await;
+    // 20 MB: more than loopback's socket buffers can hold between us.
+    let line = "x".repeat(998);
+    let body: String = std::iter::repeat_n(format!("{line}\r\n"), 20_000).collect();
+    let raw = format!("Subject: big\r\n\r\n{body}");
+    let inbox = s.store().mailbox("alice@localhost", "INBOX").unwrap().unwrap().id;
+    s.store().deliver(raw.as_bytes(), 0, &[inbox]).unwrap();
+    s.store().sync().await.unwrap();
+
+    let mut stuck = pop_connect(s.pop3).await;
+    login(&mut stuck, "alice@localhost").await;
+    stuck.send(b"RETR 1\r\n").await;
+    // Nothing to await on our side: the server gives up after its deadline (1 s) without
+    // a byte read here. Before the deadline a second session is refused.
+    let mut other = pop_connect(s.pop3).await;
+    other.pop("USER alice@localhost", "+OK").await;
+    other.pop(&format!("PASS {PASSWORD}"), "-ERR [IN-USE]").await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut again = pop_connect(s.pop3).await;
+    login(&mut again, "alice@localhost").await;
+    again.pop("STAT", "+OK 1 ").await;
+    // The stuck client finds its connection ended before the message did.
+    let mut rest = Vec::new();
+    let _ = tokio::io::AsyncReadExt::read_to_end(&mut stuck.io, &mut rest).await;
+    assert!(
+        rest.len() < raw.len(),
+        "the session ended mid-message ({} bytes came)",
+        rest.len()
+    );
+}
