@@ -210,6 +210,10 @@ pub struct Smtp {
     pub max_line_length: usize,
     /// Protocol errors before we answer 421 and close (a client that keeps failing is a prober).
     pub max_errors: u32,
+    /// Commands that make no progress (NOOP, RSET, VRFY, HELP, HELO/EHLO) a session may send
+    /// before each further one counts as an error; delivering a message starts the count again
+    /// (Postfix's `smtpd_junk_command_limit`).
+    pub junk_command_limit: u32,
     /// Idle time allowed between commands (RFC 5321 §4.5.3.2.7: at least 5 minutes).
     pub command_timeout_secs: u64,
     /// Idle time allowed between two reads inside DATA/BDAT (RFC 5321 §4.5.3.2.5: 3 minutes).
@@ -229,6 +233,7 @@ impl Default for Smtp {
             max_recipients: 100,
             max_line_length: 4096,
             max_errors: 10,
+            junk_command_limit: 100,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             max_connections: 1000,
@@ -287,6 +292,8 @@ pub struct Pop3 {
     pub idle_timeout_secs: u64,
     /// Longest command line including CRLF (RFC 2449 says 255; SASL responses need more).
     pub max_line_length: usize,
+    /// `-ERR` answers in one session before it is closed (a client looping on errors).
+    pub max_bad_commands: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -296,6 +303,7 @@ impl Default for Pop3 {
         Pop3 {
             idle_timeout_secs: 600,
             max_line_length: 4096,
+            max_bad_commands: 20,
             max_connections: 1000,
             max_connections_per_ip: 20,
         }
@@ -317,6 +325,8 @@ pub struct Imap {
     /// Largest literal before login (LOGIN and AUTHENTICATE need a few hundred bytes; an
     /// unauthenticated client must not make us read megabytes).
     pub max_literal_bytes_before_login: usize,
+    /// `BAD` answers in one session before `* BYE` (Dovecot closes after 20 as well).
+    pub max_bad_commands: u32,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
 }
@@ -329,6 +339,7 @@ impl Default for Imap {
             max_literal_bytes: 64 * 1024,
             max_append_bytes: 50 << 20,
             max_literal_bytes_before_login: 8 * 1024,
+            max_bad_commands: 20,
             max_connections: 1000,
             max_connections_per_ip: 50,
         }
@@ -453,6 +464,7 @@ impl Config {
             ("smtp.max_message_size", m.max_message_size as u64),
             ("smtp.max_recipients", m.max_recipients as u64),
             ("smtp.max_errors", m.max_errors as u64),
+            ("smtp.junk_command_limit", m.junk_command_limit as u64),
             ("smtp.command_timeout_secs", m.command_timeout_secs),
             ("smtp.data_timeout_secs", m.data_timeout_secs),
             ("smtp.max_connections", m.max_connections as u64),
@@ -467,6 +479,8 @@ impl Config {
         for (key, v) in [
             ("server.write_timeout_secs", self.server.write_timeout_secs),
             ("pop3.idle_timeout_secs", p.idle_timeout_secs),
+            ("pop3.max_bad_commands", p.max_bad_commands as u64),
+            ("imap.max_bad_commands", self.imap.max_bad_commands as u64),
             ("pop3.max_connections", p.max_connections as u64),
             ("pop3.max_connections_per_ip", p.max_connections_per_ip as u64),
             ("imap.max_connections", self.imap.max_connections as u64),

@@ -48,6 +48,8 @@ pub struct Session {
     state: State,
     /// The policy set this session started with.
     policies: Arc<crate::hooks::PolicySet>,
+    /// Error answers so far (`max_bad_commands` ends the session).
+    bad: u32,
 }
 
 const PLAINTEXT_REFUSED: &str =
@@ -106,6 +108,7 @@ impl Session {
         let policies = shared.engine.current();
         Session {
             policies,
+            bad: 0,
             shared,
             conn,
             peer,
@@ -125,6 +128,7 @@ impl Session {
     }
 
     fn err(&mut self, text: &str) {
+        self.bad += 1;
         self.conn.write(format!("-ERR {text}\r\n").as_bytes());
     }
 
@@ -154,6 +158,11 @@ impl Session {
                 Err(_) => break, // vanished: no UPDATE state, nothing deleted
             };
             if flow == Flow::Close {
+                break;
+            }
+            if self.bad >= cfg.max_bad_commands {
+                // Nothing is deleted: the session never reaches the UPDATE state.
+                self.conn.write(b"-ERR Too many bad commands, closing connection\r\n");
                 break;
             }
         }

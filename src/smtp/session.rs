@@ -48,6 +48,8 @@ pub struct Session {
     esmtp: bool,
     tx: Option<Transaction>,
     errors: u32,
+    /// Commands that made no progress since the last delivered message.
+    junk: u32,
     /// The policy set this session started with (a reload does not change it mid-session).
     policies: Arc<PolicySet>,
     /// Scores and verdicts from the connect and helo stages.
@@ -83,6 +85,7 @@ impl Session {
             esmtp: false,
             tx: None,
             errors: 0,
+            junk: 0,
             policies,
             scope: Scope::default(),
             after_connect: Scope::default(),
@@ -135,6 +138,18 @@ impl Session {
         if code >= 400 {
             self.errors += 1;
         }
+    }
+
+    /// A command that makes no progress (NOOP, RSET, VRFY, HELP, HELO/EHLO). Past
+    /// `junk_command_limit` of them each counts as an error, so a session looping on them
+    /// ends with 421 (Postfix's `smtpd_junk_command_limit`).
+    fn junk(&mut self) -> Flow {
+        self.junk += 1;
+        if self.junk <= self.cfg().junk_command_limit {
+            return Flow::Continue;
+        }
+        self.errors += 1;
+        self.after_error()
     }
 
     /// After an error reply: close when the client has used up its error allowance.
@@ -214,6 +229,18 @@ impl Session {
             && is_bare_postmaster(line)
         {
             to.address = "postmaster".into();
+        }
+        let junk = matches!(
+            request,
+            Request::Ehlo { .. }
+                | Request::Helo { .. }
+                | Request::Rset
+                | Request::Noop { .. }
+                | Request::Vrfy { .. }
+                | Request::Help { .. }
+        );
+        if junk && self.junk() == Flow::Close {
+            return Flow::Close;
         }
         match request {
             Request::Ehlo { host } => self.hello(host, true).await,
@@ -581,6 +608,7 @@ impl Session {
         match crate::deliver::store_local(&self.shared.store, &raw, &deliveries).await {
             Ok(n) => {
                 tracing::info!(id, from = %tx.mail_from, rcpts = ?tx.rcpts, mailboxes = n, score, quarantine = accepted.quarantine, "delivered");
+                self.junk = 0;
                 self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
                 Flow::Continue
             }

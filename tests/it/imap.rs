@@ -597,3 +597,25 @@ fn number_after(r: &str, prefix: &str) -> usize {
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().unwrap()
 }
+
+/// A client looping on invalid commands gets `* BYE` after `max_bad_commands` of them
+/// (NO answers, which valid commands get, do not count).
+#[tokio::test]
+async fn a_session_of_invalid_commands_is_closed() {
+    let s = start_server(|c| c.imap.max_bad_commands = 3).await;
+    let mut r = raw(s.imap).await;
+    r.login("alice@localhost").await;
+    for i in 0..5 {
+        r.cmd(&format!("n{i}"), "SELECT nosuch", "NO").await;
+    }
+    r.cmd("b1", "FROB", "BAD").await;
+    r.cmd("b2", "FETCH 1 FLAGS", "BAD").await; // nothing selected
+    r.send("b3 SELECT\r\n").await;
+    assert!(r.line().await.starts_with("b3 BAD"));
+    assert!(r.line().await.starts_with("* BYE Too many invalid IMAP commands"));
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut r.io, &mut rest)
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "closed after the BYE");
+}

@@ -412,3 +412,19 @@ async fn a_client_that_stops_reading_loses_its_session_and_lock() {
         rest.len()
     );
 }
+
+/// A client looping on errors is closed after `max_bad_commands`, and nothing is deleted.
+#[tokio::test]
+async fn a_session_of_errors_is_closed() {
+    let s = start_server(|c| c.pop3.max_bad_commands = 3).await;
+    deliver(&s, &[("keep", "body")]).await;
+    let mut c = pop_connect(s.pop3).await;
+    login(&mut c, "alice@localhost").await;
+    c.pop("DELE 1", "+OK").await;
+    c.pop("FROB", "-ERR").await;
+    c.pop("RETR 9", "-ERR").await;
+    c.pop("LIST x", "-ERR").await;
+    assert!(c.line().await.starts_with("-ERR Too many bad commands"));
+    assert!(c.line().await.is_empty(), "closed");
+    assert_eq!(s.inbox("alice@localhost").len(), 1, "no UPDATE state: nothing deleted");
+}

@@ -115,3 +115,48 @@ async fn shutdown_tells_idle_sessions() {
     assert!(r.starts_with("421 4.3.2"), "{r}");
     stop.await.unwrap();
 }
+
+/// A thousand NOOPs (or RSETs, VRFYs, HELPs, EHLOs): past `junk_command_limit` each counts as
+/// an error and the session ends with 421; a delivered message starts the count again.
+#[tokio::test]
+async fn commands_that_make_no_progress_are_limited() {
+    let s = start_server(|c| {
+        c.smtp.junk_command_limit = 5;
+        c.smtp.max_errors = 3;
+    })
+    .await;
+    let mut c = greeted(s.smtp).await; // the EHLO is junk command 1
+    for _ in 0..4 {
+        c.cmd("NOOP", "250").await;
+    }
+    // The count starts again with a delivered message.
+    let r = send_mail(&mut c, "a@example.org", &["alice@localhost"], &message("one", "x")).await;
+    assert!(r.starts_with("250"), "{r}");
+    for cmd in ["RSET", "NOOP", "VRFY alice", "HELP", "NOOP"] {
+        let r = c.cmd(cmd, "").await;
+        assert!(r.starts_with("25") || r.starts_with("214"), "{cmd}: {r}");
+    }
+    // Past the limit: answered, and counted as errors; the third error closes.
+    c.cmd("NOOP", "250").await;
+    c.cmd("NOOP", "250").await;
+    c.send(b"NOOP\r\n").await;
+    assert!(c.reply().await.starts_with("421 4.7.0"));
+    assert!(c.closed().await);
+    // A pipelined flood is cut the same way, without reading it all.
+    let mut c = greeted(s.smtp).await;
+    c.send("NOOP\r\n".repeat(1000).as_bytes()).await;
+    let mut replies = Vec::new();
+    loop {
+        let r = c.reply().await;
+        if r.is_empty() {
+            break;
+        }
+        replies.push(r);
+    }
+    assert_eq!(
+        replies.len(),
+        7,
+        "4 within the limit, 2 counted errors, then 421: {replies:?}"
+    );
+    assert!(replies.last().unwrap().starts_with("421 4.7.0"));
+}

@@ -109,6 +109,8 @@ pub struct Session {
     peer: SocketAddr,
     tls_mode: TlsMode,
     policies: Arc<crate::hooks::PolicySet>,
+    /// Error answers so far (`max_bad_commands` ends the session).
+    bad: u32,
     user: Option<String>,
     selected: Option<Selected>,
     /// ENABLE IMAP4rev2: UTF-8 names, no RECENT.
@@ -241,6 +243,7 @@ impl Session {
             peer,
             tls_mode,
             policies,
+            bad: 0,
             user: None,
             selected: None,
             rev2: false,
@@ -351,11 +354,16 @@ impl Session {
                     let tag = parser::tag_of(&buf).unwrap_or_else(|| "*".into());
                     // An unsupported charset is a NO with a response code (RFC 3501 §6.4.4).
                     let status = if e.starts_with("[BADCHARSET") { "NO" } else { "BAD" };
+                    self.bad += u32::from(status == "BAD");
                     self.conn.write(format!("{tag} {status} {e}\r\n").as_bytes());
                     Flow::Continue
                 }
             };
             if matches!(flow, Flow::Close) || self.bye {
+                break;
+            }
+            if self.bad >= self.cfg.max_bad_commands {
+                self.untagged("BYE Too many invalid IMAP commands");
                 break;
             }
         }
@@ -529,7 +537,10 @@ impl Session {
         match result {
             Ok(text) => self.conn.write(format!("{tag} OK {text}\r\n").as_bytes()),
             Err(Fail::No(t)) => self.conn.write(format!("{tag} NO {t}\r\n").as_bytes()),
-            Err(Fail::Bad(t)) => self.conn.write(format!("{tag} BAD {t}\r\n").as_bytes()),
+            Err(Fail::Bad(t)) => {
+                self.bad += 1;
+                self.conn.write(format!("{tag} BAD {t}\r\n").as_bytes())
+            }
         }
         Flow::Continue
     }
