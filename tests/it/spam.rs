@@ -335,18 +335,24 @@ async fn keyword_rules_fire_with_operator_overrides() {
     assert!(!texts[1].contains("PHARMA_WORDS"), "{}", texts[1]);
 }
 
-/// The shipped policies on the real dev corpus (../shared/corpus/dev), when it is there:
-/// ten-fold cross-validation (each message judged by a model trained on the other nine
-/// tenths: the nearest to training on all of dev and judging unseen mail), with a fixed
-/// seed. The floor is under the measured figures (docs/spam.md) by a message or two, so a
-/// broken tokenizer, model or policy fails it.
+/// The shipped policies on a real corpus: `MAILGATE_CORPUS` (a folder with `spam/` and
+/// `ham/`; `.ci/run` sets `../shared/corpus/dev`), ten-fold cross-validation with a fixed
+/// seed (each message judged by a model trained on the other nine tenths: the nearest to
+/// training on all of it and judging unseen mail). Fails below F1 0.97 or above a
+/// false-positive rate of 0.5 %, and when the variable names no corpus; without the
+/// variable it is skipped, saying so.
 #[test]
 fn shipped_policies_on_the_dev_corpus() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/dev");
-    if !corpus.join("spam").is_dir() || !corpus.join("ham").is_dir() {
-        eprintln!("skipped: no corpus at {}", corpus.display());
+    let Some(corpus) = std::env::var_os("MAILGATE_CORPUS") else {
+        eprintln!("skipped: MAILGATE_CORPUS is not set (.ci/run sets it to ../shared/corpus/dev)");
         return;
-    }
+    };
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join(corpus);
+    assert!(
+        corpus.join("spam").is_dir() && corpus.join("ham").is_dir(),
+        "MAILGATE_CORPUS={}: no spam/ and ham/ folders there",
+        corpus.display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let config = write_child_config(dir.path());
     let policies = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
@@ -363,12 +369,17 @@ fn shipped_policies_on_the_dev_corpus() {
     let (code, out, err) = cli(&config, &args, "");
     assert_eq!(code, 0, "{out}{err}");
     let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
-    eprintln!("dev corpus, ten folds, seed 1: {m}");
-    assert_eq!(m["messages"].as_u64(), Some(3508), "{m}");
-    // Shipped, seed 1 (docs/spam.md): F1 0.987, 4 false positives of 2466 (0.16 %), 23
-    // misses of 1042. The model before the 2026-12-05 changes made 6 and 18 here.
-    assert!(m["f1"].as_f64().unwrap() >= 0.983, "{m}");
-    assert!(m["false_positives"].as_u64().unwrap() <= 5, "{m}");
+    eprintln!("{}, ten folds, seed 1: {m}", corpus.display());
+    assert!(m["f1"].as_f64().unwrap() >= 0.97, "{m}");
+    assert!(m["fpr"].as_f64().unwrap() <= 0.005, "{m}");
+    if m["messages"].as_u64() == Some(3508) {
+        // The dev corpus, shipped, seed 1 (docs/spam.md): F1 0.987, 4 false positives of
+        // 2466 (0.16 %), 23 misses of 1042. The model before 2026-12-05 made 6 and 18 here:
+        // a floor a message or two under the measured figures catches a broken tokenizer,
+        // model or policy.
+        assert!(m["f1"].as_f64().unwrap() >= 0.983, "{m}");
+        assert!(m["false_positives"].as_u64().unwrap() <= 5, "{m}");
+    }
 }
 
 #[test]
