@@ -4,6 +4,8 @@
 //! fails at start with a message naming the key and the file (exit code 2). `docs/config.md`
 //! lists every key with its default and the reason for it; keep the two in step.
 
+pub mod outbound;
+
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
@@ -224,6 +226,15 @@ pub struct Smtp {
     pub max_connections_per_ip: usize,
     /// Text after the host name in the 220 greeting.
     pub banner: String,
+    /// Clients that may relay to any domain without AUTH (Postfix's `mynetworks`).
+    pub relay_networks: Vec<outbound::Cidr>,
+}
+
+impl Smtp {
+    /// Whether a client at `ip` may relay anywhere.
+    pub fn may_relay(&self, ip: std::net::IpAddr) -> bool {
+        self.relay_networks.iter().any(|c| c.contains(ip))
+    }
 }
 
 impl Default for Smtp {
@@ -239,6 +250,7 @@ impl Default for Smtp {
             max_connections: 1000,
             max_connections_per_ip: 50,
             banner: "ESMTP mailgate".into(),
+            relay_networks: Vec::new(),
         }
     }
 }
@@ -375,6 +387,10 @@ pub struct Config {
     pub spam: Spam,
     pub dns: Dns,
     pub store: Store,
+    pub outbound: outbound::Outbound,
+    /// Domains we filter for and pass on (`[[relay]]`).
+    #[serde(rename = "relay")]
+    pub relays: Vec<outbound::Relay>,
     /// Where the config came from, for messages; not a key.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -410,6 +426,20 @@ pub fn default_listeners() -> Vec<Listener> {
 }
 
 impl Config {
+    /// The `[[relay]]` entry for `domain`, if we relay for it.
+    pub fn relay_for(&self, domain: &str) -> Option<&outbound::Relay> {
+        self.relays.iter().find(|r| r.domain == domain)
+    }
+
+    /// The name we give in EHLO to other servers.
+    pub fn helo_name(&self) -> &str {
+        if self.outbound.helo_name.is_empty() {
+            &self.server.hostname
+        } else {
+            &self.outbound.helo_name
+        }
+    }
+
     /// Embedded defaults, no file.
     pub fn defaults() -> Config {
         Config {
@@ -453,6 +483,28 @@ impl Config {
         }
         if s.recipient_delimiter.chars().count() > 1 {
             return Err("server.recipient_delimiter: must be one character or empty".into());
+        }
+        for (i, r) in self.relays.iter_mut().enumerate() {
+            r.domain = r.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            if !crate::mail::address::is_valid_domain(&r.domain) {
+                return Err(format!("relay[{i}].domain: invalid domain {:?}", r.domain));
+            }
+            if self.server.local_domains.contains(&r.domain) {
+                return Err(format!(
+                    "relay[{i}].domain: {} is also in server.local_domains",
+                    r.domain
+                ));
+            }
+        }
+        let o = &self.outbound;
+        if o.retry_schedule.is_empty() || o.retry_schedule.iter().any(|s| s.0.is_zero()) {
+            return Err("outbound.retry_schedule: needs at least one wait, none of them 0".into());
+        }
+        if o.max_connections == 0 || o.max_connections_per_destination == 0 {
+            return Err("outbound.max_connections / max_connections_per_destination: must be greater than 0".into());
+        }
+        if o.max_lifetime.0.is_zero() {
+            return Err("outbound.max_lifetime: must be greater than 0".into());
         }
         match (&self.tls.cert, &self.tls.key) {
             (Some(_), None) => return Err("tls.key: required when tls.cert is set".into()),

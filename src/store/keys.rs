@@ -16,7 +16,8 @@
 //! | `O` | blob id (SHA-256 of the message bytes) | body pointer: segment u64, offset u64, length u64 |
 //! | `R` | blob id | reference count, u64 |
 //! | `S` | account `0x00` mailbox name | empty (IMAP subscription) |
-//! | `C` | counter name | u64 (`mailbox` = last mailbox id) |
+//! | `Q` | queue id, u64 | JSON [`super::QueuedMessage`] (its body is a blob like a stored message's, counted in `R`) |
+//! | `C` | counter name | u64 (`mailbox` = last mailbox id, `queue` = last queue id) |
 //! | `V` | `schema` | layout version, u64 |
 //! | `V` | `applied` | sequence number of the last change set before the checkpoint position (set at checkpoints) |
 //! | `V` | `checkpoint` | journal position (segment u64, offset u64) replay starts from |
@@ -34,6 +35,7 @@ pub const MESSAGE: u8 = b'G';
 pub const BLOB: u8 = b'O';
 pub const BLOB_REFS: u8 = b'R';
 pub const COUNTER: u8 = b'C';
+pub const QUEUED: u8 = b'Q';
 pub const SUBSCRIPTION: u8 = b'S';
 pub const VERSION: u8 = b'V';
 
@@ -42,6 +44,10 @@ pub fn tagged(tag: u8, rest: &[u8]) -> Vec<u8> {
     k.push(tag);
     k.extend_from_slice(rest);
     k
+}
+
+pub fn queued(id: u64) -> Vec<u8> {
+    tagged(QUEUED, &id.to_be_bytes())
 }
 
 pub fn account(address: &str) -> Vec<u8> {

@@ -222,6 +222,89 @@ pub trait Messages {
     fn blob_count(&self) -> Result<usize>;
 }
 
+/// Where one recipient of a queued message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptState {
+    /// Waiting for its first attempt.
+    Queued,
+    /// Tried, failed temporarily; tried again at `next_attempt`.
+    Deferred,
+    /// Accepted by the next hop.
+    Delivered,
+    /// Failed for good (and bounced, unless the sender is `<>`).
+    Failed,
+    /// Kept back (quarantine, ETRN, `queue hold`) until released.
+    Held,
+}
+
+impl RcptState {
+    /// Still to be delivered (now or later).
+    pub fn pending(self) -> bool {
+        matches!(self, RcptState::Queued | RcptState::Deferred | RcptState::Held)
+    }
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedRecipient {
+    pub address: String,
+    /// Where it goes: `mx` or `[host]:port` (`config::outbound::NextHop`).
+    pub next_hop: String,
+    pub state: RcptState,
+    pub attempts: u32,
+    /// Unix seconds.
+    pub next_attempt: i64,
+    /// The last reply from the other side, or why there was none.
+    pub last_reply: String,
+    /// DSN (RFC 3461): `NOTIFY` as given (`NEVER`, or a list of `SUCCESS`, `FAILURE`,
+    /// `DELAY`); empty: the default (failures).
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// DSN `ORCPT`, as given.
+    #[serde(default)]
+    pub orcpt: Option<String>,
+}
+
+/// A message waiting to go out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    /// Given by [`Queue::enqueue`].
+    pub id: u64,
+    /// Envelope sender; empty for `<>` (a bounce: never bounced itself).
+    pub sender: String,
+    /// Given by [`Queue::enqueue`]: the body's blob.
+    pub blob: BlobId,
+    pub size: u64,
+    /// Unix seconds.
+    pub arrival: i64,
+    pub recipients: Vec<QueuedRecipient>,
+    /// A delay warning went to the sender.
+    #[serde(default)]
+    pub warned: bool,
+    /// DSN `ENVID` and `RET=HDRS|FULL`, as given.
+    #[serde(default)]
+    pub env_id: Option<String>,
+    #[serde(default)]
+    pub ret: Option<String>,
+}
+
+/// The outbound queue: messages with per-recipient state. Bodies are blobs shared with the
+/// mailboxes (a message for local and remote recipients is stored once).
+pub trait Queue {
+    /// Stores `raw` and `entry` (its `id` and `blob` are set here) in one change set; returns
+    /// the id. Not durable until [`MailStore::sync`].
+    fn enqueue(&self, raw: &[u8], entry: QueuedMessage) -> Result<u64>;
+    /// Every queued message, oldest first.
+    fn queued(&self) -> Result<Vec<QueuedMessage>>;
+    fn queued_message(&self, id: u64) -> Result<Option<QueuedMessage>>;
+    /// Writes the entry's new state; one with no recipient left pending is removed and its
+    /// body released. Not durable until [`MailStore::sync`].
+    fn update_queued(&self, entry: &QueuedMessage) -> Result<()>;
+    /// Removes a message from the queue whatever its state (`queue delete`).
+    fn remove_queued(&self, id: u64) -> Result<bool>;
+}
+
 /// Key-value state: plugins' (greylisting and the like) and the Bayes model's.
 pub trait KeyValue {
     /// Plugin key-value state (greylisting and the like). Kept in its own tree, outside the
@@ -240,9 +323,9 @@ pub trait KeyValue {
 }
 
 /// The storage contract, by what it keeps ([`Directory`], [`Mailboxes`], [`Messages`],
-/// [`KeyValue`]) and how it is made durable. Methods are synchronous and fast (in-memory tree
-/// operations); only [`MailStore::sync`], which waits for the disk, is async.
-pub trait MailStore: Directory + Mailboxes + Messages + KeyValue + Send + Sync + 'static {
+/// [`KeyValue`], [`Queue`]) and how it is made durable. Methods are synchronous and fast
+/// (in-memory tree operations); only [`MailStore::sync`], which waits for the disk, is async.
+pub trait MailStore: Directory + Mailboxes + Messages + KeyValue + Queue + Send + Sync + 'static {
     /// One line of counters for logs (writes, flushes).
     fn stats(&self) -> String;
 

@@ -12,6 +12,7 @@ mod directory;
 mod kv;
 mod mailboxes;
 mod messages;
+mod queue;
 
 use super::journal::{self, BodyPtr, Journal, WriteSet};
 use super::keys::{self, u64_value};
@@ -447,7 +448,7 @@ async fn checkpoints(inner: std::sync::Weak<Inner>) {
 mod tests {
     use super::kv::{LARGE_CHUNK, large_chunk_key};
     use super::*;
-    use crate::store::{Directory, KeyValue, Mailboxes, Messages};
+    use crate::store::{Directory, KeyValue, Mailboxes, Messages, Queue};
 
     fn store() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -572,6 +573,65 @@ mod tests {
             Err(StoreError::Exists(_))
         ));
         assert_eq!(s.mailbox("alice@localhost", "inbox").unwrap().unwrap().name, "INBOX");
+    }
+
+    #[test]
+    fn queued_messages_share_bodies_survive_reopening_and_release_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = b"Subject: out\r\n\r\nbody\r\n";
+        let rcpt = |a: &str| QueuedRecipient {
+            address: a.into(),
+            next_hop: "mx".into(),
+            state: RcptState::Queued,
+            attempts: 0,
+            next_attempt: 0,
+            last_reply: String::new(),
+            notify: Vec::new(),
+            orcpt: None,
+        };
+        let entry = QueuedMessage {
+            id: 0,
+            sender: "a@example.org".into(),
+            blob: [0; 32],
+            size: 0,
+            arrival: 7,
+            recipients: vec![rcpt("x@remote.example"), rcpt("y@remote.example")],
+            warned: false,
+            env_id: None,
+            ret: None,
+        };
+        let (id1, id2) = {
+            let s = SledStore::open_with(&dir.path().join("s"), 16, false).unwrap();
+            s.create_account("alice@localhost", "h").unwrap();
+            let inbox = s.mailbox("alice@localhost", "INBOX").unwrap().unwrap().id;
+            s.deliver(raw, 0, &[inbox]).unwrap();
+            let id1 = s.enqueue(raw, entry.clone()).unwrap();
+            let id2 = s.enqueue(raw, entry.clone()).unwrap();
+            assert_ne!(id1, id2);
+            assert_eq!(s.blob_count().unwrap(), 1, "one body for the mailbox and both entries");
+            s.flush_blocking().unwrap();
+            (id1, id2)
+        };
+        let s = SledStore::open_with(&dir.path().join("s"), 16, false).unwrap();
+        let mut q = s.queued_message(id1).unwrap().expect("durable across reopening");
+        assert_eq!((q.size, q.blob), (raw.len() as u64, blob_id(raw)));
+        assert_eq!(s.blob(&q.blob).unwrap().unwrap(), raw);
+        q.recipients[0].state = RcptState::Delivered;
+        s.update_queued(&q).unwrap();
+        assert_eq!(
+            s.queued_message(id1).unwrap().unwrap().recipients[0].state,
+            RcptState::Delivered
+        );
+        q.recipients[1].state = RcptState::Failed;
+        s.update_queued(&q).unwrap();
+        assert!(s.queued_message(id1).unwrap().is_none(), "nothing pending: gone");
+        assert!(s.remove_queued(id2).unwrap());
+        assert!(!s.remove_queued(id2).unwrap());
+        assert!(s.queued().unwrap().is_empty());
+        assert_eq!(s.blob_count().unwrap(), 1, "the mailbox still holds the body");
+        let inbox = s.mailbox("alice@localhost", "INBOX").unwrap().unwrap().id;
+        s.expunge(inbox, &[1]).unwrap();
+        assert_eq!(s.blob_count().unwrap(), 0);
     }
 
     #[test]
