@@ -19,6 +19,8 @@ pub struct Shared {
     pub engine: Arc<crate::hooks::Engine>,
     /// The spam filter's live state (the Bayes model the analyzers use).
     pub spam: Arc<crate::spam::Spam>,
+    /// Wakes the outbound queue's runner.
+    pub queue: Arc<crate::queue::Wake>,
     /// SPF/DKIM/DMARC checks (when there is DNS).
     pub origin: Option<Arc<crate::spam::origin::Origin>>,
     /// POP3 maildrop locks.

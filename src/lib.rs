@@ -37,6 +37,7 @@ pub mod mail;
 pub mod net;
 pub mod pipeline;
 pub mod pop3;
+pub mod queue;
 pub mod route;
 pub mod server;
 pub mod smtp;

@@ -202,11 +202,7 @@ async fn policy_test(
     let set = Arc::new(crate::hooks::PolicySet::load(&dir, &offline.host, 1)?);
     let router = match live {
         Some(l) => l.router.clone(),
-        None => crate::route::Router::new(
-            store.clone(),
-            config.server.local_domains.clone(),
-            &config.server.recipient_delimiter,
-        ),
+        None => crate::route::Router::new(store.clone(), config),
     };
     let origin = match live {
         Some(l) => l.origin.clone(),
@@ -218,6 +214,7 @@ async fn policy_test(
         router: Some(&router),
         origin: origin.as_deref(),
         chains: None,
+        may_relay: envelope.client_ip.parse().is_ok_and(|ip| config.smtp.may_relay(ip)),
     };
     Ok(crate::pipeline::decide(&ctx, envelope, raw, None).await)
 }

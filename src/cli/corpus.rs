@@ -61,6 +61,7 @@ impl Chain {
             router: None,
             origin: None,
             chains: None,
+            may_relay: false,
         };
         let message = Arc::new(crate::mail::parse_message(raw));
         decide(&ctx, &envelope_of(&message), raw.to_vec(), Some(message)).await

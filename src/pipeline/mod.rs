@@ -18,6 +18,7 @@ pub use report::{Envelope, Report};
 pub use verdict::PolicyState;
 
 use crate::config::Config;
+use crate::config::outbound::NextHop;
 use crate::hooks::contract::{Header, Message, RouteKind, Session};
 use crate::hooks::threads::Chains;
 use crate::hooks::{Action, Event, Hook, Outcome, PolicySet, Stage, trace_header};
@@ -41,6 +42,17 @@ pub struct Context<'a> {
     pub origin: Option<&'a Origin>,
     /// Where the data-stage chain runs. `None`: here.
     pub chains: Option<&'a Chains>,
+    /// The client may relay to any domain (`smtp.relay_networks`).
+    pub may_relay: bool,
+}
+
+/// Where an accepted recipient goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// These local accounts (aliases expanded).
+    Local(Vec<String>),
+    /// Out through the queue, to this next hop.
+    Remote(NextHop),
 }
 
 /// A refusal, as the SMTP reply it becomes.
@@ -174,11 +186,12 @@ impl Context<'_> {
         refused.map_or(Ok(()), Err)
     }
 
-    /// RCPT: the built-in route and `on_route`, then `on_receive` at `rcpt`. Gives the
-    /// accounts the recipient resolves to; the recipient is in the envelope afterwards.
-    pub async fn rcpt(&self, session: &Session, scope: &mut Scope, given: &str) -> Result<Vec<String>, Refusal> {
-        let accounts = match self.route(session, scope, given).await? {
-            Route::Local(accounts) => accounts,
+    /// RCPT: the built-in route and `on_route`, then `on_receive` at `rcpt`. Gives where the
+    /// recipient goes; it is in the envelope afterwards.
+    pub async fn rcpt(&self, session: &Session, scope: &mut Scope, given: &str) -> Result<Destination, Refusal> {
+        let destination = match self.route(session, scope, given).await? {
+            Route::Local(accounts) => Destination::Local(accounts),
+            Route::Remote(hop) => Destination::Remote(hop),
             Route::UnknownUser => {
                 return Err(Refusal::new(
                     550,
@@ -206,7 +219,7 @@ impl Context<'_> {
             }
         }
         scope.event.envelope.rcpt_to.push(given.to_string());
-        Ok(accounts)
+        Ok(destination)
     }
 
     /// The built-in route, then `on_route` policies, which may override it.
@@ -216,7 +229,7 @@ impl Context<'_> {
             Refusal::new(451, "4.3.0", "Temporary lookup failure")
         };
         let routed = |a: &Address| match self.router {
-            Some(r) => r.route(a).map_err(lookup_failed),
+            Some(r) => r.route(a, self.may_relay).map_err(lookup_failed),
             None => Ok(Route::Local(vec![a.to_string()])),
         };
         let address = Address::parse(given).map_err(|_| Refusal::new(501, "5.1.3", "Bad recipient address syntax"))?;
@@ -232,6 +245,7 @@ impl Context<'_> {
         ev.default_route = Some(
             match builtin {
                 Route::Local(_) => "local",
+                Route::Remote(_) => "relay",
                 Route::UnknownUser => "unknown",
                 Route::RelayDenied => "relay-denied",
             }
@@ -249,7 +263,7 @@ impl Context<'_> {
                 Ok(match Address::parse(&target) {
                     // A rewrite may only name local accounts: a policy cannot open a relay.
                     Ok(a) => match routed(&a)? {
-                        Route::RelayDenied => Route::UnknownUser,
+                        Route::RelayDenied | Route::Remote(_) => Route::UnknownUser,
                         r => r,
                     },
                     Err(_) => Route::UnknownUser,
@@ -260,8 +274,18 @@ impl Context<'_> {
                 let (code, enhanced, text) = out.reply_or(550, "5.1.1", &default_text);
                 Err(Refusal::new(code, &enhanced, text))
             }
-            // Relay to a next hop needs the outbound queue (a later issue).
-            Some(RouteKind::Relay) => Err(Refusal::new(451, "4.3.2", "Relay to the next hop is not available yet")),
+            // To the host the policy names, else where the built-in route sends it, else MX.
+            Some(RouteKind::Relay) => match out.host.as_deref().map(NextHop::parse) {
+                Some(Ok(hop)) => Ok(Route::Remote(hop)),
+                Some(Err(e)) => {
+                    tracing::warn!(recipient = given, "on_route relay host: {e}");
+                    Err(Refusal::new(451, "4.3.5", "Policy gave an unusable relay host"))
+                }
+                None => Ok(match builtin {
+                    Route::Remote(hop) => Route::Remote(hop),
+                    _ => Route::Remote(NextHop::Mx),
+                }),
+            },
         }
     }
 
@@ -453,16 +477,18 @@ pub async fn decide(ctx: &Context<'_>, env: &Envelope, raw: Vec<u8>, parsed: Opt
         return report.refused(&tx, r);
     }
     let mut accounts: Vec<String> = Vec::new();
+    let mut remote: Vec<(String, NextHop)> = Vec::new();
     let mut last_refusal = None;
     for rcpt in &env.rcpt_to {
         match ctx.rcpt(&session, &mut tx, rcpt).await {
-            Ok(found) => {
+            Ok(Destination::Local(found)) => {
                 for a in found {
                     if !accounts.contains(&a) {
                         accounts.push(a);
                     }
                 }
             }
+            Ok(Destination::Remote(hop)) => remote.push((rcpt.clone(), hop)),
             Err(r) => {
                 report.refused_recipients.push(report::RefusedRecipient {
                     recipient: rcpt.clone(),
@@ -492,6 +518,14 @@ pub async fn decide(ctx: &Context<'_>, env: &Envelope, raw: Vec<u8>, parsed: Opt
     match ctx.deliveries(&session, &mut tx, &accepted, &accounts).await {
         Ok(ds) => {
             report.deliveries = ds.iter().map(report::Delivered::from).collect();
+            let held = accepted.quarantine;
+            report
+                .deliveries
+                .extend(remote.iter().map(|(r, hop)| report::Delivered {
+                    recipient: r.clone(),
+                    folder: format!("{} {hop}", if held { "held for" } else { "relay to" }),
+                    flags: Vec::new(),
+                }));
             report.add_headers = accepted.add_headers;
             report.finish(&tx, accepted.verdict, "250 2.0.0 Ok")
         }

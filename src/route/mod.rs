@@ -3,9 +3,11 @@
 //! Order of lookups for `local@domain` in a local domain, as Postfix's virtual maps do:
 //! an exact alias, then an account, then the address without its `+detail`, then the
 //! catch-all alias `@domain`. Alias targets are expanded again (at most [`MAX_ALIAS_DEPTH`]
-//! levels, loops cut). Anything outside our domains is a relay attempt: refused unless the
-//! session may relay (a later outbound issue adds authenticated relay).
+//! levels, loops cut). A domain in `[[relay]]` goes to its next hop (edge gateway); any
+//! other domain is a relay attempt, refused unless the client may relay (`relay_networks`),
+//! which sends it by MX.
 
+use crate::config::outbound::{NextHop, Relay};
 use crate::mail::address::Address;
 use crate::store::{MailStore, Result};
 use std::sync::Arc;
@@ -17,6 +19,8 @@ pub const MAX_ALIAS_DEPTH: usize = 8;
 pub enum Route {
     /// Deliver into these accounts' INBOXes (deduplicated, non-empty).
     Local(Vec<String>),
+    /// Not ours: to the next hop (a relay domain's, or MX for a client that may relay).
+    Remote(NextHop),
     /// A local domain, but nobody by that name (550 5.1.1).
     UnknownUser,
     /// Not ours to deliver (554 5.7.1).
@@ -28,14 +32,16 @@ pub struct Router {
     store: Arc<dyn MailStore>,
     config_domains: Arc<Vec<String>>,
     delimiter: Option<char>,
+    relays: Arc<Vec<Relay>>,
 }
 
 impl Router {
-    pub fn new(store: Arc<dyn MailStore>, config_domains: Vec<String>, delimiter: &str) -> Router {
+    pub fn new(store: Arc<dyn MailStore>, config: &crate::config::Config) -> Router {
         Router {
             store,
-            config_domains: Arc::new(config_domains),
-            delimiter: delimiter.chars().next(),
+            config_domains: Arc::new(config.server.local_domains.clone()),
+            delimiter: config.server.recipient_delimiter.chars().next(),
+            relays: Arc::new(config.relays.clone()),
         }
     }
 
@@ -43,10 +49,17 @@ impl Router {
         Ok(self.config_domains.iter().any(|d| d == domain) || self.store.has_domain(domain)?)
     }
 
-    /// Decides the route of one recipient.
-    pub fn route(&self, rcpt: &Address) -> Result<Route> {
-        if !self.is_local_domain(&rcpt.domain)? || rcpt.has_routing_syntax() {
+    /// Decides the route of one recipient; `may_relay`: the client may send anywhere.
+    pub fn route(&self, rcpt: &Address, may_relay: bool) -> Result<Route> {
+        if rcpt.has_routing_syntax() {
             return Ok(Route::RelayDenied);
+        }
+        if !self.is_local_domain(&rcpt.domain)? {
+            return Ok(match self.relays.iter().find(|r| r.domain == rcpt.domain) {
+                Some(r) => Route::Remote(r.next_hop.clone()),
+                None if may_relay => Route::Remote(NextHop::Mx),
+                None => Route::RelayDenied,
+            });
         }
         let mut found = Vec::new();
         self.expand(rcpt, 0, &mut found)?;
@@ -112,7 +125,15 @@ mod tests {
     fn router() -> (tempfile::TempDir, Arc<dyn MailStore>, Router) {
         let dir = tempfile::tempdir().unwrap();
         let s: Arc<dyn MailStore> = Arc::new(SledStore::open(&dir.path().join("s"), 16).unwrap());
-        let r = Router::new(s.clone(), vec!["localhost".into()], "+");
+        let mut config = crate::config::Config::default();
+        config.server.local_domains = vec!["localhost".into()];
+        config.relays = vec![Relay {
+            domain: "filtered.example".into(),
+            next_hop: NextHop::parse("[192.0.2.9]:2525").unwrap(),
+            etrn: false,
+            verify_recipients: false,
+        }];
+        let r = Router::new(s.clone(), &config);
         (dir, s, r)
     }
 
@@ -137,30 +158,39 @@ mod tests {
         s.set_alias("loop1@localhost", &["loop2@localhost".into()]).unwrap();
         s.set_alias("loop2@localhost", &["loop1@localhost".into()]).unwrap();
         assert_eq!(
-            r.route(&a("Alice@LOCALHOST")).unwrap(),
+            r.route(&a("Alice@LOCALHOST"), false).unwrap(),
             Route::Local(vec!["alice@localhost".into()])
         );
         assert_eq!(
-            r.route(&a("alice+news@localhost")).unwrap(),
+            r.route(&a("alice+news@localhost"), false).unwrap(),
             Route::Local(vec!["alice@localhost".into()])
         );
         assert_eq!(
-            r.route(&a("team@localhost")).unwrap(),
+            r.route(&a("team@localhost"), false).unwrap(),
             Route::Local(vec!["alice@localhost".into(), "bob@localhost".into()])
         );
-        assert_eq!(r.route(&a("nobody@localhost")).unwrap(), Route::UnknownUser);
-        assert_eq!(r.route(&a("loop1@localhost")).unwrap(), Route::UnknownUser);
-        assert_eq!(r.route(&a("alice@elsewhere.test")).unwrap(), Route::RelayDenied);
+        assert_eq!(r.route(&a("nobody@localhost"), false).unwrap(), Route::UnknownUser);
+        assert_eq!(r.route(&a("loop1@localhost"), false).unwrap(), Route::UnknownUser);
+        assert_eq!(r.route(&a("alice@elsewhere.test"), false).unwrap(), Route::RelayDenied);
         assert_eq!(
-            r.route(&a("alice%elsewhere.test@localhost")).unwrap(),
+            r.route(&a("alice%elsewhere.test@localhost"), false).unwrap(),
             Route::RelayDenied
         );
         s.set_alias("@localhost", &["bob@localhost".into()]).unwrap();
         assert_eq!(
-            r.route(&a("anything@localhost")).unwrap(),
+            r.route(&a("anything@localhost"), false).unwrap(),
             Route::Local(vec!["bob@localhost".into()])
         );
         s.add_domain("example.test").unwrap();
-        assert_eq!(r.route(&a("x@example.test")).unwrap(), Route::UnknownUser);
+        assert_eq!(r.route(&a("x@example.test"), false).unwrap(), Route::UnknownUser);
+        // A relay domain goes to its next hop from anyone; other domains only for clients
+        // that may relay, and routing syntax never.
+        let hop = NextHop::parse("[192.0.2.9]:2525").unwrap();
+        assert_eq!(r.route(&a("x@filtered.example"), false).unwrap(), Route::Remote(hop));
+        assert_eq!(
+            r.route(&a("x@elsewhere.test"), true).unwrap(),
+            Route::Remote(NextHop::Mx)
+        );
+        assert_eq!(r.route(&a("x%y@filtered.example"), true).unwrap(), Route::RelayDenied);
     }
 }

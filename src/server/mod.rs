@@ -74,7 +74,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let origin = crate::spam::origin::Origin::for_config(resolver.as_ref(), &config);
     let host = Arc::new(crate::hooks::host::HostServices {
         store: Some(store.clone()),
-        resolver,
+        resolver: resolver.clone(),
         dns_timeout: Duration::from_millis(config.dns.timeout_ms),
         analyzers: spam.clone(),
     });
@@ -82,11 +82,7 @@ pub async fn start(config: Config) -> Result<Running> {
         crate::hooks::Engine::new(&config.policies.dir, host, config.policies.lua_states)
             .map_err(|e| anyhow::anyhow!("policies: {e}"))?,
     );
-    let router = Router::new(
-        store.clone(),
-        config.server.local_domains.clone(),
-        &config.server.recipient_delimiter,
-    );
+    let router = Router::new(store.clone(), &config);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let chains = crate::hooks::threads::Chains::start(config.policies.threads)?;
     let shared = Arc::new(Shared {
@@ -97,6 +93,7 @@ pub async fn start(config: Config) -> Result<Running> {
         auth: crate::auth::Authenticator::new(store.clone(), config.auth.clone()),
         engine: engine.clone(),
         spam,
+        queue: Default::default(),
         origin,
         pop3_locks: Default::default(),
         learn: crate::spam::learn_sink(),
@@ -151,6 +148,14 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown_rx.clone(),
     ));
     let sweeper = tokio::spawn(kv_sweeper(engine.host().clone(), shutdown_rx.clone()));
+    let runner = crate::queue::Runner::new(
+        store.clone(),
+        config.clone(),
+        shared.router.clone(),
+        resolver,
+        shared.queue.clone(),
+    );
+    let outbound = tokio::spawn(runner.run(shutdown_rx.clone()));
     let admin = crate::admin::server::serve(&config, store.clone(), Some(shared.clone()), shutdown_rx.clone()).await?;
     drop(alive);
 
@@ -171,6 +176,8 @@ pub async fn start(config: Config) -> Result<Running> {
         }
         admin.abort();
         sweeper.abort();
+        // Deliveries in flight end with the runner; what they did not record is sent again.
+        outbound.abort();
         let _ = learner.await;
         if let Err(e) = store.checkpoint().await {
             tracing::error!("final checkpoint failed: {e}");

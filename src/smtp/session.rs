@@ -6,6 +6,7 @@
 
 use super::data::{DataReceiver, Progress};
 use crate::config::TlsMode;
+use crate::config::outbound::NextHop;
 use crate::context::Shared;
 use crate::hooks::contract::Session as SessionInfo;
 use crate::hooks::{PolicySet, Stage};
@@ -13,7 +14,7 @@ use crate::mail::address::Address;
 use crate::mail::edit_headers_into;
 use crate::net::Flow;
 use crate::net::conn::{Conn, Line, ReadError};
-use crate::pipeline::{Context, Refusal, Scope};
+use crate::pipeline::{Context, Destination, Refusal, Scope};
 use crate::store::now_secs;
 use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
 use std::net::SocketAddr;
@@ -29,6 +30,8 @@ struct Transaction {
     smtputf8: bool,
     /// Accounts the accepted recipients resolved to, deduplicated.
     accounts: Vec<String>,
+    /// Remote recipients (as given) and where they go, for the queue.
+    remote: Vec<(String, NextHop)>,
     /// Recipients accepted (as given), for the Received header and logs.
     rcpts: Vec<String>,
     /// Recipients tried, accepted or not (the limit counts attempts).
@@ -100,6 +103,7 @@ impl Session {
             router: Some(&self.shared.router),
             origin: self.shared.origin.as_deref(),
             chains: Some(&self.shared.chains),
+            may_relay: self.shared.config.smtp.may_relay(self.peer.ip()),
         }
     }
 
@@ -391,6 +395,7 @@ impl Session {
             mail_from: address,
             smtputf8,
             accounts: Vec::new(),
+            remote: Vec::new(),
             rcpts: Vec::new(),
             attempted: 0,
             bdat: None,
@@ -437,14 +442,16 @@ impl Session {
         let routed = self.ctx().rcpt(&self.session_info(), &mut scope, &given).await;
         let tx = self.tx.as_mut().expect("checked above");
         tx.scope = scope;
-        let accounts = match routed {
-            Ok(accounts) => accounts,
-            Err(r) => return self.refused(r),
-        };
-        for a in accounts {
-            if !tx.accounts.contains(&a) {
-                tx.accounts.push(a);
+        match routed {
+            Ok(Destination::Local(accounts)) => {
+                for a in accounts {
+                    if !tx.accounts.contains(&a) {
+                        tx.accounts.push(a);
+                    }
+                }
             }
+            Ok(Destination::Remote(hop)) => tx.remote.push((given.clone(), hop)),
+            Err(r) => return self.refused(r),
         }
         tx.rcpts.push(given);
         self.reply(250, "2.1.5", "Ok");
@@ -605,8 +612,26 @@ impl Session {
         raw.reserve(accepted.raw.len() + 512);
         edit_headers_into(&mut raw, &accepted.raw, &accepted.add_headers, &accepted.remove_headers);
         drop(accepted.raw);
+        if !tx.remote.is_empty() {
+            // Queued without our Return-Path: that field is the final delivery's to add
+            // (RFC 5321 §4.4). Quarantined mail is held until `queue release`.
+            let queued = memchr::memmem::find(&raw, b"\r\n").map_or(&raw[..], |i| &raw[i + 2..]);
+            let store = &self.shared.store;
+            let enqueued = {
+                let _turn = store.write_turn().await;
+                crate::queue::enqueue(&**store, queued, &tx.mail_from, &tx.remote, accepted.quarantine)
+            };
+            if let Err(e) = enqueued {
+                tracing::error!(id, "queueing failed: {e}");
+                return self.refuse(451, "4.3.0", "Temporary storage failure, try again later");
+            }
+        }
+        // The local copies, then one flush for them and the queue entry.
         match crate::deliver::store_local(&self.shared.store, &raw, &deliveries).await {
             Ok(n) => {
+                if !tx.remote.is_empty() {
+                    self.shared.queue.wake();
+                }
                 tracing::info!(id, from = %tx.mail_from, rcpts = ?tx.rcpts, mailboxes = n, score, quarantine = accepted.quarantine, "delivered");
                 self.junk = 0;
                 self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));

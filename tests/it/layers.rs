@@ -11,10 +11,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("auth", &["config", "mail", "store"]),
     ("hooks", &["config", "mail", "store"]),
     ("spam", &["config", "hooks", "mail", "store"]),
-    ("route", &["mail", "store"]),
+    ("route", &["config", "mail", "store"]),
     ("pipeline", &["config", "hooks", "mail", "route", "spam", "store"]),
     ("deliver", &["mail", "pipeline", "store"]),
-    ("context", &["auth", "config", "hooks", "route", "spam", "store"]),
+    ("queue", &["config", "mail", "net", "route", "store"]),
+    (
+        "context",
+        &["auth", "config", "hooks", "queue", "route", "spam", "store"],
+    ),
     (
         "smtp",
         &[
@@ -35,8 +39,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
-            "admin", "auth", "config", "context", "hooks", "imap", "mail", "net", "pop3", "route", "smtp", "spam",
-            "store",
+            "admin", "auth", "config", "context", "hooks", "imap", "mail", "net", "pop3", "queue", "route", "smtp",
+            "spam", "store",
         ],
     ),
     (

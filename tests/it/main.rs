@@ -9,6 +9,7 @@ mod hooks;
 mod imap;
 mod layers;
 mod origin;
+mod outbound;
 mod pipeline;
 mod pop3;
 mod smtp;

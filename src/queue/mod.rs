@@ -1,0 +1,506 @@
+//! Outbound delivery: the durable queue's scheduler, as Postfix's queue manager and
+//! `smtp(8)` client do it.
+//!
+//! Messages for remote recipients are stored in the queue ([`crate::store::Queue`]) in the
+//! same change set as their acceptance, so `250` means durable for every recipient. The
+//! [`Runner`] wakes when mail is queued and when the next retry is due; it groups the due
+//! recipients by destination (next hop and, for MX, domain), opens one connection per
+//! destination (bounded in total and per destination), sends each message once with all of
+//! its recipients for that destination (RSET between messages), and records each
+//! recipient's outcome: delivered, deferred (4xx, no connection, timeouts: retried on
+//! `outbound.retry_schedule` until `max_lifetime`) or failed (5xx, null MX, no such domain,
+//! a mail loop, expiry), which bounces to the sender (RFC 3464) unless the sender is `<>`.
+//!
+//! A recipient is marked delivered only after the remote `250`, and that mark is made
+//! durable after it: a crash between the two sends it again (at least once, as Postfix).
+
+pub mod client;
+pub mod dsn;
+pub mod mx;
+
+use crate::config::Config;
+use crate::config::outbound::NextHop;
+use crate::mail::address::Address;
+use crate::route::{Route, Router};
+use crate::store::{MailStore, QueuedMessage, QueuedRecipient, RcptState, now_secs};
+use client::{Connection, Envelope, Outcome};
+use hickory_resolver::TokioResolver;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, watch};
+
+/// More `Received:` fields than this and the message is looping (RFC 5321 §6.3).
+pub const MAX_HOPS: usize = 50;
+
+/// Wakes the runner (something was queued or released), and tells whoever watches that
+/// delivery results were recorded.
+pub struct Wake {
+    notify: Notify,
+    recorded: watch::Sender<u64>,
+}
+
+impl Default for Wake {
+    fn default() -> Wake {
+        Wake {
+            notify: Notify::new(),
+            recorded: watch::channel(0).0,
+        }
+    }
+}
+
+impl Wake {
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Changes after each batch of delivery results is durable in the queue.
+    pub fn recorded(&self) -> watch::Receiver<u64> {
+        self.recorded.subscribe()
+    }
+}
+
+/// Queues `raw` from `sender` for `recipients` (address and next hop), held when `held`
+/// (a quarantine). Not durable until the store's `sync`.
+pub fn enqueue(
+    store: &dyn MailStore,
+    raw: &[u8],
+    sender: &str,
+    recipients: &[(String, NextHop)],
+    held: bool,
+) -> crate::store::Result<u64> {
+    let now = now_secs();
+    let entry = QueuedMessage {
+        id: 0,
+        sender: sender.to_string(),
+        blob: [0; 32],
+        size: 0,
+        arrival: now,
+        recipients: recipients
+            .iter()
+            .map(|(address, hop)| QueuedRecipient {
+                address: address.clone(),
+                next_hop: hop.to_string(),
+                state: if held { RcptState::Held } else { RcptState::Queued },
+                attempts: 0,
+                next_attempt: now,
+                last_reply: String::new(),
+                notify: Vec::new(),
+                orcpt: None,
+            })
+            .collect(),
+        warned: false,
+        env_id: None,
+        ret: None,
+    };
+    store.enqueue(raw, entry)
+}
+
+/// Where one group of recipients goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Destination {
+    hop: NextHop,
+    /// The recipients' domain for MX; empty for a fixed next hop.
+    domain: String,
+}
+
+/// One recipient's result.
+struct Done {
+    id: u64,
+    address: String,
+    outcome: Outcome,
+    /// The host whose reply it is.
+    mta: Option<String>,
+}
+
+/// The scheduler.
+pub struct Runner {
+    store: Arc<dyn MailStore>,
+    config: Arc<Config>,
+    router: Router,
+    resolver: Option<Arc<TokioResolver>>,
+    wake: Arc<Wake>,
+    total: Arc<Semaphore>,
+    /// Results are written one at a time (each rewrites its queue entry).
+    write: tokio::sync::Mutex<()>,
+}
+
+impl Runner {
+    pub fn new(
+        store: Arc<dyn MailStore>,
+        config: Arc<Config>,
+        router: Router,
+        resolver: Option<Arc<TokioResolver>>,
+        wake: Arc<Wake>,
+    ) -> Arc<Runner> {
+        let total = Arc::new(Semaphore::new(config.outbound.max_connections));
+        Arc::new(Runner {
+            store,
+            config,
+            router,
+            resolver,
+            wake,
+            total,
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Runs until `shutdown`: a pass over what is due, then sleep until the next retry or a
+    /// wake-up.
+    pub async fn run(self: Arc<Runner>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let next = match self.pass().await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!("queue: {e}");
+                    Some(now_secs() + 5)
+                }
+            };
+            let wait = next.map_or(Duration::from_secs(3600), |t| {
+                Duration::from_secs(t.saturating_sub(now_secs()).max(0) as u64)
+            });
+            tokio::select! {
+                _ = self.wake.notify.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Delivers everything due now; gives when the next retry is due.
+    async fn pass(self: &Arc<Runner>) -> crate::store::Result<Option<i64>> {
+        let now = now_secs();
+        let mut due: HashMap<Destination, Vec<(u64, Vec<String>)>> = HashMap::new();
+        for entry in self.store.queued()? {
+            let waiting = |r: &&QueuedRecipient| matches!(r.state, RcptState::Queued | RcptState::Deferred);
+            for r in entry
+                .recipients
+                .iter()
+                .filter(waiting)
+                .filter(|r| r.next_attempt <= now)
+            {
+                let hop = NextHop::parse(&r.next_hop).unwrap_or(NextHop::Mx);
+                let domain = match hop {
+                    NextHop::Mx => r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase(),
+                    NextHop::Host { .. } => String::new(),
+                };
+                let list = due.entry(Destination { hop, domain }).or_default();
+                match list.iter_mut().find(|(id, _)| *id == entry.id) {
+                    Some((_, rcpts)) => rcpts.push(r.address.clone()),
+                    None => list.push((entry.id, vec![r.address.clone()])),
+                }
+            }
+        }
+        let per_destination = self.config.outbound.max_connections_per_destination;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (dest, messages) in due {
+            // Up to `per_destination` connections share the destination's messages.
+            let lanes = per_destination.min(messages.len()).max(1);
+            let mut split: Vec<Vec<(u64, Vec<String>)>> = vec![Vec::new(); lanes];
+            for (i, m) in messages.into_iter().enumerate() {
+                split[i % lanes].push(m);
+            }
+            for part in split {
+                let (runner, dest) = (self.clone(), dest.clone());
+                tasks.spawn(async move {
+                    let Ok(_slot) = runner.total.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let results = runner.deliver(&dest, part).await;
+                    if let Err(e) = runner.record(results).await {
+                        tracing::error!("queue: recording results: {e}");
+                    }
+                    runner.wake.recorded.send_modify(|n| *n += 1);
+                });
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+        // What was deferred just now is due later; the next pass finds it.
+        let next = self
+            .store
+            .queued()?
+            .into_iter()
+            .flat_map(|e| e.recipients)
+            .filter(|r| matches!(r.state, RcptState::Queued | RcptState::Deferred))
+            .map(|r| r.next_attempt)
+            .min();
+        Ok(next)
+    }
+
+    /// Sends `messages` (queue id, recipients) to `dest` over one connection at a time.
+    async fn deliver(&self, dest: &Destination, messages: Vec<(u64, Vec<String>)>) -> Vec<Done> {
+        let all = |outcome: Outcome, mta: Option<String>| -> Vec<Done> {
+            messages
+                .iter()
+                .flat_map(|(id, rcpts)| {
+                    rcpts.iter().map({
+                        let (outcome, mta) = (outcome.clone(), mta.clone());
+                        move |a| Done {
+                            id: *id,
+                            address: a.clone(),
+                            outcome: outcome.clone(),
+                            mta: mta.clone(),
+                        }
+                    })
+                })
+                .collect()
+        };
+        let reply = |code, text: &str| client::Reply {
+            code,
+            text: text.to_string(),
+        };
+        let hosts = match mx::hosts(
+            self.resolver.as_deref(),
+            &dest.hop,
+            &dest.domain,
+            self.config.outbound.port,
+        )
+        .await
+        {
+            mx::Hosts::Try(h) => h,
+            mx::Hosts::NullMx => {
+                let r = reply(
+                    556,
+                    "5.1.10 Recipient address rejected: the domain accepts no mail (null MX)",
+                );
+                return all(Outcome::Failed(r), None);
+            }
+            mx::Hosts::NoDomain => {
+                let r = reply(
+                    550,
+                    &format!("5.1.2 Recipient address rejected: domain {} not found", dest.domain),
+                );
+                return all(Outcome::Failed(r), None);
+            }
+            mx::Hosts::Later(e) => return all(Outcome::Deferred(reply(451, &format!("4.4.3 {e}"))), None),
+        };
+        let mut done = Vec::new();
+        let mut pending: std::collections::VecDeque<(u64, Vec<String>)> = messages.into_iter().collect();
+        let mut last_error = String::from("no host could be reached");
+        let helo = self.config.helo_name().to_string();
+        'hosts: for host in &hosts {
+            for addr in &host.addrs {
+                if pending.is_empty() {
+                    break 'hosts;
+                }
+                let mut conn = match Connection::open(*addr, &host.name, &helo, self.config.outbound.tls).await {
+                    Ok(c) => c,
+                    Err(Ok(r)) => {
+                        last_error = format!("{} said: {r}", host.name);
+                        continue;
+                    }
+                    Err(Err(b)) => {
+                        last_error = format!("{} ({addr}): {}", host.name, b.0);
+                        continue;
+                    }
+                };
+                let mut first = true;
+                while let Some((id, rcpts)) = pending.pop_front() {
+                    let body = match self.body_of(id) {
+                        Ok(Some(b)) => b,
+                        Ok(None) => continue, // deleted from the queue meanwhile
+                        Err(e) => {
+                            tracing::error!(id, "queue: reading the message: {e}");
+                            let r = reply(451, "4.3.0 Local error reading the queued message");
+                            for address in rcpts {
+                                done.push(Done {
+                                    id,
+                                    address,
+                                    outcome: Outcome::Deferred(r.clone()),
+                                    mta: None,
+                                });
+                            }
+                            continue;
+                        }
+                    };
+                    let outcomes: Vec<Outcome> = if hops(&body) > MAX_HOPS {
+                        let r = reply(554, "5.4.6 Too many hops: the message is looping (RFC 5321 §6.3)");
+                        rcpts.iter().map(|_| Outcome::Failed(r.clone())).collect()
+                    } else {
+                        let sender = self
+                            .store
+                            .queued_message(id)
+                            .ok()
+                            .flatten()
+                            .map(|m| m.sender)
+                            .unwrap_or_default();
+                        if !first && conn.rset().await.is_err() {
+                            pending.push_front((id, rcpts));
+                            continue 'hosts;
+                        }
+                        first = false;
+                        let env = Envelope {
+                            sender: &sender,
+                            recipients: &rcpts,
+                            body: &body,
+                        };
+                        match conn.send(&env).await {
+                            Ok(o) => o,
+                            Err(b) => {
+                                // The connection broke mid-transaction: nothing of it counts;
+                                // this message and the rest try the next address.
+                                last_error = format!("{}: {}", host.name, b.0);
+                                pending.push_front((id, rcpts));
+                                continue 'hosts;
+                            }
+                        }
+                    };
+                    for (address, outcome) in rcpts.into_iter().zip(outcomes) {
+                        tracing::info!(id, to = address, relay = host.name, ?outcome, "delivery attempt");
+                        done.push(Done {
+                            id,
+                            address,
+                            outcome,
+                            mta: Some(host.name.clone()),
+                        });
+                    }
+                }
+                conn.quit().await;
+            }
+        }
+        if !pending.is_empty() {
+            let r = reply(451, &format!("4.4.1 {last_error}"));
+            for (id, rcpts) in pending {
+                for address in rcpts {
+                    done.push(Done {
+                        id,
+                        address,
+                        outcome: Outcome::Deferred(r.clone()),
+                        mta: None,
+                    });
+                }
+            }
+        }
+        done
+    }
+
+    fn body_of(&self, id: u64) -> crate::store::Result<Option<Vec<u8>>> {
+        match self.store.queued_message(id)? {
+            Some(m) => self.store.blob(&m.blob),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the outcomes into the queue, bounces what failed, and makes it durable.
+    async fn record(&self, results: Vec<Done>) -> crate::store::Result<()> {
+        let _w = self.write.lock().await;
+        let mut by_id: HashMap<u64, Vec<Done>> = HashMap::new();
+        for d in results {
+            by_id.entry(d.id).or_default().push(d);
+        }
+        let now = now_secs();
+        let lifetime = self.config.outbound.max_lifetime.0.as_secs() as i64;
+        for (id, results) in by_id {
+            let Some(mut entry) = self.store.queued_message(id)? else {
+                continue;
+            };
+            let mut failed: Vec<(String, Option<String>, String, Option<String>)> = Vec::new();
+            for d in results {
+                let Some(r) = entry
+                    .recipients
+                    .iter_mut()
+                    .find(|r| r.address == d.address && r.state.pending())
+                else {
+                    continue;
+                };
+                r.attempts += 1;
+                match d.outcome {
+                    Outcome::Delivered(reply) => {
+                        r.state = RcptState::Delivered;
+                        r.last_reply = reply.to_string();
+                    }
+                    Outcome::Failed(reply) => {
+                        r.state = RcptState::Failed;
+                        r.last_reply = reply.to_string();
+                        failed.push((r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), d.mta));
+                    }
+                    Outcome::Deferred(reply) => {
+                        r.last_reply = reply.to_string();
+                        if now - entry.arrival >= lifetime {
+                            r.state = RcptState::Failed;
+                            let text = format!("4.4.7 Delivery time expired; last: {}", r.last_reply);
+                            failed.push((r.address.clone(), r.orcpt.clone(), format!("554 {text}"), d.mta));
+                        } else {
+                            r.state = RcptState::Deferred;
+                            let wait = self.config.outbound.retry_after(r.attempts).as_secs() as i64;
+                            r.next_attempt = now + wait;
+                        }
+                    }
+                }
+            }
+            // Never a bounce of a bounce (null sender).
+            if !failed.is_empty()
+                && !entry.sender.is_empty()
+                && let Err(e) = self.bounce(&entry, &failed)
+            {
+                tracing::error!(id, "queue: bounce to {}: {e}", entry.sender);
+            }
+            self.store.update_queued(&entry)?;
+        }
+        self.store.sync().await
+    }
+
+    /// A DSN for `failed` (address, ORCPT, reply, remote MTA) to the entry's sender: into
+    /// the sender's mailbox when local, else queued with the null sender.
+    fn bounce(
+        &self,
+        entry: &QueuedMessage,
+        failed: &[(String, Option<String>, String, Option<String>)],
+    ) -> anyhow::Result<()> {
+        let original = self.store.blob(&entry.blob)?.unwrap_or_default();
+        let reports: Vec<dsn::Report<'_>> = failed
+            .iter()
+            .map(|(a, o, r, m)| dsn::Report {
+                recipient: a,
+                orcpt: o.as_deref(),
+                reply: r,
+                remote_mta: m.as_deref(),
+            })
+            .collect();
+        let full = entry.ret.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("FULL"));
+        let host = &self.config.server.hostname;
+        let msg = dsn::bounce(
+            host,
+            &entry.sender,
+            &original,
+            &reports,
+            entry.arrival,
+            entry.env_id.as_deref(),
+            full,
+        );
+        let to = Address::parse(&entry.sender)?;
+        match self.router.route(&to, true)? {
+            Route::Local(accounts) => {
+                let targets: Vec<crate::store::Target> = accounts
+                    .iter()
+                    .filter_map(|a| self.store.mailbox(a, "INBOX").ok().flatten())
+                    .map(|m| crate::store::Target {
+                        mailbox: m.id,
+                        ..Default::default()
+                    })
+                    .collect();
+                // Final delivery: the Return-Path is ours to add, and a bounce's is null.
+                let mut local = b"Return-Path: <>\r\n".to_vec();
+                local.extend_from_slice(&msg);
+                self.store.deliver_to(&local, now_secs(), &targets)?;
+            }
+            Route::Remote(hop) => {
+                enqueue(&*self.store, &msg, "", &[(entry.sender.clone(), hop)], false)?;
+                self.wake.wake();
+            }
+            Route::UnknownUser | Route::RelayDenied => {
+                tracing::warn!(sender = entry.sender, "bounce has nowhere to go; dropped");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `Received:` fields in a message's header.
+pub fn hops(raw: &[u8]) -> usize {
+    let end = memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw.len(), |i| i + 2);
+    raw[..end]
+        .split(|b| *b == b'\n')
+        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}

@@ -1,0 +1,277 @@
+//! Outbound delivery through the queue: relay domains to a fixed next hop and by MX (a
+//! loopback DNS zone), retries after 4xx, bounces after 5xx, null MX, no open relay. The
+//! receiving side is an SMTP server written here, on loopback, with scripted replies.
+
+use crate::common::*;
+use crate::dns::start_dns;
+use mailgate::config::outbound::{NextHop, Relay, Span};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// One transaction the sink accepted.
+#[derive(Debug, Clone)]
+struct Received {
+    from: String,
+    rcpts: Vec<String>,
+    data: String,
+}
+
+/// How the sink answers RCPT for an address (by its local part).
+fn rcpt_reply(local: &str, attempt: usize) -> &'static str {
+    match local {
+        l if l.starts_with("unknown") => "550 5.1.1 User unknown",
+        // Busy on the first attempt only.
+        l if l.starts_with("busy") && attempt == 0 => "451 4.2.1 Try again later",
+        _ => "250 2.1.5 Ok",
+    }
+}
+
+struct Sink {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Received>>>,
+    seen: tokio::sync::watch::Receiver<usize>,
+}
+
+/// A receiving SMTP server on loopback: EHLO with PIPELINING, RCPT as [`rcpt_reply`] says,
+/// DATA stored (dot-unstuffed).
+async fn sink() -> Sink {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let (tx, seen) = tokio::sync::watch::channel(0usize);
+    let tx = Arc::new(tx);
+    let attempts: Arc<Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let (s, _) = listener.accept().await.unwrap();
+            let (got, tx, attempts) = (g.clone(), tx.clone(), attempts.clone());
+            tokio::spawn(async move {
+                let (rd, mut wr) = s.into_split();
+                let mut rd = BufReader::new(rd);
+                wr.write_all(b"220 sink.test ESMTP\r\n").await.unwrap();
+                let mut cur = Received {
+                    from: String::new(),
+                    rcpts: Vec::new(),
+                    data: String::new(),
+                };
+                loop {
+                    let mut line = String::new();
+                    if rd.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let cmd = line.trim_end().to_string();
+                    let upper = cmd.to_ascii_uppercase();
+                    let reply: String = if upper.starts_with("EHLO") {
+                        "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000".into()
+                    } else if upper.starts_with("MAIL FROM:") {
+                        cur.from = cmd[10..].split('>').next().unwrap().trim_start_matches('<').to_string();
+                        cur.rcpts.clear();
+                        "250 2.1.0 Ok".into()
+                    } else if upper.starts_with("RCPT TO:") {
+                        let to = cmd[8..].trim_start_matches('<').split('>').next().unwrap().to_string();
+                        let n = {
+                            let mut a = attempts.lock().unwrap();
+                            let e = a.entry(to.clone()).or_insert(0);
+                            *e += 1;
+                            *e - 1
+                        };
+                        let r = rcpt_reply(to.split('@').next().unwrap(), n);
+                        if r.starts_with("250") {
+                            cur.rcpts.push(to);
+                        }
+                        r.into()
+                    } else if upper == "DATA" {
+                        wr.write_all(b"354 go ahead\r\n").await.unwrap();
+                        let mut data = String::new();
+                        loop {
+                            let mut l = String::new();
+                            rd.read_line(&mut l).await.unwrap();
+                            if l == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(l.strip_prefix('.').unwrap_or(&l));
+                        }
+                        cur.data = data;
+                        got.lock().unwrap().push(cur.clone());
+                        tx.send_modify(|n| *n += 1);
+                        "250 2.0.0 Ok: queued".into()
+                    } else if upper == "RSET" || upper == "NOOP" {
+                        "250 2.0.0 Ok".into()
+                    } else if upper == "QUIT" {
+                        wr.write_all(b"221 2.0.0 Bye\r\n").await.unwrap();
+                        return;
+                    } else {
+                        "502 5.5.1 Not here".into()
+                    };
+                    wr.write_all(format!("{reply}\r\n").as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    Sink { addr, got, seen }
+}
+
+impl Sink {
+    /// Waits until the sink has accepted `n` messages in all.
+    async fn wait_for(&mut self, n: usize) -> Vec<Received> {
+        tokio::time::timeout(Duration::from_secs(30), self.seen.wait_for(|c| *c >= n))
+            .await
+            .expect("the message arrives")
+            .unwrap();
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// Waits until the queue holds nothing pending (every recipient delivered or failed).
+async fn queue_drained(s: &TestServer) {
+    let mut recorded = s.running.shared.queue.recorded();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if s.store().queued().unwrap().is_empty() {
+                return;
+            }
+            recorded.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the queue drains");
+}
+
+fn relay_to(domain: &str, hop: &str) -> Relay {
+    Relay {
+        domain: domain.into(),
+        next_hop: NextHop::parse(hop).unwrap(),
+        etrn: false,
+        verify_recipients: false,
+    }
+}
+
+#[tokio::test]
+async fn a_relay_domain_goes_to_its_next_hop_and_a_refused_recipient_bounces() {
+    let mut sink = sink().await;
+    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
+    let s = start_server(|c| c.relays = vec![relay_to("filtered.example", &hop)]).await;
+    // From anyone: the relay domain is ours to filter. One recipient is refused by the next
+    // hop; the sender is local, so the bounce lands in its INBOX.
+    let mut c = greeted(s.smtp).await;
+    let r = send_mail(
+        &mut c,
+        "alice@localhost",
+        &["joe@filtered.example", "unknown@filtered.example", "bob@localhost"],
+        // Dot-stuffed on the wire to us: stored with one dot, stuffed again toward the sink.
+        "From: alice@localhost\r\nSubject: to the inside\r\n\r\n..leading dot\r\nbody\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].from, "alice@localhost");
+    assert_eq!(got[0].rcpts, ["joe@filtered.example"]);
+    let data = &got[0].data;
+    assert!(
+        data.contains("Subject: to the inside\r\n") && data.contains("\r\n.leading dot\r\n"),
+        "{data}"
+    );
+    assert!(
+        data.starts_with("Received: from client.test"),
+        "our trace first: {data}"
+    );
+    assert!(!data.contains("Return-Path:"), "no Return-Path on relayed mail: {data}");
+    // The local recipient has its copy, with Return-Path.
+    assert_eq!(s.subjects("bob@localhost", "INBOX"), ["to the inside"]);
+    queue_drained(&s).await;
+    let inbox = s.inbox("alice@localhost");
+    assert_eq!(inbox.len(), 1, "one bounce");
+    let bounce = String::from_utf8(s.body(&inbox[0])).unwrap();
+    for line in [
+        "From: Mail Delivery System <MAILER-DAEMON@mx.test>",
+        "Final-Recipient: rfc822; unknown@filtered.example",
+        "Action: failed",
+        "Status: 5.1.1",
+        "Diagnostic-Code: smtp; 550 5.1.1 User unknown",
+        "Remote-MTA: dns; 127.0.0.1",
+        "Subject: to the inside",
+    ] {
+        assert!(bounce.contains(line), "{line} in the bounce:\n{bounce}");
+    }
+    assert!(
+        bounce.contains("Return-Path: <>"),
+        "a bounce has the null sender:\n{bounce}"
+    );
+    assert!(
+        !bounce.contains("joe@filtered.example>:"),
+        "only the failed recipient is named"
+    );
+}
+
+#[tokio::test]
+async fn a_temporary_failure_is_retried_and_a_bounce_is_never_bounced() {
+    let mut sink = sink().await;
+    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
+    let s = start_server(|c| {
+        c.relays = vec![relay_to("filtered.example", &hop)];
+        c.outbound.retry_schedule = vec![Span::parse("1s").unwrap()];
+    })
+    .await;
+    let mut c = greeted(s.smtp).await;
+    let msg = "From: x@example.org\r\nSubject: later\r\n\r\nhi\r\n";
+    let r = send_mail(&mut c, "x@example.org", &["busy@filtered.example"], msg).await;
+    assert!(r.starts_with("250"), "{r}");
+    // First attempt: 451. The entry is deferred with the reply and tried again a second on.
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpts, ["busy@filtered.example"]);
+    queue_drained(&s).await;
+    // A bounce (null sender) to a refused address fails without a bounce of its own.
+    let r = send_mail(&mut c, "", &["unknown@filtered.example"], msg).await;
+    assert!(r.starts_with("250"), "{r}");
+    queue_drained(&s).await;
+    assert_eq!(sink.got.lock().unwrap().len(), 1, "nothing more was accepted");
+    assert!(
+        s.store().queued().unwrap().is_empty(),
+        "and nothing was queued to bounce it"
+    );
+}
+
+#[tokio::test]
+async fn by_mx_null_mx_and_no_open_relay() {
+    let mut sink = sink().await;
+    let dns = start_dns(&[
+        ("remote.test.", "MX", "10 mx.remote.test."),
+        ("mx.remote.test.", "A", "127.0.0.1"),
+        ("nomail.test.", "MX", "0 ."),
+    ])
+    .await;
+    let s = start_server(|c| {
+        c.dns.servers = vec![dns];
+        c.outbound.port = sink.addr.port();
+        c.smtp.relay_networks = vec![mailgate::config::outbound::Cidr::parse("127.0.0.1/32").unwrap()];
+    })
+    .await;
+    let mut c = greeted(s.smtp).await;
+    let msg = "From: alice@localhost\r\nSubject: by mx\r\n\r\nhi\r\n";
+    let r = send_mail(&mut c, "alice@localhost", &["pat@remote.test", "who@nomail.test"], msg).await;
+    assert!(r.starts_with("250"), "{r}");
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpts, ["pat@remote.test"]);
+    queue_drained(&s).await;
+    let inbox = s.inbox("alice@localhost");
+    assert_eq!(inbox.len(), 1, "the null MX recipient bounced");
+    let bounce = String::from_utf8(s.body(&inbox[0])).unwrap();
+    assert!(
+        bounce.contains("Final-Recipient: rfc822; who@nomail.test") && bounce.contains("Status: 5.1.10"),
+        "{bounce}"
+    );
+
+    // Not from a relay network: other domains are refused, routing syntax always.
+    let s2 = start_server(|c| c.dns.servers = vec![dns]).await;
+    let mut c = greeted(s2.smtp).await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<pat@remote.test>", "554 5.7.1").await;
+    c.cmd("RCPT TO:<pat%remote.test@localhost>", "554 5.7.1").await;
+    let mut c = greeted(s.smtp).await;
+    c.cmd("MAIL FROM:<a@example.org>", "250").await;
+    c.cmd("RCPT TO:<pat%remote.test@localhost>", "554 5.7.1").await;
+}
