@@ -17,6 +17,7 @@
 //! | [`route`] | where a recipient goes: local accounts, aliases, catch-alls, relay denial |
 //! | [`pipeline`] | what happens to a message: the one decision path for the server and the tools |
 //! | [`deliver`] | local delivery of a decided message, durably |
+//! | [`queue`] | outbound delivery: the queue's scheduler, the SMTP client, MX, bounces |
 //! | [`context`] | what every protocol session shares |
 //! | [`smtp`], [`pop3`], [`imap`] | the protocols, side by side |
 //! | [`admin`] | admin commands, over the admin socket or directly on the store |

@@ -22,7 +22,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "smtp",
         &[
-            "config", "context", "deliver", "hooks", "mail", "net", "pipeline", "route", "store",
+            "config", "context", "deliver", "hooks", "mail", "net", "pipeline", "queue", "route", "store",
         ],
     ),
     ("pop3", &["auth", "config", "context", "hooks", "mail", "net", "store"]),
