@@ -5,6 +5,7 @@
 //! Passwords are hashed (argon2id) by the CLI process: the socket never carries them.
 
 pub mod client;
+mod queue;
 pub mod server;
 
 use crate::config::Config;
@@ -67,6 +68,26 @@ pub enum Request {
     SpamModel,
     /// One message (an absolute path, read by whoever owns the store) through the decision
     /// pipeline with the server's routing, thresholds and Bayes model: the report as JSON.
+    QueueList {
+        json: bool,
+    },
+    QueueShow {
+        id: u64,
+    },
+    /// Every deferred recipient (of message `id`, or in `domain`) due now.
+    QueueFlush {
+        id: Option<u64>,
+        domain: Option<String>,
+    },
+    QueueHold {
+        id: u64,
+    },
+    QueueRelease {
+        id: u64,
+    },
+    QueueDelete {
+        id: u64,
+    },
     PolicyTest {
         file: std::path::PathBuf,
         envelope: crate::pipeline::Envelope,
@@ -88,6 +109,8 @@ impl Request {
                 | Request::PolicyStatus
                 | Request::SpamModel
                 | Request::PolicyTest { .. }
+                | Request::QueueList { .. }
+                | Request::QueueShow { .. }
         )
     }
 }
@@ -172,6 +195,19 @@ pub async fn execute(
             let raw = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
             let report = policy_test(store, config, live, crate::mail::wire::from_file(&raw), &envelope, dir).await?;
             serde_json::to_vec(&report).map_err(|e| e.to_string())?
+        }
+        req @ (Request::QueueList { .. }
+        | Request::QueueShow { .. }
+        | Request::QueueFlush { .. }
+        | Request::QueueHold { .. }
+        | Request::QueueRelease { .. }
+        | Request::QueueDelete { .. }) => {
+            let (out, changed) = queue::run(&**store, req)?;
+            if changed && let Some(live) = live {
+                store.sync().await.map_err(|e| e.to_string())?;
+                live.queue.wake();
+            }
+            out
         }
         req => run(&**store, config, req)?,
     };
@@ -344,7 +380,13 @@ fn run(store: &dyn MailStore, config: &Config, req: Request) -> Result<Vec<u8>, 
         | Request::PolicyStatus
         | Request::SpamTrain { .. }
         | Request::SpamModel
-        | Request::PolicyTest { .. } => {
+        | Request::PolicyTest { .. }
+        | Request::QueueList { .. }
+        | Request::QueueShow { .. }
+        | Request::QueueFlush { .. }
+        | Request::QueueHold { .. }
+        | Request::QueueRelease { .. }
+        | Request::QueueDelete { .. } => {
             unreachable!("handled by execute")
         }
         Request::MailboxShow { address, uid, folder } => {

@@ -35,6 +35,32 @@ pub enum Command {
     /// Spam filter: train the Bayes model, classify a message, evaluate on a corpus.
     #[command(subcommand)]
     Spam(SpamCmd),
+    /// The outbound queue.
+    #[command(subcommand)]
+    Queue(QueueCmd),
+}
+
+#[derive(Subcommand)]
+pub enum QueueCmd {
+    /// Every queued message with each recipient's state, attempts, next attempt, last reply.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message: its recipients and its text.
+    Show { id: u64 },
+    /// Try now: one message, one domain's recipients (--domain), or everything.
+    Flush {
+        id: Option<u64>,
+        #[arg(long, conflicts_with = "id")]
+        domain: Option<String>,
+    },
+    /// Keep a message back until released.
+    Hold { id: u64 },
+    /// Let a held (or quarantined) message go.
+    Release { id: u64 },
+    /// Remove a message from the queue, undelivered and without a bounce.
+    Delete { id: u64 },
 }
 
 #[derive(Subcommand)]

@@ -11,7 +11,7 @@ pub mod corpus;
 
 use crate::admin::{self, Request};
 use crate::config::Config;
-use args::{AliasCmd, Cli, Command, DomainCmd, MailboxCmd, PolicyCmd, SpamCmd, UserCmd};
+use args::{AliasCmd, Cli, Command, DomainCmd, MailboxCmd, PolicyCmd, QueueCmd, SpamCmd, UserCmd};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -210,6 +210,12 @@ fn request(cmd: Command) -> Result<Request, String> {
             reset,
             features,
         },
+        Command::Queue(QueueCmd::List { json }) => Request::QueueList { json },
+        Command::Queue(QueueCmd::Show { id }) => Request::QueueShow { id },
+        Command::Queue(QueueCmd::Flush { id, domain }) => Request::QueueFlush { id, domain },
+        Command::Queue(QueueCmd::Hold { id }) => Request::QueueHold { id },
+        Command::Queue(QueueCmd::Release { id }) => Request::QueueRelease { id },
+        Command::Queue(QueueCmd::Delete { id }) => Request::QueueDelete { id },
         Command::Policy(PolicyCmd::Reload) => Request::PolicyReload,
         Command::Policy(PolicyCmd::Status) => Request::PolicyStatus,
         Command::User(UserCmd::Add {

@@ -275,3 +275,79 @@ async fn by_mx_null_mx_and_no_open_relay() {
     c.cmd("MAIL FROM:<a@example.org>", "250").await;
     c.cmd("RCPT TO:<pat%remote.test@localhost>", "554 5.7.1").await;
 }
+
+/// `mailgate queue …` against a running server: a message whose next hop refuses
+/// connections waits deferred; list (text and JSON), show, hold, release, flush, delete.
+/// (Multi-threaded: the CLI runs as a child process the test waits for, while the server
+/// in this process answers it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_cli() {
+    // A port with nothing listening: connections are refused.
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let s = start_server(|c| {
+        c.relays = vec![relay_to("filtered.example", &format!("[127.0.0.1]:{}", dead.port()))];
+        c.outbound.retry_schedule = vec![Span::parse("1h").unwrap()];
+    })
+    .await;
+    let mut recorded = s.running.shared.queue.recorded();
+    let mut c = greeted(s.smtp).await;
+    let msg = "From: x@example.org\r\nSubject: waiting\r\n\r\nhi\r\n";
+    assert!(
+        send_mail(&mut c, "x@example.org", &["joe@filtered.example"], msg)
+            .await
+            .starts_with("250")
+    );
+    tokio::time::timeout(Duration::from_secs(30), recorded.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let cfg = s.dir.path().join("cli.toml");
+    std::fs::write(&cfg, format!("[server]\ndata_dir = \"{}\"\n", s.dir.path().display())).unwrap();
+    let run = |args: &[&str]| {
+        let (code, out, err) = cli(&cfg, args, "");
+        assert_eq!(code, 0, "{args:?}: {err}");
+        out
+    };
+    let list: serde_json::Value = serde_json::from_str(&run(&["queue", "list", "--json"])).unwrap();
+    let entry = &list[0];
+    let id = entry["id"].as_u64().unwrap();
+    assert_eq!(entry["sender"], "x@example.org");
+    let r = &entry["recipients"][0];
+    assert_eq!(
+        (r["address"].as_str(), r["state"].as_str()),
+        (Some("joe@filtered.example"), Some("deferred"))
+    );
+    assert_eq!(r["attempts"], 1);
+    assert!(r["last_reply"].as_str().unwrap().starts_with("451 4.4.1"), "{r}");
+    assert!(
+        r["next_attempt"].as_i64().unwrap() > entry["arrival"].as_i64().unwrap() + 3000,
+        "an hour on"
+    );
+    let text = run(&["queue", "list"]);
+    assert!(
+        text.contains(&format!("{id}  ")) && text.contains("joe@filtered.example  deferred"),
+        "{text}"
+    );
+    assert!(run(&["queue", "show", &id.to_string()]).contains("Subject: waiting"));
+    run(&["queue", "hold", &id.to_string()]);
+    assert_eq!(
+        s.store().queued().unwrap()[0].recipients[0].state,
+        mailgate::store::RcptState::Held
+    );
+    assert!(
+        run(&["queue", "flush"]).starts_with("0 recipients"),
+        "held mail is not flushed"
+    );
+    run(&["queue", "release", &id.to_string()]);
+    // Released: due now, tried at once (and deferred again).
+    tokio::time::timeout(Duration::from_secs(30), recorded.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.store().queued().unwrap()[0].recipients[0].attempts, 2);
+    assert!(run(&["queue", "flush", "--domain", "filtered.example"]).starts_with("1 recipients"));
+    run(&["queue", "delete", &id.to_string()]);
+    assert_eq!(run(&["queue", "list"]), "queue is empty\n");
+    let (code, _, err) = cli(&cfg, &["queue", "delete", &id.to_string()], "");
+    assert_eq!(code, 1, "{err}");
+}
