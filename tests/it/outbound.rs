@@ -13,10 +13,10 @@ use tokio::net::TcpListener;
 
 /// One transaction the sink accepted.
 #[derive(Debug, Clone)]
-struct Received {
-    from: String,
-    rcpts: Vec<String>,
-    data: String,
+pub struct Received {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: String,
 }
 
 /// How the sink answers RCPT for an address (by its local part).
@@ -29,15 +29,15 @@ fn rcpt_reply(local: &str, attempt: usize) -> &'static str {
     }
 }
 
-struct Sink {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Received>>>,
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub got: Arc<Mutex<Vec<Received>>>,
     seen: tokio::sync::watch::Receiver<usize>,
 }
 
 /// A receiving SMTP server on loopback: EHLO with PIPELINING, RCPT as [`rcpt_reply`] says,
 /// DATA stored (dot-unstuffed).
-async fn sink() -> Sink {
+pub async fn sink() -> Sink {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -117,7 +117,7 @@ async fn sink() -> Sink {
 
 impl Sink {
     /// Waits until the sink has accepted `n` messages in all.
-    async fn wait_for(&mut self, n: usize) -> Vec<Received> {
+    pub async fn wait_for(&mut self, n: usize) -> Vec<Received> {
         tokio::time::timeout(Duration::from_secs(30), self.seen.wait_for(|c| *c >= n))
             .await
             .expect("the message arrives")
