@@ -97,6 +97,24 @@ pub struct Envelope<'a> {
     pub sender: &'a str,
     pub recipients: &'a [String],
     pub body: &'a [u8],
+    /// DSN requests passed on when the server offers DSN (RFC 3461 §4): `RET` and `ENVID`
+    /// on MAIL, and per recipient (in `recipients`' order) `NOTIFY` and `ORCPT`.
+    pub ret: Option<&'a str>,
+    pub env_id: Option<&'a str>,
+    pub rcpt_dsn: &'a [(Vec<String>, Option<String>)],
+}
+
+/// RFC 3461 §4 xtext: `+HH` for `+`, `=` and anything outside `!`..`~`.
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
 }
 
 impl Connection {
@@ -224,8 +242,27 @@ impl Connection {
         if needs_utf8 {
             mail.push_str(" SMTPUTF8");
         }
+        if self.ext.dsn {
+            if let Some(ret) = env.ret {
+                mail.push_str(&format!(" RET={ret}"));
+            }
+            if let Some(id) = env.env_id {
+                mail.push_str(&format!(" ENVID={}", xtext(id)));
+            }
+        }
         let mut commands = vec![mail];
-        commands.extend(env.recipients.iter().map(|r| format!("RCPT TO:<{r}>")));
+        for (i, r) in env.recipients.iter().enumerate() {
+            let mut rcpt = format!("RCPT TO:<{r}>");
+            if let Some((notify, orcpt)) = env.rcpt_dsn.get(i).filter(|_| self.ext.dsn) {
+                if !notify.is_empty() {
+                    rcpt.push_str(&format!(" NOTIFY={}", notify.join(",")));
+                }
+                if let Some(o) = orcpt {
+                    rcpt.push_str(&format!(" ORCPT={}", xtext(o)));
+                }
+            }
+            commands.push(rcpt);
+        }
         // With PIPELINING, MAIL and every RCPT go in one write (RFC 2920); DATA waits.
         let replies = if self.ext.pipelining {
             let mut batch = String::new();
@@ -434,5 +471,6 @@ mod tests {
         assert_eq!(dot_stuff(b".a\r\nb\r\n..c\nd"), b"..a\r\nb\r\n...c\r\nd\r\n");
         assert_eq!(dot_stuff(b"x\r\n.\r\n"), b"x\r\n..\r\n");
         assert_eq!(dot_stuff(b""), b"\r\n");
+        assert_eq!(xtext("rfc822;a+b=c d@x"), "rfc822;a+2Bb+3Dc+20d@x");
     }
 }

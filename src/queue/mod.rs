@@ -60,14 +60,35 @@ impl Wake {
     }
 }
 
-/// Queues `raw` from `sender` for `recipients` (address and next hop), held when `held`
-/// (a quarantine). Not durable until the store's `sync`.
+/// A remote recipient to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub address: String,
+    pub hop: NextHop,
+    /// DSN `NOTIFY` (RFC 3461): `NEVER`, or some of `SUCCESS`, `FAILURE`, `DELAY`; empty:
+    /// the default (failures).
+    pub notify: Vec<String>,
+    /// DSN `ORCPT`, decoded.
+    pub orcpt: Option<String>,
+}
+
+/// The message's DSN requests (RFC 3461) from MAIL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dsn {
+    pub env_id: Option<String>,
+    /// `FULL` or `HDRS`.
+    pub ret: Option<String>,
+}
+
+/// Queues `raw` from `sender` for `recipients`, held when `held` (a quarantine). Not
+/// durable until the store's `sync`.
 pub fn enqueue(
     store: &dyn MailStore,
     raw: &[u8],
     sender: &str,
-    recipients: &[(String, NextHop)],
+    recipients: &[Outgoing],
     held: bool,
+    dsn: Dsn,
 ) -> crate::store::Result<u64> {
     let now = now_secs();
     let entry = QueuedMessage {
@@ -78,20 +99,20 @@ pub fn enqueue(
         arrival: now,
         recipients: recipients
             .iter()
-            .map(|(address, hop)| QueuedRecipient {
-                address: address.clone(),
-                next_hop: hop.to_string(),
+            .map(|r| QueuedRecipient {
+                address: r.address.clone(),
+                next_hop: r.hop.to_string(),
                 state: if held { RcptState::Held } else { RcptState::Queued },
                 attempts: 0,
                 next_attempt: now,
                 last_reply: String::new(),
-                notify: Vec::new(),
-                orcpt: None,
+                notify: r.notify.clone(),
+                orcpt: r.orcpt.clone(),
             })
             .collect(),
         warned: false,
-        env_id: None,
-        ret: None,
+        env_id: dsn.env_id,
+        ret: dsn.ret,
     };
     store.enqueue(raw, entry)
 }
@@ -317,13 +338,17 @@ impl Runner {
                         let r = reply(554, "5.4.6 Too many hops: the message is looping (RFC 5321 §6.3)");
                         rcpts.iter().map(|_| Outcome::Failed(r.clone())).collect()
                     } else {
-                        let sender = self
-                            .store
-                            .queued_message(id)
-                            .ok()
-                            .flatten()
-                            .map(|m| m.sender)
-                            .unwrap_or_default();
+                        let entry = self.store.queued_message(id).ok().flatten();
+                        let sender = entry.as_ref().map(|m| m.sender.clone()).unwrap_or_default();
+                        let rcpt_dsn: Vec<(Vec<String>, Option<String>)> = rcpts
+                            .iter()
+                            .map(|a| {
+                                let r = entry
+                                    .as_ref()
+                                    .and_then(|m| m.recipients.iter().find(|r| &r.address == a));
+                                r.map_or((Vec::new(), None), |r| (r.notify.clone(), r.orcpt.clone()))
+                            })
+                            .collect();
                         if !first && conn.rset().await.is_err() {
                             pending.push_front((id, rcpts));
                             continue 'hosts;
@@ -333,6 +358,9 @@ impl Runner {
                             sender: &sender,
                             recipients: &rcpts,
                             body: &body,
+                            ret: entry.as_ref().and_then(|m| m.ret.as_deref()),
+                            env_id: entry.as_ref().and_then(|m| m.env_id.as_deref()),
+                            rcpt_dsn: &rcpt_dsn,
                         };
                         match conn.send(&env).await {
                             Ok(o) => o,
@@ -412,14 +440,18 @@ impl Runner {
                     Outcome::Failed(reply) => {
                         r.state = RcptState::Failed;
                         r.last_reply = reply.to_string();
-                        failed.push((r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), d.mta));
+                        if wants_failure_notice(r) {
+                            failed.push((r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), d.mta));
+                        }
                     }
                     Outcome::Deferred(reply) => {
                         r.last_reply = reply.to_string();
                         if now - entry.arrival >= lifetime {
                             r.state = RcptState::Failed;
                             let text = format!("4.4.7 Delivery time expired; last: {}", r.last_reply);
-                            failed.push((r.address.clone(), r.orcpt.clone(), format!("554 {text}"), d.mta));
+                            if wants_failure_notice(r) {
+                                failed.push((r.address.clone(), r.orcpt.clone(), format!("554 {text}"), d.mta));
+                            }
                         } else {
                             r.state = RcptState::Deferred;
                             let wait = self.config.outbound.retry_after(r.attempts).as_secs() as i64;
@@ -485,7 +517,13 @@ impl Runner {
                 self.store.deliver_to(&local, now_secs(), &targets)?;
             }
             Route::Remote(hop) => {
-                enqueue(&*self.store, &msg, "", &[(entry.sender.clone(), hop)], false)?;
+                let to = Outgoing {
+                    address: entry.sender.clone(),
+                    hop,
+                    notify: Vec::new(),
+                    orcpt: None,
+                };
+                enqueue(&*self.store, &msg, "", &[to], false, Dsn::default())?;
                 self.wake.wake();
             }
             Route::UnknownUser | Route::RelayDenied => {
@@ -494,6 +532,12 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Whether the sender asked to hear of this recipient's failure (RFC 3461 §4.1: the
+/// default is yes; `NOTIFY=NEVER`, or a list without `FAILURE`, is no).
+fn wants_failure_notice(r: &QueuedRecipient) -> bool {
+    r.notify.is_empty() || r.notify.iter().any(|n| n == "FAILURE")
 }
 
 /// `Received:` fields in a message's header.

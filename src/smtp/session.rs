@@ -6,7 +6,6 @@
 
 use super::data::{DataReceiver, Progress};
 use crate::config::TlsMode;
-use crate::config::outbound::NextHop;
 use crate::context::Shared;
 use crate::hooks::contract::Session as SessionInfo;
 use crate::hooks::{PolicySet, Stage};
@@ -16,22 +15,30 @@ use crate::net::Flow;
 use crate::net::conn::{Conn, Line, ReadError};
 use crate::pipeline::{Context, Destination, Refusal, Scope};
 use crate::store::now_secs;
-use smtp_proto::{Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, MailFrom, RcptTo, Request};
+use smtp_proto::{
+    Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, MailFrom,
+    RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RcptTo, Request,
+};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// MAIL FROM flags we advertise and therefore accept.
-const ACCEPTED_MAIL_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8;
+const ACCEPTED_MAIL_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8 | MAIL_RET_FULL | MAIL_RET_HDRS;
+/// RCPT flags we advertise (DSN, RFC 3461) and therefore accept.
+const ACCEPTED_RCPT_FLAGS: u64 = RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY | RCPT_NOTIFY_NEVER;
 
 struct Transaction {
     mail_from: String,
     smtputf8: bool,
+    /// DSN (RFC 3461): `ENVID` and `RET` as given on MAIL.
+    env_id: Option<String>,
+    ret: Option<String>,
     /// Accounts the accepted recipients resolved to, deduplicated.
     accounts: Vec<String>,
-    /// Remote recipients (as given) and where they go, for the queue.
-    remote: Vec<(String, NextHop)>,
+    /// Remote recipients, where they go and their DSN requests, for the queue.
+    remote: Vec<crate::queue::Outgoing>,
     /// Recipients accepted (as given), for the Received header and logs.
     rcpts: Vec<String>,
     /// Recipients tried, accepted or not (the limit counts attempts).
@@ -342,6 +349,7 @@ impl Session {
             lines.push("8BITMIME".into());
             lines.push("ENHANCEDSTATUSCODES".into());
             lines.push("SMTPUTF8".into());
+            lines.push("DSN".into());
             lines.push("CHUNKING".into());
             if self.tls_available() {
                 lines.push("STARTTLS".into());
@@ -368,7 +376,7 @@ impl Session {
         if self.tx.is_some() {
             return self.refuse(503, "5.5.1", "Nested MAIL command");
         }
-        if from.flags & !ACCEPTED_MAIL_FLAGS != 0 || from.env_id.is_some() {
+        if from.flags & !ACCEPTED_MAIL_FLAGS != 0 {
             return self.refuse(555, "5.5.4", "Unsupported MAIL parameter");
         }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
@@ -391,9 +399,16 @@ impl Session {
         if let Err(r) = self.ctx().receive(Stage::Mail, &self.session_info(), &mut scope).await {
             return self.refused(r);
         }
+        let ret = match from.flags & (MAIL_RET_FULL | MAIL_RET_HDRS) {
+            0 => None,
+            MAIL_RET_FULL => Some("FULL".to_string()),
+            _ => Some("HDRS".to_string()),
+        };
         self.tx = Some(Transaction {
             mail_from: address,
             smtputf8,
+            env_id: from.env_id,
+            ret,
             accounts: Vec::new(),
             remote: Vec::new(),
             rcpts: Vec::new(),
@@ -417,10 +432,20 @@ impl Session {
             return self.refuse(452, "4.5.3", "Too many recipients");
         }
         tx.attempted += 1;
-        if to.flags != 0 || to.orcpt.is_some() {
+        if to.flags & !ACCEPTED_RCPT_FLAGS != 0 {
             return self.refuse(555, "5.5.4", "Unsupported RCPT parameter");
         }
         let smtputf8 = tx.smtputf8;
+        let notify: Vec<String> = [
+            (RCPT_NOTIFY_NEVER, "NEVER"),
+            (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+            (RCPT_NOTIFY_FAILURE, "FAILURE"),
+            (RCPT_NOTIFY_DELAY, "DELAY"),
+        ]
+        .iter()
+        .filter(|(bit, _)| to.flags & bit != 0)
+        .map(|(_, n)| n.to_string())
+        .collect();
         let mut given = to.address.trim().to_string();
         if !given.is_ascii() && !smtputf8 {
             return self.refuse(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
@@ -450,7 +475,15 @@ impl Session {
                     }
                 }
             }
-            Ok(Destination::Remote(hop)) => tx.remote.push((given.clone(), hop)),
+            Ok(Destination::Remote(hop)) => tx.remote.push(crate::queue::Outgoing {
+                address: given.clone(),
+                hop,
+                notify,
+                // The codec gives the address without its type; RFC 3461 ORCPT has one.
+                orcpt: to
+                    .orcpt
+                    .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
+            }),
             Err(r) => return self.refused(r),
         }
         tx.rcpts.push(given);
@@ -619,7 +652,11 @@ impl Session {
             let store = &self.shared.store;
             let enqueued = {
                 let _turn = store.write_turn().await;
-                crate::queue::enqueue(&**store, queued, &tx.mail_from, &tx.remote, accepted.quarantine)
+                let dsn = crate::queue::Dsn {
+                    env_id: tx.env_id.clone(),
+                    ret: tx.ret.clone(),
+                };
+                crate::queue::enqueue(&**store, queued, &tx.mail_from, &tx.remote, accepted.quarantine, dsn)
             };
             if let Err(e) = enqueued {
                 tracing::error!(id, "queueing failed: {e}");

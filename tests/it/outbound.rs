@@ -17,6 +17,8 @@ pub struct Received {
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: String,
+    /// The MAIL and RCPT lines as sent.
+    pub commands: Vec<String>,
 }
 
 /// How the sink answers RCPT for an address (by its local part).
@@ -57,6 +59,7 @@ pub async fn sink() -> Sink {
                     from: String::new(),
                     rcpts: Vec::new(),
                     data: String::new(),
+                    commands: Vec::new(),
                 };
                 loop {
                     let mut line = String::new();
@@ -66,12 +69,14 @@ pub async fn sink() -> Sink {
                     let cmd = line.trim_end().to_string();
                     let upper = cmd.to_ascii_uppercase();
                     let reply: String = if upper.starts_with("EHLO") {
-                        "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000".into()
+                        "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n250 SIZE 10000000".into()
                     } else if upper.starts_with("MAIL FROM:") {
                         cur.from = cmd[10..].split('>').next().unwrap().trim_start_matches('<').to_string();
                         cur.rcpts.clear();
+                        cur.commands = vec![cmd.clone()];
                         "250 2.1.0 Ok".into()
                     } else if upper.starts_with("RCPT TO:") {
+                        cur.commands.push(cmd.clone());
                         let to = cmd[8..].trim_start_matches('<').split('>').next().unwrap().to_string();
                         let n = {
                             let mut a = attempts.lock().unwrap();
@@ -233,6 +238,45 @@ async fn a_temporary_failure_is_retried_and_a_bounce_is_never_bounced() {
         s.store().queued().unwrap().is_empty(),
         "and nothing was queued to bounce it"
     );
+
+    // DSN (RFC 3461): NOTIFY=NEVER has no bounce; FAILURE bounces with ORCPT and ENVID;
+    // the requests go on to a next hop that offers DSN.
+    c.cmd("MAIL FROM:<alice@localhost> RET=HDRS ENVID=env+2B1", "250").await;
+    c.cmd("RCPT TO:<unknown1@filtered.example> NOTIFY=NEVER", "250").await;
+    c.cmd(
+        "RCPT TO:<unknown2@filtered.example> NOTIFY=FAILURE,DELAY ORCPT=rfc822;U2@filtered.example",
+        "250",
+    )
+    .await;
+    c.cmd("RCPT TO:<pat@filtered.example> NOTIFY=SUCCESS", "250").await;
+    c.cmd("DATA", "354").await;
+    c.cmd(&format!("{msg}."), "250").await;
+    let got = sink.wait_for(2).await;
+    let sent = &got[1].commands;
+    assert!(
+        sent[0].starts_with("MAIL FROM:<alice@localhost> ") && sent[0].ends_with(" RET=HDRS ENVID=env+2B1"),
+        "{sent:?}"
+    );
+    let orcpt = "RCPT TO:<unknown2@filtered.example> NOTIFY=FAILURE,DELAY ORCPT=rfc822;U2@filtered.example";
+    assert!(sent.contains(&orcpt.to_string()), "{sent:?}");
+    assert!(
+        sent.contains(&"RCPT TO:<pat@filtered.example> NOTIFY=SUCCESS".to_string()),
+        "{sent:?}"
+    );
+    queue_drained(&s).await;
+    let inbox = s.inbox("alice@localhost");
+    assert_eq!(inbox.len(), 1, "one bounce, for unknown2 only");
+    let bounce = String::from_utf8(s.body(&inbox[0])).unwrap();
+    assert!(
+        bounce.contains("Final-Recipient: rfc822; unknown2@filtered.example"),
+        "{bounce}"
+    );
+    assert!(
+        bounce.contains("Original-Recipient: rfc822;U2@filtered.example"),
+        "{bounce}"
+    );
+    assert!(bounce.contains("Original-Envelope-Id: env+1"), "{bounce}");
+    assert!(!bounce.contains("unknown1@"), "NOTIFY=NEVER: not reported\n{bounce}");
 }
 
 #[tokio::test]
