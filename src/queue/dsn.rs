@@ -13,6 +13,15 @@ pub struct Report<'a> {
     pub remote_mta: Option<&'a str>,
 }
 
+/// What a notice reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Failed for good: a bounce.
+    Failed,
+    /// Still being retried: a delay warning.
+    Delayed,
+}
+
 /// The enhanced status code at the start of a reply text (`550 5.1.1 ...` → `5.1.1`), or
 /// the class's generic one.
 pub fn status_of(reply: &str) -> String {
@@ -32,9 +41,12 @@ pub fn status_of(reply: &str) -> String {
     }
 }
 
-/// A bounce for `failed` recipients of `original` (sent by `sender`, arrived at
-/// `arrival`). `full`: return the whole message (`RET=FULL`), else its header only.
-pub fn bounce(
+/// A notice about `failed` recipients of `original` (sent by `sender`, arrived at
+/// `arrival`): a bounce, or a delay warning. `full`: return the whole message
+/// (`RET=FULL`, bounces only), else its header.
+#[allow(clippy::too_many_arguments)]
+pub fn notice(
+    action: Action,
     hostname: &str,
     sender: &str,
     original: &[u8],
@@ -43,6 +55,7 @@ pub fn bounce(
     env_id: Option<&str>,
     full: bool,
 ) -> Vec<u8> {
+    let delayed = action == Action::Delayed;
     let date = |t: i64| mail_parser::DateTime::from_timestamp(t).to_rfc822();
     let boundary = format!(
         "{:016x}/{hostname}",
@@ -51,7 +64,11 @@ pub fn bounce(
     let mut m = String::new();
     m.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"));
     m.push_str(&format!("To: <{sender}>\r\n"));
-    m.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+    m.push_str(if delayed {
+        "Subject: Delayed Mail (still being retried)\r\n"
+    } else {
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+    });
     m.push_str(&format!("Date: {}\r\n", date(now_secs())));
     m.push_str(&format!(
         "Message-ID: <{}.{}@{hostname}>\r\n",
@@ -66,9 +83,12 @@ pub fn bounce(
     m.push_str(&format!(
         "--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     ));
-    m.push_str(&format!(
-        "This is the mail system at host {hostname}.\r\n\r\nI'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n"
-    ));
+    m.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\n"));
+    m.push_str(if delayed {
+        "Your message could not be delivered yet to one or more recipients. It is still being\r\nretried; you need not send it again. Its header is attached below.\r\n\r\n"
+    } else {
+        "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n"
+    });
     for f in failed {
         m.push_str(&format!("<{}>: {}\r\n", f.recipient, one_line(f.reply)));
     }
@@ -85,7 +105,11 @@ pub fn bounce(
         if let Some(o) = f.orcpt {
             m.push_str(&format!("Original-Recipient: {}\r\n", one_line(o)));
         }
-        m.push_str("Action: failed\r\n");
+        m.push_str(if delayed {
+            "Action: delayed\r\n"
+        } else {
+            "Action: failed\r\n"
+        });
         m.push_str(&format!("Status: {}\r\n", status_of(f.reply)));
         if let Some(mta) = f.remote_mta {
             m.push_str(&format!("Remote-MTA: dns; {mta}\r\n"));
@@ -96,7 +120,7 @@ pub fn bounce(
         m.push_str(&format!("Last-Attempt-Date: {}\r\n", date(now_secs())));
     }
     let header_end = memchr::memmem::find(original, b"\r\n\r\n").map_or(original.len(), |i| i + 4);
-    let (kind, part) = if full {
+    let (kind, part) = if full && !delayed {
         ("message/rfc822", original)
     } else {
         ("text/rfc822-headers", &original[..header_end])
@@ -133,7 +157,16 @@ mod tests {
             reply: "550 5.1.1 <x@remote.example>: User unknown",
             remote_mta: Some("mx.remote.example"),
         }];
-        let b = bounce("mx.test", "a@example.org", original, &failed, 0, Some("env-1"), false);
+        let b = notice(
+            Action::Failed,
+            "mx.test",
+            "a@example.org",
+            original,
+            &failed,
+            0,
+            Some("env-1"),
+            false,
+        );
         let text = String::from_utf8(b.clone()).unwrap();
         assert!(text.contains("From: Mail Delivery System <MAILER-DAEMON@mx.test>\r\n"));
         assert!(text.contains("report-type=delivery-status"));
@@ -154,7 +187,36 @@ mod tests {
         assert!(!text.contains("secret body"), "RET=HDRS returns the header only");
         let parsed = mail_parser::MessageParser::default().parse(&b).unwrap();
         assert_eq!(parsed.parts.len(), 4, "report, text, status, headers");
-        let full = String::from_utf8(bounce("mx.test", "a@example.org", original, &failed, 0, None, true)).unwrap();
+        let full = notice(
+            Action::Failed,
+            "mx.test",
+            "a@example.org",
+            original,
+            &failed,
+            0,
+            None,
+            true,
+        );
+        let full = String::from_utf8(full).unwrap();
         assert!(full.contains("Content-Type: message/rfc822\r\n") && full.contains("secret body"));
+        let warn = notice(
+            Action::Delayed,
+            "mx.test",
+            "a@example.org",
+            original,
+            &failed,
+            0,
+            None,
+            true,
+        );
+        let warn = String::from_utf8(warn).unwrap();
+        assert!(
+            warn.contains("Subject: Delayed Mail (still being retried)\r\n"),
+            "{warn}"
+        );
+        assert!(
+            warn.contains("Action: delayed\r\n") && !warn.contains("secret body"),
+            "{warn}"
+        );
     }
 }

@@ -463,9 +463,27 @@ impl Runner {
             // Never a bounce of a bounce (null sender).
             if !failed.is_empty()
                 && !entry.sender.is_empty()
-                && let Err(e) = self.bounce(&entry, &failed)
+                && let Err(e) = self.notify_sender(dsn::Action::Failed, &entry, &failed)
             {
                 tracing::error!(id, "queue: bounce to {}: {e}", entry.sender);
+            }
+            // One delay warning per message, for recipients still waiting past
+            // `delay_warning` that did not decline it (NOTIFY without DELAY).
+            let warn_after = self.config.outbound.delay_warning.0.as_secs() as i64;
+            if warn_after > 0 && !entry.warned && !entry.sender.is_empty() && now - entry.arrival >= warn_after {
+                let late: Vec<_> = entry
+                    .recipients
+                    .iter()
+                    .filter(|r| r.state == RcptState::Deferred)
+                    .filter(|r| r.notify.is_empty() || r.notify.iter().any(|n| n == "DELAY"))
+                    .map(|r| (r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), None))
+                    .collect();
+                if !late.is_empty() {
+                    entry.warned = true;
+                    if let Err(e) = self.notify_sender(dsn::Action::Delayed, &entry, &late) {
+                        tracing::error!(id, "queue: delay warning to {}: {e}", entry.sender);
+                    }
+                }
             }
             self.store.update_queued(&entry)?;
         }
@@ -474,8 +492,9 @@ impl Runner {
 
     /// A DSN for `failed` (address, ORCPT, reply, remote MTA) to the entry's sender: into
     /// the sender's mailbox when local, else queued with the null sender.
-    fn bounce(
+    fn notify_sender(
         &self,
+        action: dsn::Action,
         entry: &QueuedMessage,
         failed: &[(String, Option<String>, String, Option<String>)],
     ) -> anyhow::Result<()> {
@@ -491,7 +510,8 @@ impl Runner {
             .collect();
         let full = entry.ret.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("FULL"));
         let host = &self.config.server.hostname;
-        let msg = dsn::bounce(
+        let msg = dsn::notice(
+            action,
             host,
             &entry.sender,
             &original,

@@ -395,3 +395,44 @@ async fn the_queue_cli() {
     let (code, _, err) = cli(&cfg, &["queue", "delete", &id.to_string()], "");
     assert_eq!(code, 1, "{err}");
 }
+
+/// A message still waiting after `delay_warning` gets its sender one delay notice.
+#[tokio::test]
+async fn a_delay_warning_once() {
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let s = start_server(|c| {
+        c.relays = vec![relay_to("filtered.example", &format!("[127.0.0.1]:{}", dead.port()))];
+        c.outbound.retry_schedule = vec![Span::parse("1s").unwrap()];
+        c.outbound.delay_warning = Span::parse("1s").unwrap();
+    })
+    .await;
+    let mut recorded = s.running.shared.queue.recorded();
+    let mut c = greeted(s.smtp).await;
+    let msg = "From: alice@localhost\r\nSubject: slow\r\n\r\nhi\r\n";
+    assert!(
+        send_mail(&mut c, "alice@localhost", &["joe@filtered.example"], msg)
+            .await
+            .starts_with("250")
+    );
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while s.inbox("alice@localhost").is_empty() {
+            recorded.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("a delay notice");
+    let notice = String::from_utf8(s.body(&s.inbox("alice@localhost")[0])).unwrap();
+    assert!(
+        notice.contains("Subject: Delayed Mail (still being retried)"),
+        "{notice}"
+    );
+    assert!(notice.contains("Action: delayed") && notice.contains("Final-Recipient: rfc822; joe@filtered.example"));
+    // Another attempt, and no second notice.
+    let before = *recorded.borrow_and_update();
+    tokio::time::timeout(Duration::from_secs(30), recorded.wait_for(|n| *n > before))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.inbox("alice@localhost").len(), 1);
+    assert!(s.store().queued().unwrap()[0].warned);
+}
