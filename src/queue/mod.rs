@@ -317,8 +317,8 @@ impl Runner {
                 };
                 let mut first = true;
                 while let Some((id, rcpts)) = pending.pop_front() {
-                    let body = match self.body_of(id) {
-                        Ok(Some(b)) => b,
+                    let (entry, body) = match self.entry_and_body(id) {
+                        Ok(Some(eb)) => eb,
                         Ok(None) => continue, // deleted from the queue meanwhile
                         Err(e) => {
                             tracing::error!(id, "queue: reading the message: {e}");
@@ -338,14 +338,10 @@ impl Runner {
                         let r = reply(554, "5.4.6 Too many hops: the message is looping (RFC 5321 §6.3)");
                         rcpts.iter().map(|_| Outcome::Failed(r.clone())).collect()
                     } else {
-                        let entry = self.store.queued_message(id).ok().flatten();
-                        let sender = entry.as_ref().map(|m| m.sender.clone()).unwrap_or_default();
                         let rcpt_dsn: Vec<(Vec<String>, Option<String>)> = rcpts
                             .iter()
                             .map(|a| {
-                                let r = entry
-                                    .as_ref()
-                                    .and_then(|m| m.recipients.iter().find(|r| &r.address == a));
+                                let r = entry.recipients.iter().find(|r| &r.address == a);
                                 r.map_or((Vec::new(), None), |r| (r.notify.clone(), r.orcpt.clone()))
                             })
                             .collect();
@@ -355,11 +351,11 @@ impl Runner {
                         }
                         first = false;
                         let env = Envelope {
-                            sender: &sender,
+                            sender: &entry.sender,
                             recipients: &rcpts,
                             body: &body,
-                            ret: entry.as_ref().and_then(|m| m.ret.as_deref()),
-                            env_id: entry.as_ref().and_then(|m| m.env_id.as_deref()),
+                            ret: entry.ret.as_deref(),
+                            env_id: entry.env_id.as_deref(),
                             rcpt_dsn: &rcpt_dsn,
                         };
                         match conn.send(&env).await {
@@ -374,7 +370,7 @@ impl Runner {
                         }
                     };
                     for (address, outcome) in rcpts.into_iter().zip(outcomes) {
-                        tracing::info!(id, to = address, relay = host.name, ?outcome, "delivery attempt");
+                        tracing::debug!(id, to = address, relay = host.name, ?outcome, "delivery attempt");
                         done.push(Done {
                             id,
                             address,
@@ -402,11 +398,12 @@ impl Runner {
         done
     }
 
-    fn body_of(&self, id: u64) -> crate::store::Result<Option<Vec<u8>>> {
-        match self.store.queued_message(id)? {
-            Some(m) => self.store.blob(&m.blob),
-            None => Ok(None),
-        }
+    /// A queued message's entry and body, read once per attempt.
+    fn entry_and_body(&self, id: u64) -> crate::store::Result<Option<(QueuedMessage, Vec<u8>)>> {
+        let Some(m) = self.store.queued_message(id)? else {
+            return Ok(None);
+        };
+        Ok(self.store.blob(&m.blob)?.map(|b| (m, b)))
     }
 
     /// Writes the outcomes into the queue, bounces what failed, and makes it durable.
