@@ -62,6 +62,10 @@ pub fn run(store: &dyn MailStore, req: Request) -> Result<(Vec<u8>, bool), Strin
                     store.update_queued(&m).map_err(e)?;
                 }
             }
+            // `queue flush --domain D` also lets go what waits for D's ETRN.
+            if let Some(d) = domain.as_deref() {
+                n += crate::queue::release_etrn(store, &d.to_ascii_lowercase(), false).map_err(e)?;
+            }
             if let Some(id) = id
                 && n == 0
             {

@@ -38,6 +38,8 @@ pub const MAX_HOPS: usize = 50;
 pub struct Wake {
     notify: Notify,
     recorded: watch::Sender<u64>,
+    /// Last ETRN per (client address, domain), for the rate limit.
+    etrn: std::sync::Mutex<HashMap<(std::net::IpAddr, String), std::time::Instant>>,
 }
 
 impl Default for Wake {
@@ -45,8 +47,69 @@ impl Default for Wake {
         Wake {
             notify: Notify::new(),
             recorded: watch::channel(0).0,
+            etrn: Default::default(),
         }
     }
+}
+
+/// One ETRN per client and domain within this time.
+pub const ETRN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What ETRN (RFC 1985) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Etrn {
+    /// Held mail released: `250`.
+    Started(usize),
+    /// Nothing held: `251`.
+    Nothing,
+    /// Asked again too soon: `458`.
+    TooSoon,
+}
+
+/// Releases mail held for ETRN to `domain` (`@domain`: its subdomains too) and wakes the
+/// runner. The caller has checked the domain may ask.
+pub fn etrn(store: &dyn MailStore, wake: &Wake, client: std::net::IpAddr, name: &str) -> crate::store::Result<Etrn> {
+    let (domain, subdomains) = match name.strip_prefix('@') {
+        Some(d) => (d.to_ascii_lowercase(), true),
+        None => (name.to_ascii_lowercase(), false),
+    };
+    {
+        let mut last = wake.etrn.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        last.retain(|_, t| now.duration_since(*t) < ETRN_INTERVAL);
+        if last.insert((client, name.to_ascii_lowercase()), now).is_some() {
+            return Ok(Etrn::TooSoon);
+        }
+    }
+    let released = release_etrn(store, &domain, subdomains)?;
+    if released == 0 {
+        return Ok(Etrn::Nothing);
+    }
+    wake.wake();
+    Ok(Etrn::Started(released))
+}
+
+/// Makes ETRN-held recipients in `domain` (and its subdomains, when asked) due now.
+pub fn release_etrn(store: &dyn MailStore, domain: &str, subdomains: bool) -> crate::store::Result<usize> {
+    let mut n = 0;
+    for mut m in store.queued()? {
+        let mut touched = false;
+        for r in m.recipients.iter_mut().filter(|r| r.etrn && r.state == RcptState::Held) {
+            let d = r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+            if d == domain || (subdomains && d.ends_with(&format!(".{domain}"))) {
+                r.state = RcptState::Queued;
+                r.etrn = false;
+                r.next_attempt = now_secs();
+                r.last_reply.clear();
+                touched = true;
+                n += 1;
+            }
+        }
+        if touched {
+            store.update_queued(&m)?;
+        }
+    }
+    Ok(n)
 }
 
 impl Wake {
@@ -70,6 +133,8 @@ pub struct Outgoing {
     pub notify: Vec<String>,
     /// DSN `ORCPT`, decoded.
     pub orcpt: Option<String>,
+    /// Held until its domain's server says ETRN (a `[[relay]]` with `etrn = true`).
+    pub etrn: bool,
 }
 
 /// The message's DSN requests (RFC 3461) from MAIL.
@@ -102,12 +167,21 @@ pub fn enqueue(
             .map(|r| QueuedRecipient {
                 address: r.address.clone(),
                 next_hop: r.hop.to_string(),
-                state: if held { RcptState::Held } else { RcptState::Queued },
+                state: if held || r.etrn {
+                    RcptState::Held
+                } else {
+                    RcptState::Queued
+                },
                 attempts: 0,
                 next_attempt: now,
-                last_reply: String::new(),
+                last_reply: if r.etrn && !held {
+                    "waiting for ETRN".into()
+                } else {
+                    String::new()
+                },
                 notify: r.notify.clone(),
                 orcpt: r.orcpt.clone(),
+                etrn: r.etrn && !held,
             })
             .collect(),
         warned: false,
@@ -539,6 +613,7 @@ impl Runner {
                     hop,
                     notify: Vec::new(),
                     orcpt: None,
+                    etrn: false,
                 };
                 enqueue(&*self.store, &msg, "", &[to], false, Dsn::default())?;
                 self.wake.wake();

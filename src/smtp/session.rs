@@ -294,9 +294,8 @@ impl Session {
             Request::Lhlo { .. } => self.refuse(500, "5.5.1", "LHLO is for LMTP; this is SMTP"),
             Request::Auth { .. } => self.refuse(503, "5.5.1", "AUTH is not offered on this port"),
             Request::Expn { .. } => self.refuse(502, "5.5.1", "EXPN not available"),
-            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
-                self.refuse(502, "5.5.1", "Command not implemented")
-            }
+            Request::Etrn { name } => self.etrn(&name).await,
+            Request::Atrn { .. } | Request::Burl { .. } => self.refuse(502, "5.5.1", "Command not implemented"),
         }
     }
 
@@ -350,6 +349,9 @@ impl Session {
             lines.push("ENHANCEDSTATUSCODES".into());
             lines.push("SMTPUTF8".into());
             lines.push("DSN".into());
+            if self.shared.config.relays.iter().any(|r| r.etrn) {
+                lines.push("ETRN".into());
+            }
             lines.push("CHUNKING".into());
             if self.tls_available() {
                 lines.push("STARTTLS".into());
@@ -476,6 +478,10 @@ impl Session {
                 }
             }
             Ok(Destination::Remote(hop)) => tx.remote.push(crate::queue::Outgoing {
+                etrn: given
+                    .rsplit_once('@')
+                    .and_then(|(_, d)| self.shared.config.relay_for(&d.to_ascii_lowercase()))
+                    .is_some_and(|r| r.etrn),
                 address: given.clone(),
                 hop,
                 notify,
@@ -677,6 +683,45 @@ impl Session {
             Err(e) => {
                 tracing::error!(id, "delivery failed: {e}");
                 self.refuse(451, "4.3.0", "Temporary storage failure, try again later")
+            }
+        }
+    }
+
+    /// ETRN (RFC 1985): a relay domain's server asks for the mail held for it.
+    async fn etrn(&mut self, name: &str) -> Flow {
+        if self.helo.is_none() {
+            return self.refuse(503, "5.5.1", "Send EHLO/HELO first");
+        }
+        if self.tx.is_some() {
+            return self.refuse(503, "5.5.1", "ETRN not allowed in a mail transaction");
+        }
+        if self.junk() == Flow::Close {
+            return Flow::Close;
+        }
+        let name = name.trim();
+        let domain = name.trim_start_matches('@').to_ascii_lowercase();
+        // Only a domain whose mail we hold for it may ask (RFC 1985 §5: 459).
+        let ours = self.shared.config.relay_for(&domain).is_some_and(|r| r.etrn);
+        if name.starts_with('#') || !ours {
+            let shown: String = name.chars().filter(|c| !c.is_control()).take(255).collect();
+            return self.refuse(459, "4.7.1", &format!("<{shown}>: not a domain we hold mail for"));
+        }
+        match crate::queue::etrn(&*self.shared.store, &self.shared.queue, self.peer.ip(), name) {
+            Ok(crate::queue::Etrn::Started(n)) => {
+                tracing::info!(domain, messages = n, "ETRN");
+                self.reply(250, "2.0.0", &format!("Queuing for node <{domain}> started"));
+                Flow::Continue
+            }
+            Ok(crate::queue::Etrn::Nothing) => {
+                self.reply(251, "2.0.0", &format!("No messages waiting for node <{domain}>"));
+                Flow::Continue
+            }
+            Ok(crate::queue::Etrn::TooSoon) => {
+                self.refuse(458, "4.7.0", "ETRN too soon for this node, try again later")
+            }
+            Err(e) => {
+                tracing::error!("ETRN {domain}: {e}");
+                self.refuse(458, "4.3.0", &format!("Unable to queue messages for node <{domain}>"))
             }
         }
     }

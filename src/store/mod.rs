@@ -264,6 +264,9 @@ pub struct QueuedRecipient {
     /// DSN `ORCPT`, as given.
     #[serde(default)]
     pub orcpt: Option<String>,
+    /// Held for its domain's server to ask (ETRN, RFC 1985), not for a quarantine.
+    #[serde(default)]
+    pub etrn: bool,
 }
 
 /// A message waiting to go out.

@@ -33,7 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "admin",
         &[
-            "auth", "config", "context", "hooks", "mail", "pipeline", "route", "spam", "store",
+            "auth", "config", "context", "hooks", "mail", "pipeline", "queue", "route", "spam", "store",
         ],
     ),
     (

@@ -588,6 +588,7 @@ mod tests {
             last_reply: String::new(),
             notify: Vec::new(),
             orcpt: None,
+            etrn: false,
         };
         let entry = QueuedMessage {
             id: 0,
