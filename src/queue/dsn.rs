@@ -29,8 +29,10 @@ pub fn status_of(reply: &str) -> String {
     let code = words.next().unwrap_or("");
     let class = code.chars().next().filter(|c| matches!(c, '4' | '5')).unwrap_or('5');
     match words.next() {
+        // The enhanced code names the status even when the reply's class differs (an
+        // expired message fails with a persistent transient 4.4.7, RFC 3463).
         Some(e)
-            if e.starts_with(class)
+            if (e.starts_with('4') || e.starts_with('5'))
                 && e.split('.').count() == 3
                 && e.split('.')
                     .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit())) =>
@@ -149,7 +151,8 @@ mod tests {
         assert_eq!(status_of("550 5.1.1 <x@y>: user unknown"), "5.1.1");
         assert_eq!(status_of("452 4.2.2 mailbox full"), "4.2.2");
         assert_eq!(status_of("550 no such user"), "5.0.0");
-        assert_eq!(status_of("554 4.1.1 mismatched class"), "5.0.0");
+        assert_eq!(status_of("554 4.4.7 expired"), "4.4.7");
+        assert_eq!(status_of("554 2.1.1 not a failure"), "5.0.0");
         let original = b"From: a@example.org\r\nSubject: hi\r\n\r\nsecret body\r\n";
         let failed = [Report {
             recipient: "x@remote.example",

@@ -477,3 +477,60 @@ async fn etrn_holds_and_releases() {
     let got = sink.wait_for(1).await;
     assert_eq!(got[0].rcpts, ["joe@filtered.example"]);
 }
+
+/// The lower-preference MX is tried when the first refuses connections (RFC 5321 §5.1).
+#[tokio::test]
+async fn the_next_mx_when_the_first_is_down() {
+    let mut sink = sink().await;
+    let dns = start_dns(&[
+        ("two.test.", "MX", "10 down.two.test."),
+        ("two.test.", "MX", "20 up.two.test."),
+        // Nothing listens on 127.0.0.2 at the sink's port.
+        ("down.two.test.", "A", "127.0.0.2"),
+        ("up.two.test.", "A", "127.0.0.1"),
+    ])
+    .await;
+    let s = start_server(|c| {
+        c.dns.servers = vec![dns];
+        c.outbound.port = sink.addr.port();
+        c.smtp.relay_networks = vec![mailgate::config::outbound::Cidr::parse("127.0.0.1").unwrap()];
+    })
+    .await;
+    let mut c = greeted(s.smtp).await;
+    let msg = "From: alice@localhost\r\nSubject: second mx\r\n\r\nhi\r\n";
+    assert!(
+        send_mail(&mut c, "alice@localhost", &["pat@two.test"], msg)
+            .await
+            .starts_with("250")
+    );
+    assert_eq!(sink.wait_for(1).await[0].rcpts, ["pat@two.test"]);
+}
+
+/// A recipient still undeliverable after `max_lifetime` fails, and bounces with 4.4.7.
+#[tokio::test]
+async fn past_its_lifetime_a_message_bounces() {
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let s = start_server(|c| {
+        c.relays = vec![relay_to("filtered.example", &format!("[127.0.0.1]:{}", dead.port()))];
+        c.outbound.retry_schedule = vec![Span::parse("1s").unwrap()];
+        c.outbound.max_lifetime = Span::parse("1s").unwrap();
+        c.outbound.delay_warning = Span::parse("0").unwrap();
+    })
+    .await;
+    let mut c = greeted(s.smtp).await;
+    let msg = "From: alice@localhost\r\nSubject: expiring\r\n\r\nhi\r\n";
+    assert!(
+        send_mail(&mut c, "alice@localhost", &["joe@filtered.example"], msg)
+            .await
+            .starts_with("250")
+    );
+    queue_drained(&s).await;
+    let inbox = s.inbox("alice@localhost");
+    assert_eq!(inbox.len(), 1, "one bounce, no delay warning");
+    let bounce = String::from_utf8(s.body(&inbox[0])).unwrap();
+    assert!(
+        bounce.contains("Status: 4.4.7") && bounce.contains("Action: failed"),
+        "{bounce}"
+    );
+    assert!(bounce.contains("Delivery time expired"), "{bounce}");
+}
