@@ -208,6 +208,16 @@ struct Done {
     mta: Option<String>,
 }
 
+/// The same outcome for each of a message's recipients.
+fn each(id: u64, rcpts: Vec<String>, outcome: &Outcome, mta: Option<&str>) -> impl Iterator<Item = Done> {
+    rcpts.into_iter().map(move |address| Done {
+        id,
+        address,
+        outcome: outcome.clone(),
+        mta: mta.map(str::to_string),
+    })
+}
+
 /// The scheduler.
 pub struct Runner {
     store: Arc<dyn MailStore>,
@@ -327,17 +337,7 @@ impl Runner {
         let all = |outcome: Outcome, mta: Option<String>| -> Vec<Done> {
             messages
                 .iter()
-                .flat_map(|(id, rcpts)| {
-                    rcpts.iter().map({
-                        let (outcome, mta) = (outcome.clone(), mta.clone());
-                        move |a| Done {
-                            id: *id,
-                            address: a.clone(),
-                            outcome: outcome.clone(),
-                            mta: mta.clone(),
-                        }
-                    })
-                })
+                .flat_map(|(id, rcpts)| each(*id, rcpts.clone(), &outcome, mta.as_deref()))
                 .collect()
         };
         let reply = |code, text: &str| client::Reply {
@@ -397,14 +397,7 @@ impl Runner {
                         Err(e) => {
                             tracing::error!(id, "queue: reading the message: {e}");
                             let r = reply(451, "4.3.0 Local error reading the queued message");
-                            for address in rcpts {
-                                done.push(Done {
-                                    id,
-                                    address,
-                                    outcome: Outcome::Deferred(r.clone()),
-                                    mta: None,
-                                });
-                            }
+                            done.extend(each(id, rcpts, &Outcome::Deferred(r), None));
                             continue;
                         }
                     };
@@ -457,16 +450,9 @@ impl Runner {
             }
         }
         if !pending.is_empty() {
-            let r = reply(451, &format!("4.4.1 {last_error}"));
+            let r = Outcome::Deferred(reply(451, &format!("4.4.1 {last_error}")));
             for (id, rcpts) in pending {
-                for address in rcpts {
-                    done.push(Done {
-                        id,
-                        address,
-                        outcome: Outcome::Deferred(r.clone()),
-                        mta: None,
-                    });
-                }
+                done.extend(each(id, rcpts, &r, None));
             }
         }
         done
