@@ -41,55 +41,56 @@ pub fn run(store: &dyn MailStore, req: Request) -> Result<(Vec<u8>, bool), Strin
         }
         Request::QueueFlush { id, domain } => {
             let mut n = 0;
-            for mut m in store.queued().map_err(e)? {
-                if id.is_some_and(|id| id != m.id) {
-                    continue;
-                }
-                let mut touched = false;
-                for r in &mut m.recipients {
-                    let in_domain = domain.as_deref().is_none_or(|d| {
-                        r.address
-                            .rsplit_once('@')
-                            .is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(d))
-                    });
-                    if in_domain && matches!(r.state, RcptState::Queued | RcptState::Deferred) {
-                        r.next_attempt = now_secs();
-                        touched = true;
-                        n += 1;
-                    }
-                }
-                if touched {
-                    store.update_queued(&m).map_err(e)?;
-                }
+            let ids: Vec<u64> = match id {
+                Some(id) => vec![one(id)?.id],
+                None => store.queued().map_err(e)?.iter().map(|m| m.id).collect(),
+            };
+            for qid in ids {
+                store
+                    .modify_queued(qid, &mut |m| {
+                        for r in &mut m.recipients {
+                            let in_domain = domain.as_deref().is_none_or(|d| {
+                                r.address
+                                    .rsplit_once('@')
+                                    .is_some_and(|(_, rd)| rd.eq_ignore_ascii_case(d))
+                            });
+                            if in_domain && matches!(r.state, RcptState::Queued | RcptState::Deferred) {
+                                r.next_attempt = now_secs();
+                                n += 1;
+                            }
+                        }
+                    })
+                    .map_err(e)?;
             }
             // `queue flush --domain D` also lets go what waits for D's ETRN.
             if let Some(d) = domain.as_deref() {
                 n += crate::queue::release_etrn(store, &d.to_ascii_lowercase(), false).map_err(e)?;
-            }
-            if let Some(id) = id
-                && n == 0
-            {
-                one(id)?;
             }
             writeln!(out, "{n} recipients due now").ok();
             n > 0
         }
         Request::QueueHold { id } | Request::QueueRelease { id } => {
             let hold = matches!(req, Request::QueueHold { .. });
-            let mut m = one(id)?;
             let mut n = 0;
-            for r in &mut m.recipients {
-                match (hold, r.state) {
-                    (true, RcptState::Queued | RcptState::Deferred) => r.state = RcptState::Held,
-                    (false, RcptState::Held) => {
-                        r.state = RcptState::Queued;
-                        r.next_attempt = now_secs();
+            let found = store
+                .modify_queued(id, &mut |m| {
+                    for r in &mut m.recipients {
+                        match (hold, r.state) {
+                            (true, RcptState::Queued | RcptState::Deferred) => r.state = RcptState::Held,
+                            (false, RcptState::Held) => {
+                                r.state = RcptState::Queued;
+                                r.etrn = false;
+                                r.next_attempt = now_secs();
+                            }
+                            _ => continue,
+                        }
+                        n += 1;
                     }
-                    _ => continue,
-                }
-                n += 1;
+                })
+                .map_err(e)?;
+            if found.is_none() {
+                return Err(format!("no queued message {id}"));
             }
-            store.update_queued(&m).map_err(e)?;
             writeln!(out, "{} {n} recipients of {id}", if hold { "held" } else { "released" }).ok();
             n > 0
         }

@@ -92,22 +92,19 @@ pub fn etrn(store: &dyn MailStore, wake: &Wake, client: std::net::IpAddr, name: 
 /// Makes ETRN-held recipients in `domain` (and its subdomains, when asked) due now.
 pub fn release_etrn(store: &dyn MailStore, domain: &str, subdomains: bool) -> crate::store::Result<usize> {
     let mut n = 0;
-    for mut m in store.queued()? {
-        let mut touched = false;
-        for r in m.recipients.iter_mut().filter(|r| r.etrn && r.state == RcptState::Held) {
-            let d = r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
-            if d == domain || (subdomains && d.ends_with(&format!(".{domain}"))) {
-                r.state = RcptState::Queued;
-                r.etrn = false;
-                r.next_attempt = now_secs();
-                r.last_reply.clear();
-                touched = true;
-                n += 1;
+    for id in store.queued()?.iter().map(|m| m.id) {
+        store.modify_queued(id, &mut |m| {
+            for r in m.recipients.iter_mut().filter(|r| r.etrn && r.state == RcptState::Held) {
+                let d = r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+                if d == domain || (subdomains && d.ends_with(&format!(".{domain}"))) {
+                    r.state = RcptState::Queued;
+                    r.etrn = false;
+                    r.next_attempt = now_secs();
+                    r.last_reply.clear();
+                    n += 1;
+                }
             }
-        }
-        if touched {
-            store.update_queued(&m)?;
-        }
+        })?;
     }
     Ok(n)
 }
@@ -475,74 +472,82 @@ impl Runner {
         }
         let now = now_secs();
         let lifetime = self.config.outbound.max_lifetime.0.as_secs() as i64;
+        let retry_after = |attempts| self.config.outbound.retry_after(attempts).as_secs() as i64;
+        let warn_after = self.config.outbound.delay_warning.0.as_secs() as i64;
         for (id, results) in by_id {
-            let Some(mut entry) = self.store.queued_message(id)? else {
-                continue;
+            // A notice quotes the message, whose body may go with the entry: read it first
+            // when this batch can fail a recipient or warn of a delay.
+            let may_notify = results.iter().any(|d| !matches!(d.outcome, Outcome::Delivered(_)));
+            let original = match may_notify {
+                true => self.entry_and_body(id)?.map(|(_, b)| b).unwrap_or_default(),
+                false => Vec::new(),
             };
             let mut failed: Vec<(String, Option<String>, String, Option<String>)> = Vec::new();
-            for d in results {
-                let Some(r) = entry
-                    .recipients
-                    .iter_mut()
-                    .find(|r| r.address == d.address && r.state.pending())
-                else {
-                    continue;
-                };
-                r.attempts += 1;
-                match d.outcome {
-                    Outcome::Delivered(reply) => {
-                        r.state = RcptState::Delivered;
-                        r.last_reply = reply.to_string();
-                    }
-                    Outcome::Failed(reply) => {
-                        r.state = RcptState::Failed;
-                        r.last_reply = reply.to_string();
-                        if wants_failure_notice(r) {
-                            failed.push((r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), d.mta));
+            let mut late = Vec::new();
+            let mut results = Some(results);
+            let entry = self.store.modify_queued(id, &mut |entry| {
+                for d in results.take().unwrap_or_default() {
+                    let Some(r) = entry
+                        .recipients
+                        .iter_mut()
+                        .find(|r| r.address == d.address && matches!(r.state, RcptState::Queued | RcptState::Deferred))
+                    else {
+                        continue;
+                    };
+                    r.attempts += 1;
+                    match d.outcome {
+                        Outcome::Delivered(reply) => {
+                            r.state = RcptState::Delivered;
+                            r.last_reply = reply.to_string();
                         }
-                    }
-                    Outcome::Deferred(reply) => {
-                        r.last_reply = reply.to_string();
-                        if now - entry.arrival >= lifetime {
+                        Outcome::Failed(reply) => {
                             r.state = RcptState::Failed;
-                            let text = format!("4.4.7 Delivery time expired; last: {}", r.last_reply);
+                            r.last_reply = reply.to_string();
                             if wants_failure_notice(r) {
-                                failed.push((r.address.clone(), r.orcpt.clone(), format!("554 {text}"), d.mta));
+                                failed.push((r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), d.mta));
                             }
-                        } else {
-                            r.state = RcptState::Deferred;
-                            let wait = self.config.outbound.retry_after(r.attempts).as_secs() as i64;
-                            r.next_attempt = now + wait;
+                        }
+                        Outcome::Deferred(reply) => {
+                            r.last_reply = reply.to_string();
+                            if now - entry.arrival >= lifetime {
+                                r.state = RcptState::Failed;
+                                let text = format!("4.4.7 Delivery time expired; last: {}", r.last_reply);
+                                if wants_failure_notice(r) {
+                                    failed.push((r.address.clone(), r.orcpt.clone(), format!("554 {text}"), d.mta));
+                                }
+                            } else {
+                                r.state = RcptState::Deferred;
+                                r.next_attempt = now + retry_after(r.attempts);
+                            }
                         }
                     }
                 }
-            }
+                // One delay warning per message, for recipients still waiting past
+                // `delay_warning` that did not decline it (NOTIFY without DELAY).
+                if warn_after > 0 && !entry.warned && !entry.sender.is_empty() && now - entry.arrival >= warn_after {
+                    late = entry
+                        .recipients
+                        .iter()
+                        .filter(|r| r.state == RcptState::Deferred)
+                        .filter(|r| r.notify.is_empty() || r.notify.iter().any(|n| n == "DELAY"))
+                        .map(|r| (r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), None))
+                        .collect();
+                    entry.warned = !late.is_empty();
+                }
+            })?;
+            let Some(entry) = entry else { continue };
             // Never a bounce of a bounce (null sender).
             if !failed.is_empty()
                 && !entry.sender.is_empty()
-                && let Err(e) = self.notify_sender(dsn::Action::Failed, &entry, &failed)
+                && let Err(e) = self.notify_sender(dsn::Action::Failed, &entry, &original, &failed)
             {
                 tracing::error!(id, "queue: bounce to {}: {e}", entry.sender);
             }
-            // One delay warning per message, for recipients still waiting past
-            // `delay_warning` that did not decline it (NOTIFY without DELAY).
-            let warn_after = self.config.outbound.delay_warning.0.as_secs() as i64;
-            if warn_after > 0 && !entry.warned && !entry.sender.is_empty() && now - entry.arrival >= warn_after {
-                let late: Vec<_> = entry
-                    .recipients
-                    .iter()
-                    .filter(|r| r.state == RcptState::Deferred)
-                    .filter(|r| r.notify.is_empty() || r.notify.iter().any(|n| n == "DELAY"))
-                    .map(|r| (r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), None))
-                    .collect();
-                if !late.is_empty() {
-                    entry.warned = true;
-                    if let Err(e) = self.notify_sender(dsn::Action::Delayed, &entry, &late) {
-                        tracing::error!(id, "queue: delay warning to {}: {e}", entry.sender);
-                    }
-                }
+            if !late.is_empty()
+                && let Err(e) = self.notify_sender(dsn::Action::Delayed, &entry, &original, &late)
+            {
+                tracing::error!(id, "queue: delay warning to {}: {e}", entry.sender);
             }
-            self.store.update_queued(&entry)?;
         }
         self.store.sync().await
     }
@@ -553,9 +558,9 @@ impl Runner {
         &self,
         action: dsn::Action,
         entry: &QueuedMessage,
+        original: &[u8],
         failed: &[(String, Option<String>, String, Option<String>)],
     ) -> anyhow::Result<()> {
-        let original = self.store.blob(&entry.blob)?.unwrap_or_default();
         let reports: Vec<dsn::Report<'_>> = failed
             .iter()
             .map(|(a, o, r, m)| dsn::Report {
@@ -571,7 +576,7 @@ impl Runner {
             action,
             host,
             &entry.sender,
-            &original,
+            original,
             &reports,
             entry.arrival,
             entry.env_id.as_deref(),

@@ -301,9 +301,13 @@ pub trait Queue {
     /// Every queued message, oldest first.
     fn queued(&self) -> Result<Vec<QueuedMessage>>;
     fn queued_message(&self, id: u64) -> Result<Option<QueuedMessage>>;
-    /// Writes the entry's new state; one with no recipient left pending is removed and its
-    /// body released. Not durable until [`MailStore::sync`].
-    fn update_queued(&self, entry: &QueuedMessage) -> Result<()>;
+    /// Changes an entry in place, atomically with respect to every other change of it (the
+    /// runner recording results while `queue hold` or ETRN change the same message): `f`
+    /// runs on the stored entry under the store's writer lock and must not call the store.
+    /// An entry left with no recipient pending is removed and its body released. Gives the
+    /// entry as written, or `None` when there is no such entry. Not durable until
+    /// [`MailStore::sync`].
+    fn modify_queued(&self, id: u64, f: &mut dyn FnMut(&mut QueuedMessage)) -> Result<Option<QueuedMessage>>;
     /// Removes a message from the queue whatever its state (`queue delete`).
     fn remove_queued(&self, id: u64) -> Result<bool>;
 }

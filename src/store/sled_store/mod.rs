@@ -614,18 +614,21 @@ mod tests {
             (id1, id2)
         };
         let s = SledStore::open_with(&dir.path().join("s"), 16, false).unwrap();
-        let mut q = s.queued_message(id1).unwrap().expect("durable across reopening");
+        let q = s.queued_message(id1).unwrap().expect("durable across reopening");
         assert_eq!((q.size, q.blob), (raw.len() as u64, blob_id(raw)));
         assert_eq!(s.blob(&q.blob).unwrap().unwrap(), raw);
-        q.recipients[0].state = RcptState::Delivered;
-        s.update_queued(&q).unwrap();
+        s.modify_queued(id1, &mut |q| q.recipients[0].state = RcptState::Delivered)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             s.queued_message(id1).unwrap().unwrap().recipients[0].state,
             RcptState::Delivered
         );
-        q.recipients[1].state = RcptState::Failed;
-        s.update_queued(&q).unwrap();
+        s.modify_queued(id1, &mut |q| q.recipients[1].state = RcptState::Failed)
+            .unwrap()
+            .unwrap();
         assert!(s.queued_message(id1).unwrap().is_none(), "nothing pending: gone");
+        assert!(s.modify_queued(id1, &mut |_| {}).unwrap().is_none());
         assert!(s.remove_queued(id2).unwrap());
         assert!(!s.remove_queued(id2).unwrap());
         assert!(s.queued().unwrap().is_empty());

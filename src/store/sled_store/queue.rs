@@ -35,18 +35,23 @@ impl Queue for SledStore {
             .transpose()
     }
 
-    fn update_queued(&self, entry: &QueuedMessage) -> Result<()> {
-        if !entry.recipients.iter().any(|r| r.state.pending()) {
-            self.remove_queued(entry.id)?;
-            return Ok(());
-        }
+    fn modify_queued(&self, id: u64, f: &mut dyn FnMut(&mut QueuedMessage)) -> Result<Option<QueuedMessage>> {
         let _w = self.lock();
-        if !self.tree.contains_key(keys::queued(entry.id))? {
-            return Err(StoreError::NotFound(format!("queue entry {}", entry.id)));
-        }
+        let Some(v) = self.tree.get(keys::queued(id))? else {
+            return Ok(None);
+        };
+        let mut entry: QueuedMessage = from_json("queue", &v)?;
+        f(&mut entry);
         let mut batch = WriteSet::default();
-        batch.insert(keys::queued(entry.id), json(entry));
-        self.apply(batch)
+        if entry.recipients.iter().any(|r| r.state.pending()) {
+            batch.insert(keys::queued(id), json(&entry));
+            self.apply(batch)?;
+        } else {
+            batch.remove(keys::queued(id));
+            let gone = self.adjust_refs(&mut batch, &[(entry.blob, -1)])?;
+            self.apply_with(batch, gone)?;
+        }
+        Ok(Some(entry))
     }
 
     fn remove_queued(&self, id: u64) -> Result<bool> {
