@@ -6,6 +6,8 @@
 stages = { "helo" }
 
 function on_receive(event)
+  -- Our own users' mail (SMTP AUTH, or `mailgate send`) is not scored as spam.
+  if event.session.auth_user ~= nil or event.session.listener == "local" then return nil end
   local helo = event.session.helo or ""
   if mailgate.regex_match("^\\d{1,3}(\\.\\d{1,3}){3}$", helo) then
     return { score = 1.5, symbol = "HELO_BARE_IP", reason = helo }

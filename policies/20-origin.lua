@@ -25,6 +25,8 @@ local function header(m, name)
 end
 
 function on_receive(e)
+  -- Our own users' mail (SMTP AUTH, or `mailgate send`) is not scored as spam.
+  if e.session.auth_user ~= nil or e.session.listener == "local" then return nil end
   local out = {}
   local function add(name, reason)
     local s = scores[name]

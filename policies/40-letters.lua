@@ -5,6 +5,8 @@
 local scores = mailgate.config.scores or {}
 
 function on_receive(e)
+  -- Our own users' mail (SMTP AUTH, or `mailgate send`) is not scored as spam.
+  if e.session.auth_user ~= nil or e.session.listener == "local" then return nil end
   local total, names, reasons = 0, {}, {}
   for _, f in ipairs(mailgate.letters(e.message)) do
     local s = scores[f.name]

@@ -24,6 +24,8 @@ local function linked_from_domain(m)
 end
 
 function on_receive(e)
+  -- Our own users' mail (SMTP AUTH, or `mailgate send`) is not scored as spam.
+  if e.session.auth_user ~= nil or e.session.listener == "local" then return nil end
   local r = mailgate.bayes(e.message)
   if r == nil then return nil end
   local p = r.probability

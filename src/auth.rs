@@ -214,6 +214,14 @@ pub fn sasl_plain(response_b64: &str) -> Option<(String, String)> {
     Some((authc.to_string(), pass.to_string()))
 }
 
+/// Decodes the two SASL LOGIN responses (user name, then password), each base64.
+pub fn sasl_login(user_b64: &str, password_b64: &str) -> Option<(String, String)> {
+    let dec = |s: &str| b64_decode(s).and_then(|b| String::from_utf8(b).ok());
+    let user = dec(user_b64)?;
+    (!user.is_empty()).then_some(())?;
+    Some((user, dec(password_b64)?))
+}
+
 /// Hashes a password with argon2id (about 25 ms: call it off async threads).
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::PasswordHasher;

@@ -1,10 +1,15 @@
-//! Local delivery: an accepted message into the mailboxes the pipeline chose, durably.
+//! Committing an accepted message: the end of a transaction, whoever received it (an SMTP
+//! or submission session, or `mailgate send` through the submission socket).
 //!
-//! One stored copy per distinct set of per-account headers (most messages: one copy for all
-//! recipients), then one flush; the caller answers 250 only after [`store_local`] returns.
+//! [`commit`] runs the pipeline's data stage and `on_deliver`, then writes the queue entry
+//! for the remote recipients and the local copies, then one flush: the caller answers 250
+//! (or exits 0) only after it returns. Local delivery stores one copy per distinct set of
+//! per-account headers (most messages: one copy for all recipients).
 
+use crate::hooks::contract::Session;
 use crate::mail::edit_headers;
-use crate::pipeline::Delivery;
+use crate::pipeline::{Context, Delivery, Refusal, Scope};
+use crate::queue::{Dsn, Outgoing, Wake};
 use crate::store::{MailStore, Target, now_secs};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,6 +17,114 @@ use std::sync::Arc;
 /// Messages above this size are stored from a blocking thread (hashing and copying a large
 /// body would otherwise stall other sessions on the same worker).
 const BLOCKING_DELIVERY_SIZE: usize = 256 * 1024;
+
+static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A new message id for logs and the 250 reply: the time and a counter, in hex.
+pub fn new_id() -> String {
+    let n = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:08X}{:06X}", now_secs() as u32, n & 0xFF_FFFF)
+}
+
+/// What a transaction carries to its end.
+pub struct Envelope<'a> {
+    /// Queue id, for logs and the 250 reply.
+    pub id: &'a str,
+    pub mail_from: &'a str,
+    /// Accounts the local recipients resolved to.
+    pub accounts: &'a [String],
+    /// Remote recipients with their next hops.
+    pub remote: &'a [Outgoing],
+    pub dsn: Dsn,
+    /// Recipients as given, for the log.
+    pub rcpts: &'a [String],
+    /// The trace fields (`Return-Path:`, `Received:`) to put on top.
+    pub trace: &'a str,
+}
+
+/// How a committed message ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Committed {
+    /// A policy said `discard`: nothing stored (the client still gets 250).
+    Discarded,
+    Stored {
+        mailboxes: usize,
+        queued: bool,
+    },
+}
+
+/// The end of DATA/BDAT (or of a `send`): the data stage, the thresholds and header edits,
+/// `on_deliver` per account, then the trace fields and the edited message into the queue (remote
+/// recipients; held when quarantined) and the mailboxes, durably. A refusal comes back as
+/// the reply to give; a storage failure as `451 4.3.0`.
+pub async fn commit(
+    ctx: &Context<'_>,
+    store: &Arc<dyn MailStore>,
+    wake: &Wake,
+    session: &Session,
+    scope: &mut Scope,
+    envelope: Envelope<'_>,
+    body: Vec<u8>,
+) -> Result<Committed, Refusal> {
+    let id = envelope.id;
+    let accepted = ctx.data(session, scope, body).await.inspect_err(|r| {
+        tracing::info!(id, reply = r.line(), "refused at end of data");
+    })?;
+    if accepted.discard {
+        tracing::info!(id, from = envelope.mail_from, "discarded by policy");
+        return Ok(Committed::Discarded);
+    }
+    let deliveries = ctx
+        .deliveries(session, scope, &accepted, envelope.accounts)
+        .await
+        .inspect_err(|r| tracing::info!(id, reply = r.line(), "refused at end of data"))?;
+    let storage_failed = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(id, "{what} failed: {e}");
+        Refusal::new(451, "4.3.0", "Temporary storage failure, try again later")
+    };
+    let mut raw = Vec::with_capacity(envelope.trace.len() + accepted.raw.len() + 512);
+    raw.extend_from_slice(envelope.trace.as_bytes());
+    crate::mail::edit_headers_into(&mut raw, &accepted.raw, &accepted.add_headers, &accepted.remove_headers);
+    drop(accepted.raw);
+    let queued = !envelope.remote.is_empty();
+    if queued {
+        // Queued without a Return-Path: that field is the final delivery's to add (RFC 5321
+        // §4.4). Quarantined mail is held until `queue release`.
+        let without_return_path = if raw.starts_with(b"Return-Path:") {
+            memchr::memmem::find(&raw, b"\r\n").map_or(&raw[..], |i| &raw[i + 2..])
+        } else {
+            &raw[..]
+        };
+        let _turn = store.write_turn().await;
+        crate::queue::enqueue(
+            &**store,
+            without_return_path,
+            envelope.mail_from,
+            envelope.remote,
+            accepted.quarantine,
+            envelope.dsn,
+        )
+        .map_err(|e| storage_failed("queueing", &e))?;
+    }
+    // The local copies, then one flush for them and the queue entry.
+    let mailboxes = store_local(store, &raw, &deliveries)
+        .await
+        .map_err(|e| storage_failed("delivery", &e))?;
+    if queued {
+        wake.wake();
+    }
+    tracing::info!(
+        id,
+        from = envelope.mail_from,
+        rcpts = ?envelope.rcpts,
+        mailboxes,
+        queued = envelope.remote.len(),
+        score = accepted.score,
+        quarantine = accepted.quarantine,
+        "delivered"
+    );
+    Ok(Committed::Stored { mailboxes, queued })
+}
 
 /// Writes `raw` (headers already edited for everyone) into each delivery's folder — INBOX
 /// when the folder does not exist, nothing when the account has gone since RCPT — and

@@ -1,6 +1,6 @@
 //! The `mailgate` command: argument parsing, then the library's CLI ([`mailgate::cli`]).
 //!
-//! Invoked as `sendmail` it will behave as `mailgate send` (the submission issue).
+//! Invoked as `sendmail` (a link to the binary) it behaves as `mailgate send`.
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -10,5 +10,14 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    let mut args = std::env::args();
+    let program = args.next().unwrap_or_default();
+    if std::path::Path::new(&program)
+        .file_name()
+        .is_some_and(|n| n == "sendmail")
+    {
+        let config = std::env::var_os("MAILGATE_CONFIG").map(Into::into);
+        return mailgate::cli::send::run(&args.collect::<Vec<_>>(), config);
+    }
     mailgate::cli::run(mailgate::cli::args::Cli::parse())
 }

@@ -7,6 +7,7 @@
 pub mod client;
 mod queue;
 pub mod server;
+pub mod submit;
 
 use crate::config::Config;
 use crate::mail::address::{Address, is_valid_domain};

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[command(name = "mailgate", version, about = "Mail server and spam gateway")]
 pub struct Cli {
     /// Configuration file (TOML). Without it, embedded defaults are used.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = "MAILGATE_CONFIG")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
@@ -17,6 +17,13 @@ pub struct Cli {
 pub enum Command {
     /// Run every configured listener.
     Serve,
+    /// Send a message as sendmail does (`send [-t] [-f SENDER] [-F NAME] [-i] [RECIPIENT...]
+    /// < message`); the binary installed as `sendmail` does this. Needs a running server.
+    Send {
+        /// sendmail's options and the recipients.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
     /// Accounts.
     #[command(subcommand)]
     User(UserCmd),

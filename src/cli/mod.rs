@@ -8,6 +8,7 @@
 
 pub mod args;
 pub mod corpus;
+pub mod send;
 
 use crate::admin::{self, Request};
 use crate::config::Config;
@@ -22,6 +23,9 @@ const EXIT_CONFIG: u8 = 2;
 /// Runs one command line to its end.
 pub fn run(cli: Cli) -> ExitCode {
     init_logging(matches!(cli.command, Command::Serve));
+    if let Command::Send { args } = &cli.command {
+        return send::run(args, cli.config);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -174,6 +178,7 @@ fn password(address: &str, from_stdin: bool) -> Result<String, String> {
 fn request(cmd: Command) -> Result<Request, String> {
     Ok(match cmd {
         Command::Serve
+        | Command::Send { .. }
         | Command::Policy(PolicyCmd::Check { .. })
         | Command::Spam(SpamCmd::Classify | SpamCmd::Eval { .. }) => {
             unreachable!("handled by run")

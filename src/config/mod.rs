@@ -52,6 +52,17 @@ pub struct Listener {
     pub bind: SocketAddr,
     #[serde(default)]
     pub tls: TlsMode,
+    /// SMTP AUTH on this listener. Default: on for `submission`, off for `smtp` (port 25
+    /// takes mail from other servers, which do not log in).
+    #[serde(default)]
+    pub auth: Option<bool>,
+}
+
+impl Listener {
+    /// Whether this listener offers SMTP AUTH.
+    pub fn offers_auth(&self) -> bool {
+        self.auth.unwrap_or(self.protocol == Protocol::Submission)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,9 +426,12 @@ pub fn default_listeners() -> Vec<Listener> {
         protocol,
         bind: SocketAddr::from(([127, 0, 0, 1], port)),
         tls,
+        auth: None,
     };
     vec![
         l(Protocol::Smtp, 2525, TlsMode::Starttls),
+        l(Protocol::Submission, 2587, TlsMode::Starttls),
+        l(Protocol::Submission, 2465, TlsMode::Implicit),
         l(Protocol::Pop3, 2110, TlsMode::Starttls),
         l(Protocol::Pop3, 2995, TlsMode::Implicit),
         l(Protocol::Imap, 2143, TlsMode::Starttls),
@@ -575,6 +589,12 @@ impl Config {
                 // Allowed (some run SMTPS on an MX), but unusual enough to mention in logs.
                 tracing::debug!("listener[{i}]: implicit TLS on an smtp listener");
             }
+            if l.auth.is_some() && !matches!(l.protocol, Protocol::Smtp | Protocol::Submission) {
+                return Err(format!(
+                    "listener[{i}].auth: only for smtp and submission listeners ({} has its own login)",
+                    l.protocol
+                ));
+            }
             let dup = self.listeners[..i]
                 .iter()
                 .any(|o| o.bind == l.bind && l.bind.port() != 0);
@@ -591,6 +611,11 @@ impl Config {
 
     pub fn admin_socket_path(&self) -> PathBuf {
         self.server.data_dir.join("admin.sock")
+    }
+
+    /// Where `mailgate send` hands messages to the server (mode 0666).
+    pub fn submit_socket_path(&self) -> PathBuf {
+        self.server.data_dir.join("submit.sock")
     }
 }
 

@@ -79,8 +79,15 @@ pub struct Session {
     pub helo: Option<String>,
     pub tls: bool,
     pub auth_user: Option<String>,
-    /// The listener's protocol: smtp, submission, pop3, imap.
+    /// The listener's protocol: smtp, submission, pop3, imap; `local` for `mailgate send`.
     pub listener: String,
+}
+
+impl Session {
+    /// Mail from our own users: logged in with AUTH, or handed over by `mailgate send`.
+    pub fn is_submission(&self) -> bool {
+        self.auth_user.is_some() || self.listener == "local"
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

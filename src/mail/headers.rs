@@ -88,6 +88,42 @@ pub fn edit_headers_into(out: &mut Vec<u8>, raw: &[u8], add: &[Header], remove: 
     out.extend_from_slice(&raw[end..]);
 }
 
+/// The header section of `raw`: up to and including the CRLF that ends its last field.
+fn header_section(raw: &[u8]) -> &[u8] {
+    if raw.starts_with(b"\r\n") {
+        return &[];
+    }
+    memchr::memmem::find(raw, b"\r\n\r\n").map_or(raw, |i| &raw[..i + 2])
+}
+
+/// Whether the header section has a field called `name` (case-insensitive).
+pub fn has_field(raw: &[u8], name: &str) -> bool {
+    header_section(raw)
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
+        .filter_map(|line| line.iter().position(|&b| b == b':').map(|i| &line[..i]))
+        .any(|n| n.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// What a submission server adds to a message that lacks it (RFC 6409 §8.2, §8.3): `Date`
+/// (now) and `Message-ID` (`<unique.time@hostname>`). Empty when both are there.
+pub fn submission_fixes(raw: &[u8], hostname: &str, unique: &str, now: i64) -> Vec<Header> {
+    let mut add = Vec::new();
+    if !has_field(raw, "Date") {
+        add.push(Header {
+            name: "Date".into(),
+            value: mail_parser::DateTime::from_timestamp(now).to_rfc822(),
+        });
+    }
+    if !has_field(raw, "Message-ID") {
+        add.push(Header {
+            name: "Message-ID".into(),
+            value: format!("<{unique}.{now}@{hostname}>"),
+        });
+    }
+    add
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +155,19 @@ mod tests {
         assert!(!out.contains("spf=pass"), "{out}");
         assert!(out.contains("other.example;\r\n\tdkim=pass"), "{out}");
         assert!(out.contains("mx.testing; none"), "{out}");
+    }
+
+    #[test]
+    fn fields_are_found_in_the_header_section_only() {
+        let raw = b"Subject: s\r\nX-Long: a\r\n Date: folded\r\nmessage-id : <x@y>\r\n\r\nDate: in the body\r\n";
+        assert!(has_field(raw, "Message-ID"));
+        assert!(has_field(raw, "subject"));
+        assert!(!has_field(raw, "Date"), "a continuation line and the body do not count");
+        let fixes = submission_fixes(raw, "mx.test", "ABC", 1_700_000_000);
+        assert_eq!(fixes.len(), 1);
+        assert_eq!(fixes[0].name, "Date");
+        assert!(fixes[0].value.contains("2023"), "{}", fixes[0].value);
+        let bare = submission_fixes(b"\r\nbody only", "mx.test", "ABC", 1);
+        assert_eq!(bare[1].value, "<ABC.1@mx.test>");
     }
 }

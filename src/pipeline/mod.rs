@@ -67,7 +67,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Refusal {
+    pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Refusal {
         Refusal {
             code,
             enhanced: enhanced.into(),
@@ -385,7 +385,9 @@ impl Context<'_> {
     /// SPF, DKIM and DMARC onto the scope's event when a policy reads `event.auth`. Returns
     /// the `Authentication-Results` header to add, if one is configured.
     async fn authenticate(&self, session: &Session, scope: &mut Scope, raw: &[u8]) -> Option<Header> {
-        if scope.policy.accepted || !self.policies.wants_auth() {
+        // Our own users' mail (AUTH, or `mailgate send`) is not checked against the world's
+        // SPF/DKIM/DMARC records: it leaves from here.
+        if scope.policy.accepted || !self.policies.wants_auth() || session.is_submission() {
             return None;
         }
         let origin = self.origin?;

@@ -285,10 +285,9 @@ impl Session {
             let Some(pass) = self.sasl_response(None, "UGFzc3dvcmQ6").await else {
                 return;
             };
-            let dec = |s: &str| auth::b64_decode(s).and_then(|b| String::from_utf8(b).ok());
-            match (dec(&user), dec(&pass)) {
-                (Some(u), Some(p)) => (u, p),
-                _ => return self.err("[AUTH] Invalid SASL LOGIN response"),
+            match auth::sasl_login(&user, &pass) {
+                Some(c) => c,
+                None => return self.err("[AUTH] Invalid SASL LOGIN response"),
             }
         };
         self.login(&creds.0, &creds.1).await;

@@ -134,6 +134,24 @@ pub struct Outgoing {
     pub etrn: bool,
 }
 
+impl Outgoing {
+    /// `address` to `hop`, with default DSN requests; held for ETRN when its domain is a
+    /// `[[relay]]` with `etrn = true`.
+    pub fn new(config: &crate::config::Config, address: &str, hop: NextHop) -> Outgoing {
+        let etrn = address
+            .rsplit_once('@')
+            .and_then(|(_, d)| config.relay_for(&d.to_ascii_lowercase()))
+            .is_some_and(|r| r.etrn);
+        Outgoing {
+            address: address.to_string(),
+            hop,
+            notify: Vec::new(),
+            orcpt: None,
+            etrn,
+        }
+    }
+}
+
 /// The message's DSN requests (RFC 3461) from MAIL.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dsn {

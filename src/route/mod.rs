@@ -62,7 +62,7 @@ impl Router {
             });
         }
         let mut found = Vec::new();
-        self.expand(rcpt, 0, &mut found)?;
+        self.expand(rcpt, 0, true, &mut found)?;
         Ok(if found.is_empty() {
             Route::UnknownUser
         } else {
@@ -70,7 +70,22 @@ impl Router {
         })
     }
 
-    fn expand(&self, addr: &Address, depth: usize, out: &mut Vec<String>) -> Result<()> {
+    /// Whether `account` may send as `sender` (submission's sender check, Postfix's
+    /// `reject_sender_login_mismatch`): the account itself, a sub-address of it, or an alias
+    /// that expands to it. A catch-all does not make every address of a domain its target's.
+    pub fn owns(&self, account: &str, sender: &Address) -> Result<bool> {
+        if sender.to_string() == account {
+            return Ok(true);
+        }
+        if sender.has_routing_syntax() || !self.is_local_domain(&sender.domain)? {
+            return Ok(false);
+        }
+        let mut found = Vec::new();
+        self.expand(sender, 0, false, &mut found)?;
+        Ok(found.iter().any(|a| a == account))
+    }
+
+    fn expand(&self, addr: &Address, depth: usize, catch_all: bool, out: &mut Vec<String>) -> Result<()> {
         if depth > MAX_ALIAS_DEPTH {
             tracing::warn!(%addr, "alias chain deeper than {MAX_ALIAS_DEPTH}; cut");
             return Ok(());
@@ -83,7 +98,7 @@ impl Router {
         let candidates = std::iter::once(full.clone()).chain(base);
         for candidate in candidates {
             if let Some(targets) = self.store.alias(&candidate)? {
-                return self.expand_targets(&candidate, &targets, depth, out);
+                return self.expand_targets(&candidate, &targets, depth, catch_all, out);
             }
             if self.store.account(&candidate)?.is_some() {
                 if !out.contains(&candidate) {
@@ -92,20 +107,30 @@ impl Router {
                 return Ok(());
             }
         }
-        let catch_all = format!("@{}", addr.domain);
-        if let Some(targets) = self.store.alias(&catch_all)? {
-            return self.expand_targets(&catch_all, &targets, depth, out);
+        if !catch_all {
+            return Ok(());
+        }
+        let source = format!("@{}", addr.domain);
+        if let Some(targets) = self.store.alias(&source)? {
+            return self.expand_targets(&source, &targets, depth, catch_all, out);
         }
         Ok(())
     }
 
-    fn expand_targets(&self, source: &str, targets: &[String], depth: usize, out: &mut Vec<String>) -> Result<()> {
+    fn expand_targets(
+        &self,
+        source: &str,
+        targets: &[String],
+        depth: usize,
+        catch_all: bool,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
         for t in targets {
             match Address::parse(t) {
                 Ok(a) if self.is_local_domain(&a.domain)? => {
                     // A target that is itself the catch-all's source would loop; accounts
                     // are found by the exact lookup first, so plain recursion is safe.
-                    self.expand(&a, depth + 1, out)?;
+                    self.expand(&a, depth + 1, catch_all, out)?;
                 }
                 Ok(a) => {
                     tracing::warn!(alias = source, target = %a, "alias target outside local domains skipped (no relay yet)")

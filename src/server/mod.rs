@@ -110,13 +110,10 @@ pub async fn start(config: Config) -> Result<Running> {
     let mut accept_tasks = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
         let limits = match l.protocol {
-            Protocol::Smtp => smtp_limits.clone(),
+            // Submission shares SMTP's limits: one pool of SMTP sessions.
+            Protocol::Smtp | Protocol::Submission => smtp_limits.clone(),
             Protocol::Pop3 => pop3_limits.clone(),
             Protocol::Imap => imap_limits.clone(),
-            Protocol::Submission => {
-                tracing::warn!("listener[{i}]: {} is not served by this build yet; skipped", l.protocol);
-                continue;
-            }
         };
         let listener = TcpListener::bind(l.bind)
             .await
@@ -126,8 +123,7 @@ pub async fn start(config: Config) -> Result<Running> {
         addrs.push((l.protocol, local));
         accept_tasks.push(tokio::spawn(accept_loop(
             listener,
-            l.protocol,
-            l.tls,
+            l.clone(),
             shared.clone(),
             limits,
             alive.clone(),
@@ -157,6 +153,7 @@ pub async fn start(config: Config) -> Result<Running> {
     );
     let outbound = tokio::spawn(runner.run(shutdown_rx.clone()));
     let admin = crate::admin::server::serve(&config, store.clone(), Some(shared.clone()), shutdown_rx.clone()).await?;
+    let submit = crate::admin::submit::serve(shared.clone(), shutdown_rx.clone()).await?;
     drop(alive);
 
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
@@ -175,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running> {
             tracing::warn!("sessions still running after the grace period; closing them");
         }
         admin.abort();
+        submit.abort();
         sweeper.abort();
         // Deliveries in flight end with the runner; what they did not record is sent again.
         outbound.abort();
@@ -214,8 +212,7 @@ async fn kv_sweeper(host: Arc<crate::hooks::host::HostServices>, mut shutdown: w
 
 async fn accept_loop(
     listener: TcpListener,
-    protocol: Protocol,
-    tls_mode: TlsMode,
+    config: crate::config::Listener,
     shared: Arc<Shared>,
     limits: ConnLimits,
     alive: mpsc::Sender<()>,
@@ -238,6 +235,7 @@ async fn accept_loop(
         let shared = shared.clone();
         let alive = alive.clone();
         let permit = limits.try_acquire(peer.ip());
+        let (protocol, tls_mode, config) = (config.protocol, config.tls, config.clone());
         tokio::spawn(async move {
             let _alive = alive;
             let mut conn = Conn::plain(tcp);
@@ -269,10 +267,8 @@ async fn accept_loop(
                         .run(permit)
                         .await
                 }
-                _ => {
-                    crate::smtp::Session::new(shared, conn, peer, tls_mode)
-                        .run(permit)
-                        .await
+                Protocol::Smtp | Protocol::Submission => {
+                    crate::smtp::Session::new(shared, conn, peer, &config).run(permit).await
                 }
             }
         });

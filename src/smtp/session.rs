@@ -5,23 +5,23 @@
 //! answered 250 only after the store has flushed it (see [`crate::store::MailStore::sync`]).
 
 use super::data::{DataReceiver, Progress};
-use crate::config::TlsMode;
+use crate::auth::Outcome;
+use crate::config::{Listener, Protocol, TlsMode};
 use crate::context::Shared;
 use crate::hooks::contract::Session as SessionInfo;
 use crate::hooks::{PolicySet, Stage};
 use crate::mail::address::Address;
-use crate::mail::edit_headers_into;
 use crate::net::Flow;
 use crate::net::conn::{Conn, Line, ReadError};
 use crate::pipeline::{Context, Destination, Refusal, Scope};
 use crate::store::now_secs;
 use smtp_proto::{
-    Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, MailFrom,
-    RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RcptTo, Request,
+    AUTH_LOGIN, AUTH_PLAIN, Error as ProtoError, MAIL_BODY_7BIT, MAIL_BODY_8BITMIME, MAIL_RET_FULL, MAIL_RET_HDRS,
+    MAIL_SMTPUTF8, MailFrom, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, RcptTo,
+    Request,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// MAIL FROM flags we advertise and therefore accept.
@@ -54,6 +54,12 @@ pub struct Session {
     conn: Conn,
     peer: SocketAddr,
     tls_mode: TlsMode,
+    /// A submission listener (RFC 6409): MAIL needs AUTH, and messages get fixed up.
+    submission: bool,
+    /// This listener offers SMTP AUTH.
+    auth_offered: bool,
+    /// The account logged in with AUTH.
+    auth_user: Option<String>,
     helo: Option<String>,
     esmtp: bool,
     tx: Option<Transaction>,
@@ -76,21 +82,17 @@ fn is_bare_postmaster(line: &[u8]) -> bool {
     l.trim_end() == "rcpt to:<postmaster>"
 }
 
-static QUEUE_IDS: AtomicU64 = AtomicU64::new(0);
-
-fn queue_id() -> String {
-    let n = QUEUE_IDS.fetch_add(1, Ordering::Relaxed);
-    format!("{:08X}{:06X}", now_secs() as u32, n & 0xFF_FFFF)
-}
-
 impl Session {
-    pub fn new(shared: Arc<Shared>, conn: Conn, peer: SocketAddr, tls_mode: TlsMode) -> Session {
+    pub fn new(shared: Arc<Shared>, conn: Conn, peer: SocketAddr, listener: &Listener) -> Session {
         let policies = shared.engine.current();
         Session {
             shared,
             conn,
             peer,
-            tls_mode,
+            tls_mode: listener.tls,
+            submission: listener.protocol == Protocol::Submission,
+            auth_offered: listener.offers_auth(),
+            auth_user: None,
             helo: None,
             esmtp: false,
             tx: None,
@@ -110,7 +112,7 @@ impl Session {
             router: Some(&self.shared.router),
             origin: self.shared.origin.as_deref(),
             chains: Some(&self.shared.chains),
-            may_relay: self.shared.config.smtp.may_relay(self.peer.ip()),
+            may_relay: self.auth_user.is_some() || self.shared.config.smtp.may_relay(self.peer.ip()),
         }
     }
 
@@ -119,8 +121,8 @@ impl Session {
             client_ip: self.peer.ip().to_string(),
             helo: self.helo.clone(),
             tls: self.conn.is_tls(),
-            auth_user: None,
-            listener: "smtp".into(),
+            auth_user: self.auth_user.clone(),
+            listener: if self.submission { "submission" } else { "smtp" }.into(),
         }
     }
 
@@ -292,7 +294,10 @@ impl Session {
             }
             Request::StartTls => self.starttls().await,
             Request::Lhlo { .. } => self.refuse(500, "5.5.1", "LHLO is for LMTP; this is SMTP"),
-            Request::Auth { .. } => self.refuse(503, "5.5.1", "AUTH is not offered on this port"),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response).await,
             Request::Expn { .. } => self.refuse(502, "5.5.1", "EXPN not available"),
             Request::Etrn { name } => self.etrn(&name).await,
             Request::Atrn { .. } | Request::Burl { .. } => self.refuse(502, "5.5.1", "Command not implemented"),
@@ -356,6 +361,9 @@ impl Session {
             if self.tls_available() {
                 lines.push("STARTTLS".into());
             }
+            if self.auth_allowed() {
+                lines.push("AUTH PLAIN LOGIN".into());
+            }
             lines.push("HELP".into());
             let last = lines.len() - 1;
             for (i, l) in lines.iter().enumerate() {
@@ -365,6 +373,117 @@ impl Session {
         }
         self.helo = Some(host);
         Flow::Continue
+    }
+
+    /// AUTH is offered here and a password may be sent on this connection now
+    /// (`[auth] plaintext`).
+    fn auth_allowed(&self) -> bool {
+        self.auth_offered && self.shared.auth.plaintext_allowed(self.conn.is_tls(), self.peer.ip())
+    }
+
+    /// AUTH (RFC 4954) with PLAIN (RFC 4616) or LOGIN, initial response or challenge.
+    async fn auth(&mut self, mechanism: u64, initial: String) -> Flow {
+        if !self.auth_offered {
+            return self.refuse(503, "5.5.1", "AUTH is not offered on this port");
+        }
+        if self.helo.is_none() || !self.esmtp {
+            return self.refuse(503, "5.5.1", "Send EHLO first");
+        }
+        if self.auth_user.is_some() {
+            return self.refuse(503, "5.5.1", "Already authenticated");
+        }
+        if self.tx.is_some() {
+            return self.refuse(503, "5.5.1", "AUTH not allowed in a mail transaction");
+        }
+        if !self.auth_allowed() {
+            return self.refuse(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            );
+        }
+        // RFC 4954 §4: "=" is an empty initial response; none at all asks for a challenge.
+        let initial = match initial.as_str() {
+            "" => None,
+            "=" => Some(String::new()),
+            _ => Some(initial),
+        };
+        let creds = match mechanism {
+            AUTH_PLAIN => {
+                let response = match initial {
+                    Some(r) => r,
+                    None => match self.sasl_response("").await {
+                        Ok(r) => r,
+                        Err(flow) => return flow,
+                    },
+                };
+                crate::auth::sasl_plain(&response)
+            }
+            AUTH_LOGIN => {
+                let user = match initial {
+                    Some(r) => r,
+                    None => match self.sasl_response("VXNlcm5hbWU6").await {
+                        Ok(r) => r,
+                        Err(flow) => return flow,
+                    },
+                };
+                let pass = match self.sasl_response("UGFzc3dvcmQ6").await {
+                    Ok(r) => r,
+                    Err(flow) => return flow,
+                };
+                crate::auth::sasl_login(&user, &pass)
+            }
+            _ => return self.refuse(504, "5.5.4", "Unrecognized authentication type"),
+        };
+        let Some((user, password)) = creds else {
+            return self.refuse(501, "5.5.2", "Invalid SASL response (base64 expected)");
+        };
+        match self.shared.auth.login(self.peer.ip(), &user, &password).await {
+            Outcome::Ok(account) => {
+                tracing::info!(peer = %self.peer, user = account, "authenticated");
+                self.auth_user = Some(account);
+                // The helo stage again, now that policies can see who this is (the shipped
+                // ones do not score our own users' EHLO names).
+                let mut scope = self.after_connect.clone();
+                let decided = self.ctx().receive(Stage::Helo, &self.session_info(), &mut scope).await;
+                self.scope = scope;
+                if let Err(r) = decided {
+                    self.auth_user = None;
+                    return self.refused(r);
+                }
+                self.reply(235, "2.7.0", "Authentication successful");
+                Flow::Continue
+            }
+            Outcome::Failed => self.refuse(535, "5.7.8", "Authentication credentials invalid"),
+            Outcome::Throttled => self.refuse(
+                454,
+                "4.7.0",
+                "Temporary authentication failure: too many failures from your address, try later",
+            ),
+            Outcome::TempFail => self.refuse(454, "4.7.0", "Temporary authentication failure"),
+        }
+    }
+
+    /// Sends a `334` challenge and reads the client's answer; `*` cancels (501).
+    async fn sasl_response(&mut self, challenge: &str) -> Result<String, Flow> {
+        self.conn.write(format!("334 {challenge}\r\n").as_bytes());
+        let max = self.cfg().max_line_length;
+        let timeout = Duration::from_secs(self.cfg().command_timeout_secs);
+        match self.conn.read_line(max, timeout).await {
+            Ok(Line::Ok(bytes)) => {
+                let text = String::from_utf8_lossy(&bytes).trim().to_string();
+                if text == "*" {
+                    return Err(self.refuse(501, "5.0.0", "Authentication cancelled"));
+                }
+                Ok(text)
+            }
+            Ok(Line::TooLong) => Err(self.refuse(500, "5.5.6", "Authentication exchange line is too long")),
+            Err(ReadError::Timeout) => {
+                self.conn.write(b"421 4.4.2 Timeout exceeded, closing connection\r\n");
+                Err(Flow::Close)
+            }
+            Err(_) => Err(Flow::Close),
+        }
     }
 
     fn tls_available(&self) -> bool {
@@ -388,13 +507,34 @@ impl Session {
         if from.size > self.cfg().max_message_size {
             return self.refuse(552, "5.3.4", "Message size exceeds fixed maximum message size");
         }
+        if self.submission && self.auth_user.is_none() {
+            return self.refuse(530, "5.7.0", "Authentication required");
+        }
         let address = from.address.trim().to_string();
         if !address.is_empty() {
-            if Address::parse(&address).is_err() {
+            let Ok(parsed) = Address::parse(&address) else {
                 return self.refuse(501, "5.1.7", "Bad sender address syntax");
-            }
+            };
             if !address.is_ascii() && !smtputf8 {
                 return self.refuse(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+            }
+            // Postfix's reject_sender_login_mismatch: a user sends only as themselves.
+            if let Some(user) = &self.auth_user {
+                match self.shared.router.owns(user, &parsed) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let shown = address.clone();
+                        return self.refuse(
+                            553,
+                            "5.7.1",
+                            &format!("<{shown}>: Sender address not owned by user {user}"),
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!("sender check {address}: {e}");
+                        return self.refuse(451, "4.3.0", "Temporary lookup failure");
+                    }
+                }
             }
         }
         let mut scope = self.scope.transaction(&address);
@@ -478,17 +618,12 @@ impl Session {
                 }
             }
             Ok(Destination::Remote(hop)) => tx.remote.push(crate::queue::Outgoing {
-                etrn: given
-                    .rsplit_once('@')
-                    .and_then(|(_, d)| self.shared.config.relay_for(&d.to_ascii_lowercase()))
-                    .is_some_and(|r| r.etrn),
-                address: given.clone(),
-                hop,
                 notify,
                 // The codec gives the address without its type; RFC 3461 ORCPT has one.
                 orcpt: to
                     .orcpt
                     .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
+                ..crate::queue::Outgoing::new(&self.shared.config, &given, hop)
             }),
             Err(r) => return self.refused(r),
         }
@@ -590,13 +725,17 @@ impl Session {
 
     /// The trace headers of RFC 5321 §4.4, prepended once for all recipients.
     fn trace_headers(&self, tx: &Transaction, id: &str) -> String {
-        let mut proto = String::new();
-        if tx.smtputf8 {
-            proto.push_str("UTF8");
-        }
-        proto.push_str(if self.esmtp { "ESMTP" } else { "SMTP" });
+        // RFC 3848 (ESMTPS, ESMTPA, ESMTPSA) and RFC 6531 §3.7.3 (UTF8SMTP...).
+        let mut proto = String::from(match (tx.smtputf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        });
         if self.conn.is_tls() {
             proto.push('S');
+        }
+        if self.auth_user.is_some() {
+            proto.push('A');
         }
         let tls = self
             .conn
@@ -617,73 +756,57 @@ impl Session {
         )
     }
 
-    /// End of DATA/BDAT: the pipeline decides (data stage, thresholds, header edits,
-    /// `on_deliver` per recipient), then the store; 250 only once it is on disk.
+    /// End of DATA/BDAT: the pipeline decides and the message is committed
+    /// ([`crate::deliver::commit`]); 250 only once it is on disk.
     async fn deliver(&mut self, body: Vec<u8>) -> Flow {
         let Some(mut tx) = self.tx.take() else {
             return self.refuse(503, "5.5.1", "Need MAIL command first");
         };
-        let id = queue_id();
+        let id = crate::deliver::new_id();
+        // RFC 6409 §8: a submission server may add what the user agent left out.
+        let body = if self.submission || self.auth_user.is_some() {
+            let fixes =
+                crate::mail::headers::submission_fixes(&body, &self.shared.config.server.hostname, &id, now_secs());
+            if fixes.is_empty() {
+                body
+            } else {
+                crate::mail::edit_headers(&body, &fixes, &[])
+            }
+        } else {
+            body
+        };
+        let trace = self.trace_headers(&tx, &id);
         let info = self.session_info();
-        let ctx = self.ctx();
-        let decided = match ctx.data(&info, &mut tx.scope, body).await {
-            Ok(accepted) if accepted.discard => Ok((accepted, Vec::new())),
-            Ok(accepted) => match ctx.deliveries(&info, &mut tx.scope, &accepted, &tx.accounts).await {
-                Ok(ds) => Ok((accepted, ds)),
-                Err(r) => Err(r),
+        let envelope = crate::deliver::Envelope {
+            id: &id,
+            mail_from: &tx.mail_from,
+            accounts: &tx.accounts,
+            remote: &tx.remote,
+            dsn: crate::queue::Dsn {
+                env_id: tx.env_id.clone(),
+                ret: tx.ret.clone(),
             },
-            Err(r) => Err(r),
+            rcpts: &tx.rcpts,
+            trace: &trace,
         };
-        let (accepted, deliveries) = match decided {
-            Ok(d) => d,
-            Err(r) => {
-                tracing::info!(id, reply = r.line(), "refused at end of data");
-                return self.refused(r);
-            }
-        };
-        let score = accepted.score;
-        if accepted.discard {
-            tracing::info!(id, from = %tx.mail_from, "discarded by policy");
-            self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
-            return Flow::Continue;
-        }
-        let mut raw = self.trace_headers(&tx, &id).into_bytes();
-        raw.reserve(accepted.raw.len() + 512);
-        edit_headers_into(&mut raw, &accepted.raw, &accepted.add_headers, &accepted.remove_headers);
-        drop(accepted.raw);
-        if !tx.remote.is_empty() {
-            // Queued without our Return-Path: that field is the final delivery's to add
-            // (RFC 5321 §4.4). Quarantined mail is held until `queue release`.
-            let queued = memchr::memmem::find(&raw, b"\r\n").map_or(&raw[..], |i| &raw[i + 2..]);
-            let store = &self.shared.store;
-            let enqueued = {
-                let _turn = store.write_turn().await;
-                let dsn = crate::queue::Dsn {
-                    env_id: tx.env_id.clone(),
-                    ret: tx.ret.clone(),
-                };
-                crate::queue::enqueue(&**store, queued, &tx.mail_from, &tx.remote, accepted.quarantine, dsn)
-            };
-            if let Err(e) = enqueued {
-                tracing::error!(id, "queueing failed: {e}");
-                return self.refuse(451, "4.3.0", "Temporary storage failure, try again later");
-            }
-        }
-        // The local copies, then one flush for them and the queue entry.
-        match crate::deliver::store_local(&self.shared.store, &raw, &deliveries).await {
-            Ok(n) => {
-                if !tx.remote.is_empty() {
-                    self.shared.queue.wake();
-                }
-                tracing::info!(id, from = %tx.mail_from, rcpts = ?tx.rcpts, mailboxes = n, score, quarantine = accepted.quarantine, "delivered");
+        let ctx = self.ctx();
+        let committed = crate::deliver::commit(
+            &ctx,
+            &self.shared.store,
+            &self.shared.queue,
+            &info,
+            &mut tx.scope,
+            envelope,
+            body,
+        )
+        .await;
+        match committed {
+            Ok(_) => {
                 self.junk = 0;
                 self.reply(250, "2.0.0", &format!("Ok: queued as {id}"));
                 Flow::Continue
             }
-            Err(e) => {
-                tracing::error!(id, "delivery failed: {e}");
-                self.refuse(451, "4.3.0", "Temporary storage failure, try again later")
-            }
+            Err(r) => self.refused(r),
         }
     }
 
@@ -749,6 +872,7 @@ impl Session {
         self.helo = None;
         self.esmtp = false;
         self.tx = None;
+        self.auth_user = None;
         Flow::Continue
     }
 }

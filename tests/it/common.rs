@@ -38,6 +38,7 @@ pub fn test_config(dir: &Path) -> Config {
         protocol,
         bind: "127.0.0.1:0".parse().unwrap(),
         tls: TlsMode::Starttls,
+        auth: None,
     };
     c.listeners = vec![
         listener(Protocol::Smtp),

@@ -13,8 +13,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("spam", &["config", "hooks", "mail", "store"]),
     ("route", &["config", "mail", "store"]),
     ("pipeline", &["config", "hooks", "mail", "route", "spam", "store"]),
-    ("deliver", &["mail", "pipeline", "store"]),
     ("queue", &["config", "mail", "net", "route", "store"]),
+    ("deliver", &["hooks", "mail", "pipeline", "queue", "store"]),
     (
         "context",
         &["auth", "config", "hooks", "queue", "route", "spam", "store"],
@@ -22,7 +22,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "smtp",
         &[
-            "config", "context", "deliver", "hooks", "mail", "net", "pipeline", "queue", "route", "store",
+            "auth", "config", "context", "deliver", "hooks", "mail", "net", "pipeline", "queue", "route", "store",
         ],
     ),
     ("pop3", &["auth", "config", "context", "hooks", "mail", "net", "store"]),
@@ -33,7 +33,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "admin",
         &[
-            "auth", "config", "context", "hooks", "mail", "pipeline", "queue", "route", "spam", "store",
+            "auth", "config", "context", "deliver", "hooks", "mail", "pipeline", "queue", "route", "spam", "store",
         ],
     ),
     (

@@ -17,5 +17,6 @@ mod smtp_clients;
 mod smtp_limits;
 mod smtp_tls;
 mod spam;
+mod submission;
 mod transcripts;
 mod wasm;

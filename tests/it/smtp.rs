@@ -211,7 +211,7 @@ async fn smtputf8_addresses() {
     assert!(r.starts_with("250"), "{r}");
     let raw = String::from_utf8(s.body(&s.inbox("jöran@localhost")[0])).unwrap();
     assert!(raw.starts_with("Return-Path: <grüße@example.org>"), "{raw}");
-    assert!(raw.contains("with UTF8ESMTP id"), "{raw}");
+    assert!(raw.contains("with UTF8SMTP id"), "RFC 6531 §3.7.3: {raw}");
 }
 
 /// Each vector is a line ending a lenient receiver might take as the end of DATA, followed by

@@ -1,5 +1,5 @@
 //! Protocol sessions driven from transcript files, without sockets: each file in
-//! `tests/transcripts/{smtp,pop3,imap}/` runs against a fresh server's session over an
+//! `tests/transcripts/{smtp,submission,pop3,imap}/` runs against a fresh server's session over an
 //! in-memory pipe (`net::conn::Conn::over`).
 //!
 //! Format, one line each: `C: text` is sent (with CRLF); `S: pattern` must be the next line
@@ -11,7 +11,7 @@
 //! socket tests.
 
 use crate::common::*;
-use mailgate::config::TlsMode;
+use mailgate::config::{Listener, Protocol, TlsMode};
 use mailgate::net::conn::Conn;
 use std::path::Path;
 use std::time::Duration;
@@ -44,7 +44,19 @@ async fn run_transcript(protocol: &str, path: &Path) {
     let peer = "127.0.0.1:40000".parse().unwrap();
     let conn = Conn::over(far);
     let session = match protocol {
-        "smtp" => tokio::spawn(mailgate::smtp::Session::new(shared, conn, peer, TlsMode::None).run(())),
+        "smtp" | "submission" => {
+            let listener = Listener {
+                protocol: if protocol == "smtp" {
+                    Protocol::Smtp
+                } else {
+                    Protocol::Submission
+                },
+                bind: peer,
+                tls: TlsMode::None,
+                auth: None,
+            };
+            tokio::spawn(mailgate::smtp::Session::new(shared, conn, peer, &listener).run(()))
+        }
         "pop3" => tokio::spawn(mailgate::pop3::Session::new(shared, conn, peer, TlsMode::None).run(())),
         _ => tokio::spawn(mailgate::imap::Session::new(shared, conn, peer, TlsMode::None).run(())),
     };
@@ -119,7 +131,7 @@ fn wildcards() {
 async fn every_transcript() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/transcripts");
     let mut ran = 0;
-    for protocol in ["smtp", "pop3", "imap"] {
+    for protocol in ["smtp", "submission", "pop3", "imap"] {
         let mut files: Vec<_> = std::fs::read_dir(root.join(protocol))
             .unwrap()
             .map(|e| e.unwrap().path())
