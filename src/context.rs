@@ -21,6 +21,8 @@ pub struct Shared {
     pub spam: Arc<crate::spam::Spam>,
     /// Wakes the outbound queue's runner.
     pub queue: Arc<crate::queue::Wake>,
+    /// Asks relay domains' next hops about recipients (`verify_recipients`).
+    pub verifier: crate::queue::verify::Verifier,
     /// SPF/DKIM/DMARC checks (when there is DNS).
     pub origin: Option<Arc<crate::spam::origin::Origin>>,
     /// POP3 maildrop locks.

@@ -204,9 +204,14 @@ pub async fn accept(shared: &Shared, sub: &Submission, body: Vec<u8>, uid: Optio
         }
         match ctx.rcpt(&info, &mut scope, &address).await.map_err(rcpt_refused)? {
             Destination::Local(found) => {
-                for a in found {
+                for a in found.accounts {
                     if !accounts.contains(&a) {
                         accounts.push(a);
+                    }
+                }
+                for (target, hop) in found.forward {
+                    if !remote.iter().any(|o: &crate::queue::Outgoing| o.address == target) {
+                        remote.push(crate::queue::Outgoing::new(config, &target, hop));
                     }
                 }
             }

@@ -23,7 +23,7 @@ use crate::hooks::contract::{Header, Message, RouteKind, Session};
 use crate::hooks::threads::Chains;
 use crate::hooks::{Action, Event, Hook, Outcome, PolicySet, Stage, trace_header};
 use crate::mail::address::Address;
-use crate::route::{Route, Router};
+use crate::route::{Expansion, Route, Router};
 use crate::spam::origin::Origin;
 use crate::store::Flags;
 use std::sync::Arc;
@@ -49,8 +49,8 @@ pub struct Context<'a> {
 /// Where an accepted recipient goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
-    /// These local accounts (aliases expanded).
-    Local(Vec<String>),
+    /// These local accounts, and the addresses elsewhere an alias forwards to.
+    Local(Expansion),
     /// Out through the queue, to this next hop.
     Remote(NextHop),
 }
@@ -230,7 +230,7 @@ impl Context<'_> {
         };
         let routed = |a: &Address| match self.router {
             Some(r) => r.route(a, self.may_relay).map_err(lookup_failed),
-            None => Ok(Route::Local(vec![a.to_string()])),
+            None => Ok(Route::Local(Expansion::accounts(vec![a.to_string()]))),
         };
         let address = Address::parse(given).map_err(|_| Refusal::new(501, "5.1.3", "Bad recipient address syntax"))?;
         let builtin = routed(&address)?;
@@ -484,11 +484,12 @@ pub async fn decide(ctx: &Context<'_>, env: &Envelope, raw: Vec<u8>, parsed: Opt
     for rcpt in &env.rcpt_to {
         match ctx.rcpt(&session, &mut tx, rcpt).await {
             Ok(Destination::Local(found)) => {
-                for a in found {
+                for a in found.accounts {
                     if !accounts.contains(&a) {
                         accounts.push(a);
                     }
                 }
+                remote.extend(found.forward);
             }
             Ok(Destination::Remote(hop)) => remote.push((rcpt.clone(), hop)),
             Err(r) => {

@@ -324,6 +324,20 @@ impl Connection {
             .collect())
     }
 
+    /// Asks whether `address` would be accepted, without sending anything: `MAIL FROM:<>`,
+    /// `RCPT TO`, `RSET` (Postfix's address verification probe). Gives the RCPT reply (or
+    /// MAIL's, when MAIL was refused).
+    pub async fn probe(&mut self, address: &str) -> Result<Reply, Broken> {
+        let mail = self.command("MAIL FROM:<>", COMMAND).await?;
+        if !mail.is_ok() {
+            self.rset().await?;
+            return Ok(mail);
+        }
+        let rcpt = self.command(&format!("RCPT TO:<{address}>"), COMMAND).await?;
+        self.rset().await?;
+        Ok(rcpt)
+    }
+
     pub async fn rset(&mut self) -> Result<(), Broken> {
         self.command("RSET", COMMAND).await.map(|_| ())
     }

@@ -17,6 +17,7 @@
 pub mod client;
 pub mod dsn;
 pub mod mx;
+pub mod verify;
 
 use crate::config::Config;
 use crate::config::outbound::NextHop;
@@ -602,8 +603,19 @@ impl Runner {
         );
         let to = Address::parse(&entry.sender)?;
         match self.router.route(&to, true)? {
-            Route::Local(accounts) => {
-                let targets: Vec<crate::store::Target> = accounts
+            Route::Local(found) => {
+                // A bounce for an alias that forwards goes where the alias forwards to.
+                if !found.forward.is_empty() {
+                    let to: Vec<Outgoing> = found
+                        .forward
+                        .into_iter()
+                        .map(|(address, hop)| Outgoing::new(&self.config, &address, hop))
+                        .collect();
+                    enqueue(&*self.store, &msg, "", &to, false, Dsn::default())?;
+                    self.wake.wake();
+                }
+                let targets: Vec<crate::store::Target> = found
+                    .accounts
                     .iter()
                     .filter_map(|a| self.store.mailbox(a, "INBOX").ok().flatten())
                     .map(|m| crate::store::Target {

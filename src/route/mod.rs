@@ -3,9 +3,9 @@
 //! Order of lookups for `local@domain` in a local domain, as Postfix's virtual maps do:
 //! an exact alias, then an account, then the address without its `+detail`, then the
 //! catch-all alias `@domain`. Alias targets are expanded again (at most [`MAX_ALIAS_DEPTH`]
-//! levels, loops cut). A domain in `[[relay]]` goes to its next hop (edge gateway); any
-//! other domain is a relay attempt, refused unless the client may relay (`relay_networks`),
-//! which sends it by MX.
+//! levels, loops cut); targets outside our domains are forwarded through the queue. A domain
+//! in `[[relay]]` goes to its next hop (edge gateway); any other domain is a relay attempt,
+//! refused unless the client may relay (`relay_networks`, AUTH), which sends it by MX.
 
 use crate::config::outbound::{NextHop, Relay};
 use crate::mail::address::Address;
@@ -15,10 +15,34 @@ use std::sync::Arc;
 /// How deep alias chains may go; deeper is almost certainly a loop.
 pub const MAX_ALIAS_DEPTH: usize = 8;
 
+/// What a local address expands to: accounts, and addresses elsewhere that an alias
+/// forwards to (through the outbound queue).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expansion {
+    /// Accounts to deliver into, deduplicated.
+    pub accounts: Vec<String>,
+    /// Alias targets outside our domains, with where they go, deduplicated.
+    pub forward: Vec<(String, NextHop)>,
+}
+
+impl Expansion {
+    /// Only accounts.
+    pub fn accounts(accounts: Vec<String>) -> Expansion {
+        Expansion {
+            accounts,
+            forward: Vec::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty() && self.forward.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// Deliver into these accounts' INBOXes (deduplicated, non-empty).
-    Local(Vec<String>),
+    /// A local address: its accounts, and its forwards (never both empty).
+    Local(Expansion),
     /// Not ours: to the next hop (a relay domain's, or MX for a client that may relay).
     Remote(NextHop),
     /// A local domain, but nobody by that name (550 5.1.1).
@@ -61,7 +85,7 @@ impl Router {
                 None => Route::RelayDenied,
             });
         }
-        let mut found = Vec::new();
+        let mut found = Expansion::default();
         self.expand(rcpt, 0, true, &mut found)?;
         Ok(if found.is_empty() {
             Route::UnknownUser
@@ -80,12 +104,12 @@ impl Router {
         if sender.has_routing_syntax() || !self.is_local_domain(&sender.domain)? {
             return Ok(false);
         }
-        let mut found = Vec::new();
+        let mut found = Expansion::default();
         self.expand(sender, 0, false, &mut found)?;
-        Ok(found.iter().any(|a| a == account))
+        Ok(found.accounts.iter().any(|a| a == account))
     }
 
-    fn expand(&self, addr: &Address, depth: usize, catch_all: bool, out: &mut Vec<String>) -> Result<()> {
+    fn expand(&self, addr: &Address, depth: usize, catch_all: bool, out: &mut Expansion) -> Result<()> {
         if depth > MAX_ALIAS_DEPTH {
             tracing::warn!(%addr, "alias chain deeper than {MAX_ALIAS_DEPTH}; cut");
             return Ok(());
@@ -101,8 +125,8 @@ impl Router {
                 return self.expand_targets(&candidate, &targets, depth, catch_all, out);
             }
             if self.store.account(&candidate)?.is_some() {
-                if !out.contains(&candidate) {
-                    out.push(candidate);
+                if !out.accounts.contains(&candidate) {
+                    out.accounts.push(candidate);
                 }
                 return Ok(());
             }
@@ -123,7 +147,7 @@ impl Router {
         targets: &[String],
         depth: usize,
         catch_all: bool,
-        out: &mut Vec<String>,
+        out: &mut Expansion,
     ) -> Result<()> {
         for t in targets {
             match Address::parse(t) {
@@ -132,8 +156,21 @@ impl Router {
                     // are found by the exact lookup first, so plain recursion is safe.
                     self.expand(&a, depth + 1, catch_all, out)?;
                 }
+                // Forwarded through the queue: to the domain's next hop when we relay for it,
+                // else by MX (an alias is the operator's, so no relay permission is needed).
+                Ok(a) if a.has_routing_syntax() => {
+                    tracing::warn!(alias = source, target = %a, "alias target with routing syntax skipped")
+                }
                 Ok(a) => {
-                    tracing::warn!(alias = source, target = %a, "alias target outside local domains skipped (no relay yet)")
+                    let hop = self
+                        .relays
+                        .iter()
+                        .find(|r| r.domain == a.domain)
+                        .map_or(NextHop::Mx, |r| r.next_hop.clone());
+                    let target = a.to_string();
+                    if !out.forward.iter().any(|(t, _)| *t == target) {
+                        out.forward.push((target, hop));
+                    }
                 }
                 Err(e) => tracing::warn!(alias = source, target = t, "bad alias target: {e}"),
             }
@@ -184,15 +221,18 @@ mod tests {
         s.set_alias("loop2@localhost", &["loop1@localhost".into()]).unwrap();
         assert_eq!(
             r.route(&a("Alice@LOCALHOST"), false).unwrap(),
-            Route::Local(vec!["alice@localhost".into()])
+            Route::Local(Expansion::accounts(vec!["alice@localhost".into()]))
         );
         assert_eq!(
             r.route(&a("alice+news@localhost"), false).unwrap(),
-            Route::Local(vec!["alice@localhost".into()])
+            Route::Local(Expansion::accounts(vec!["alice@localhost".into()]))
         );
         assert_eq!(
             r.route(&a("team@localhost"), false).unwrap(),
-            Route::Local(vec!["alice@localhost".into(), "bob@localhost".into()])
+            Route::Local(Expansion::accounts(vec![
+                "alice@localhost".into(),
+                "bob@localhost".into()
+            ]))
         );
         assert_eq!(r.route(&a("nobody@localhost"), false).unwrap(), Route::UnknownUser);
         assert_eq!(r.route(&a("loop1@localhost"), false).unwrap(), Route::UnknownUser);
@@ -204,7 +244,35 @@ mod tests {
         s.set_alias("@localhost", &["bob@localhost".into()]).unwrap();
         assert_eq!(
             r.route(&a("anything@localhost"), false).unwrap(),
-            Route::Local(vec!["bob@localhost".into()])
+            Route::Local(Expansion::accounts(vec!["bob@localhost".into()]))
+        );
+        // Targets elsewhere are forwarded: by MX, or to a relay domain's next hop.
+        s.set_alias(
+            "fwd@localhost",
+            &[
+                "bob@localhost".into(),
+                "pat@elsewhere.test".into(),
+                "joe@filtered.example".into(),
+            ],
+        )
+        .unwrap();
+        let hop = NextHop::parse("[192.0.2.9]:2525").unwrap();
+        assert_eq!(
+            r.route(&a("fwd@localhost"), false).unwrap(),
+            Route::Local(Expansion {
+                accounts: vec!["bob@localhost".into()],
+                forward: vec![
+                    ("pat@elsewhere.test".into(), NextHop::Mx),
+                    ("joe@filtered.example".into(), hop)
+                ],
+            })
+        );
+        // A forward does not make the alias's sender "owned" by anyone outside.
+        assert!(!r.owns("bob@localhost", &a("pat@elsewhere.test")).unwrap());
+        assert!(r.owns("bob@localhost", &a("fwd@localhost")).unwrap());
+        assert!(
+            !r.owns("alice@localhost", &a("anything@localhost")).unwrap(),
+            "not by catch-all"
         );
         s.add_domain("example.test").unwrap();
         assert_eq!(r.route(&a("x@example.test"), false).unwrap(), Route::UnknownUser);

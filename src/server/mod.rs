@@ -94,6 +94,7 @@ pub async fn start(config: Config) -> Result<Running> {
         engine: engine.clone(),
         spam,
         queue: Default::default(),
+        verifier: crate::queue::verify::Verifier::new(config.clone(), resolver.clone()),
         origin,
         pop3_locks: Default::default(),
         learn: crate::spam::learn_sink(),

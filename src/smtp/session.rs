@@ -610,26 +610,67 @@ impl Session {
         let tx = self.tx.as_mut().expect("checked above");
         tx.scope = scope;
         match routed {
-            Ok(Destination::Local(accounts)) => {
-                for a in accounts {
+            Ok(Destination::Local(found)) => {
+                for a in found.accounts {
                     if !tx.accounts.contains(&a) {
                         tx.accounts.push(a);
                     }
                 }
+                // An alias's targets elsewhere: forwarded with this message's envelope.
+                for (target, hop) in found.forward {
+                    if !tx.remote.iter().any(|o| o.address == target) {
+                        tx.remote
+                            .push(crate::queue::Outgoing::new(&self.shared.config, &target, hop));
+                    }
+                }
             }
-            Ok(Destination::Remote(hop)) => tx.remote.push(crate::queue::Outgoing {
-                notify,
-                // The codec gives the address without its type; RFC 3461 ORCPT has one.
-                orcpt: to
-                    .orcpt
-                    .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
-                ..crate::queue::Outgoing::new(&self.shared.config, &given, hop)
-            }),
+            Ok(Destination::Remote(hop)) => {
+                if let Err(r) = self.verify_recipient(&given, &hop).await {
+                    return self.refused(r);
+                }
+                let tx = self.tx.as_mut().expect("checked above");
+                tx.remote.push(crate::queue::Outgoing {
+                    notify,
+                    // The codec gives the address without its type; RFC 3461 ORCPT has one.
+                    orcpt: to
+                        .orcpt
+                        .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
+                    ..crate::queue::Outgoing::new(&self.shared.config, &given, hop)
+                })
+            }
             Err(r) => return self.refused(r),
         }
+        let tx = self.tx.as_mut().expect("checked above");
         tx.rcpts.push(given);
         self.reply(250, "2.1.5", "Ok");
         Flow::Continue
+    }
+
+    /// For a `[[relay]]` domain with `verify_recipients`: refuses a recipient its next hop
+    /// would not take (550), or cannot vouch for now (450). Our own users' mail is not probed.
+    async fn verify_recipient(&self, address: &str, hop: &crate::config::outbound::NextHop) -> Result<(), Refusal> {
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase();
+        let verify = self
+            .shared
+            .config
+            .relay_for(&domain)
+            .is_some_and(|r| r.verify_recipients);
+        if !verify || self.auth_user.is_some() {
+            return Ok(());
+        }
+        match self.shared.verifier.verify(address, hop).await {
+            crate::queue::verify::Verdict::Deliverable => Ok(()),
+            crate::queue::verify::Verdict::Undeliverable(why) => Err(Refusal::new(
+                550,
+                "5.1.1",
+                format!("<{address}>: Recipient address rejected: undeliverable address: {why}"),
+            )),
+            crate::queue::verify::Verdict::Unknown(why) => Err(Refusal::new(
+                450,
+                "4.1.1",
+                format!("<{address}>: Recipient address rejected: unverified address: {why}"),
+            )),
+        }
     }
 
     /// Checks that a message may be sent now; replies and returns false otherwise.

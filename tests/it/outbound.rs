@@ -544,3 +544,66 @@ async fn past_its_lifetime_a_message_bounces() {
     );
     assert!(bounce.contains("Delivery time expired"), "{bounce}");
 }
+
+#[tokio::test]
+async fn verify_recipients_asks_the_next_hop_at_rcpt_time() {
+    let mut sink = sink().await;
+    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
+    let s = start_server(|c| {
+        let mut r = relay_to("filtered.example", &hop);
+        r.verify_recipients = true;
+        c.relays = vec![r];
+    })
+    .await;
+    let mut c = greeted(s.smtp).await;
+    c.cmd("MAIL FROM:<carol@example.org>", "250").await;
+    c.cmd("RCPT TO:<joe@filtered.example>", "250 2.1.5").await;
+    // Unknown at the next hop: refused here, so nothing is ever bounced to a forged sender.
+    let r = c.cmd("RCPT TO:<unknown7@filtered.example>", "550 5.1.1").await;
+    assert!(r.contains("undeliverable address") && r.contains("User unknown"), "{r}");
+    // The next hop cannot tell yet (451): the client is told to try again, not refused.
+    let r = c.cmd("RCPT TO:<busy3@filtered.example>", "450 4.1.1").await;
+    assert!(r.contains("unverified address"), "{r}");
+    c.cmd("RCPT TO:<busy3@filtered.example>", "250 2.1.5").await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: verified\r\n\r\nhi\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250"), "{r}");
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpts, ["joe@filtered.example", "busy3@filtered.example"]);
+    // The probes sent nothing: the only message the sink has is the real one.
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].from, "carol@example.org");
+    queue_drained(&s).await;
+}
+
+#[tokio::test]
+async fn an_alias_forwards_to_an_outside_address_through_the_queue() {
+    let mut sink = sink().await;
+    let dns = start_dns(&[
+        ("remote.test.", "MX", "10 mx.remote.test."),
+        ("mx.remote.test.", "A", "127.0.0.1"),
+    ])
+    .await;
+    let s = start_server(|c| {
+        c.dns.servers = vec![dns];
+        c.outbound.port = sink.addr.port();
+    })
+    .await;
+    s.store()
+        .set_alias("fwd@localhost", &["bob@localhost".into(), "pat@remote.test".into()])
+        .unwrap();
+    // From a client that may not relay: the alias is the operator's, so it forwards anyway.
+    let mut c = greeted(s.smtp).await;
+    let msg = "From: carol@example.org\r\nSubject: forwarded\r\n\r\nhi\r\n";
+    let r = send_mail(&mut c, "carol@example.org", &["fwd@localhost"], msg).await;
+    assert!(r.starts_with("250"), "{r}");
+    c.cmd("MAIL FROM:<carol@example.org>", "250").await;
+    c.cmd("RCPT TO:<pat@remote.test>", "554 5.7.1").await;
+    let got = sink.wait_for(1).await;
+    assert_eq!(got[0].rcpts, ["pat@remote.test"]);
+    assert_eq!(got[0].from, "carol@example.org", "the original envelope sender");
+    assert!(got[0].data.contains("Subject: forwarded"), "{}", got[0].data);
+    assert_eq!(s.subjects("bob@localhost", "INBOX"), ["forwarded"]);
+    queue_drained(&s).await;
+}
