@@ -40,6 +40,9 @@ pub struct Envelope<'a> {
     pub rcpts: &'a [String],
     /// The trace fields (`Return-Path:`, `Received:`) to put on top.
     pub trace: &'a str,
+    /// Local recipients (as given, with their ORCPT) that asked `NOTIFY=SUCCESS`: the
+    /// sender gets a "delivered" notice (RFC 3461 §6.2.1).
+    pub notify_delivered: &'a [(String, Option<String>)],
 }
 
 /// How a committed message ended.
@@ -102,11 +105,14 @@ pub async fn commit(
             envelope.mail_from,
             envelope.remote,
             accepted.quarantine,
-            envelope.dsn,
+            envelope.dsn.clone(),
         )
         .map_err(|e| storage_failed("queueing", &e))?;
     }
-    // The local copies, then one flush for them and the queue entry.
+    if !envelope.notify_delivered.is_empty() && !envelope.mail_from.is_empty() && !deliveries.is_empty() {
+        success_notice(ctx, store, wake, &envelope, &raw).await;
+    }
+    // The local copies, then one flush for them, the queue entry and any notice.
     let mailboxes = store_local(store, &raw, &deliveries)
         .await
         .map_err(|e| storage_failed("delivery", &e))?;
@@ -124,6 +130,49 @@ pub async fn commit(
         "delivered"
     );
     Ok(Committed::Stored { mailboxes, queued })
+}
+
+/// The "delivered" notice for local recipients that asked for one, to the sender. A notice
+/// that cannot be made is logged, never a reason to refuse the message.
+async fn success_notice(
+    ctx: &Context<'_>,
+    store: &Arc<dyn MailStore>,
+    wake: &Wake,
+    envelope: &Envelope<'_>,
+    raw: &[u8],
+) {
+    let Some(router) = ctx.router else { return };
+    let reply = "250 2.0.0 delivered to mailbox";
+    let reports: Vec<crate::queue::dsn::Report<'_>> = envelope
+        .notify_delivered
+        .iter()
+        .map(|(rcpt, orcpt)| crate::queue::dsn::Report {
+            recipient: rcpt,
+            orcpt: orcpt.as_deref(),
+            reply,
+            remote_mta: None,
+        })
+        .collect();
+    let of = crate::queue::NoticeOf {
+        sender: envelope.mail_from,
+        arrival: now_secs(),
+        env_id: envelope.dsn.env_id.as_deref(),
+        full: false,
+    };
+    let _turn = store.write_turn().await;
+    let sent = crate::queue::notify_sender(
+        &**store,
+        ctx.config,
+        router,
+        wake,
+        crate::queue::dsn::Action::Delivered,
+        &of,
+        raw,
+        &reports,
+    );
+    if let Err(e) = sent {
+        tracing::error!(id = envelope.id, "success notice to {}: {e}", envelope.mail_from);
+    }
 }
 
 /// Writes `raw` (headers already edited for everyone) into each delivery's folder — INBOX

@@ -241,6 +241,7 @@ pub async fn accept(shared: &Shared, sub: &Submission, body: Vec<u8>, uid: Optio
         dsn: Default::default(),
         rcpts: &rcpts,
         trace: &trace,
+        notify_delivered: &[],
     };
     let committed = crate::deliver::commit(&ctx, &shared.store, &shared.queue, &info, &mut scope, envelope, body).await;
     match committed {

@@ -1,5 +1,7 @@
 //! Delivery status notifications (RFC 3464): the `multipart/report` a sender gets for
-//! recipients that failed, from `MAILER-DAEMON`, sent with the null sender.
+//! recipients that failed, are delayed, or (when asked with `NOTIFY=SUCCESS`) were
+//! delivered here or relayed to a server without DSN; from `MAILER-DAEMON`, with the null
+//! sender.
 
 use crate::store::now_secs;
 
@@ -20,6 +22,11 @@ pub enum Action {
     Failed,
     /// Still being retried: a delay warning.
     Delayed,
+    /// Handed to a server that does not offer DSN: nobody further will report (RFC 3461
+    /// §6.2.1 "relayed").
+    Relayed,
+    /// Delivered into the recipient's mailbox here.
+    Delivered,
 }
 
 /// The enhanced status code at the start of a reply text (`550 5.1.1 ...` → `5.1.1`), or
@@ -57,7 +64,7 @@ pub fn notice(
     env_id: Option<&str>,
     full: bool,
 ) -> Vec<u8> {
-    let delayed = action == Action::Delayed;
+    let success = matches!(action, Action::Relayed | Action::Delivered);
     let date = |t: i64| mail_parser::DateTime::from_timestamp(t).to_rfc822();
     let boundary = format!(
         "{:016x}/{hostname}",
@@ -66,10 +73,10 @@ pub fn notice(
     let mut m = String::new();
     m.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n"));
     m.push_str(&format!("To: <{sender}>\r\n"));
-    m.push_str(if delayed {
-        "Subject: Delayed Mail (still being retried)\r\n"
-    } else {
-        "Subject: Undelivered Mail Returned to Sender\r\n"
+    m.push_str(match action {
+        Action::Delayed => "Subject: Delayed Mail (still being retried)\r\n",
+        Action::Failed => "Subject: Undelivered Mail Returned to Sender\r\n",
+        Action::Relayed | Action::Delivered => "Subject: Successful Mail Delivery Report\r\n",
     });
     m.push_str(&format!("Date: {}\r\n", date(now_secs())));
     m.push_str(&format!(
@@ -86,10 +93,11 @@ pub fn notice(
         "--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     ));
     m.push_str(&format!("This is the mail system at host {hostname}.\r\n\r\n"));
-    m.push_str(if delayed {
-        "Your message could not be delivered yet to one or more recipients. It is still being\r\nretried; you need not send it again. Its header is attached below.\r\n\r\n"
-    } else {
-        "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n"
+    m.push_str(match action {
+        Action::Delayed => "Your message could not be delivered yet to one or more recipients. It is still being\r\nretried; you need not send it again. Its header is attached below.\r\n\r\n",
+        Action::Failed => "I'm sorry to have to inform you that your message could not\r\nbe delivered to one or more recipients. It's attached below.\r\n\r\n",
+        Action::Delivered => "Your message was delivered to the mailbox of the recipients listed below, as you\r\nasked (NOTIFY=SUCCESS). Its header is attached below.\r\n\r\n",
+        Action::Relayed => "Your message was passed on to the recipients' mail system as listed below. That\r\nsystem does not send delivery notifications, so you will hear no more of it\r\nunless it fails there. Its header is attached below.\r\n\r\n",
     });
     for f in failed {
         m.push_str(&format!("<{}>: {}\r\n", f.recipient, one_line(f.reply)));
@@ -107,12 +115,18 @@ pub fn notice(
         if let Some(o) = f.orcpt {
             m.push_str(&format!("Original-Recipient: {}\r\n", one_line(o)));
         }
-        m.push_str(if delayed {
-            "Action: delayed\r\n"
-        } else {
-            "Action: failed\r\n"
+        m.push_str(match action {
+            Action::Delayed => "Action: delayed\r\n",
+            Action::Failed => "Action: failed\r\n",
+            Action::Relayed => "Action: relayed\r\n",
+            Action::Delivered => "Action: delivered\r\n",
         });
-        m.push_str(&format!("Status: {}\r\n", status_of(f.reply)));
+        let status = if success {
+            "2.0.0".to_string()
+        } else {
+            status_of(f.reply)
+        };
+        m.push_str(&format!("Status: {status}\r\n"));
         if let Some(mta) = f.remote_mta {
             m.push_str(&format!("Remote-MTA: dns; {mta}\r\n"));
             m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", one_line(f.reply)));
@@ -122,7 +136,7 @@ pub fn notice(
         m.push_str(&format!("Last-Attempt-Date: {}\r\n", date(now_secs())));
     }
     let header_end = memchr::memmem::find(original, b"\r\n\r\n").map_or(original.len(), |i| i + 4);
-    let (kind, part) = if full && !delayed {
+    let (kind, part) = if full && action == Action::Failed {
         ("message/rfc822", original)
     } else {
         ("text/rfc822-headers", &original[..header_end])

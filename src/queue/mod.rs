@@ -222,6 +222,9 @@ struct Done {
     outcome: Outcome,
     /// The host whose reply it is.
     mta: Option<String>,
+    /// Delivered to a server without DSN, for a recipient that asked `NOTIFY=SUCCESS`: we
+    /// send the "relayed" notice (RFC 3461 §4.2, §6.2.1) since nobody further will.
+    relayed_notice: bool,
 }
 
 /// The same outcome for each of a message's recipients.
@@ -231,6 +234,7 @@ fn each(id: u64, rcpts: Vec<String>, outcome: &Outcome, mta: Option<&str>) -> im
         address,
         outcome: outcome.clone(),
         mta: mta.map(str::to_string),
+        relayed_notice: false,
     })
 }
 
@@ -454,9 +458,14 @@ impl Runner {
                     };
                     for (address, outcome) in rcpts.into_iter().zip(outcomes) {
                         tracing::debug!(id, to = address, relay = host.name, ?outcome, "delivery attempt");
+                        let wants_success = entry
+                            .recipients
+                            .iter()
+                            .any(|r| r.address == address && r.notify.iter().any(|n| n == "SUCCESS"));
                         done.push(Done {
                             id,
                             address,
+                            relayed_notice: wants_success && !conn.ext.dsn && matches!(outcome, Outcome::Delivered(_)),
                             outcome,
                             mta: Some(host.name.clone()),
                         });
@@ -496,28 +505,42 @@ impl Runner {
         for (id, results) in by_id {
             // A notice quotes the message, whose body may go with the entry: read it first
             // when this batch can fail a recipient or warn of a delay.
-            let may_notify = results.iter().any(|d| !matches!(d.outcome, Outcome::Delivered(_)));
+            let may_notify = results
+                .iter()
+                .any(|d| d.relayed_notice || !matches!(d.outcome, Outcome::Delivered(_)));
             let original = match may_notify {
                 true => self.entry_and_body(id)?.map(|(_, b)| b).unwrap_or_default(),
                 false => Vec::new(),
             };
             let mut failed: Vec<(String, Option<String>, String, Option<String>)> = Vec::new();
+            let mut relayed = Vec::new();
             let mut late = Vec::new();
             let mut results = Some(results);
             let entry = self.store.modify_queued(id, &mut |entry| {
                 for d in results.take().unwrap_or_default() {
-                    let Some(r) = entry
-                        .recipients
-                        .iter_mut()
-                        .find(|r| r.address == d.address && matches!(r.state, RcptState::Queued | RcptState::Deferred))
-                    else {
+                    // A recipient held (`queue hold`) while its attempt ran keeps the attempt's
+                    // final outcome: a hold cannot unsend it, and releasing it must not send it
+                    // twice. A temporary failure leaves it held.
+                    let Some(r) = entry.recipients.iter_mut().find(|r| {
+                        r.address == d.address
+                            && matches!(r.state, RcptState::Queued | RcptState::Deferred | RcptState::Held)
+                    }) else {
                         continue;
                     };
                     r.attempts += 1;
+                    if r.state == RcptState::Held
+                        && let Outcome::Deferred(reply) = &d.outcome
+                    {
+                        r.last_reply = reply.to_string();
+                        continue;
+                    }
                     match d.outcome {
                         Outcome::Delivered(reply) => {
                             r.state = RcptState::Delivered;
                             r.last_reply = reply.to_string();
+                            if d.relayed_notice {
+                                relayed.push((r.address.clone(), r.orcpt.clone(), r.last_reply.clone(), d.mta));
+                            }
                         }
                         Outcome::Failed(reply) => {
                             r.state = RcptState::Failed;
@@ -567,12 +590,17 @@ impl Runner {
             {
                 tracing::error!(id, "queue: delay warning to {}: {e}", entry.sender);
             }
+            if !relayed.is_empty()
+                && !entry.sender.is_empty()
+                && let Err(e) = self.notify_sender(dsn::Action::Relayed, &entry, &original, &relayed)
+            {
+                tracing::error!(id, "queue: success notice to {}: {e}", entry.sender);
+            }
         }
         self.store.sync().await
     }
 
-    /// A DSN for `failed` (address, ORCPT, reply, remote MTA) to the entry's sender: into
-    /// the sender's mailbox when local, else queued with the null sender.
+    /// A DSN for `failed` (address, ORCPT, reply, remote MTA) to the entry's sender.
     fn notify_sender(
         &self,
         action: dsn::Action,
@@ -589,62 +617,88 @@ impl Runner {
                 remote_mta: m.as_deref(),
             })
             .collect();
-        let full = entry.ret.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("FULL"));
-        let host = &self.config.server.hostname;
-        let msg = dsn::notice(
+        let of = NoticeOf {
+            sender: &entry.sender,
+            arrival: entry.arrival,
+            env_id: entry.env_id.as_deref(),
+            full: entry.ret.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("FULL")),
+        };
+        notify_sender(
+            &*self.store,
+            &self.config,
+            &self.router,
+            &self.wake,
             action,
-            host,
-            &entry.sender,
+            &of,
             original,
             &reports,
-            entry.arrival,
-            entry.env_id.as_deref(),
-            full,
-        );
-        let to = Address::parse(&entry.sender)?;
-        match self.router.route(&to, true)? {
-            Route::Local(found) => {
-                // A bounce for an alias that forwards goes where the alias forwards to.
-                if !found.forward.is_empty() {
-                    let to: Vec<Outgoing> = found
-                        .forward
-                        .into_iter()
-                        .map(|(address, hop)| Outgoing::new(&self.config, &address, hop))
-                        .collect();
-                    enqueue(&*self.store, &msg, "", &to, false, Dsn::default())?;
-                    self.wake.wake();
-                }
-                let targets: Vec<crate::store::Target> = found
-                    .accounts
-                    .iter()
-                    .filter_map(|a| self.store.mailbox(a, "INBOX").ok().flatten())
-                    .map(|m| crate::store::Target {
-                        mailbox: m.id,
-                        ..Default::default()
-                    })
-                    .collect();
-                // Final delivery: the Return-Path is ours to add, and a bounce's is null.
-                let mut local = b"Return-Path: <>\r\n".to_vec();
-                local.extend_from_slice(&msg);
-                self.store.deliver_to(&local, now_secs(), &targets)?;
-            }
-            Route::Remote(hop) => {
-                let to = Outgoing {
-                    address: entry.sender.clone(),
-                    hop,
-                    notify: Vec::new(),
-                    orcpt: None,
-                    etrn: false,
-                };
-                enqueue(&*self.store, &msg, "", &[to], false, Dsn::default())?;
-                self.wake.wake();
-            }
-            Route::UnknownUser | Route::RelayDenied => {
-                tracing::warn!(sender = entry.sender, "bounce has nowhere to go; dropped");
-            }
-        }
-        Ok(())
+        )
     }
+}
+
+/// The message a notice is about.
+pub struct NoticeOf<'a> {
+    pub sender: &'a str,
+    pub arrival: i64,
+    pub env_id: Option<&'a str>,
+    /// `RET=FULL`: a bounce returns the whole message.
+    pub full: bool,
+}
+
+/// Sends a DSN about `reports` to the sender of `of`: into the sender's mailbox when local
+/// (not durable until the store's `sync`), else queued with the null sender.
+#[allow(clippy::too_many_arguments)]
+pub fn notify_sender(
+    store: &dyn MailStore,
+    config: &Config,
+    router: &Router,
+    wake: &Wake,
+    action: dsn::Action,
+    of: &NoticeOf<'_>,
+    original: &[u8],
+    reports: &[dsn::Report<'_>],
+) -> anyhow::Result<()> {
+    let host = &config.server.hostname;
+    let msg = dsn::notice(
+        action, host, of.sender, original, reports, of.arrival, of.env_id, of.full,
+    );
+    let to = Address::parse(of.sender)?;
+    match router.route(&to, true)? {
+        Route::Local(found) => {
+            // A notice for an alias that forwards goes where the alias forwards to.
+            if !found.forward.is_empty() {
+                let to: Vec<Outgoing> = found
+                    .forward
+                    .into_iter()
+                    .map(|(address, hop)| Outgoing::new(config, &address, hop))
+                    .collect();
+                enqueue(store, &msg, "", &to, false, Dsn::default())?;
+                wake.wake();
+            }
+            let targets: Vec<crate::store::Target> = found
+                .accounts
+                .iter()
+                .filter_map(|a| store.mailbox(a, "INBOX").ok().flatten())
+                .map(|m| crate::store::Target {
+                    mailbox: m.id,
+                    ..Default::default()
+                })
+                .collect();
+            // Final delivery: the Return-Path is ours to add, and a notice's is null.
+            let mut local = b"Return-Path: <>\r\n".to_vec();
+            local.extend_from_slice(&msg);
+            store.deliver_to(&local, now_secs(), &targets)?;
+        }
+        Route::Remote(hop) => {
+            let to = Outgoing::new(config, of.sender, hop);
+            enqueue(store, &msg, "", &[to], false, Dsn::default())?;
+            wake.wake();
+        }
+        Route::UnknownUser | Route::RelayDenied => {
+            tracing::warn!(sender = of.sender, "notice has nowhere to go; dropped");
+        }
+    }
+    Ok(())
 }
 
 /// Whether the sender asked to hear of this recipient's failure (RFC 3461 §4.1: the

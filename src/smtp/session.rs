@@ -39,6 +39,8 @@ struct Transaction {
     accounts: Vec<String>,
     /// Remote recipients, where they go and their DSN requests, for the queue.
     remote: Vec<crate::queue::Outgoing>,
+    /// Local recipients that asked `NOTIFY=SUCCESS`, with their ORCPT.
+    notify_delivered: Vec<(String, Option<String>)>,
     /// Recipients accepted (as given), for the Received header and logs.
     rcpts: Vec<String>,
     /// Recipients tried, accepted or not (the limit counts attempts).
@@ -553,6 +555,7 @@ impl Session {
             ret,
             accounts: Vec::new(),
             remote: Vec::new(),
+            notify_delivered: Vec::new(),
             rcpts: Vec::new(),
             attempted: 0,
             bdat: None,
@@ -611,6 +614,13 @@ impl Session {
         tx.scope = scope;
         match routed {
             Ok(Destination::Local(found)) => {
+                if notify.iter().any(|n| n == "SUCCESS") && !found.accounts.is_empty() {
+                    let orcpt = to
+                        .orcpt
+                        .clone()
+                        .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") });
+                    tx.notify_delivered.push((given.clone(), orcpt));
+                }
                 for a in found.accounts {
                     if !tx.accounts.contains(&a) {
                         tx.accounts.push(a);
@@ -829,6 +839,7 @@ impl Session {
             },
             rcpts: &tx.rcpts,
             trace: &trace,
+            notify_delivered: &tx.notify_delivered,
         };
         let ctx = self.ctx();
         let committed = crate::deliver::commit(

@@ -40,6 +40,11 @@ pub struct Sink {
 /// A receiving SMTP server on loopback: EHLO with PIPELINING, RCPT as [`rcpt_reply`] says,
 /// DATA stored (dot-unstuffed).
 pub async fn sink() -> Sink {
+    sink_with(true).await
+}
+
+/// [`sink`], offering DSN (RFC 3461) or not.
+pub async fn sink_with(dsn: bool) -> Sink {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let got: Arc<Mutex<Vec<Received>>> = Arc::default();
@@ -71,7 +76,8 @@ pub async fn sink() -> Sink {
                     let cmd = line.trim_end().to_string();
                     let upper = cmd.to_ascii_uppercase();
                     let reply: String = if upper.starts_with("EHLO") {
-                        "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-DSN\r\n250 SIZE 10000000".into()
+                        let dsn = if dsn { "250-DSN\r\n" } else { "" };
+                        format!("250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n{dsn}250 SIZE 10000000")
                     } else if upper.starts_with("MAIL FROM:") {
                         cur.from = cmd[10..].split('>').next().unwrap().trim_start_matches('<').to_string();
                         cur.rcpts.clear();
@@ -606,4 +612,149 @@ async fn an_alias_forwards_to_an_outside_address_through_the_queue() {
     assert!(got[0].data.contains("Subject: forwarded"), "{}", got[0].data);
     assert_eq!(s.subjects("bob@localhost", "INBOX"), ["forwarded"]);
     queue_drained(&s).await;
+}
+
+#[tokio::test]
+async fn notify_success_gets_delivered_and_relayed_notices() {
+    let mut sink = sink_with(false).await;
+    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
+    let s = start_server(|c| c.relays = vec![relay_to("filtered.example", &hop)]).await;
+    let mut c = greeted(s.smtp).await;
+    c.cmd("MAIL FROM:<alice@localhost> ENVID=trip42", "250").await;
+    c.cmd("RCPT TO:<joe@filtered.example> NOTIFY=SUCCESS", "250").await;
+    c.cmd("RCPT TO:<sue@filtered.example>", "250").await;
+    c.cmd(
+        "RCPT TO:<bob@localhost> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Bob@localhost",
+        "250",
+    )
+    .await;
+    c.cmd("DATA", "354").await;
+    c.send(b"Subject: tell me\r\n\r\nsecret body\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250"), "{r}");
+    // Delivered here: the notice is in the sender's INBOX when 250 comes.
+    let inbox = s.texts("alice@localhost", "INBOX");
+    assert_eq!(inbox.len(), 1, "{inbox:?}");
+    let delivered = &inbox[0];
+    for line in [
+        "Subject: Successful Mail Delivery Report",
+        "Return-Path: <>",
+        "Original-Envelope-Id: trip42",
+        "Final-Recipient: rfc822; bob@localhost",
+        "Original-Recipient: rfc822;Bob@localhost",
+        "Action: delivered",
+        "Status: 2.0.0",
+        "Subject: tell me",
+    ] {
+        assert!(delivered.contains(line), "{line}:\n{delivered}");
+    }
+    assert!(!delivered.contains("secret body"), "headers only:\n{delivered}");
+    // Relayed to a server without DSN: NOTIFY is not passed on, so we report it.
+    let got = sink.wait_for(1).await;
+    assert!(
+        got[0].commands.iter().all(|c| !c.contains("NOTIFY")),
+        "{:?}",
+        got[0].commands
+    );
+    queue_drained(&s).await;
+    let inbox = s.texts("alice@localhost", "INBOX");
+    assert_eq!(inbox.len(), 2, "one relayed notice, none for sue: {inbox:?}");
+    let relayed = &inbox[1];
+    assert!(
+        relayed.contains("Final-Recipient: rfc822; joe@filtered.example") && relayed.contains("Action: relayed"),
+        "{relayed}"
+    );
+    assert!(!relayed.contains("sue@filtered.example"), "{relayed}");
+}
+
+/// The one queued entry's only recipient, once the runner has recorded an attempt.
+async fn first_attempt(s: &TestServer) -> mailgate::store::QueuedRecipient {
+    let mut recorded = s.running.shared.queue.recorded();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let q = s.store().queued().unwrap();
+            if let Some(r) = q.first().map(|m| m.recipients[0].clone()).filter(|r| r.attempts > 0) {
+                return r;
+            }
+            recorded.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("an attempt is recorded")
+}
+
+#[tokio::test]
+async fn tls_require_defers_rather_than_send_in_clear_and_a_5xx_greeting_defers() {
+    let sink = sink().await; // offers no STARTTLS
+    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
+    let s = start_server(|c| {
+        c.relays = vec![relay_to("filtered.example", &hop)];
+        c.outbound.tls = mailgate::config::outbound::OutboundTls::Require;
+        c.outbound.retry_schedule = vec![Span::parse("1h").unwrap()];
+    })
+    .await;
+    let mut c = greeted(s.smtp).await;
+    let r = send_mail(
+        &mut c,
+        "alice@localhost",
+        &["joe@filtered.example"],
+        "Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = first_attempt(&s).await;
+    assert_eq!(r.state, mailgate::store::RcptState::Deferred);
+    assert!(r.last_reply.contains("TLS is required"), "{}", r.last_reply);
+    assert!(sink.got.lock().unwrap().is_empty(), "nothing sent in clear");
+
+    // A server that greets with 554 is skipped, as Postfix's smtp_skip_5xx_greeting: deferred.
+    let refuser = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = refuser.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = refuser.accept().await {
+            let _ = sock.write_all(b"554 5.7.1 no service for you\r\n").await;
+        }
+    });
+    let s = start_server(|c| {
+        c.relays = vec![relay_to("filtered.example", &format!("[127.0.0.1]:{port}"))];
+        c.outbound.retry_schedule = vec![Span::parse("1h").unwrap()];
+    })
+    .await;
+    let mut c = greeted(s.smtp).await;
+    let r = send_mail(
+        &mut c,
+        "alice@localhost",
+        &["joe@filtered.example"],
+        "Subject: s\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let r = first_attempt(&s).await;
+    assert_eq!(r.state, mailgate::store::RcptState::Deferred);
+    assert!(
+        r.last_reply.contains("554 5.7.1 no service for you"),
+        "{}",
+        r.last_reply
+    );
+}
+
+#[tokio::test]
+async fn a_message_that_needs_smtputf8_fails_with_5_6_7_at_a_server_without_it() {
+    let sink = sink().await; // offers no SMTPUTF8
+    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
+    let s = start_server(|c| c.relays = vec![relay_to("filtered.example", &hop)]).await;
+    let mut c = greeted(s.smtp).await;
+    c.cmd("MAIL FROM:<alice@localhost> SMTPUTF8", "250").await;
+    c.cmd("RCPT TO:<jöran@filtered.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send("Subject: ünïcode\r\n\r\nhej\r\n.\r\n".as_bytes()).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250"), "{r}");
+    queue_drained(&s).await;
+    let bounce = s.texts("alice@localhost", "INBOX").pop().expect("a bounce");
+    assert!(
+        bounce.contains("Status: 5.6.7") && bounce.contains("jöran@filtered.example"),
+        "{bounce}"
+    );
+    assert!(sink.got.lock().unwrap().is_empty());
 }
