@@ -296,14 +296,15 @@ impl Runner {
     async fn pass(self: &Arc<Runner>) -> crate::store::Result<Option<i64>> {
         let now = now_secs();
         let mut due: HashMap<Destination, Vec<(u64, Vec<String>)>> = HashMap::new();
+        // The earliest retry of what is not due now; what this pass defers comes on top.
+        let mut next: Option<i64> = None;
         for entry in self.store.queued()? {
             let waiting = |r: &&QueuedRecipient| matches!(r.state, RcptState::Queued | RcptState::Deferred);
-            for r in entry
-                .recipients
-                .iter()
-                .filter(waiting)
-                .filter(|r| r.next_attempt <= now)
-            {
+            for r in entry.recipients.iter().filter(waiting) {
+                if r.next_attempt > now {
+                    next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
+                    continue;
+                }
                 let hop = NextHop::parse(&r.next_hop).unwrap_or(NextHop::Mx);
                 let domain = match hop {
                     NextHop::Mx => r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase(),
@@ -329,26 +330,26 @@ impl Runner {
                 let (runner, dest) = (self.clone(), dest.clone());
                 tasks.spawn(async move {
                     let Ok(_slot) = runner.total.clone().acquire_owned().await else {
-                        return;
+                        return None;
                     };
                     let results = runner.deliver(&dest, part).await;
-                    if let Err(e) = runner.record(results).await {
-                        tracing::error!("queue: recording results: {e}");
-                    }
+                    let retry = match runner.record(results).await {
+                        Ok(retry) => retry,
+                        Err(e) => {
+                            tracing::error!("queue: recording results: {e}");
+                            Some(now_secs() + 5)
+                        }
+                    };
                     runner.wake.recorded.send_modify(|n| *n += 1);
+                    retry
                 });
             }
         }
-        while tasks.join_next().await.is_some() {}
-        // What was deferred just now is due later; the next pass finds it.
-        let next = self
-            .store
-            .queued()?
-            .into_iter()
-            .flat_map(|e| e.recipients)
-            .filter(|r| matches!(r.state, RcptState::Queued | RcptState::Deferred))
-            .map(|r| r.next_attempt)
-            .min();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(Some(t)) = done {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
         Ok(next)
     }
 
@@ -491,8 +492,10 @@ impl Runner {
         Ok(self.store.blob(&m.blob)?.map(|b| (m, b)))
     }
 
-    /// Writes the outcomes into the queue, bounces what failed, and makes it durable.
-    async fn record(&self, results: Vec<Done>) -> crate::store::Result<()> {
+    /// Writes the outcomes into the queue, bounces what failed, and makes it durable. Gives
+    /// the earliest retry of what it deferred.
+    async fn record(&self, results: Vec<Done>) -> crate::store::Result<Option<i64>> {
+        let mut next: Option<i64> = None;
         let _w = self.write.lock().await;
         let mut by_id: HashMap<u64, Vec<Done>> = HashMap::new();
         for d in results {
@@ -560,6 +563,7 @@ impl Runner {
                             } else {
                                 r.state = RcptState::Deferred;
                                 r.next_attempt = now + retry_after(r.attempts);
+                                next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
                             }
                         }
                     }
@@ -597,7 +601,8 @@ impl Runner {
                 tracing::error!(id, "queue: success notice to {}: {e}", entry.sender);
             }
         }
-        self.store.sync().await
+        self.store.sync().await?;
+        Ok(next)
     }
 
     /// A DSN for `failed` (address, ORCPT, reply, remote MTA) to the entry's sender.
