@@ -27,6 +27,8 @@ pub struct Shared {
     pub origin: Option<Arc<crate::spam::origin::Origin>>,
     /// POP3 maildrop locks.
     pub pop3_locks: crate::store::locks::Maildrops,
+    /// Which messages are still `\Recent` to IMAP sessions.
+    pub recent: crate::store::locks::RecentClaims,
     /// Junk/not-Junk judgements from IMAP moves, for the spam filter's training.
     pub learn: crate::spam::LearnSink,
     /// Becomes `true` when the server shuts down.

@@ -5,21 +5,24 @@ use crate::store::FlagOp;
 
 pub type Result<T> = std::result::Result<T, String>;
 
-/// A sequence set; `u32::MAX` stands for `*`. `Saved` is `$` (RFC 5182).
+/// A sequence set. Numbers are 32-bit; `*` is [`STAR`], outside that range, so it is never
+/// taken for the number 4294967295. `Saved` is `$` (RFC 5182).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SeqSet {
-    Ranges(Vec<(u32, u32)>),
+    Ranges(Vec<(u64, u64)>),
     Saved,
 }
 
-pub const STAR: u32 = u32::MAX;
+/// `*`: the largest number in use (RFC 3501 §9, seq-number).
+pub const STAR: u64 = u64::MAX;
 
 impl SeqSet {
     /// Does `n` fall in the set, with `*` meaning `max`?
-    pub fn contains(ranges: &[(u32, u32)], n: u32, max: u32) -> bool {
+    pub fn contains(ranges: &[(u64, u64)], n: u32, max: u32) -> bool {
+        let n = u64::from(n);
         ranges.iter().any(|&(a, b)| {
-            let a = if a == STAR { max } else { a };
-            let b = if b == STAR { max } else { b };
+            let a = if a == STAR { u64::from(max) } else { a };
+            let b = if b == STAR { u64::from(max) } else { b };
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
             n >= lo && n <= hi
         })

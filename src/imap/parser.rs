@@ -48,6 +48,16 @@ impl<'a> Parser<'a> {
         self.buf.get(self.pos).copied()
     }
 
+    /// At `{` or `~{`: a literal starts here. A `~` on its own is an atom character
+    /// (`SELECT ~foo` names a mailbox).
+    fn at_literal(&self) -> bool {
+        match self.peek() {
+            Some(b'{') => true,
+            Some(b'~') => self.buf.get(self.pos + 1) == Some(&b'{'),
+            _ => false,
+        }
+    }
+
     fn at_end(&self) -> bool {
         self.pos >= self.buf.len()
     }
@@ -160,7 +170,7 @@ impl<'a> Parser<'a> {
     pub fn string_bytes(&mut self) -> Result<Vec<u8>> {
         match self.peek() {
             Some(b'"') => self.quoted(),
-            Some(b'{') | Some(b'~') => Ok(self.literal()?.to_vec()),
+            _ if self.at_literal() => Ok(self.literal()?.to_vec()),
             _ => Err(format!("expected a string at position {}", self.pos)),
         }
     }
@@ -171,7 +181,8 @@ impl<'a> Parser<'a> {
 
     pub fn astring(&mut self) -> Result<String> {
         match self.peek() {
-            Some(b'"' | b'{' | b'~') => Self::utf8(self.string_bytes()?),
+            Some(b'"') => Self::utf8(self.string_bytes()?),
+            _ if self.at_literal() => Self::utf8(self.string_bytes()?),
             _ => {
                 let a = self.take_while(is_astring_char);
                 if a.is_empty() {
@@ -195,8 +206,12 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn seq_number(&mut self) -> Result<u32> {
-        if self.eat(b'*') { Ok(STAR) } else { self.nz_number() }
+    fn seq_number(&mut self) -> Result<u64> {
+        if self.eat(b'*') {
+            Ok(STAR)
+        } else {
+            self.nz_number().map(u64::from)
+        }
     }
 
     pub fn seq_set(&mut self) -> Result<SeqSet> {
@@ -713,7 +728,7 @@ impl Parser<'_> {
             );
             self.sp()?;
         }
-        let message = if self.peek() == Some(b'{') || self.peek() == Some(b'~') {
+        let message = if self.at_literal() {
             self.literal()?.to_vec()
         } else {
             return Err("APPEND needs the message as a literal".into());

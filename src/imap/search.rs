@@ -22,6 +22,8 @@ pub struct Context<'a> {
     /// The saved result (`$`, RFC 5182), as uids.
     pub saved: &'a [u32],
     pub seq_of_uid: &'a dyn Fn(u32) -> Option<u32>,
+    /// Whether a UID is `\Recent` to the searching session.
+    pub recent: &'a dyn Fn(u32) -> bool,
 }
 
 /// Does the program need the message text (anything beyond metadata)?
@@ -117,9 +119,10 @@ fn eval(key: &SearchKey, c: &mut Candidate, ctx: &Context, content: &mut Option<
         Uid(s) => in_set(s, c.uid, ctx.max_uid, ctx, true),
         Flag(bit, set) => c.meta.flags.contains(*bit) == *set,
         Keyword(k, set) => c.meta.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) == *set,
-        // No message is \Recent in this server (RFC 9051 removed it).
-        New | Recent => false,
-        Old => true,
+        Recent => (ctx.recent)(c.uid),
+        // RFC 3501 §6.4.4: NEW is RECENT UNSEEN, OLD is NOT RECENT.
+        New => (ctx.recent)(c.uid) && !c.meta.flags.contains(crate::store::Flags::SEEN),
+        Old => !(ctx.recent)(c.uid),
         Larger(n) => c.meta.size > *n,
         Smaller(n) => c.meta.size < *n,
         Before(d) => day < *d,
@@ -194,11 +197,13 @@ mod tests {
         );
         let saved = [];
         let seq_of_uid = |_u: u32| None;
+        let recent = |u: u32| u == 7;
         let ctx = Context {
             max_seq: 3,
             max_uid: 10,
             saved: &saved,
             seq_of_uid: &seq_of_uid,
+            recent: &recent,
         };
         let check = |s: &str| {
             let mut loads = 0;
@@ -240,6 +245,7 @@ mod tests {
             "NOT DELETED",
             "MODSEQ 7",
             "(SEEN LARGER 10)",
+            "OLD",
         ] {
             assert!(check(yes), "{yes} should match");
         }
@@ -254,6 +260,7 @@ mod tests {
             "SENTSINCE 1-Feb-2024",
             "MODSEQ 8",
             "NEW",
+            "RECENT",
         ] {
             assert!(!check(no), "{no} should not match");
         }

@@ -97,6 +97,7 @@ pub async fn start(config: Config) -> Result<Running> {
         verifier: crate::queue::verify::Verifier::new(config.clone(), resolver.clone()),
         origin,
         pop3_locks: Default::default(),
+        recent: crate::store::locks::RecentClaims::new(crate::store::now_secs()),
         learn: crate::spam::learn_sink(),
         shutdown: shutdown_rx.clone(),
         chains,

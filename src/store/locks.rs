@@ -1,6 +1,7 @@
-//! Locks on stored state that outlive one command: the POP3 maildrop lock (RFC 1939 §8).
+//! State about stored mail that outlives one command but not the process: the POP3
+//! maildrop lock (RFC 1939 §8) and which messages are still `\Recent` to IMAP (RFC 3501).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// Accounts with an open POP3 session; a second session gets `-ERR [IN-USE]` (RFC 1939 §8:
@@ -29,5 +30,64 @@ impl MaildropLock {
 impl Drop for MaildropLock {
     fn drop(&mut self) {
         self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.account);
+    }
+}
+
+/// Which messages are still `\Recent` (RFC 3501 §2.3.2): per mailbox, the lowest UID no
+/// session has claimed yet. The first session that selects the mailbox read-write (or has
+/// new mail reported while it is selected) claims everything below the mailbox's next UID;
+/// EXAMINE and STATUS only look. In memory: after a restart, messages that arrived since the
+/// start (by internal date) are recent again.
+pub struct RecentClaims {
+    started: i64,
+    first_unclaimed: Mutex<HashMap<u64, u32>>,
+}
+
+impl RecentClaims {
+    pub fn new(started: i64) -> RecentClaims {
+        RecentClaims {
+            started,
+            first_unclaimed: Mutex::default(),
+        }
+    }
+
+    /// When the process started: a mailbox seen for the first time has as recent the
+    /// messages that arrived since (`first_new` is given this and answers the lowest UID).
+    pub fn started(&self) -> i64 {
+        self.started
+    }
+
+    /// The lowest UID of `mailbox` nobody has claimed.
+    pub fn peek(&self, mailbox: u64, first_new: impl FnOnce(i64) -> u32) -> u32 {
+        let mut m = self.first_unclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(mailbox).or_insert_with(|| first_new(self.started))
+    }
+
+    /// Claims every UID below `upto` for the caller: its recent messages are those from the
+    /// returned UID up to `upto`; nobody else gets them.
+    pub fn claim(&self, mailbox: u64, upto: u32, first_new: impl FnOnce(i64) -> u32) -> u32 {
+        let mut m = self.first_unclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        let first = m.entry(mailbox).or_insert_with(|| first_new(self.started));
+        let from = *first;
+        *first = (*first).max(upto);
+        from
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_session_claims_recent_messages() {
+        let r = RecentClaims::new(100);
+        // First look: messages from UID 5 arrived since the start.
+        assert_eq!(r.peek(1, |started| if started == 100 { 5 } else { 0 }), 5);
+        assert_eq!(r.claim(1, 9, |_| unreachable!()), 5, "the first claimer gets 5..9");
+        assert_eq!(r.claim(1, 9, |_| unreachable!()), 9, "the second gets none");
+        assert_eq!(r.claim(1, 12, |_| unreachable!()), 9, "new mail: 9..12");
+        assert_eq!(r.peek(1, |_| unreachable!()), 12);
+        assert_eq!(r.claim(1, 3, |_| unreachable!()), 12, "never goes back");
+        assert_eq!(r.peek(2, |_| 1), 1, "mailboxes apart");
     }
 }

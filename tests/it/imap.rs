@@ -305,7 +305,12 @@ async fn store_flags_modseq_copy_move_and_uid_expunge() {
     let modseq1 = modseq_of(&r, 1);
     let modseq2 = modseq_of(&r, 2);
     let r = c.cmd("c", "STORE 1 +FLAGS (\\Seen custom)", "OK").await;
-    assert!(r.contains("* 1 FETCH (FLAGS (\\Seen custom) MODSEQ ("), "{r}");
+    // The new keyword is announced first (RFC 3501 §7.2.6); the message is \Recent to us.
+    assert!(
+        r.contains("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft custom)\r\n* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft custom \\*)]"),
+        "{r}"
+    );
+    assert!(r.contains("* 1 FETCH (FLAGS (\\Seen \\Recent custom) MODSEQ ("), "{r}");
     let r = c.cmd("d", "FETCH 1 (MODSEQ)", "OK").await;
     assert!(!r.contains(&format!("MODSEQ ({modseq1})")), "modseq must grow: {r}");
     // UNCHANGEDSINCE with the stale modseq fails for message 1 only.
@@ -359,8 +364,11 @@ async fn concurrent_sessions_see_expunge_only_where_allowed() {
     let mut b = raw(s.imap).await;
     a.login("alice@localhost").await;
     b.login("alice@localhost").await;
-    a.cmd("a1", "SELECT INBOX", "OK").await;
-    b.cmd("b1", "SELECT INBOX", "OK").await;
+    // The first session to select gets the new mail as \Recent; the second does not.
+    let r = a.cmd("a1", "SELECT INBOX", "OK").await;
+    assert!(r.contains("* 3 RECENT"), "{r}");
+    let r = b.cmd("b1", "SELECT INBOX", "OK").await;
+    assert!(r.contains("* 0 RECENT"), "{r}");
     b.cmd("b2", "STORE 2 +FLAGS.SILENT (\\Deleted)", "OK").await;
     b.cmd("b3", "EXPUNGE", "OK").await;
     // A FETCH by sequence number must not carry the EXPUNGE; message 3 is still number 3.
@@ -374,8 +382,10 @@ async fn concurrent_sessions_see_expunge_only_where_allowed() {
     b.cmd("b4", "STORE 1 +FLAGS (\\Answered)", "OK").await;
     transact(&s, "x@example.org", &["alice@localhost"], "m4", "body").await;
     let r = a.cmd("a5", "NOOP", "OK").await;
-    assert!(r.contains("* 1 FETCH (UID 1 FLAGS (\\Answered))"), "{r}");
-    assert!(r.contains("* 3 EXISTS"), "{r}");
+    assert!(r.contains("* 1 FETCH (UID 1 FLAGS (\\Answered \\Recent))"), "{r}");
+    assert!(r.contains("* 3 EXISTS\r\n* 3 RECENT"), "{r}");
+    let r = b.cmd("b5", "NOOP", "OK").await;
+    assert!(r.contains("* 3 EXISTS\r\n* 0 RECENT"), "a claimed m4 first: {r}");
     // A POP3 deletion shows up as an expunge too.
     let mut p = pop3_client(s.pop3).await;
     p.pop("USER alice@localhost", "+OK").await;

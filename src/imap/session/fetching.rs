@@ -125,18 +125,17 @@ impl Session {
                 r => r,
             };
             let condstore = self.condstore;
+            let recent = self.is_recent(uid_i);
             let mut err = None;
             self.conn.write_with(|out| {
                 let before = out.len();
-                if let Err(e) = write_fetch(
-                    out,
-                    i + 1,
-                    uid_i,
-                    &meta,
-                    raw.as_deref().map(|v| &v[..]),
-                    &atts,
-                    condstore,
-                ) {
+                let item = Item {
+                    seq: i + 1,
+                    uid: uid_i,
+                    meta: &meta,
+                    recent,
+                };
+                if let Err(e) = write_fetch(out, &item, raw.as_deref().map(|v| &v[..]), &atts, condstore) {
                     out.truncate(before); // no half-written response
                     err = Some(e);
                 }
@@ -156,16 +155,24 @@ impl Session {
     }
 }
 
+/// The message a FETCH response is about.
+pub(super) struct Item<'a> {
+    pub seq: usize,
+    pub uid: u32,
+    pub meta: &'a MessageMeta,
+    /// `\Recent` to this session.
+    pub recent: bool,
+}
+
 /// One `* n FETCH (...)` response.
 pub(super) fn write_fetch(
     out: &mut Vec<u8>,
-    seq: usize,
-    uid: u32,
-    meta: &MessageMeta,
+    item: &Item<'_>,
     raw: Option<&[u8]>,
     atts: &[FetchAtt],
     condstore: bool,
 ) -> Result<(), String> {
+    let (seq, uid, meta) = (item.seq, item.uid, item.meta);
     out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
     // The MIME structure is parsed only for items that need it (not for BODY[] or ENVELOPE).
     let has_raw = raw.is_some();
@@ -190,7 +197,7 @@ pub(super) fn write_fetch(
         sep(out);
         match a {
             FetchAtt::Uid => out.extend_from_slice(format!("UID {uid}").as_bytes()),
-            FetchAtt::Flags => out.extend_from_slice(format!("FLAGS {}", flag_list(meta)).as_bytes()),
+            FetchAtt::Flags => out.extend_from_slice(format!("FLAGS {}", flag_list(meta, item.recent)).as_bytes()),
             FetchAtt::InternalDate => {
                 out.extend_from_slice(format!("INTERNALDATE {}", fetch::internal_date(meta.internal_date)).as_bytes())
             }

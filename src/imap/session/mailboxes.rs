@@ -92,7 +92,9 @@ impl Session {
             if self.utf8_names() {
                 Ok(s.to_string())
             } else {
-                crate::imap::mutf7::decode(s).ok_or_else(|| Fail::Bad("pattern is not valid modified UTF-7".into()))
+                // Not valid modified UTF-7: still a pattern (an atom), which no stored name
+                // can match, so LIST answers OK with nothing.
+                Ok(crate::imap::mutf7::decode(s).unwrap_or_else(|| format!("\u{0}{s}")))
             }
         };
         let (r, p) = (decode(reference)?, decode(pattern)?);
@@ -203,7 +205,17 @@ impl Session {
         for it in items {
             parts.push(match it {
                 StatusItem::Messages => format!("MESSAGES {}", msgs.len()),
-                StatusItem::Recent => "RECENT 0".into(),
+                StatusItem::Recent => {
+                    // Looked at, not claimed: the session that selects the mailbox gets them.
+                    let first = self.shared.recent.peek(mb.id, |started| {
+                        msgs.iter()
+                            .filter(|m| m.meta.internal_date >= started)
+                            .map(|m| m.uid)
+                            .min()
+                            .unwrap_or(mb.uidnext)
+                    });
+                    format!("RECENT {}", msgs.iter().filter(|m| m.uid >= first).count())
+                }
                 StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext),
                 StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
                 StatusItem::Unseen => format!(

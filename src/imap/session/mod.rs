@@ -37,8 +37,6 @@ mod mailboxes;
 mod searching;
 mod select;
 
-use flags::keyword_suffix;
-
 const DELIM: char = '/';
 
 /// Output buffered during a long FETCH before it is written out.
@@ -61,6 +59,8 @@ struct Selected {
     /// SEARCH RETURN (SAVE) result, as uids.
     saved: Vec<u32>,
     keywords: Vec<String>,
+    /// UIDs that are `\Recent` to this session (RFC 3501 §2.3.2).
+    recent: std::collections::HashSet<u32>,
 }
 
 impl Selected {
@@ -86,7 +86,7 @@ impl Selected {
             SeqSet::Ranges(r) => {
                 for &(a, b) in r {
                     for x in [a, b] {
-                        if x != super::command::STAR && x > n {
+                        if x != super::command::STAR && x > u64::from(n) {
                             return Err(format!("message {x} does not exist (mailbox has {n})"));
                         }
                     }
@@ -174,8 +174,12 @@ fn parse_flags(list: &[String]) -> Result<(Flags, Vec<String>), Fail> {
     Ok((Flags(bits), kw))
 }
 
-fn flag_list(meta: &MessageMeta) -> String {
+/// A message's flags as FETCH shows them; `recent` adds `\Recent`.
+fn flag_list(meta: &MessageMeta, recent: bool) -> String {
     let mut v: Vec<&str> = meta.flags.names();
+    if recent {
+        v.push("\\Recent");
+    }
     v.extend(meta.keywords.iter().map(String::as_str));
     format!("({})", v.join(" "))
 }
@@ -309,7 +313,9 @@ impl Session {
         } else {
             match super::mutf7::decode(name) {
                 Some(n) => n,
-                None => return bad("mailbox name is not valid modified UTF-7"),
+                // A valid atom all the same (RFC 3501 §5.1.3 names no error): no such mailbox
+                // can exist, and none can be made under that name.
+                None => return no("[CANNOT] Mailbox name is not valid modified UTF-7"),
             }
         };
         let name = canonical_inbox(name.trim_end_matches(DELIM));

@@ -11,11 +11,14 @@ impl Session {
         let sel = self.selected.as_ref().expect("selected");
         let needs = search::needs_content(key);
         let seq_of_uid = |u: u32| sel.seq_of_uid(u).map(|i| i as u32 + 1);
+        let rev2 = self.rev2;
+        let recent = |u: u32| !rev2 && sel.recent.contains(&u);
         let ctx = search::Context {
             max_seq: sel.msgs.len() as u32,
             max_uid: sel.max_uid(),
             saved: &sel.saved,
             seq_of_uid: &seq_of_uid,
+            recent: &recent,
         };
         let mut hits: Vec<(u32, u64)> = Vec::new();
         let mut hit_uids = Vec::new();

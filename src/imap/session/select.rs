@@ -29,32 +29,35 @@ impl Session {
         }
         let watch = self.shared.store.watch(mailbox.id);
         let msgs = self.load_snapshot(&mailbox)?;
-        let mut keywords: Vec<String> = Vec::new();
-        for e in &msgs {
-            for k in &e.meta.keywords {
-                if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
-                    keywords.push(k.clone());
-                }
-            }
+        let upto = mailbox.uidnext.max(msgs.last().map_or(0, |e| e.uid + 1));
+        let recent = self.take_recent(mailbox.id, read_only, &msgs, upto);
+        let mut sel = Selected {
+            seen_modseq: mailbox.highestmodseq,
+            pending: false,
+            mailbox,
+            read_only,
+            msgs,
+            watch,
+            saved: Vec::new(),
+            keywords: Vec::new(),
+            recent,
+        };
+        let entries = std::mem::take(&mut sel.msgs);
+        for e in &entries {
+            sel.learn_keywords(&e.meta.keywords);
         }
-        let flags = format!(
-            "\\Answered \\Flagged \\Deleted \\Seen \\Draft{}",
-            keyword_suffix(&keywords)
-        );
-        self.untagged(&format!("FLAGS ({flags})"));
-        self.untagged(&format!("{} EXISTS", msgs.len()));
+        sel.msgs = entries;
+        let [flags, permanent] = sel.flag_lines();
+        self.untagged(&flags);
+        self.untagged(&format!("{} EXISTS", sel.msgs.len()));
         if !self.rev2 {
-            self.untagged("0 RECENT");
-            if let Some(i) = msgs.iter().position(|e| !e.meta.flags.contains(Flags::SEEN)) {
+            self.untagged(&format!("{} RECENT", sel.recent.len()));
+            if let Some(i) = sel.msgs.iter().position(|e| !e.meta.flags.contains(Flags::SEEN)) {
                 self.untagged(&format!("OK [UNSEEN {}] First unseen", i + 1));
             }
         }
-        let perm = if read_only {
-            "()".to_string()
-        } else {
-            format!("({flags} \\*)")
-        };
-        self.untagged(&format!("OK [PERMANENTFLAGS {perm}] Flags permitted"));
+        self.untagged(&permanent);
+        let mailbox = &sel.mailbox;
         self.untagged(&format!("OK [UIDVALIDITY {}] UIDs valid", mailbox.uidvalidity));
         self.untagged(&format!("OK [UIDNEXT {}] Predicted next UID", mailbox.uidnext));
         self.untagged(&format!("OK [HIGHESTMODSEQ {}] Highest", mailbox.highestmodseq));
@@ -64,17 +67,45 @@ impl Session {
         }
         let mode = if read_only { "[READ-ONLY]" } else { "[READ-WRITE]" };
         let verb = if read_only { "EXAMINE" } else { "SELECT" };
-        self.selected = Some(Selected {
-            seen_modseq: mailbox.highestmodseq,
-            pending: false,
-            mailbox,
-            read_only,
-            msgs,
-            watch,
-            saved: Vec::new(),
-            keywords,
-        });
+        self.selected = Some(sel);
         Ok(format!("{mode} {verb} completed"))
+    }
+
+    /// The UIDs of `msgs` (all below `upto`) that are `\Recent` to this session: claimed
+    /// when it may change the mailbox, only looked at when read-only (RFC 3501 §2.3.2). None
+    /// after `ENABLE IMAP4rev2`, which has no `\Recent`.
+    pub(super) fn take_recent(
+        &self,
+        mailbox: u64,
+        read_only: bool,
+        msgs: &[Entry],
+        upto: u32,
+    ) -> std::collections::HashSet<u32> {
+        if self.rev2 {
+            return Default::default();
+        }
+        let recent = &self.shared.recent;
+        let first_new = |started: i64| {
+            msgs.iter()
+                .filter(|e| e.meta.internal_date >= started)
+                .map(|e| e.uid)
+                .min()
+                .unwrap_or(upto)
+        };
+        let from = if read_only {
+            recent.peek(mailbox, first_new)
+        } else {
+            recent.claim(mailbox, upto, first_new)
+        };
+        msgs.iter()
+            .filter(|e| e.uid >= from && e.uid < upto)
+            .map(|e| e.uid)
+            .collect()
+    }
+
+    /// Whether the message is `\Recent` to this session.
+    pub(super) fn is_recent(&self, uid: u32) -> bool {
+        !self.rev2 && self.selected.as_ref().is_some_and(|s| s.recent.contains(&uid))
     }
 
     /// Brings the snapshot up to date and tells the client (EXISTS, EXPUNGE, FETCH FLAGS).
@@ -108,6 +139,7 @@ impl Session {
         let Ok(fresh) = self.shared.store.messages(id) else {
             return;
         };
+        let rev2 = self.rev2;
         let sel = self.selected.as_mut().expect("checked above");
         // Which of ours are gone, which changed.
         let mut gone = Vec::new();
@@ -131,7 +163,12 @@ impl Session {
             return;
         }
         let mut out = Vec::new();
+        let mut new_keyword = false;
+        for (_, meta) in &changed {
+            new_keyword |= sel.learn_keywords(&meta.keywords);
+        }
         for (i, meta) in changed {
+            let recent = !rev2 && sel.recent.contains(&sel.msgs[i].uid);
             let e = &mut sel.msgs[i];
             e.meta = meta;
             let modseq = if self.condstore {
@@ -143,28 +180,43 @@ impl Session {
                 "{} FETCH (UID {} FLAGS {}{modseq})",
                 i + 1,
                 e.uid,
-                flag_list(&e.meta)
+                flag_list(&e.meta, recent)
             ));
         }
         for &i in gone.iter().rev() {
-            sel.msgs.remove(i);
+            let e = sel.msgs.remove(i);
+            sel.recent.remove(&e.uid);
             out.push(format!("{} EXPUNGE", i + 1));
         }
         let last = sel.max_uid();
         let before = sel.msgs.len();
-        for f in fresh.into_iter().filter(|f| f.uid > last) {
-            for k in &f.meta.keywords {
-                if !sel.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
-                    sel.keywords.push(k.clone());
-                }
-            }
-            sel.msgs.push(Entry {
+        let arrived: Vec<Entry> = fresh
+            .into_iter()
+            .filter(|f| f.uid > last)
+            .map(|f| Entry {
                 uid: f.uid,
                 meta: f.meta,
-            });
+            })
+            .collect();
+        for e in &arrived {
+            new_keyword |= sel.learn_keywords(&e.meta.keywords);
         }
+        if new_keyword {
+            // Before any FETCH that shows the new keyword (RFC 3501 §7.2.6).
+            let lines = sel.flag_lines();
+            out.splice(0..0, lines);
+        }
+        let (mailbox_id, read_only) = (sel.mailbox.id, sel.read_only);
+        let upto = current.uidnext.max(arrived.last().map_or(0, |e| e.uid + 1));
+        let newly_recent = self.take_recent(mailbox_id, read_only, &arrived, upto);
+        let sel = self.selected.as_mut().expect("checked above");
+        sel.recent.extend(newly_recent);
+        sel.msgs.extend(arrived);
         if sel.msgs.len() != before || !gone.is_empty() {
             out.push(format!("{} EXISTS", sel.msgs.len()));
+            if !rev2 {
+                out.push(format!("{} RECENT", sel.recent.len()));
+            }
         }
         sel.seen_modseq = current.highestmodseq;
         sel.pending = false;
@@ -232,7 +284,8 @@ impl Session {
         idx.sort_unstable();
         let mut lines = Vec::new();
         for &i in idx.iter().rev() {
-            sel.msgs.remove(i);
+            let e = sel.msgs.remove(i);
+            sel.recent.remove(&e.uid);
             lines.push(format!("{} EXPUNGE", i + 1));
         }
         for l in lines {
