@@ -25,6 +25,25 @@ pub fn write_literal(out: &mut Vec<u8>, s: &[u8]) {
     out.extend_from_slice(s);
 }
 
+/// A literal for BODY[...] and RFC822 data: a plain literal may not carry NUL (RFC 3501
+/// CHAR8), so each NUL becomes 0x80, as Dovecot does; the length does not change. Only
+/// BINARY[...] sends NULs, in a literal8 (RFC 3516).
+pub fn write_text_literal(out: &mut Vec<u8>, s: &[u8]) {
+    if !s.contains(&0) {
+        return write_literal(out, s);
+    }
+    out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    out.extend(s.iter().map(|&b| if b == 0 { 0x80 } else { b }));
+}
+
+/// A literal for BINARY[...] data: a literal8 (`~{n}`) when it holds NUL (RFC 3516 §4.2).
+pub fn write_binary_literal(out: &mut Vec<u8>, s: &[u8]) {
+    if s.contains(&0) {
+        out.push(b'~');
+    }
+    write_literal(out, s);
+}
+
 fn nstring(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
         Some(s) => write_string(out, s.as_bytes()),
@@ -59,10 +78,17 @@ fn address_list(out: &mut Vec<u8>, value: Option<&str>) {
     out.push(b'(');
     for a in &list {
         match a {
-            Addr::Mailbox { name, mailbox, host } => {
+            Addr::Mailbox {
+                name,
+                adl,
+                mailbox,
+                host,
+            } => {
                 out.push(b'(');
                 nstring(out, name.as_deref());
-                out.extend_from_slice(b" NIL ");
+                out.push(b' ');
+                nstring(out, adl.as_deref());
+                out.push(b' ');
                 nstring(out, Some(mailbox));
                 out.push(b' ');
                 nstring(out, Some(host));

@@ -134,13 +134,23 @@ pub fn field<'a>(fields: &'a [(&str, String)], name: &str) -> Option<&'a str> {
 
 /// Removes RFC 5322 comments `( … )` outside quoted strings.
 fn strip_comments(s: &str) -> String {
+    split_comments(s).0
+}
+
+/// `s` without its RFC 5322 comments, and the text of each top-level comment (nested ones
+/// kept inside it).
+fn split_comments(s: &str) -> (String, Vec<String>) {
     let mut out = String::with_capacity(s.len());
+    let mut comments = Vec::new();
+    let mut comment = String::new();
     let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
     for c in s.chars() {
         if escaped {
             escaped = false;
             if depth == 0 {
                 out.push(c);
+            } else {
+                comment.push(c);
             }
             continue;
         }
@@ -155,13 +165,25 @@ fn strip_comments(s: &str) -> String {
                 quoted = !quoted;
                 out.push(c);
             }
-            '(' if !quoted => depth += 1,
-            ')' if !quoted && depth > 0 => depth -= 1,
+            '(' if !quoted => {
+                if depth > 0 {
+                    comment.push(c);
+                }
+                depth += 1;
+            }
+            ')' if !quoted && depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    comments.push(std::mem::take(&mut comment));
+                } else {
+                    comment.push(c);
+                }
+            }
             _ if depth == 0 => out.push(c),
-            _ => {}
+            _ => comment.push(c),
         }
     }
-    out
+    (out, comments)
 }
 
 /// Splits `value; a=b; c="d"` into the value and its parameters.
@@ -324,6 +346,9 @@ pub fn resolve<'a>(root: &'a Part, path: &[u32]) -> Option<&'a Part> {
 pub enum Addr {
     Mailbox {
         name: Option<String>,
+        /// A source route (`@a,@b` of `<@a,@b:user@host>`), obsolete but kept (RFC 3501
+        /// §7.4.2 "at-domain-list").
+        adl: Option<String>,
         mailbox: String,
         host: String,
     },
@@ -360,10 +385,11 @@ fn split_addr(spec: &str) -> (String, String) {
     }
 }
 
-/// Splits `s` at `sep` outside quotes and angle brackets.
+/// Splits `s` at `sep` outside quotes, comments and angle brackets.
 fn split_top(s: &str, seps: &[char]) -> Vec<(String, Option<char>)> {
     let mut out = Vec::new();
     let (mut cur, mut quoted, mut esc, mut angle) = (String::new(), false, false, false);
+    let mut depth = 0usize;
     for c in s.chars() {
         if esc {
             cur.push(c);
@@ -371,14 +397,23 @@ fn split_top(s: &str, seps: &[char]) -> Vec<(String, Option<char>)> {
             continue;
         }
         match c {
-            '\\' if quoted => {
+            '\\' if quoted || depth > 0 => {
                 esc = true;
                 cur.push(c);
             }
-            '"' => {
+            '"' if depth == 0 => {
                 quoted = !quoted;
                 cur.push(c);
             }
+            '(' if !quoted => {
+                depth += 1;
+                cur.push(c);
+            }
+            ')' if !quoted && depth > 0 => {
+                depth -= 1;
+                cur.push(c);
+            }
+            c if depth > 0 => cur.push(c),
             '<' if !quoted => {
                 angle = true;
                 cur.push(c);
@@ -396,6 +431,7 @@ fn split_top(s: &str, seps: &[char]) -> Vec<(String, Option<char>)> {
 }
 
 fn mailbox_of(item: &str) -> Option<Addr> {
+    let (item, comments) = split_comments(item);
     let item = item.trim();
     if item.is_empty() {
         return None;
@@ -405,23 +441,39 @@ fn mailbox_of(item: &str) -> Option<Addr> {
             let name = unquote(&item[..a]);
             (Some(name).filter(|n| !n.is_empty()), &item[a + 1..b])
         }
-        _ => (None, item),
+        // `user@host (Real Name)`: the comment is the only name there is (what Dovecot and
+        // most clients show).
+        _ => (
+            comments
+                .iter()
+                .rev()
+                .map(|c| c.split_whitespace().collect::<Vec<_>>().join(" "))
+                .find(|c| !c.is_empty()),
+            item,
+        ),
     };
-    // Drop a source route (`@a,@b:user@host`).
-    let spec = spec.rsplit_once(':').map(|(_, s)| s).unwrap_or(spec);
+    // A source route (`@a,@b:user@host`) goes into the ADL.
+    let (adl, spec) = match spec.trim().strip_prefix('@').and_then(|_| spec.split_once(':')) {
+        Some((route, rest)) => (Some(route.trim().to_string()).filter(|r| !r.is_empty()), rest),
+        None => (None, spec),
+    };
     let (mailbox, host) = split_addr(spec);
-    Some(Addr::Mailbox { name, mailbox, host })
+    Some(Addr::Mailbox {
+        name,
+        adl,
+        mailbox,
+        host,
+    })
 }
 
 /// Parses an address-list header value (with groups).
 pub fn addresses(value: &str) -> Vec<Addr> {
-    let value = strip_comments(value);
     let mut out = Vec::new();
     let mut in_group = false;
-    for (chunk, sep) in split_top(&value, &[',', ':', ';']) {
+    for (chunk, sep) in split_top(value, &[',', ':', ';']) {
         match sep {
             Some(':') if !in_group => {
-                out.push(Addr::GroupStart(unquote(&chunk)));
+                out.push(Addr::GroupStart(unquote(&strip_comments(&chunk))));
                 in_group = true;
             }
             Some(';') if in_group => {
@@ -479,13 +531,39 @@ Content-Type: text/plain\r\n\r\nplain\r\n--YY\r\nContent-Type: text/html\r\n\r\n
             a[0],
             Addr::Mailbox {
                 name: Some("Doe, J".into()),
+                adl: None,
                 mailbox: "j".into(),
                 host: "x.org".into()
+            }
+        );
+        // `addr (comment)`: the comment names the mailbox.
+        assert_eq!(
+            a[1],
+            Addr::Mailbox {
+                name: Some("K".into()),
+                adl: None,
+                mailbox: "k".into(),
+                host: "y".into()
             }
         );
         assert_eq!(a[2], Addr::GroupStart("g".into()));
         assert_eq!(a.len(), 6);
         assert_eq!(a[5], Addr::GroupEnd);
+        let a = addresses("user@domain (Real, Name (nested)), <@route1,@route2:u@h>, \"Q\" <q@h> (not a name)");
+        let mb = |name: Option<&str>, adl: Option<&str>, m: &str, h: &str| Addr::Mailbox {
+            name: name.map(Into::into),
+            adl: adl.map(Into::into),
+            mailbox: m.into(),
+            host: h.into(),
+        };
+        assert_eq!(
+            a,
+            vec![
+                mb(Some("Real, Name (nested)"), None, "user", "domain"),
+                mb(None, Some("@route1,@route2"), "u", "h"),
+                mb(Some("Q"), None, "q", "h"),
+            ]
+        );
         let (v, p) = parse_params("text/plain; charset=\"utf-8\" (c); format=flowed");
         assert_eq!(v, "text/plain");
         assert_eq!(

@@ -629,3 +629,30 @@ async fn a_session_of_invalid_commands_is_closed() {
         .unwrap();
     assert!(rest.is_empty(), "closed after the BYE");
 }
+
+#[tokio::test]
+async fn nul_bytes_only_in_binary_literals() {
+    let s = start_server(|_| {}).await;
+    let mut c = raw(s.imap).await;
+    c.login("alice@localhost").await;
+    // A binary APPEND (RFC 3516 literal8) of a message with a NUL in its body.
+    let msg =
+        b"Subject: nul\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\na\0b\r\n";
+    let mut cmd = format!("a APPEND INBOX ~{{{}+}}\r\n", msg.len()).into_bytes();
+    cmd.extend_from_slice(msg);
+    cmd.extend_from_slice(b"\r\n");
+    c.io.get_mut().write_all(&cmd).await.unwrap();
+    c.until("a").await;
+    c.cmd("b", "SELECT INBOX", "OK").await;
+    let r = c
+        .cmd("c", "FETCH 1 (BODY.PEEK[TEXT] BODY.PEEK[] RFC822.TEXT)", "OK")
+        .await;
+    assert!(!r.contains('\0'), "no NUL in a plain literal: {r:?}");
+    assert!(
+        r.contains("BODY[TEXT] {5}\r\na\u{FFFD}b\r\n"),
+        "NUL sent as 0x80: {r:?}"
+    );
+    let r = c.cmd("d", "FETCH 1 (BINARY.PEEK[1] BINARY.SIZE[1])", "OK").await;
+    assert!(r.contains("BINARY[1] ~{5}\r\na\0b\r\n"), "{r:?}");
+    assert!(r.contains("BINARY.SIZE[1] 5"), "{r:?}");
+}

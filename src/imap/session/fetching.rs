@@ -39,7 +39,7 @@ impl Session {
         uid: bool,
     ) -> Reply {
         if changed_since.is_some() || atts.contains(&FetchAtt::ModSeq) {
-            self.condstore = true;
+            self.enable_condstore();
         }
         if uid && !atts.contains(&FetchAtt::Uid) {
             atts.insert(0, FetchAtt::Uid);
@@ -221,15 +221,15 @@ pub(super) fn write_fetch(
             }
             FetchAtt::Rfc822 => {
                 out.extend_from_slice(b"RFC822 ");
-                fetch::write_literal(out, raw);
+                fetch::write_text_literal(out, raw);
             }
             FetchAtt::Rfc822Header => {
                 out.extend_from_slice(b"RFC822.HEADER ");
-                fetch::write_literal(out, header());
+                fetch::write_text_literal(out, header());
             }
             FetchAtt::Rfc822Text => {
                 out.extend_from_slice(b"RFC822.TEXT ");
-                fetch::write_literal(out, &raw[header().len()..]);
+                fetch::write_text_literal(out, &raw[header().len()..]);
             }
             FetchAtt::Section {
                 binary,
@@ -240,8 +240,14 @@ pub(super) fn write_fetch(
                 out.extend_from_slice(fetch::section_name(*binary, section, *partial).as_bytes());
                 out.push(b' ');
                 if section.part.is_empty() && section.kind == SectionKind::Full {
-                    // The whole message: straight from the stored bytes, no copy.
-                    fetch::write_literal(out, fetch::partial(raw, *partial));
+                    // The whole message: straight from the stored bytes (no copy unless it
+                    // holds NUL).
+                    let d = fetch::partial(raw, *partial);
+                    if *binary {
+                        fetch::write_binary_literal(out, d);
+                    } else {
+                        fetch::write_text_literal(out, d);
+                    }
                     continue;
                 }
                 let root = root()?;
@@ -257,10 +263,11 @@ pub(super) fn write_fetch(
                 match data {
                     Some(d) => {
                         let d = fetch::partial(&d, *partial);
-                        if *binary && d.contains(&0) {
-                            out.push(b'~');
+                        if *binary {
+                            fetch::write_binary_literal(out, d);
+                        } else {
+                            fetch::write_text_literal(out, d);
                         }
-                        fetch::write_literal(out, d);
                     }
                     None => out.extend_from_slice(b"\"\""),
                 }

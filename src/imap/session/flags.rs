@@ -13,7 +13,7 @@ impl Session {
         uid: bool,
     ) -> Reply {
         if unchanged_since.is_some() {
-            self.condstore = true;
+            self.enable_condstore();
         }
         let (bits, keywords) = parse_flags(flags)?;
         let condstore = self.condstore;

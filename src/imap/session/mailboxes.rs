@@ -125,13 +125,11 @@ impl Session {
         let mut names: Vec<String> = boxes.iter().map(|b| b.name.clone()).collect();
         if o.subscribed {
             names.extend(subs.iter().cloned());
-        }
-        for b in &boxes {
-            let parts: Vec<&str> = b.name.split(DELIM).collect();
-            for i in 1..parts.len() {
-                names.push(parts[..i].join("/"));
+            if o.recursive_match {
+                names.extend(subs.iter().flat_map(|s| parents(s)));
             }
         }
+        names.extend(boxes.iter().flat_map(|b| parents(&b.name)));
         names.sort();
         names.dedup();
         for name in names {
@@ -140,10 +138,14 @@ impl Session {
             }
             let mb = boxes.iter().find(|b| b.name == name);
             let subscribed = subs.contains(&name);
-            if o.subscribed && !subscribed {
+            let prefix = format!("{name}/");
+            // RFC 5258 §3.5: with RECURSIVEMATCH, a name the pattern matches is also given
+            // for a subscribed descendant the pattern does not return.
+            let childinfo =
+                o.subscribed && o.recursive_match && subs.iter().any(|s| s.starts_with(&prefix) && !matches(s));
+            if o.subscribed && !subscribed && !childinfo {
                 continue;
             }
-            let prefix = format!("{name}/");
             let has_children = boxes.iter().any(|b| b.name.starts_with(&prefix));
             if mb.is_none() && !o.subscribed {
                 // A parent that does not exist: shown only if its children are not.
@@ -173,7 +175,12 @@ impl Session {
                 attrs.push(su);
             }
             let head = format!("* LIST ({}) \"/\" ", attrs.join(" "));
-            self.write_mailbox_name(&head, &name, "");
+            let extra = if childinfo {
+                " (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+            } else {
+                ""
+            };
+            self.write_mailbox_name(&head, &name, extra);
             if let (Some(items), Some(mb)) = (&o.ret_status, mb) {
                 let line = self.status_line(mb, items)?;
                 self.write_mailbox_name("* STATUS ", &name, &format!(" ({line})"));
@@ -186,15 +193,31 @@ impl Session {
         let pattern = self.full_pattern(reference, pattern)?;
         let store = self.shared.store.clone();
         let account = self.account().to_string();
-        for name in store.subscriptions(&account)? {
-            if list_match(&pattern, &name) {
-                let noselect = if store.mailbox(&account, &name)?.is_none() {
-                    "\\Noselect"
-                } else {
-                    ""
-                };
-                self.write_mailbox_name(&format!("* LSUB ({noselect}) \"/\" "), &name, "");
+        let subs = store.subscriptions(&account)?;
+        let mut names: Vec<String> = subs
+            .iter()
+            .cloned()
+            .chain(subs.iter().flat_map(|s| parents(s)))
+            .collect();
+        names.sort();
+        names.dedup();
+        for name in names {
+            if !list_match(&pattern, &name) {
+                continue;
             }
+            let noselect = if subs.contains(&name) {
+                store.mailbox(&account, &name)?.is_none()
+            } else {
+                // RFC 3501 §6.3.9: a parent that is not subscribed is given (as \Noselect)
+                // only for a subscribed child that "%" hides.
+                let prefix = format!("{name}/");
+                if !subs.iter().any(|s| s.starts_with(&prefix) && !list_match(&pattern, s)) {
+                    continue;
+                }
+                true
+            };
+            let attrs = if noselect { "\\Noselect" } else { "" };
+            self.write_mailbox_name(&format!("* LSUB ({attrs}) \"/\" "), &name, "");
         }
         Ok("LSUB completed".into())
     }
@@ -242,4 +265,10 @@ impl Session {
         self.write_mailbox_name("* STATUS ", &name, &format!(" ({line})"));
         Ok("STATUS completed".into())
     }
+}
+
+/// The names above `name` in the hierarchy (`a`, `a/b` for `a/b/c`).
+fn parents(name: &str) -> Vec<String> {
+    let parts: Vec<&str> = name.split(DELIM).collect();
+    (1..parts.len()).map(|i| parts[..i].join("/")).collect()
 }

@@ -5,7 +5,7 @@ use super::*;
 impl Session {
     pub(super) fn search(&mut self, tag: &str, ret: Option<&[String]>, key: &SearchKey, uid: bool) -> Reply {
         if search_uses_modseq(key) {
-            self.condstore = true;
+            self.enable_condstore();
         }
         let store = self.shared.store.clone();
         let sel = self.selected.as_ref().expect("selected");
@@ -76,7 +76,18 @@ impl Session {
                     }
                     any |= *o != "SAVE";
                 }
-                if let Some(m) = modseq.filter(|_| !nums.is_empty()) {
+                // The highest MODSEQ of the messages returned (RFC 7162 §3.1.5): with only
+                // MIN and/or MAX, those messages, not every hit.
+                let returned = if opts.iter().any(|o| matches!(*o, "ALL" | "COUNT")) {
+                    modseq
+                } else {
+                    let ends = [
+                        opts.contains(&"MIN").then(|| hits.first()).flatten(),
+                        opts.contains(&"MAX").then(|| hits.last()).flatten(),
+                    ];
+                    modseq.and(ends.iter().flatten().map(|h| h.1).max())
+                };
+                if let Some(m) = returned.filter(|_| !nums.is_empty()) {
                     line.push_str(&format!(" MODSEQ {m}"));
                 }
                 if opts.contains(&"SAVE") {

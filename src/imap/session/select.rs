@@ -103,6 +103,18 @@ impl Session {
             .collect()
     }
 
+    /// A command that uses MODSEQ turns CONDSTORE on (RFC 7162 §3.1); the first time, with a
+    /// mailbox selected, the client learns its HIGHESTMODSEQ (§3.1.2.1).
+    pub(super) fn enable_condstore(&mut self) {
+        if self.condstore {
+            return;
+        }
+        self.condstore = true;
+        if let Some(m) = self.selected.as_ref().map(|s| s.seen_modseq) {
+            self.untagged(&format!("OK [HIGHESTMODSEQ {m}] Highest"));
+        }
+    }
+
     /// Whether the message is `\Recent` to this session.
     pub(super) fn is_recent(&self, uid: u32) -> bool {
         !self.rev2 && self.selected.as_ref().is_some_and(|s| s.recent.contains(&uid))
