@@ -179,6 +179,16 @@ pub enum Cmd {
         ret: Option<Vec<String>>,
         key: SearchKey,
     },
+    /// SORT (RFC 5256), with ESORT's RETURN (RFC 5267).
+    Sort {
+        ret: Option<Vec<String>>,
+        criteria: Vec<super::sort::SortKey>,
+        key: SearchKey,
+    },
+    Thread {
+        algorithm: super::sort::ThreadAlgorithm,
+        key: SearchKey,
+    },
     Fetch {
         set: SeqSet,
         atts: Vec<FetchAtt>,

@@ -5,7 +5,7 @@
 //! - [`session`]: states, the selected-mailbox snapshot (sequence numbers), untagged updates
 //!   at the points the RFCs allow, IDLE.
 //! - [`mime`] and [`fetch`]: message structure with exact byte ranges, FETCH items.
-//! - [`search`]: SEARCH keys.
+//! - [`search`]: SEARCH keys; [`sort`]: SORT and THREAD (RFC 5256).
 //! - [`mutf7`]: modified UTF-7 names for rev1 clients.
 //!
 //! Moving mail into or out of Junk emits a [`crate::spam::LearnEvent`] on the
@@ -18,5 +18,6 @@ pub mod mutf7;
 pub mod parser;
 pub mod search;
 pub mod session;
+pub mod sort;
 
 pub use session::Session;

@@ -800,24 +800,106 @@ impl Parser<'_> {
         let save = self.pos;
         if self.upper_atom().ok().as_deref() == Some("CHARSET") {
             self.sp()?;
-            let cs = self.astring()?.to_ascii_uppercase();
-            if cs != "UTF-8" && cs != "US-ASCII" {
-                return Err(format!("[BADCHARSET (UTF-8 US-ASCII)] charset {cs} is not supported"));
-            }
+            self.charset()?;
             self.sp()?;
         } else {
             self.pos = save;
         }
+        let key = self.search_program()?;
+        Ok(Cmd::Search { ret, key })
+    }
+
+    /// A search charset: the two every server must know (RFC 3501 §6.4.4).
+    fn charset(&mut self) -> Result<()> {
+        let cs = self.astring()?.to_ascii_uppercase();
+        if cs != "UTF-8" && cs != "US-ASCII" {
+            return Err(format!("[BADCHARSET (UTF-8 US-ASCII)] charset {cs} is not supported"));
+        }
+        Ok(())
+    }
+
+    /// One or more search keys, all of which must match.
+    fn search_program(&mut self) -> Result<SearchKey> {
         let mut keys = vec![self.search_key(0)?];
         while self.eat(b' ') {
             keys.push(self.search_key(0)?);
         }
-        let key = if keys.len() == 1 {
+        Ok(if keys.len() == 1 {
             keys.pop().unwrap_or(SearchKey::All)
         } else {
             SearchKey::And(keys)
+        })
+    }
+
+    /// `SORT [RETURN (...)] (criteria) charset keys` (RFC 5256 §3, RFC 5267 §3).
+    fn sort(&mut self) -> Result<Cmd> {
+        use super::sort::{SortKey, SortKind};
+        self.sp()?;
+        let mut ret = None;
+        let save = self.pos;
+        if self.upper_atom().ok().as_deref() == Some("RETURN") {
+            self.sp()?;
+            ret = Some(self.atom_list()?);
+            self.sp()?;
+        } else {
+            self.pos = save;
+        }
+        self.expect(b'(')?;
+        let mut criteria = Vec::new();
+        let mut reverse = false;
+        loop {
+            let word = self.upper_atom()?;
+            let kind = match word.as_str() {
+                "REVERSE" => {
+                    if reverse {
+                        return Err("REVERSE twice".into());
+                    }
+                    reverse = true;
+                    self.sp()?;
+                    continue;
+                }
+                "ARRIVAL" => SortKind::Arrival,
+                "CC" => SortKind::Cc,
+                "DATE" => SortKind::Date,
+                "FROM" => SortKind::From,
+                "SIZE" => SortKind::Size,
+                "SUBJECT" => SortKind::Subject,
+                "TO" => SortKind::To,
+                "DISPLAYFROM" => SortKind::DisplayFrom,
+                "DISPLAYTO" => SortKind::DisplayTo,
+                other => return Err(format!("unknown sort criterion {other}")),
+            };
+            criteria.push(SortKey { kind, reverse });
+            reverse = false;
+            if !self.eat(b' ') {
+                break;
+            }
+        }
+        if reverse {
+            return Err("REVERSE needs a criterion after it".into());
+        }
+        self.expect(b')')?;
+        self.sp()?;
+        self.charset()?;
+        self.sp()?;
+        let key = self.search_program()?;
+        Ok(Cmd::Sort { ret, criteria, key })
+    }
+
+    /// `THREAD algorithm charset keys` (RFC 5256 §3).
+    fn thread(&mut self) -> Result<Cmd> {
+        use super::sort::ThreadAlgorithm;
+        self.sp()?;
+        let algorithm = match self.upper_atom()?.as_str() {
+            "ORDEREDSUBJECT" => ThreadAlgorithm::OrderedSubject,
+            "REFERENCES" => ThreadAlgorithm::References,
+            other => return Err(format!("unknown threading algorithm {other}")),
         };
-        Ok(Cmd::Search { ret, key })
+        self.sp()?;
+        self.charset()?;
+        self.sp()?;
+        let key = self.search_program()?;
+        Ok(Cmd::Thread { algorithm, key })
     }
 
     fn fetch(&mut self) -> Result<Cmd> {
@@ -887,7 +969,7 @@ pub fn parse(buf: &[u8]) -> Result<Command> {
         name = p.upper_atom()?;
         if !matches!(
             name.as_str(),
-            "FETCH" | "STORE" | "SEARCH" | "COPY" | "MOVE" | "EXPUNGE"
+            "FETCH" | "STORE" | "SEARCH" | "SORT" | "THREAD" | "COPY" | "MOVE" | "EXPUNGE"
         ) {
             return Err(format!("UID {name} is not a command"));
         }
@@ -991,6 +1073,8 @@ pub fn parse(buf: &[u8]) -> Result<Command> {
         }
         "EXPUNGE" => Cmd::Expunge(None),
         "SEARCH" => p.search()?,
+        "SORT" => p.sort()?,
+        "THREAD" => p.thread()?,
         "FETCH" => p.fetch()?,
         "STORE" => p.store()?,
         "COPY" | "MOVE" => {

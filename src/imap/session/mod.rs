@@ -36,6 +36,7 @@ mod login;
 mod mailboxes;
 mod searching;
 mod select;
+mod sorting;
 
 const DELIM: char = '/';
 
@@ -61,6 +62,8 @@ struct Selected {
     keywords: Vec<String>,
     /// UIDs that are `\Recent` to this session (RFC 3501 §2.3.2).
     recent: std::collections::HashSet<u32>,
+    /// SORT and THREAD keys read so far, by UID (messages never change).
+    sort_cache: std::collections::HashMap<u32, Arc<crate::imap::sort::Keys>>,
 }
 
 impl Selected {
@@ -293,6 +296,11 @@ impl Session {
                 "LIST-STATUS",
                 "SPECIAL-USE",
                 "ESEARCH",
+                "SORT",
+                "SORT=DISPLAY",
+                "ESORT",
+                "THREAD=ORDEREDSUBJECT",
+                "THREAD=REFERENCES",
                 "SEARCHRES",
                 "UNSELECT",
                 "BINARY",
@@ -445,7 +453,11 @@ impl Session {
         let tag = c.tag.clone();
         let uid = c.uid;
         // EXPUNGE may not be sent during FETCH, STORE or SEARCH by sequence number.
-        let expunge_ok = uid || !matches!(c.cmd, Cmd::Fetch { .. } | Cmd::Store { .. } | Cmd::Search { .. });
+        let expunge_ok = uid
+            || !matches!(
+                c.cmd,
+                Cmd::Fetch { .. } | Cmd::Store { .. } | Cmd::Search { .. } | Cmd::Sort { .. } | Cmd::Thread { .. }
+            );
         let result = match (self.user.is_some(), self.selected.is_some(), c.cmd) {
             (_, _, Cmd::Capability) => {
                 let caps = self.capabilities();
@@ -514,6 +526,8 @@ impl Session {
             (true, true, Cmd::Unselect) => self.close(false).await,
             (true, true, Cmd::Expunge(set)) => self.expunge(set.as_ref(), uid).await,
             (true, true, Cmd::Search { ret, key }) => self.search(&tag, ret.as_deref(), &key, uid),
+            (true, true, Cmd::Sort { ret, criteria, key }) => self.sort(&tag, ret.as_deref(), &criteria, &key, uid),
+            (true, true, Cmd::Thread { algorithm, key }) => self.thread(algorithm, &key, uid),
             (
                 true,
                 true,

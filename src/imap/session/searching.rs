@@ -7,39 +7,13 @@ impl Session {
         if search_uses_modseq(key) {
             self.enable_condstore();
         }
-        let store = self.shared.store.clone();
         let sel = self.selected.as_ref().expect("selected");
-        let needs = search::needs_content(key);
-        let seq_of_uid = |u: u32| sel.seq_of_uid(u).map(|i| i as u32 + 1);
-        let rev2 = self.rev2;
-        let recent = |u: u32| !rev2 && sel.recent.contains(&u);
-        let ctx = search::Context {
-            max_seq: sel.msgs.len() as u32,
-            max_uid: sel.max_uid(),
-            saved: &sel.saved,
-            seq_of_uid: &seq_of_uid,
-            recent: &recent,
-        };
         let mut hits: Vec<(u32, u64)> = Vec::new();
         let mut hit_uids = Vec::new();
-        for (i, e) in sel.msgs.iter().enumerate() {
-            let mut cache: Option<Arc<Vec<u8>>> = None;
-            let mut load = || {
-                if cache.is_none() && needs {
-                    cache = store.blob(&e.meta.blob).ok().flatten().map(Arc::new);
-                }
-                cache.clone()
-            };
-            let mut c = search::Candidate {
-                seq: i as u32 + 1,
-                uid: e.uid,
-                meta: &e.meta,
-                raw: &mut load,
-            };
-            if search::matches(key, &mut c, &ctx) {
-                hits.push((if uid { e.uid } else { i as u32 + 1 }, e.meta.modseq));
-                hit_uids.push(e.uid);
-            }
+        for i in self.matching(key) {
+            let e = &sel.msgs[i];
+            hits.push((if uid { e.uid } else { i as u32 + 1 }, e.meta.modseq));
+            hit_uids.push(e.uid);
         }
         let modseq = search_uses_modseq(key).then(|| hits.iter().map(|h| h.1).max().unwrap_or(0));
         let nums: Vec<u32> = hits.iter().map(|h| h.0).collect();
@@ -104,6 +78,45 @@ impl Session {
             "SEARCH completed"
         }
         .into())
+    }
+}
+
+impl Session {
+    /// The snapshot indexes of the messages `key` matches, in order.
+    pub(super) fn matching(&self, key: &SearchKey) -> Vec<usize> {
+        let store = self.shared.store.clone();
+        let sel = self.selected.as_ref().expect("selected");
+        let needs = search::needs_content(key);
+        let seq_of_uid = |u: u32| sel.seq_of_uid(u).map(|i| i as u32 + 1);
+        let rev2 = self.rev2;
+        let recent = |u: u32| !rev2 && sel.recent.contains(&u);
+        let ctx = search::Context {
+            max_seq: sel.msgs.len() as u32,
+            max_uid: sel.max_uid(),
+            saved: &sel.saved,
+            seq_of_uid: &seq_of_uid,
+            recent: &recent,
+        };
+        let mut out = Vec::new();
+        for (i, e) in sel.msgs.iter().enumerate() {
+            let mut cache: Option<Arc<Vec<u8>>> = None;
+            let mut load = || {
+                if cache.is_none() && needs {
+                    cache = store.blob(&e.meta.blob).ok().flatten().map(Arc::new);
+                }
+                cache.clone()
+            };
+            let mut c = search::Candidate {
+                seq: i as u32 + 1,
+                uid: e.uid,
+                meta: &e.meta,
+                raw: &mut load,
+            };
+            if search::matches(key, &mut c, &ctx) {
+                out.push(i);
+            }
+        }
+        out
     }
 }
 
