@@ -124,6 +124,14 @@ pub struct ListOptions {
     pub extended: bool,
 }
 
+/// One message of an APPEND.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendMessage {
+    pub flags: Vec<String>,
+    pub date: Option<i64>,
+    pub message: Vec<u8>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
     Capability,
@@ -164,11 +172,10 @@ pub enum Cmd {
         mailbox: String,
         items: Vec<StatusItem>,
     },
+    /// APPEND, with MULTIAPPEND's several messages (RFC 3502).
     Append {
         mailbox: String,
-        flags: Vec<String>,
-        date: Option<i64>,
-        message: Vec<u8>,
+        messages: Vec<AppendMessage>,
     },
     Idle,
     Check,

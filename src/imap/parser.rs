@@ -713,32 +713,34 @@ impl Parser<'_> {
     fn append(&mut self) -> Result<Cmd> {
         self.sp()?;
         let mailbox = self.astring()?;
-        self.sp()?;
-        let mut flags = Vec::new();
-        if self.peek() == Some(b'(') {
-            flags = self.flag_list()?;
-            self.sp()?;
+        let mut messages = Vec::new();
+        // MULTIAPPEND (RFC 3502): each message is `[flag-list SP] [date-time SP] literal`.
+        while self.eat(b' ') {
+            let mut flags = Vec::new();
+            if self.peek() == Some(b'(') {
+                flags = self.flag_list()?;
+                self.sp()?;
+            }
+            let mut date = None;
+            if self.peek() == Some(b'"') {
+                let d = self.quoted()?;
+                date = Some(
+                    parse_date_time(&String::from_utf8_lossy(&d))
+                        .ok_or("bad date-time (want \"dd-Mon-yyyy hh:mm:ss +zzzz\")")?,
+                );
+                self.sp()?;
+            }
+            let message = if self.at_literal() {
+                self.literal()?.to_vec()
+            } else {
+                return Err("APPEND needs the message as a literal".into());
+            };
+            messages.push(super::command::AppendMessage { flags, date, message });
         }
-        let mut date = None;
-        if self.peek() == Some(b'"') {
-            let d = self.quoted()?;
-            date = Some(
-                parse_date_time(&String::from_utf8_lossy(&d))
-                    .ok_or("bad date-time (want \"dd-Mon-yyyy hh:mm:ss +zzzz\")")?,
-            );
-            self.sp()?;
+        if messages.is_empty() {
+            return Err("APPEND needs a message".into());
         }
-        let message = if self.at_literal() {
-            self.literal()?.to_vec()
-        } else {
-            return Err("APPEND needs the message as a literal".into());
-        };
-        Ok(Cmd::Append {
-            mailbox,
-            flags,
-            date,
-            message,
-        })
+        Ok(Cmd::Append { mailbox, messages })
     }
 
     fn store(&mut self) -> Result<Cmd> {
@@ -1129,10 +1131,13 @@ mod tests {
         );
         assert!(matches!(cmd("a FETCH 1 ALL"), Cmd::Fetch { atts, .. } if atts.len() == 4));
         assert!(
-            matches!(cmd("a APPEND INBOX (\\Seen) {5+}\r\nhello"), Cmd::Append { message, flags, .. } if message == b"hello" && flags == ["\\Seen"])
+            matches!(cmd("a APPEND INBOX (\\Seen) {5+}\r\nhello"), Cmd::Append { messages, .. } if messages[0].message == b"hello" && messages[0].flags == ["\\Seen"])
         );
         assert!(
-            matches!(cmd("a APPEND Junk \"05-Jan-2024 10:00:00 +0100\" {2}\r\nhi"), Cmd::Append { date: Some(d), .. } if d == 1704445200)
+            matches!(cmd("a APPEND Junk \"05-Jan-2024 10:00:00 +0100\" {2}\r\nhi"), Cmd::Append { messages, .. } if messages[0].date == Some(1704445200))
+        );
+        assert!(
+            matches!(cmd("a APPEND Sent {2+}\r\nhi (\\Seen) {3+}\r\nbye"), Cmd::Append { messages, .. } if messages.len() == 2 && messages[1].message == b"bye")
         );
         assert!(matches!(
             cmd("a STORE 1:3 +FLAGS.SILENT (\\Deleted $Junk)"),

@@ -10,7 +10,7 @@
 //! [`select`] (SELECT/EXAMINE, the snapshot, CLOSE, EXPUNGE), [`idle`], [`append`],
 //! [`copy_move`], [`fetching`], [`searching`] and [`flags`] (STORE).
 
-use super::command::{Cmd, Command, FetchAtt, ListOptions, SearchKey, SectionKind, SeqSet, StatusItem};
+use super::command::{AppendMessage, Cmd, Command, FetchAtt, ListOptions, SearchKey, SectionKind, SeqSet, StatusItem};
 use super::fetch::{self, write_mailbox};
 use super::mime;
 use super::parser;
@@ -304,6 +304,7 @@ impl Session {
                 "SEARCHRES",
                 "UNSELECT",
                 "BINARY",
+                "MULTIAPPEND",
                 "STATUS=SIZE",
             ]);
         }
@@ -509,16 +510,7 @@ impl Session {
             ) => self.list(&reference, &patterns, &options),
             (true, _, Cmd::Lsub { reference, pattern }) => self.lsub(&reference, &pattern),
             (true, _, Cmd::Status { mailbox, items }) => self.status(&mailbox, &items),
-            (
-                true,
-                _,
-                Cmd::Append {
-                    mailbox,
-                    flags,
-                    date,
-                    message,
-                },
-            ) => self.append(&mailbox, &flags, date, message).await,
+            (true, _, Cmd::Append { mailbox, messages }) => self.append(&mailbox, messages).await,
             (true, _, Cmd::Idle) => return self.idle(&tag).await,
             (true, false, _) => bad("No mailbox selected"),
             (true, true, Cmd::Check) => Ok("CHECK completed".into()),
