@@ -138,11 +138,19 @@ impl Authenticator {
 
     /// Checks a user name and password. Failures wait `failure_delay_ms` before returning.
     pub async fn login(&self, ip: IpAddr, user: &str, password: &str) -> Outcome {
+        let failures = |why: &str| {
+            crate::metrics::get()
+                .login_failures
+                .get_or_create(&crate::metrics::label("outcome", why))
+                .inc()
+        };
         if self.recent_failures(ip) >= self.config.max_failures_per_ip {
+            failures("throttled");
             return Outcome::Throttled;
         }
         let outcome = self.check(user, password).await;
         if outcome == Outcome::Failed {
+            failures("failed");
             self.note_failure(ip);
             tracing::info!(%ip, user, "login failed");
             tokio::time::sleep(Duration::from_millis(self.config.failure_delay_ms)).await;

@@ -70,17 +70,26 @@ pub async fn commit(
     body: Vec<u8>,
 ) -> Result<Committed, Refusal> {
     let id = envelope.id;
-    let accepted = ctx.data(session, scope, body).await.inspect_err(|r| {
+    let verdict = |v: &str| {
+        crate::metrics::get()
+            .messages
+            .get_or_create(&crate::metrics::label("verdict", v))
+            .inc()
+    };
+    let refused = |r: &Refusal| {
         tracing::info!(id, reply = r.line(), "refused at end of data");
-    })?;
+        verdict(if r.code >= 500 { "reject" } else { "tempfail" });
+    };
+    let accepted = ctx.data(session, scope, body).await.inspect_err(refused)?;
     if accepted.discard {
         tracing::info!(id, from = envelope.mail_from, "discarded by policy");
+        verdict("discard");
         return Ok(Committed::Discarded);
     }
     let deliveries = ctx
         .deliveries(session, scope, &accepted, envelope.accounts)
         .await
-        .inspect_err(|r| tracing::info!(id, reply = r.line(), "refused at end of data"))?;
+        .inspect_err(refused)?;
     let storage_failed = |what: &str, e: &dyn std::fmt::Display| {
         tracing::error!(id, "{what} failed: {e}");
         Refusal::new(451, "4.3.0", "Temporary storage failure, try again later")
@@ -119,6 +128,7 @@ pub async fn commit(
     if queued {
         wake.wake();
     }
+    verdict(accepted.verdict);
     tracing::info!(
         id,
         from = envelope.mail_from,
@@ -217,6 +227,8 @@ pub async fn store_local(store: &Arc<dyn MailStore>, raw: &[u8], deliveries: &[D
         } else {
             Cow::Owned(edit_headers(raw, extra, &[]))
         };
+        // One body per group, however many mailboxes share it.
+        crate::metrics::get().stored_bytes.inc_by(copy.len() as u64);
         let _turn = store.write_turn().await;
         if copy.len() >= BLOCKING_DELIVERY_SIZE {
             let (s, t, copy) = (store.clone(), targets.clone(), copy.into_owned());

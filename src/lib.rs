@@ -8,6 +8,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`mail`] | the leaf: addresses, the message model, parsing, header edits, line endings |
+//! | [`metrics`] | a leaf too: the Prometheus counters every layer records into |
 //! | [`net`] | [`net::conn::Conn`], the buffered plaintext/TLS stream every protocol reads and writes |
 //! | [`store`] | the [`store::MailStore`] contract and its sled implementation (key layout in [`store::keys`]) |
 //! | [`config`] | TOML configuration, embedded defaults, validation that names the bad key |
@@ -16,8 +17,8 @@
 //! | [`spam`] | analyzers registered into the hooks, SPF/DKIM/DMARC, training, learning |
 //! | [`route`] | where a recipient goes: local accounts, aliases, catch-alls, relay denial |
 //! | [`pipeline`] | what happens to a message: the one decision path for the server and the tools |
-//! | [`deliver`] | local delivery of a decided message, durably |
 //! | [`queue`] | outbound delivery: the queue's scheduler, the SMTP client, MX, bounces |
+//! | [`deliver`] | the end of every transaction: queue entry and local copies, durably |
 //! | [`context`] | what every protocol session shares |
 //! | [`smtp`], [`pop3`], [`imap`] | the protocols, side by side |
 //! | [`admin`] | admin commands, over the admin socket or directly on the store |
@@ -35,6 +36,7 @@ pub mod deliver;
 pub mod hooks;
 pub mod imap;
 pub mod mail;
+pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod pop3;

@@ -22,7 +22,6 @@ const EXIT_CONFIG: u8 = 2;
 
 /// Runs one command line to its end.
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging(matches!(cli.command, Command::Serve));
     if let Command::Send { args } = &cli.command {
         return send::run(args, cli.config);
     }
@@ -33,6 +32,7 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_logging(matches!(cli.command, Command::Serve), config.log.format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -82,14 +82,18 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_logging(server: bool) {
+fn init_logging(server: bool, format: crate::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = if server { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        crate::config::LogFormat::Text => fmt.init(),
+        // One object per line; the session span's fields (id, protocol, peer) in each.
+        crate::config::LogFormat::Json => fmt.json().with_current_span(true).with_span_list(false).init(),
+    }
 }
 
 async fn serve(config: Config) -> Result<(), String> {

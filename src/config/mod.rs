@@ -369,6 +369,32 @@ impl Default for Imap {
     }
 }
 
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Where `/metrics` is served (plain HTTP); absent: no endpoint. Bind it to loopback or a
+    /// management network: it tells anyone who can reach it how busy the server is.
+    pub bind: Option<SocketAddr>,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, with the session's fields (id, protocol, peer).
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
@@ -399,6 +425,8 @@ pub struct Config {
     pub dns: Dns,
     pub store: Store,
     pub outbound: outbound::Outbound,
+    pub metrics: Metrics,
+    pub log: Log,
     /// Domains we filter for and pass on (`[[relay]]`).
     #[serde(rename = "relay")]
     pub relays: Vec<outbound::Relay>,

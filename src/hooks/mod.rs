@@ -227,7 +227,13 @@ impl PolicySet {
         for p in self.plugins.iter().filter(|p| p.implements(hook, stage)) {
             let started = Instant::now();
             let result = p.call(hook, event, &mut snapshot, &records).await;
-            let micros = started.elapsed().as_micros() as u64;
+            let elapsed = started.elapsed();
+            let micros = elapsed.as_micros() as u64;
+            let policy = crate::metrics::label("policy", p.name.clone());
+            crate::metrics::get()
+                .hook_seconds
+                .get_or_create(&policy)
+                .observe(elapsed.as_secs_f64());
             let mut entry = TraceEntry {
                 plugin: p.name.clone(),
                 hook,
@@ -242,6 +248,7 @@ impl PolicySet {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::warn!(plugin = %p.name, ?hook, "policy failed: {e}");
+                    crate::metrics::get().policy_errors.get_or_create(&policy).inc();
                     entry.error = Some(e.to_string());
                     match p.manifest.on_error {
                         OnError::Continue => {

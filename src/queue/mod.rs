@@ -298,7 +298,17 @@ impl Runner {
         let mut due: HashMap<Destination, Vec<(u64, Vec<String>)>> = HashMap::new();
         // The earliest retry of what is not due now; what this pass defers comes on top.
         let mut next: Option<i64> = None;
+        let mut by_state: HashMap<&'static str, i64> = ["queued", "deferred", "held"].map(|s| (s, 0)).into();
         for entry in self.store.queued()? {
+            for r in &entry.recipients {
+                let state = match r.state {
+                    RcptState::Queued => "queued",
+                    RcptState::Deferred => "deferred",
+                    RcptState::Held => "held",
+                    RcptState::Delivered | RcptState::Failed => continue,
+                };
+                *by_state.entry(state).or_default() += 1;
+            }
             let waiting = |r: &&QueuedRecipient| matches!(r.state, RcptState::Queued | RcptState::Deferred);
             for r in entry.recipients.iter().filter(waiting) {
                 if r.next_attempt > now {
@@ -316,6 +326,12 @@ impl Runner {
                     None => list.push((entry.id, vec![r.address.clone()])),
                 }
             }
+        }
+        for (state, n) in by_state {
+            crate::metrics::get()
+                .queue_recipients
+                .get_or_create(&crate::metrics::label("state", state))
+                .set(n);
         }
         let per_destination = self.config.outbound.max_connections_per_destination;
         let mut tasks = tokio::task::JoinSet::new();
@@ -531,6 +547,15 @@ impl Runner {
                         continue;
                     };
                     r.attempts += 1;
+                    let result = match d.outcome {
+                        Outcome::Delivered(_) => "delivered",
+                        Outcome::Deferred(_) => "deferred",
+                        Outcome::Failed(_) => "failed",
+                    };
+                    crate::metrics::get()
+                        .delivery_attempts
+                        .get_or_create(&crate::metrics::label("result", result))
+                        .inc();
                     if r.state == RcptState::Held
                         && let Outcome::Deferred(reply) = &d.outcome
                     {

@@ -6,6 +6,7 @@
 //! rest, flushes the store and ends.
 
 pub mod limits;
+mod metrics_http;
 pub mod tls;
 
 use crate::config::{Config, Protocol, TlsMode};
@@ -25,6 +26,8 @@ use tokio::sync::{mpsc, watch};
 pub struct Running {
     /// Bound address of each listener, in config order.
     pub addrs: Vec<(Protocol, SocketAddr)>,
+    /// Where `/metrics` is served, when `[metrics] bind` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
     done: tokio::task::JoinHandle<()>,
@@ -156,6 +159,17 @@ pub async fn start(config: Config) -> Result<Running> {
     let outbound = tokio::spawn(runner.run(shutdown_rx.clone()));
     let admin = crate::admin::server::serve(&config, store.clone(), Some(shared.clone()), shutdown_rx.clone()).await?;
     let submit = crate::admin::submit::serve(shared.clone(), shutdown_rx.clone()).await?;
+    let (metrics_addr, metrics_task) = match config.metrics.bind {
+        Some(bind) => {
+            let listener = TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("metrics.bind: cannot bind {bind}"))?;
+            let local = listener.local_addr()?;
+            tracing::info!("metrics on http://{local}/metrics");
+            (Some(local), Some(tokio::spawn(metrics_http::serve(listener))))
+        }
+        None => (None, None),
+    };
     drop(alive);
 
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
@@ -175,6 +189,9 @@ pub async fn start(config: Config) -> Result<Running> {
         }
         admin.abort();
         submit.abort();
+        if let Some(t) = &metrics_task {
+            t.abort();
+        }
         sweeper.abort();
         // Deliveries in flight end with the runner; what they did not record is sent again.
         outbound.abort();
@@ -186,6 +203,7 @@ pub async fn start(config: Config) -> Result<Running> {
     });
     Ok(Running {
         addrs,
+        metrics_addr,
         shared,
         shutdown_tx,
         done,
@@ -238,7 +256,17 @@ async fn accept_loop(
         let alive = alive.clone();
         let permit = limits.try_acquire(peer.ip());
         let (protocol, tls_mode, config) = (config.protocol, config.tls, config.clone());
-        tokio::spawn(async move {
+        let name: &'static str = match protocol {
+            Protocol::Smtp => "smtp",
+            Protocol::Submission => "submission",
+            Protocol::Pop3 => "pop3",
+            Protocol::Imap => "imap",
+        };
+        let id = SESSION_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Every log line of the session carries its id, protocol and peer.
+        let span = tracing::info_span!("session", id, protocol = name, %peer);
+        let session = async move {
+            let _open = crate::metrics::OpenConnection::new(name);
             let _alive = alive;
             let mut conn = Conn::plain(tcp);
             conn.set_write_timeout(Duration::from_secs(shared.config.server.write_timeout_secs));
@@ -273,6 +301,10 @@ async fn accept_loop(
                     crate::smtp::Session::new(shared, conn, peer, &config).run(permit).await
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(session, span));
     }
 }
+
+/// Numbers the sessions, for logs.
+static SESSION_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

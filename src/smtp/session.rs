@@ -150,6 +150,16 @@ impl Session {
             format!("{code} {enhanced} {text}\r\n")
         };
         self.conn.write(line.as_bytes());
+        let class = match code {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        crate::metrics::get()
+            .smtp_replies
+            .get_or_create(&crate::metrics::label("class", class))
+            .inc();
         if code >= 400 {
             self.errors += 1;
         }

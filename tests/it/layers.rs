@@ -5,16 +5,17 @@
 /// Module → what it may import (of ours).
 const ALLOWED: &[(&str, &[&str])] = &[
     ("mail", &[]),
+    ("metrics", &[]),
     ("net", &[]),
-    ("store", &[]),
+    ("store", &["metrics"]),
     ("config", &["mail"]),
-    ("auth", &["config", "mail", "store"]),
-    ("hooks", &["config", "mail", "store"]),
+    ("auth", &["config", "mail", "metrics", "store"]),
+    ("hooks", &["config", "mail", "metrics", "store"]),
     ("spam", &["config", "hooks", "mail", "store"]),
     ("route", &["config", "mail", "store"]),
     ("pipeline", &["config", "hooks", "mail", "route", "spam", "store"]),
-    ("queue", &["config", "mail", "net", "route", "store"]),
-    ("deliver", &["hooks", "mail", "pipeline", "queue", "store"]),
+    ("queue", &["config", "mail", "metrics", "net", "route", "store"]),
+    ("deliver", &["hooks", "mail", "metrics", "pipeline", "queue", "store"]),
     (
         "context",
         &["auth", "config", "hooks", "queue", "route", "spam", "store"],
@@ -22,7 +23,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "smtp",
         &[
-            "auth", "config", "context", "deliver", "hooks", "mail", "net", "pipeline", "queue", "route", "store",
+            "auth", "config", "context", "deliver", "hooks", "mail", "metrics", "net", "pipeline", "queue", "route",
+            "store",
         ],
     ),
     ("pop3", &["auth", "config", "context", "hooks", "mail", "net", "store"]),
@@ -39,8 +41,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
-            "admin", "auth", "config", "context", "hooks", "imap", "mail", "net", "pop3", "queue", "route", "smtp",
-            "spam", "store",
+            "admin", "auth", "config", "context", "hooks", "imap", "mail", "metrics", "net", "pop3", "queue", "route",
+            "smtp", "spam", "store",
         ],
     ),
     (

@@ -8,6 +8,7 @@ mod dns;
 mod hooks;
 mod imap;
 mod layers;
+mod observability;
 mod origin;
 mod outbound;
 mod pipeline;
