@@ -745,3 +745,18 @@ pub fn hops(raw: &[u8]) -> usize {
         .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
         .count()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops_count_received_fields() {
+        let raw =
+            b"Received: from a\r\n\tby b\r\nRECEIVED: from c\r\nSubject: Received: no\r\n\r\nReceived: in the body\r\n";
+        assert_eq!(hops(raw), 2);
+        let many = "Received: x\r\n".repeat(MAX_HOPS + 1) + "\r\nbody";
+        assert!(hops(many.as_bytes()) > MAX_HOPS);
+        assert_eq!(hops(b"no header end"), 0);
+    }
+}
