@@ -31,6 +31,8 @@ pub struct HostServices {
     pub dns_timeout: Duration,
     /// `mailgate.bayes`, `.keywords`, `.letters`: registered by the spam filter.
     pub analyzers: Arc<dyn Analyzers>,
+    /// Answers of `dns`/`dnsbl`, shared by every policy and message.
+    pub dns_cache: super::dns_cache::DnsCache,
 }
 
 /// Host services for a run outside the server (`policy test`, `spam classify|eval`): DNS as
@@ -54,6 +56,7 @@ impl Offline {
             resolver: resolver(&config.dns).ok(),
             dns_timeout: Duration::from_millis(config.dns.timeout_ms),
             analyzers,
+            dns_cache: Default::default(),
         };
         Offline {
             host: Arc::new(host),
@@ -76,6 +79,7 @@ impl HostServices {
             resolver: None,
             dns_timeout: Duration::from_secs(2),
             analyzers: Arc::new(NoAnalyzers),
+            dns_cache: Default::default(),
         })
     }
 
@@ -88,41 +92,78 @@ impl HostServices {
 
     /// Looks up `name` (`A`, `AAAA`, `MX`, `TXT`, `PTR`); answers as strings (MX as
     /// "preference exchange", TXT strings joined). NXDOMAIN and no-data give an empty list.
+    /// Answers, negative answers and failures are cached ([`super::dns_cache`]).
     pub async fn dns(&self, kind: &str, name: &str) -> Result<Vec<String>, String> {
+        use super::dns_cache::{Answer, FAILURE_TTL, NEGATIVE_TTL, until};
         let resolver = self.resolver.as_ref().ok_or("DNS is not available here")?;
         let kind = kind.to_ascii_uppercase();
-        let lookup = async {
-            if kind == "PTR" {
-                let ip: IpAddr = name
-                    .parse()
-                    .map_err(|_| format!("PTR needs an IP address, got {name:?}"))?;
-                return match resolver.reverse_lookup(ip).await {
-                    Ok(l) => Ok(l.answers().iter().map(|r| rdata_string(&r.data)).collect()),
-                    Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-                    Err(e) => Err(e.to_string()),
-                };
-            }
-            let rtype = match kind.as_str() {
-                "A" => RecordType::A,
-                "AAAA" => RecordType::AAAA,
-                "MX" => RecordType::MX,
-                "TXT" => RecordType::TXT,
-                other => return Err(format!("unsupported DNS type {other}")),
-            };
-            match resolver.lookup(name, rtype).await {
-                Ok(l) => Ok(l
-                    .answers()
-                    .iter()
-                    .filter(|r| r.record_type() == rtype)
-                    .map(|r| rdata_string(&r.data))
-                    .collect()),
-                Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-                Err(e) => Err(e.to_string()),
+        let rtype = match kind.as_str() {
+            "A" => RecordType::A,
+            "AAAA" => RecordType::AAAA,
+            "MX" => RecordType::MX,
+            "TXT" => RecordType::TXT,
+            "PTR" => RecordType::PTR,
+            other => return Err(format!("unsupported DNS type {other}")),
+        };
+        let ptr_ip = if rtype == RecordType::PTR {
+            Some(
+                name.parse::<IpAddr>()
+                    .map_err(|_| format!("PTR needs an IP address, got {name:?}"))?,
+            )
+        } else {
+            None
+        };
+        // NXDOMAIN and no-data: empty, kept for the zone's negative TTL (RFC 2308).
+        let failed = |e: hickory_resolver::net::NetError| -> Answer {
+            match &e {
+                hickory_resolver::net::NetError::Dns(hickory_resolver::net::DnsError::NoRecordsFound(nr)) => Answer {
+                    result: Ok(Vec::new()),
+                    until: until(nr.negative_ttl.map_or(NEGATIVE_TTL, |t| Duration::from_secs(t.into()))),
+                },
+                _ => Answer {
+                    result: Err(e.to_string()),
+                    until: until(FAILURE_TTL),
+                },
             }
         };
-        tokio::time::timeout(self.dns_timeout, lookup)
+        let (resolver, name_owned) = (resolver.clone(), name.to_string());
+        let lookup = async move {
+            let name = name_owned.as_str();
+            if let Some(ip) = ptr_ip {
+                return match resolver.reverse_lookup(ip).await {
+                    Ok(l) => Answer {
+                        result: Ok(l.answers().iter().map(|r| rdata_string(&r.data)).collect()),
+                        until: l.valid_until(),
+                    },
+                    Err(e) => failed(e),
+                };
+            }
+            match resolver.lookup(name, rtype).await {
+                Ok(l) => Answer {
+                    result: Ok(l
+                        .answers()
+                        .iter()
+                        .filter(|r| r.record_type() == rtype)
+                        .map(|r| rdata_string(&r.data))
+                        .collect()),
+                    until: l.valid_until(),
+                },
+                Err(e) => failed(e),
+            }
+        };
+        let timeout = self.dns_timeout;
+        let what = format!("DNS {kind} {name}");
+        self.dns_cache
+            .get(&kind, name, || async move {
+                match tokio::time::timeout(timeout, lookup).await {
+                    Ok(a) => a,
+                    Err(_) => Answer {
+                        result: Err(format!("{what}: timed out")),
+                        until: until(FAILURE_TTL),
+                    },
+                }
+            })
             .await
-            .map_err(|_| format!("DNS {kind} {name}: timed out"))?
     }
 
     fn kv_key(plugin: &str, key: &str) -> String {

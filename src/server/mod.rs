@@ -80,6 +80,7 @@ pub async fn start(config: Config) -> Result<Running> {
         resolver: resolver.clone(),
         dns_timeout: Duration::from_millis(config.dns.timeout_ms),
         analyzers: spam.clone(),
+        dns_cache: Default::default(),
     });
     let engine = Arc::new(
         crate::hooks::Engine::new(&config.policies.dir, host, config.policies.lua_states)

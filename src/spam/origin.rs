@@ -82,16 +82,23 @@ impl Origin {
 
     async fn check_all(&self, s: &Sender<'_>, raw: &[u8]) -> Checked {
         let helo = s.helo.trim_start_matches('[').trim_end_matches(']');
+        // SPF and DKIM need nothing of each other: their lookups run at once (DMARC, which
+        // needs both, after).
+        let message = AuthenticatedMessage::parse(raw);
         // MAIL FROM, or the HELO identity for bounces (RFC 7208 §2.4).
-        let spf = self
-            .auth
-            .verify_spf(mail_auth::spf::verify::SpfParameters::verify(
-                s.ip,
-                helo,
-                &self.hostname,
-                s.mail_from,
-            ))
-            .await;
+        let spf = self.auth.verify_spf(mail_auth::spf::verify::SpfParameters::verify(
+            s.ip,
+            helo,
+            &self.hostname,
+            s.mail_from,
+        ));
+        let dkim = async {
+            match &message {
+                Some(m) => self.auth.verify_dkim(m).await,
+                None => Vec::new(),
+            }
+        };
+        let (spf, dkim) = tokio::join!(spf, dkim);
         let mut header = AuthenticationResults::new(&self.hostname);
         header = if s.mail_from.is_empty() {
             header.with_spf_ehlo_result(&spf, s.ip, helo)
@@ -103,7 +110,7 @@ impl Origin {
             spf_domain: Some(spf.domain().to_string()),
             ..Default::default()
         };
-        let Some(message) = AuthenticatedMessage::parse(raw) else {
+        let Some(message) = message.as_ref() else {
             // No header block worth the name: nothing to verify a signature or From against.
             results.dkim = Some("none".into());
             results.dmarc = Some("none".into());
@@ -112,7 +119,6 @@ impl Origin {
                 results,
             };
         };
-        let dkim = self.auth.verify_dkim(&message).await;
         let from = message.from().to_string();
         header = header.with_dkim_results(&dkim, &from);
         results.dkim_domains = dkim
@@ -135,7 +141,7 @@ impl Origin {
         let dmarc = self
             .auth
             .verify_dmarc(mail_auth::dmarc::verify::DmarcParameters::new(
-                &message,
+                message,
                 &dkim,
                 mail_from_domain,
                 &spf,

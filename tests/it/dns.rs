@@ -63,3 +63,55 @@ pub async fn start_dns(records: &[(&str, &str, &str)]) -> SocketAddr {
     std::mem::forget(server);
     addr
 }
+
+/// A name server that never answers, counting the queries it gets.
+fn silent_dns() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while sock.recv(&mut buf).is_ok() {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_name_server_is_asked_once_then_remembered() {
+    use crate::common::*;
+    let (dns, queries) = silent_dns();
+    let policy = r#"
+stages = { "mail" }
+function on_receive(e)
+  local ok, err = pcall(mailgate.dnsbl, "192.0.2.1", "bl.test")
+  if ok then return nil end
+  return { score = 0.5, symbol = "DNSBL_TEMPFAIL", reason = tostring(err) }
+end
+"#;
+    // A budget longer than the DNS timeout: the first message waits for the timeout.
+    let manifest = "timeout_ms = 2000\n";
+    let s = start_with_policies(&[("10-dnsbl.lua", policy), ("10-dnsbl.toml", manifest)], |c| {
+        c.dns.servers = vec![dns];
+        c.dns.timeout_ms = 300;
+    })
+    .await;
+    for n in 0..3 {
+        let mut c = greeted(s.smtp).await;
+        let r = send_mail(
+            &mut c,
+            "a@example.org",
+            &["alice@localhost"],
+            &format!("Subject: {n}\r\n\r\nx\r\n"),
+        )
+        .await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let texts = s.texts("alice@localhost", "INBOX");
+    assert_eq!(texts.len(), 3);
+    assert!(texts.iter().all(|t| t.contains("DNSBL_TEMPFAIL")), "{texts:?}");
+    // Three messages, one query: the timeout is remembered (30 s), not waited for again.
+    assert_eq!(queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
