@@ -446,6 +446,23 @@ async fn checkpoints(inner: std::sync::Weak<Inner>) {
 
 #[cfg(test)]
 mod tests {
+
+    /// Opens a store a dropped one used. sled's flusher thread lets go of the file lock a
+    /// moment after the last handle is dropped, so the first tries may find it still held.
+    fn reopen(path: &std::path::Path) -> SledStore {
+        let mut tries = 0;
+        loop {
+            match SledStore::open_with(path, 16, false) {
+                Ok(s) => return s,
+                Err(e) if tries < 200 => {
+                    tries += 1;
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopening the store: {e}"),
+            }
+        }
+    }
     use super::kv::{LARGE_CHUNK, large_chunk_key};
     use super::*;
     use crate::store::{Directory, KeyValue, Mailboxes, Messages, Queue};
@@ -727,7 +744,7 @@ mod tests {
             s.expunge(inbox.id, &[first.uid]).unwrap();
             s.sync().await.unwrap();
         } // dropped without a checkpoint: the next open replays the last three change sets
-        let s = SledStore::open_with(&path, 16, false).unwrap();
+        let s = reopen(&path);
         assert_eq!(s.journal.replayed(), 3, "the change sets after the checkpoint, again");
         let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
         let msgs = s.messages(inbox.id).unwrap();
@@ -741,7 +758,7 @@ mod tests {
         assert_eq!(s.deliver(b"four", 4, &[inbox.id]).unwrap(), vec![4]);
         s.sync().await.unwrap();
         drop(s);
-        let s = SledStore::open_with(&path, 16, false).unwrap();
+        let s = reopen(&path);
         // Replay marked what it re-applied: only the two change sets since (the expunge and
         // "four") are re-applied now.
         assert_eq!(s.journal.replayed(), 2);
@@ -767,7 +784,7 @@ mod tests {
             s.deliver(b"kept until the account goes", 1, &[inbox.id]).unwrap();
             s.sync().await.unwrap();
         }
-        let s = SledStore::open_with(&path, 16, false).unwrap();
+        let s = reopen(&path);
         assert_eq!(wal_files(dir.path()), 2, "a new segment after reopening");
         s.checkpoint().await.unwrap();
         assert_eq!(wal_files(dir.path()), 2, "segment 1 holds a live body");
