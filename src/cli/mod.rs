@@ -97,7 +97,12 @@ fn init_logging(server: bool, format: crate::config::LogFormat) {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
     let running = crate::server::start(config).await.map_err(|e| format!("{e:#}"))?;
+    // The handlers are in place before anyone is told the server is up: a SIGTERM right
+    // after the "listening" lines is a graceful shutdown, not a kill.
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let hup = signal(SignalKind::hangup());
     // One line per listener on stdout, for scripts and tests that bind port 0.
     for (proto, addr) in &running.addrs {
         println!("listening {proto} {addr}");
@@ -106,8 +111,7 @@ async fn serve(config: Config) -> Result<(), String> {
     let trigger = running.shutdown_handle();
     let engine = running.shared.engine.clone();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        let Ok(mut hup) = hup else {
             return;
         };
         while hup.recv().await.is_some() {
@@ -116,8 +120,6 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     });
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

@@ -294,6 +294,8 @@ pub fn python(script: &str, args: &[&str]) -> String {
 pub struct ChildServer {
     pub proc: std::process::Child,
     pub smtp: SocketAddr,
+    /// Listeners printed before the SMTP one (`protocol`, address), in order.
+    pub others: Vec<(String, SocketAddr)>,
 }
 
 /// Writes a config for `dir` (SMTP on a free port, no TLS) and returns its path.
@@ -329,6 +331,7 @@ impl ChildServer {
             .unwrap();
         let mut out = std::io::BufReader::new(proc.stdout.take().unwrap());
         let mut line = String::new();
+        let mut others = Vec::new();
         loop {
             line.clear();
             if out.read_line(&mut line).unwrap() == 0 {
@@ -338,7 +341,10 @@ impl ChildServer {
             }
             if let Some(addr) = line.trim().strip_prefix("listening smtp ") {
                 let smtp = addr.parse().unwrap();
-                return ChildServer { proc, smtp };
+                return ChildServer { proc, smtp, others };
+            }
+            if let Some((proto, addr)) = line.trim().strip_prefix("listening ").and_then(|r| r.split_once(' ')) {
+                others.push((proto.to_string(), addr.parse().unwrap()));
             }
         }
     }

@@ -165,3 +165,159 @@ fn kill_9_loses_no_queued_message() {
     });
     assert!(server.terminate().success());
 }
+
+/// A minimal IMAP client for the crash loop: a tagged command and its reply lines.
+struct Imap {
+    io: tokio::io::BufReader<tokio::net::TcpStream>,
+    n: usize,
+}
+
+impl Imap {
+    async fn connect(addr: std::net::SocketAddr) -> Option<Imap> {
+        use tokio::io::AsyncBufReadExt;
+        let s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let mut c = Imap {
+            io: tokio::io::BufReader::new(s),
+            n: 0,
+        };
+        let mut greeting = String::new();
+        c.io.read_line(&mut greeting).await.ok()?;
+        Some(c)
+    }
+
+    /// Sends `cmd` (a literal, if any, inline with LITERAL+); the tagged reply line, or None
+    /// when the server went away first.
+    async fn cmd(&mut self, cmd: &[u8]) -> Option<(String, Vec<String>)> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        self.n += 1;
+        let tag = format!("t{}", self.n);
+        let mut line = format!("{tag} ").into_bytes();
+        line.extend_from_slice(cmd);
+        line.extend_from_slice(b"\r\n");
+        self.io.get_mut().write_all(&line).await.ok()?;
+        let mut untagged = Vec::new();
+        loop {
+            let mut l = String::new();
+            if self.io.read_line(&mut l).await.ok()? == 0 {
+                return None;
+            }
+            if l.starts_with(&format!("{tag} ")) {
+                return Some((l, untagged));
+            }
+            untagged.push(l);
+        }
+    }
+}
+
+/// kill -9 while IMAP clients APPEND and EXPUNGE: after the restart every APPEND answered OK
+/// is there exactly once, and nothing whose EXPUNGE was answered OK has come back.
+#[test]
+fn kill_9_keeps_appends_and_expunges() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_child_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    // The IMAP listener first: its "listening" line comes before the SMTP one.
+    text = text.replacen(
+        "[[listener]]",
+        "[[listener]]\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n\n[[listener]]",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, err) = cli(&cfg, &["user", "add", "alice@localhost", "--password-stdin"], "pw");
+    assert_eq!(code, 0, "{err}");
+    let server = ChildServer::start(&cfg);
+    let imap = server
+        .others
+        .iter()
+        .find(|(p, _)| p == "imap")
+        .expect("imap listener")
+        .1;
+    let appended = Arc::new(Mutex::new(Vec::<String>::new()));
+    let expunged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for client in 0..4 {
+            let (appended, expunged, count, enough) =
+                (appended.clone(), expunged.clone(), count.clone(), enough.clone());
+            tasks.push(tokio::spawn(async move {
+                let Some(mut c) = Imap::connect(imap).await else { return };
+                if c.cmd(b"LOGIN alice@localhost pw").await.is_none() {
+                    return;
+                }
+                // Half the clients also remove what they appended.
+                let expunging = client % 2 == 0;
+                if expunging && c.cmd(b"SELECT INBOX").await.is_none() {
+                    return;
+                }
+                for n in 0.. {
+                    let subject = format!("ap-{client}-{n}");
+                    let msg = message(&subject, &"payload line\r\n".repeat(40));
+                    let mut cmd = format!("APPEND INBOX {{{}+}}\r\n", msg.len()).into_bytes();
+                    cmd.extend_from_slice(msg.as_bytes());
+                    let Some((reply, _)) = c.cmd(&cmd).await else { return };
+                    if !reply.contains(" OK ") {
+                        return;
+                    }
+                    let uid: u32 = reply
+                        .split("APPENDUID ")
+                        .nth(1)
+                        .and_then(|r| r.split([' ', ']']).nth(1))
+                        .and_then(|u| u.parse().ok())
+                        .expect("APPENDUID");
+                    if expunging {
+                        let store = format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)");
+                        let Some((r, _)) = c.cmd(store.as_bytes()).await else {
+                            appended.lock().unwrap().push(subject); // acknowledged, maybe deleted
+                            return;
+                        };
+                        assert!(r.contains(" OK "), "{r}");
+                        match c.cmd(format!("UID EXPUNGE {uid}").as_bytes()).await {
+                            Some((r, _)) if r.contains(" OK ") => expunged.lock().unwrap().push(subject),
+                            _ => return, // unknown whether the expunge landed
+                        }
+                    } else {
+                        appended.lock().unwrap().push(subject);
+                    }
+                    if count.fetch_add(1, Ordering::SeqCst) + 1 == 60 {
+                        enough.notify_one();
+                    }
+                }
+            }));
+        }
+        enough.notified().await;
+        server.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    // Restart on the crashed store, then read it once the server has stopped.
+    let server = ChildServer::start(&cfg);
+    assert!(server.terminate().success());
+    let store = SledStore::open(&dir.path().join("data/store"), 16).unwrap();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for m in inbox_of(&store, "alice@localhost") {
+        let raw = store
+            .blob(&m.meta.blob)
+            .unwrap()
+            .expect("every listed message has its body");
+        assert_eq!(raw.len() as u64, m.meta.size, "uid {} is whole", m.uid);
+        *seen.entry(subject_of(&raw)).or_default() += 1;
+    }
+    let appended = appended.lock().unwrap().clone();
+    let expunged = expunged.lock().unwrap().clone();
+    assert!(appended.len() + expunged.len() >= 60);
+    assert!(!expunged.is_empty(), "some expunges were acknowledged");
+    for s in &expunged {
+        assert_eq!(seen.get(s), None, "expunged {s} came back");
+    }
+    for s in appended
+        .iter()
+        .filter(|s| !s.starts_with("ap-0-") && !s.starts_with("ap-2-"))
+    {
+        assert_eq!(seen.get(s), Some(&1), "appended {s} kept exactly once");
+    }
+    assert!(seen.values().all(|&n| n == 1), "no duplicates");
+}
