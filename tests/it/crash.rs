@@ -321,3 +321,128 @@ fn kill_9_keeps_appends_and_expunges() {
     }
     assert!(seen.values().all(|&n| n == 1), "no duplicates");
 }
+
+/// A POP3 command's first reply line, or None when the server went away.
+async fn pop_cmd(io: &mut tokio::io::BufReader<tokio::net::TcpStream>, cmd: &str) -> Option<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    io.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).await.ok()?;
+    let mut l = String::new();
+    (io.read_line(&mut l).await.ok()? > 0).then_some(l)
+}
+
+/// kill -9 while POP3 clients delete: a message whose deletion was answered `+OK` at QUIT
+/// never comes back after the restart.
+#[test]
+fn kill_9_never_brings_back_what_pop3_deleted() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_child_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replacen(
+        "[[listener]]",
+        "[[listener]]\nprotocol = \"pop3\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n\n[[listener]]",
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, err) = cli(&cfg, &["user", "add", "alice@localhost", "--password-stdin"], "pw");
+    assert_eq!(code, 0, "{err}");
+    let server = ChildServer::start(&cfg);
+    let pop3 = server
+        .others
+        .iter()
+        .find(|(p, _)| p == "pop3")
+        .expect("pop3 listener")
+        .1;
+    let smtp = server.smtp;
+    let deleted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Mail keeps arriving while the maildrop is emptied.
+        let intake = tokio::spawn(async move {
+            let mut c = greeted(smtp).await;
+            for n in 0.. {
+                let mut batch = "MAIL FROM:<load@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n".to_string();
+                batch.push_str(&message(&format!("pop-{n}"), "body\r\n"));
+                batch.push_str(".\r\n");
+                c.send(batch.as_bytes()).await;
+                let last = [c.reply().await, c.reply().await, c.reply().await, c.reply().await];
+                if !last[3].starts_with("250") {
+                    return;
+                }
+            }
+        });
+        let enough = Arc::new(tokio::sync::Notify::new());
+        let deleter = {
+            let (deleted, enough) = (deleted.clone(), enough.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok(s) = tokio::net::TcpStream::connect(pop3).await else {
+                        return;
+                    };
+                    let mut io = tokio::io::BufReader::new(s);
+                    let mut greeting = String::new();
+                    if io.read_line(&mut greeting).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let Some(_) = pop_cmd(&mut io, "USER alice@localhost").await else {
+                        return;
+                    };
+                    let Some(r) = pop_cmd(&mut io, "PASS pw").await else {
+                        return;
+                    };
+                    if !r.starts_with("+OK") {
+                        continue; // in use by nobody else, but keep trying
+                    }
+                    // The subject of message 1, then delete it.
+                    let Some(r) = pop_cmd(&mut io, "TOP 1 0").await else {
+                        return;
+                    };
+                    if !r.starts_with("+OK") {
+                        let _ = pop_cmd(&mut io, "QUIT").await;
+                        continue; // empty maildrop for now
+                    }
+                    let mut head = Vec::new();
+                    loop {
+                        let mut l = String::new();
+                        if io.read_line(&mut l).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if l == ".\r\n" {
+                            break;
+                        }
+                        head.push(l);
+                    }
+                    let subject = subject_of(head.concat().as_bytes());
+                    let Some(r) = pop_cmd(&mut io, "DELE 1").await else {
+                        return;
+                    };
+                    assert!(r.starts_with("+OK"), "{r}");
+                    match pop_cmd(&mut io, "QUIT").await {
+                        Some(r) if r.starts_with("+OK") => deleted.lock().unwrap().push(subject),
+                        _ => return, // unknown whether the deletion landed
+                    }
+                    if deleted.lock().unwrap().len() == 40 {
+                        enough.notify_one();
+                    }
+                }
+            })
+        };
+        // Killed while deletions (and intake) go on.
+        enough.notified().await;
+        server.kill9();
+        deleter.await.unwrap();
+        intake.await.unwrap();
+    });
+    let deleted = deleted.lock().unwrap().clone();
+    assert!(deleted.len() >= 40, "{deleted:?}");
+    let server = ChildServer::start(&cfg);
+    assert!(server.terminate().success());
+    let store = SledStore::open(&dir.path().join("data/store"), 16).unwrap();
+    let present: Vec<String> = inbox_of(&store, "alice@localhost")
+        .iter()
+        .map(|m| subject_of(&store.blob(&m.meta.blob).unwrap().expect("body")))
+        .collect();
+    for s in &deleted {
+        assert!(!present.contains(s), "{s} was deleted at QUIT (+OK) and came back");
+    }
+}
