@@ -788,17 +788,22 @@ impl Parser<'_> {
         })
     }
 
+    /// An optional `RETURN (options) ` (ESEARCH, RFC 4731; ESORT, RFC 5267).
+    fn return_options(&mut self) -> Result<Option<Vec<String>>> {
+        let save = self.pos;
+        if self.upper_atom().ok().as_deref() != Some("RETURN") {
+            self.pos = save;
+            return Ok(None);
+        }
+        self.sp()?;
+        let options = self.atom_list()?;
+        self.sp()?;
+        Ok(Some(options))
+    }
+
     fn search(&mut self) -> Result<Cmd> {
         self.sp()?;
-        let mut ret = None;
-        let save = self.pos;
-        if self.upper_atom().ok().as_deref() == Some("RETURN") {
-            self.sp()?;
-            ret = Some(self.atom_list()?);
-            self.sp()?;
-        } else {
-            self.pos = save;
-        }
+        let ret = self.return_options()?;
         let save = self.pos;
         if self.upper_atom().ok().as_deref() == Some("CHARSET") {
             self.sp()?;
@@ -837,15 +842,7 @@ impl Parser<'_> {
     fn sort(&mut self) -> Result<Cmd> {
         use super::sort::{SortKey, SortKind};
         self.sp()?;
-        let mut ret = None;
-        let save = self.pos;
-        if self.upper_atom().ok().as_deref() == Some("RETURN") {
-            self.sp()?;
-            ret = Some(self.atom_list()?);
-            self.sp()?;
-        } else {
-            self.pos = save;
-        }
+        let ret = self.return_options()?;
         self.expect(b'(')?;
         let mut criteria = Vec::new();
         let mut reverse = false;

@@ -166,6 +166,21 @@ fn kill_9_loses_no_queued_message() {
     assert!(server.terminate().success());
 }
 
+/// A child config with a `protocol` listener (plaintext) ahead of the SMTP one, so its
+/// "listening" line comes first ([`ChildServer::others`]), and the account alice@localhost.
+fn config_with_alice(dir: &std::path::Path, protocol: &str) -> std::path::PathBuf {
+    let cfg = write_child_config(dir);
+    let text = std::fs::read_to_string(&cfg).unwrap().replacen(
+        "[[listener]]",
+        &format!("[[listener]]\nprotocol = \"{protocol}\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n\n[[listener]]"),
+        1,
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, err) = cli(&cfg, &["user", "add", "alice@localhost", "--password-stdin"], "pw");
+    assert_eq!(code, 0, "{err}");
+    cfg
+}
+
 /// A minimal IMAP client for the crash loop: a tagged command and its reply lines.
 struct Imap {
     io: tokio::io::BufReader<tokio::net::TcpStream>,
@@ -214,17 +229,7 @@ impl Imap {
 #[test]
 fn kill_9_keeps_appends_and_expunges() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_child_config(dir.path());
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    // The IMAP listener first: its "listening" line comes before the SMTP one.
-    text = text.replacen(
-        "[[listener]]",
-        "[[listener]]\nprotocol = \"imap\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n\n[[listener]]",
-        1,
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let (code, _, err) = cli(&cfg, &["user", "add", "alice@localhost", "--password-stdin"], "pw");
-    assert_eq!(code, 0, "{err}");
+    let cfg = config_with_alice(dir.path(), "imap");
     let server = ChildServer::start(&cfg);
     let imap = server
         .others
@@ -336,16 +341,7 @@ async fn pop_cmd(io: &mut tokio::io::BufReader<tokio::net::TcpStream>, cmd: &str
 fn kill_9_never_brings_back_what_pop3_deleted() {
     use tokio::io::AsyncBufReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_child_config(dir.path());
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text = text.replacen(
-        "[[listener]]",
-        "[[listener]]\nprotocol = \"pop3\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n\n[[listener]]",
-        1,
-    );
-    std::fs::write(&cfg, text).unwrap();
-    let (code, _, err) = cli(&cfg, &["user", "add", "alice@localhost", "--password-stdin"], "pw");
-    assert_eq!(code, 0, "{err}");
+    let cfg = config_with_alice(dir.path(), "pop3");
     let server = ChildServer::start(&cfg);
     let pop3 = server
         .others

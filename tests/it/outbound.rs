@@ -683,13 +683,12 @@ async fn first_attempt(s: &TestServer) -> mailgate::store::QueuedRecipient {
     .expect("an attempt is recorded")
 }
 
-#[tokio::test]
-async fn tls_require_defers_rather_than_send_in_clear_and_a_5xx_greeting_defers() {
-    let sink = sink().await; // offers no STARTTLS
-    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
+/// One message for joe@filtered.example, relayed to `hop` with an hour between tries; the
+/// recipient as its first attempt left it.
+async fn one_attempt_via(hop: &str, tls: mailgate::config::outbound::OutboundTls) -> mailgate::store::QueuedRecipient {
     let s = start_server(|c| {
-        c.relays = vec![relay_to("filtered.example", &hop)];
-        c.outbound.tls = mailgate::config::outbound::OutboundTls::Require;
+        c.relays = vec![relay_to("filtered.example", hop)];
+        c.outbound.tls = tls;
         c.outbound.retry_schedule = vec![Span::parse("1h").unwrap()];
     })
     .await;
@@ -702,7 +701,14 @@ async fn tls_require_defers_rather_than_send_in_clear_and_a_5xx_greeting_defers(
     )
     .await;
     assert!(r.starts_with("250"), "{r}");
-    let r = first_attempt(&s).await;
+    first_attempt(&s).await
+}
+
+#[tokio::test]
+async fn tls_require_defers_rather_than_send_in_clear_and_a_5xx_greeting_defers() {
+    use mailgate::config::outbound::OutboundTls;
+    let sink = sink().await; // offers no STARTTLS
+    let r = one_attempt_via(&format!("[127.0.0.1]:{}", sink.addr.port()), OutboundTls::Require).await;
     assert_eq!(r.state, mailgate::store::RcptState::Deferred);
     assert!(r.last_reply.contains("TLS is required"), "{}", r.last_reply);
     assert!(sink.got.lock().unwrap().is_empty(), "nothing sent in clear");
@@ -715,21 +721,7 @@ async fn tls_require_defers_rather_than_send_in_clear_and_a_5xx_greeting_defers(
             let _ = sock.write_all(b"554 5.7.1 no service for you\r\n").await;
         }
     });
-    let s = start_server(|c| {
-        c.relays = vec![relay_to("filtered.example", &format!("[127.0.0.1]:{port}"))];
-        c.outbound.retry_schedule = vec![Span::parse("1h").unwrap()];
-    })
-    .await;
-    let mut c = greeted(s.smtp).await;
-    let r = send_mail(
-        &mut c,
-        "alice@localhost",
-        &["joe@filtered.example"],
-        "Subject: s\r\n\r\nx\r\n",
-    )
-    .await;
-    assert!(r.starts_with("250"), "{r}");
-    let r = first_attempt(&s).await;
+    let r = one_attempt_via(&format!("[127.0.0.1]:{port}"), OutboundTls::Opportunistic).await;
     assert_eq!(r.state, mailgate::store::RcptState::Deferred);
     assert!(
         r.last_reply.contains("554 5.7.1 no service for you"),
