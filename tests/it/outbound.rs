@@ -136,6 +136,29 @@ pub async fn sink_with(dsn: bool) -> Sink {
     Sink { addr, got, seen }
 }
 
+/// A sink, and a server that delivers by MX into it: `remote.test` has its MX on loopback
+/// (plus `extra` records), and MX hosts are tried on the sink's port. `tweak` edits the rest.
+pub async fn mx_to_sink(
+    extra: &[(&str, &str, &str)],
+    tweak: impl FnOnce(&mut mailgate::config::Config),
+) -> (Sink, TestServer) {
+    let sink = sink().await;
+    let mut records = vec![
+        ("remote.test.", "MX", "10 mx.remote.test."),
+        ("mx.remote.test.", "A", "127.0.0.1"),
+    ];
+    records.extend_from_slice(extra);
+    let dns = start_dns(&records).await;
+    let port = sink.addr.port();
+    let s = start_server(|c| {
+        c.dns.servers = vec![dns];
+        c.outbound.port = port;
+        tweak(c);
+    })
+    .await;
+    (sink, s)
+}
+
 impl Sink {
     /// Waits until the sink has accepted `n` messages in all.
     pub async fn wait_for(&mut self, n: usize) -> Vec<Received> {
@@ -297,16 +320,7 @@ async fn a_temporary_failure_is_retried_and_a_bounce_is_never_bounced() {
 
 #[tokio::test]
 async fn by_mx_null_mx_and_no_open_relay() {
-    let mut sink = sink().await;
-    let dns = start_dns(&[
-        ("remote.test.", "MX", "10 mx.remote.test."),
-        ("mx.remote.test.", "A", "127.0.0.1"),
-        ("nomail.test.", "MX", "0 ."),
-    ])
-    .await;
-    let s = start_server(|c| {
-        c.dns.servers = vec![dns];
-        c.outbound.port = sink.addr.port();
+    let (mut sink, s) = mx_to_sink(&[("nomail.test.", "MX", "0 .")], |c| {
         c.smtp.relay_networks = vec![mailgate::config::outbound::Cidr::parse("127.0.0.1/32").unwrap()];
     })
     .await;
@@ -326,7 +340,8 @@ async fn by_mx_null_mx_and_no_open_relay() {
     );
 
     // Not from a relay network: other domains are refused, routing syntax always.
-    let s2 = start_server(|c| c.dns.servers = vec![dns]).await;
+    let servers = s.running.shared.config.dns.servers.clone();
+    let s2 = start_server(|c| c.dns.servers = servers).await;
     let mut c = greeted(s2.smtp).await;
     c.cmd("MAIL FROM:<a@example.org>", "250").await;
     c.cmd("RCPT TO:<pat@remote.test>", "554 5.7.1").await;
@@ -585,17 +600,7 @@ async fn verify_recipients_asks_the_next_hop_at_rcpt_time() {
 
 #[tokio::test]
 async fn an_alias_forwards_to_an_outside_address_through_the_queue() {
-    let mut sink = sink().await;
-    let dns = start_dns(&[
-        ("remote.test.", "MX", "10 mx.remote.test."),
-        ("mx.remote.test.", "A", "127.0.0.1"),
-    ])
-    .await;
-    let s = start_server(|c| {
-        c.dns.servers = vec![dns];
-        c.outbound.port = sink.addr.port();
-    })
-    .await;
+    let (mut sink, s) = mx_to_sink(&[], |_| {}).await;
     s.store()
         .set_alias("fwd@localhost", &["bob@localhost".into(), "pat@remote.test".into()])
         .unwrap();

@@ -5,7 +5,7 @@
 
 use crate::common::*;
 use crate::dns::start_dns;
-use crate::outbound::sink;
+use crate::outbound::mx_to_sink;
 use mailgate::config::{Listener, Protocol, TlsMode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -56,15 +56,7 @@ with smtplib.SMTP("127.0.0.1", port, local_hostname="laptop") as s:
 
 #[tokio::test]
 async fn smtplib_starttls_login_relays_by_mx_and_delivers_locally() {
-    let mut sink = sink().await;
-    let dns = start_dns(&[
-        ("remote.test.", "MX", "10 mx.remote.test."),
-        ("mx.remote.test.", "A", "127.0.0.1"),
-    ])
-    .await;
-    let s = start_server(|c| {
-        c.dns.servers = vec![dns];
-        c.outbound.port = sink.addr.port();
+    let (mut sink, s) = mx_to_sink(&[], |c| {
         c.listeners.push(submission(TlsMode::Starttls));
         // Passwords only over TLS, even from loopback.
         c.auth.plaintext = mailgate::config::Plaintext::Never;
