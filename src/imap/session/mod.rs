@@ -62,8 +62,6 @@ struct Selected {
     keywords: Vec<String>,
     /// UIDs that are `\Recent` to this session (RFC 3501 §2.3.2).
     recent: std::collections::HashSet<u32>,
-    /// SORT and THREAD keys read so far, by UID (messages never change).
-    sort_cache: std::collections::HashMap<u32, Arc<crate::imap::sort::Keys>>,
 }
 
 impl Selected {

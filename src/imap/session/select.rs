@@ -41,7 +41,6 @@ impl Session {
             saved: Vec::new(),
             keywords: Vec::new(),
             recent,
-            sort_cache: Default::default(),
         };
         let entries = std::mem::take(&mut sel.msgs);
         for e in &entries {

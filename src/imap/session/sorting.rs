@@ -1,9 +1,10 @@
 //! SORT (RFC 5256, with ESORT's RETURN from RFC 5267 and SORT=DISPLAY from RFC 5957) and
-//! THREAD. The keys of each message are read from its header once and kept with the
-//! selected mailbox, so sorting a big folder again costs a sort, not a parse.
+//! THREAD. The keys of each message are read from its header once and kept for every
+//! session, so sorting a big folder again costs a sort, not a parse.
 
 use super::*;
 use crate::imap::sort::{self, Keys, SortKey, ThreadAlgorithm};
+use std::collections::HashMap;
 
 /// The keys of one stored message.
 fn keys_of(raw: &[u8], meta: &MessageMeta) -> Keys {
@@ -55,24 +56,53 @@ fn keys_of(raw: &[u8], meta: &MessageMeta) -> Keys {
     }
 }
 
+/// Sort keys of messages any session has sorted, by (mailbox id, UID): a stored message never
+/// changes and a UID is never reused in a mailbox, so a key read once holds for every session
+/// and every later SORT or THREAD. Bounded: past [`SHARED_KEYS_MAX`] entries it starts over.
+static SHARED_KEYS: std::sync::LazyLock<std::sync::Mutex<HashMap<(u64, u32), Arc<Keys>>>> =
+    std::sync::LazyLock::new(Default::default);
+const SHARED_KEYS_MAX: usize = 500_000;
+
 impl Session {
-    /// The keys of the messages at `idx` (snapshot indexes), from the cache or the store.
+    /// The keys of the messages at `idx` (snapshot indexes): from the shared cache, or read
+    /// from the stored header.
     fn sort_keys(&mut self, idx: &[usize]) -> Vec<Arc<Keys>> {
         let store = self.shared.store.clone();
         let sel = self.selected();
+        let mailbox = sel.mailbox.id;
         let mut out = Vec::with_capacity(idx.len());
-        for &i in idx {
-            let e = &sel.msgs[i];
-            if let Some(k) = sel.sort_cache.get(&e.uid) {
-                out.push(k.clone());
-                continue;
+        let mut missing = Vec::new();
+        {
+            let shared = SHARED_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+            for (n, &i) in idx.iter().enumerate() {
+                let uid = sel.msgs[i].uid;
+                match shared.get(&(mailbox, uid)) {
+                    Some(k) => out.push(Some(k.clone())),
+                    None => {
+                        out.push(None);
+                        missing.push(n);
+                    }
+                }
             }
+        }
+        let mut read = Vec::with_capacity(missing.len());
+        for n in missing {
+            let e = &sel.msgs[idx[n]];
             let raw = store.blob(&e.meta.blob).ok().flatten().unwrap_or_default();
             let k = Arc::new(keys_of(&raw, &e.meta));
-            sel.sort_cache.insert(e.uid, k.clone());
-            out.push(k);
+            read.push((e.uid, k.clone()));
+            out[n] = Some(k);
         }
-        out
+        if !read.is_empty() {
+            let mut shared = SHARED_KEYS.lock().unwrap_or_else(|p| p.into_inner());
+            if shared.len() + read.len() > SHARED_KEYS_MAX {
+                shared.clear();
+            }
+            for (uid, k) in &read {
+                shared.insert((mailbox, *uid), k.clone());
+            }
+        }
+        out.into_iter().map(|k| k.unwrap_or_default()).collect()
     }
 
     pub(super) fn sort(
