@@ -59,8 +59,8 @@ fn keys_of(raw: &[u8], meta: &MessageMeta) -> Keys {
 /// Sort keys of messages any session has sorted, by (mailbox id, UID): a stored message never
 /// changes and a UID is never reused in a mailbox, so a key read once holds for every session
 /// and every later SORT or THREAD. Bounded: past [`SHARED_KEYS_MAX`] entries it starts over.
-static SHARED_KEYS: std::sync::LazyLock<std::sync::Mutex<HashMap<(u64, u32), Arc<Keys>>>> =
-    std::sync::LazyLock::new(Default::default);
+type KeyCache = std::sync::Mutex<HashMap<(u64, u32), Arc<Keys>>>;
+static SHARED_KEYS: std::sync::LazyLock<KeyCache> = std::sync::LazyLock::new(Default::default);
 const SHARED_KEYS_MAX: usize = 500_000;
 
 impl Session {
