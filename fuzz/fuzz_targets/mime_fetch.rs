@@ -9,7 +9,12 @@ fn walk(raw: &[u8], root: &mime::Part, part: &mime::Part, path: &mut Vec<u32>, d
     if depth > 8 {
         return;
     }
-    for kind in [SectionKind::Full, SectionKind::Header, SectionKind::Text, SectionKind::Mime] {
+    for kind in [
+        SectionKind::Full,
+        SectionKind::Header,
+        SectionKind::Text,
+        SectionKind::Mime,
+    ] {
         let s = Section {
             part: path.clone(),
             kind,
