@@ -656,3 +656,75 @@ async fn nul_bytes_only_in_binary_literals() {
     assert!(r.contains("BINARY[1] ~{5}\r\na\0b\r\n"), "{r:?}");
     assert!(r.contains("BINARY.SIZE[1] 5"), "{r:?}");
 }
+
+/// Applies the untagged EXISTS/EXPUNGE of a reply to a client's view of the mailbox size,
+/// checking each EXPUNGE names a message the client knows of.
+fn apply_updates(count: &mut u32, reply: &str) {
+    for l in reply.lines() {
+        let mut w = l.split_whitespace();
+        if w.next() != Some("*") {
+            continue;
+        }
+        let (Some(n), Some(kind)) = (w.next().and_then(|n| n.parse::<u32>().ok()), w.next()) else {
+            continue;
+        };
+        match kind {
+            "EXISTS" => *count = n,
+            "EXPUNGE" => {
+                assert!(
+                    n >= 1 && n <= *count,
+                    "EXPUNGE {n} with {count} messages known:\n{reply}"
+                );
+                *count -= 1;
+            }
+            "FETCH" => assert!(n >= 1 && n <= *count, "FETCH {n} with {count} messages known:\n{reply}"),
+            _ => {}
+        }
+    }
+}
+
+/// Two sessions on one mailbox: one stores flags and expunges while mail arrives, the other
+/// fetches and searches. The watcher's view, kept only from EXISTS and EXPUNGE, always
+/// matches the mailbox, and no response names a message number it does not know.
+#[tokio::test]
+async fn a_watching_session_keeps_a_true_view_while_another_expunges() {
+    let s = start_server(|_| {}).await;
+    for i in 0..12 {
+        transact(&s, "x@example.org", &["alice@localhost"], &format!("m{i}"), "body").await;
+    }
+    let mut a = raw(s.imap).await;
+    let mut b = raw(s.imap).await;
+    a.login("alice@localhost").await;
+    b.login("alice@localhost").await;
+    a.cmd("a0", "SELECT INBOX", "OK").await;
+    let r = b.cmd("b0", "SELECT INBOX", "OK").await;
+    let mut count = 0;
+    apply_updates(&mut count, &r);
+    assert_eq!(count, 12);
+    for round in 0..8 {
+        // The changer: flag two, expunge one, and new mail arrives.
+        a.cmd(&format!("a{round}s"), "STORE 1:2 +FLAGS (\\Flagged)", "OK").await;
+        a.cmd(&format!("a{round}d"), "STORE 1 +FLAGS.SILENT (\\Deleted)", "OK")
+            .await;
+        a.cmd(&format!("a{round}e"), "EXPUNGE", "OK").await;
+        if round % 2 == 0 {
+            transact(&s, "x@example.org", &["alice@localhost"], &format!("n{round}"), "body").await;
+        }
+        // The watcher: by sequence number nothing may be expunged under it...
+        let r = b.cmd(&format!("b{round}f"), "FETCH 1:* (FLAGS)", "OK").await;
+        assert!(!r.contains("EXPUNGE"), "{r}");
+        apply_updates(&mut count, &r);
+        let r = b.cmd(&format!("b{round}s"), "SEARCH FLAGGED", "OK").await;
+        apply_updates(&mut count, &r);
+        // ...and a UID command brings the view up to date, matching the mailbox.
+        let r = b.cmd(&format!("b{round}u"), "UID SEARCH ALL", "OK").await;
+        apply_updates(&mut count, &r);
+        let uids = r
+            .lines()
+            .find(|l| l.starts_with("* SEARCH"))
+            .map_or(0, |l| l.split_whitespace().count() - 2);
+        assert_eq!(count as usize, uids, "round {round}: the view drifted:\n{r}");
+        let mb = s.store().mailbox("alice@localhost", "INBOX").unwrap().unwrap();
+        assert_eq!(s.store().messages(mb.id).unwrap().len(), uids, "round {round}");
+    }
+}

@@ -457,6 +457,13 @@ impl Session {
                 c.cmd,
                 Cmd::Fetch { .. } | Cmd::Store { .. } | Cmd::Search { .. } | Cmd::Sort { .. } | Cmd::Thread { .. }
             );
+        // A UID command names messages by UID, which other sessions' changes cannot shift:
+        // bring the view up to date first, so its result reflects the mailbox as it is (a UID
+        // SEARCH must not list what was expunged meanwhile). Commands by sequence number are
+        // run on the client's view as it stands; their updates come after.
+        if uid && self.selected.is_some() {
+            self.sync(true);
+        }
         let result = match (self.user.is_some(), self.selected.is_some(), c.cmd) {
             (_, _, Cmd::Capability) => {
                 let caps = self.capabilities();
