@@ -138,12 +138,7 @@ impl Authenticator {
 
     /// Checks a user name and password. Failures wait `failure_delay_ms` before returning.
     pub async fn login(&self, ip: IpAddr, user: &str, password: &str) -> Outcome {
-        let failures = |why: &str| {
-            crate::metrics::get()
-                .login_failures
-                .get_or_create(&crate::metrics::label("outcome", why))
-                .inc()
-        };
+        let failures = |why| crate::metrics::inc(&crate::metrics::get().login_failures, "outcome", why);
         if self.recent_failures(ip) >= self.config.max_failures_per_ip {
             failures("throttled");
             return Outcome::Throttled;

@@ -70,12 +70,7 @@ pub async fn commit(
     body: Vec<u8>,
 ) -> Result<Committed, Refusal> {
     let id = envelope.id;
-    let verdict = |v: &str| {
-        crate::metrics::get()
-            .messages
-            .get_or_create(&crate::metrics::label("verdict", v))
-            .inc()
-    };
+    let verdict = |v: &'static str| crate::metrics::inc(&crate::metrics::get().messages, "verdict", v);
     let refused = |r: &Refusal| {
         tracing::info!(id, reply = r.line(), "refused at end of data");
         verdict(if r.code >= 500 { "reject" } else { "tempfail" });

@@ -230,7 +230,7 @@ impl PolicySet {
             let result = p.call(hook, event, &mut snapshot, &records).await;
             let elapsed = started.elapsed();
             let micros = elapsed.as_micros() as u64;
-            let policy = crate::metrics::label("policy", p.name.clone());
+            let policy = crate::metrics::policy(&p.name);
             crate::metrics::get()
                 .hook_seconds
                 .get_or_create(&policy)

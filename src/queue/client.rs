@@ -190,12 +190,7 @@ impl Connection {
     }
 
     async fn start_tls(&mut self) -> Result<(), Broken> {
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Broken(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate))
-            .with_no_client_auth();
+        let config = client_config()?;
         let name = rustls_pki_types::ServerName::try_from(self.peer.clone())
             .unwrap_or_else(|_| rustls_pki_types::ServerName::try_from("localhost").expect("a valid name"));
         let stream = std::mem::replace(&mut self.io, BufReader::new(Box::new(tokio::io::duplex(1).0)));
@@ -203,7 +198,7 @@ impl Connection {
         let plain = stream.into_inner();
         let tls = tokio::time::timeout(
             crate::net::conn::TLS_HANDSHAKE_TIMEOUT,
-            tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, plain),
+            tokio_rustls::TlsConnector::from(config).connect(name, plain),
         )
         .await
         .map_err(|_| Broken("TLS handshake timed out".into()))?
@@ -434,10 +429,30 @@ pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The TLS client configuration of every outbound connection, built once.
+fn client_config() -> Result<Arc<rustls::ClientConfig>, Broken> {
+    static CONFIG: std::sync::LazyLock<Result<Arc<rustls::ClientConfig>, String>> = std::sync::LazyLock::new(|| {
+        let provider = rustls::crypto::ring::default_provider();
+        let verifier = AnyCertificate(provider.signature_verification_algorithms);
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_safe_default_protocol_versions()
+            .map(|b| {
+                Arc::new(
+                    b.dangerous()
+                        .with_custom_certificate_verifier(Arc::new(verifier))
+                        .with_no_client_auth(),
+                )
+            })
+            .map_err(|e| e.to_string())
+    });
+    CONFIG.clone().map_err(Broken)
+}
+
 /// Opportunistic TLS (Postfix's `may`, and `encrypt` without verification): encryption
-/// against passive listeners, no certificate check (most MX certificates would fail one).
+/// against passive listeners, no certificate check (most MX certificates would fail one);
+/// the handshake is still checked against the certificate's key.
 #[derive(Debug)]
-struct AnyCertificate;
+struct AnyCertificate(rustls::crypto::WebPkiSupportedAlgorithms);
 
 impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -457,8 +472,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &algs)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
     }
 
     fn verify_tls13_signature(
@@ -467,14 +481,11 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        let algs = rustls::crypto::ring::default_provider().signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &algs)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.supported_schemes()
     }
 }
 

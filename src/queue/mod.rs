@@ -552,10 +552,7 @@ impl Runner {
                         Outcome::Deferred(_) => "deferred",
                         Outcome::Failed(_) => "failed",
                     };
-                    crate::metrics::get()
-                        .delivery_attempts
-                        .get_or_create(&crate::metrics::label("result", result))
-                        .inc();
+                    crate::metrics::inc(&crate::metrics::get().delivery_attempts, "result", result);
                     if r.state == RcptState::Held
                         && let Outcome::Deferred(reply) = &d.outcome
                     {

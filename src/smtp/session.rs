@@ -156,10 +156,7 @@ impl Session {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        crate::metrics::get()
-            .smtp_replies
-            .get_or_create(&crate::metrics::label("class", class))
-            .inc();
+        crate::metrics::inc(&crate::metrics::get().smtp_replies, "class", class);
         if code >= 400 {
             self.errors += 1;
         }

@@ -51,23 +51,29 @@ impl RecentClaims {
         }
     }
 
-    /// When the process started: a mailbox seen for the first time has as recent the
-    /// messages that arrived since (`first_new` is given this and answers the lowest UID).
-    pub fn started(&self) -> i64 {
-        self.started
+    /// Where a mailbox seen for the first time starts: its lowest UID among `messages`
+    /// (UID, internal date) that arrived since the process started, else `next_uid`.
+    fn first_new(&self, messages: impl IntoIterator<Item = (u32, i64)>, next_uid: u32) -> u32 {
+        messages
+            .into_iter()
+            .filter(|&(_, date)| date >= self.started)
+            .map(|(uid, _)| uid)
+            .min()
+            .unwrap_or(next_uid)
     }
 
-    /// The lowest UID of `mailbox` nobody has claimed.
-    pub fn peek(&self, mailbox: u64, first_new: impl FnOnce(i64) -> u32) -> u32 {
+    /// The lowest UID of `mailbox` nobody has claimed. `messages` (UID, internal date) and
+    /// `next_uid` are read only the first time the mailbox is seen.
+    pub fn peek(&self, mailbox: u64, messages: impl IntoIterator<Item = (u32, i64)>, next_uid: u32) -> u32 {
         let mut m = self.first_unclaimed.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry(mailbox).or_insert_with(|| first_new(self.started))
+        *m.entry(mailbox).or_insert_with(|| self.first_new(messages, next_uid))
     }
 
     /// Claims every UID below `upto` for the caller: its recent messages are those from the
     /// returned UID up to `upto`; nobody else gets them.
-    pub fn claim(&self, mailbox: u64, upto: u32, first_new: impl FnOnce(i64) -> u32) -> u32 {
+    pub fn claim(&self, mailbox: u64, upto: u32, messages: impl IntoIterator<Item = (u32, i64)>) -> u32 {
         let mut m = self.first_unclaimed.lock().unwrap_or_else(|p| p.into_inner());
-        let first = m.entry(mailbox).or_insert_with(|| first_new(self.started));
+        let first = m.entry(mailbox).or_insert_with(|| self.first_new(messages, upto));
         let from = *first;
         *first = (*first).max(upto);
         from
@@ -82,12 +88,12 @@ mod tests {
     fn one_session_claims_recent_messages() {
         let r = RecentClaims::new(100);
         // First look: messages from UID 5 arrived since the start.
-        assert_eq!(r.peek(1, |started| if started == 100 { 5 } else { 0 }), 5);
-        assert_eq!(r.claim(1, 9, |_| unreachable!()), 5, "the first claimer gets 5..9");
-        assert_eq!(r.claim(1, 9, |_| unreachable!()), 9, "the second gets none");
-        assert_eq!(r.claim(1, 12, |_| unreachable!()), 9, "new mail: 9..12");
-        assert_eq!(r.peek(1, |_| unreachable!()), 12);
-        assert_eq!(r.claim(1, 3, |_| unreachable!()), 12, "never goes back");
-        assert_eq!(r.peek(2, |_| 1), 1, "mailboxes apart");
+        assert_eq!(r.peek(1, [(4, 99), (5, 100), (6, 150)], 7), 5);
+        assert_eq!(r.claim(1, 9, []), 5, "the first claimer gets 5..9");
+        assert_eq!(r.claim(1, 9, []), 9, "the second gets none");
+        assert_eq!(r.claim(1, 12, []), 9, "new mail: 9..12");
+        assert_eq!(r.peek(1, [], 0), 12);
+        assert_eq!(r.claim(1, 3, []), 12, "never goes back");
+        assert_eq!(r.peek(2, [(1, 50)], 2), 2, "mailboxes apart; nothing new: the next UID");
     }
 }

@@ -230,13 +230,8 @@ impl Session {
                 StatusItem::Messages => format!("MESSAGES {}", msgs.len()),
                 StatusItem::Recent => {
                     // Looked at, not claimed: the session that selects the mailbox gets them.
-                    let first = self.shared.recent.peek(mb.id, |started| {
-                        msgs.iter()
-                            .filter(|m| m.meta.internal_date >= started)
-                            .map(|m| m.uid)
-                            .min()
-                            .unwrap_or(mb.uidnext)
-                    });
+                    let dates = msgs.iter().map(|m| (m.uid, m.meta.internal_date));
+                    let first = self.shared.recent.peek(mb.id, dates, mb.uidnext);
                     format!("RECENT {}", msgs.iter().filter(|m| m.uid >= first).count())
                 }
                 StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext),

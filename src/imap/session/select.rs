@@ -85,17 +85,11 @@ impl Session {
             return Default::default();
         }
         let recent = &self.shared.recent;
-        let first_new = |started: i64| {
-            msgs.iter()
-                .filter(|e| e.meta.internal_date >= started)
-                .map(|e| e.uid)
-                .min()
-                .unwrap_or(upto)
-        };
+        let dates = msgs.iter().map(|e| (e.uid, e.meta.internal_date));
         let from = if read_only {
-            recent.peek(mailbox, first_new)
+            recent.peek(mailbox, dates, upto)
         } else {
-            recent.claim(mailbox, upto, first_new)
+            recent.claim(mailbox, upto, dates)
         };
         msgs.iter()
             .filter(|e| e.uid >= from && e.uid < upto)
