@@ -109,6 +109,21 @@ pub enum SpamCmd {
         #[arg(long, value_name = "N", conflicts_with = "holdout",
               value_parser = clap::value_parser!(u64).range(2..=100))]
         folds: Option<u64>,
+        /// With --folds: choose the Bayes weights for each fold by a K-fold cross-validation
+        /// of the other folds alone (nested cross-validation), so no choice sees the messages
+        /// it is scored on.
+        #[arg(long, value_name = "K", requires = "folds",
+              value_parser = clap::value_parser!(u64).range(2..=20))]
+        nested: Option<u64>,
+        /// Set a seeded fraction aside (the lockbox), choose the Bayes weights by a
+        /// --inner-fold cross-validation of the rest, train on the rest and score the
+        /// lockbox once.
+        #[arg(long, value_name = "F", conflicts_with_all = ["holdout", "folds"])]
+        lockbox: Option<f64>,
+        /// Inner folds for --lockbox.
+        #[arg(long, value_name = "K", default_value_t = 5, requires = "lockbox",
+              value_parser = clap::value_parser!(u64).range(2..=20))]
+        inner: u64,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[arg(long)]

@@ -61,13 +61,23 @@ pub fn run(cli: Cli) -> ExitCode {
             ham,
             holdout,
             folds,
+            nested,
+            lockbox,
+            inner,
             seed,
             json,
             scores,
         }) => {
-            let parts = match folds {
-                Some(n) => corpus::Parts::Folds { n, seed },
-                None => corpus::Parts::HeldOut(split_of(holdout, seed)),
+            let parts = match (folds, lockbox) {
+                (Some(n), _) => corpus::Parts::Folds { n, seed, nested },
+                (None, Some(fraction)) if fraction > 0.0 && fraction < 1.0 => {
+                    corpus::Parts::Lockbox { fraction, seed, inner }
+                }
+                (None, Some(f)) => {
+                    eprintln!("mailgate: --lockbox {f}: a fraction between 0 and 1");
+                    return ExitCode::from(2);
+                }
+                (None, None) => corpus::Parts::HeldOut(split_of(holdout, seed)),
             };
             rt.block_on(corpus::eval(&config, &spam, &ham, parts, json, scores.as_deref()))
         }

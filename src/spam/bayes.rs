@@ -69,6 +69,41 @@ const BODY_SCALE: f64 = 300.0;
 const GRAM_SCALE: f64 = 50.0;
 const GRAM_DAMPING: f64 = 30.0;
 
+/// The model's weights: what the constants above give by default, and what `spam eval
+/// --nested` chooses on inner folds instead (docs/spam.md, "Nested cross-validation").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    /// Lidstone smoothing.
+    pub alpha: f64,
+    /// Weight of each prefixed (field) token against a body word's.
+    pub field_weight: f64,
+    /// The body's words count as their mean log-odds times this.
+    pub body_scale: f64,
+    /// The letter combinations count as their damped mean weight times this.
+    pub gram_scale: f64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params {
+            alpha: ALPHA,
+            field_weight: FIELD_WEIGHT,
+            body_scale: BODY_SCALE,
+            gram_scale: GRAM_SCALE,
+        }
+    }
+}
+
+impl std::fmt::Display for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "alpha {} field_weight {} body_scale {} gram_scale {}",
+            self.alpha, self.field_weight, self.body_scale, self.gram_scale
+        )
+    }
+}
+
 /// First bytes of the stored counts (the format before them was dense hashed buckets).
 const MAGIC: &[u8; 4] = b"MGB2";
 
@@ -211,11 +246,12 @@ pub struct Model {
     keys: Vec<u64>,
     /// ln P(spam) − ln P(ham).
     prior_odds: f64,
+    params: Params,
 }
 
 /// Weight of each body word in a body of `n` distinct words.
-fn word_weight(n: usize) -> f64 {
-    (BODY_SCALE / (n as f64 + 1.0)).min(MAX_WORD_WEIGHT)
+fn word_weight(n: usize, body_scale: f64) -> f64 {
+    (body_scale / (n as f64 + 1.0)).min(MAX_WORD_WEIGHT)
 }
 
 /// The three kinds of token, weighed apart.
@@ -242,12 +278,12 @@ impl Group {
 }
 
 /// Weight of each token of each group, for a message with these features per group.
-fn group_weights(groups: &[Vec<u64>; 3]) -> [f64; 3] {
+fn group_weights(groups: &[Vec<u64>; 3], p: &Params) -> [f64; 3] {
     let grams = groups[Group::Gram as usize].len() as f64;
     [
-        FIELD_WEIGHT,
-        word_weight(groups[Group::Word as usize].len()),
-        GRAM_SCALE / (grams + GRAM_DAMPING),
+        p.field_weight,
+        word_weight(groups[Group::Word as usize].len(), p.body_scale),
+        p.gram_scale / (grams + GRAM_DAMPING),
     ]
 }
 
@@ -272,7 +308,7 @@ struct Fitted {
 
 /// Fits one multinomial over `keys`, a dense column each (linfa smooths over the columns it
 /// is given: over the features used, whatever the hash space).
-fn fit(counts: &Counts, keys: &[u64]) -> Result<Fitted, String> {
+fn fit(counts: &Counts, keys: &[u64], alpha: f64) -> Result<Fitted, String> {
     let mut x = Array2::<f64>::zeros((2, keys.len()));
     for (i, k) in keys.iter().enumerate() {
         let c = counts.counts[k];
@@ -281,7 +317,7 @@ fn fit(counts: &Counts, keys: &[u64]) -> Result<Fitted, String> {
     }
     let y = Array1::from(vec![HAM, SPAM]);
     let nb = MultinomialNb::params()
-        .alpha(ALPHA)
+        .alpha(alpha)
         .fit(&Dataset::new(x, y))
         .map_err(|e| format!("fitting the Bayes model: {e}"))?;
     let v = serde_json::to_value(&nb).map_err(|e| format!("reading the linfa model: {e}"))?;
@@ -323,8 +359,14 @@ pub struct Judgement {
 }
 
 impl Model {
-    /// Fits the linfa model to the counts; an error until both classes have messages.
+    /// Fits the linfa model to the counts with the shipped [`Params`]; an error until both
+    /// classes have messages.
     pub fn new(counts: Counts) -> Result<Model, String> {
+        Model::with_params(counts, Params::default())
+    }
+
+    /// [`Model::new`] with other weights (`spam eval --nested` tries several).
+    pub fn with_params(counts: Counts, params: Params) -> Result<Model, String> {
         if counts.docs[HAM] == 0 || counts.docs[SPAM] == 0 {
             return Err(format!(
                 "the model needs both spam and ham (has {} spam, {} ham)",
@@ -334,12 +376,12 @@ impl Model {
         // Letter combinations are a multinomial of their own: in one with the words, their
         // counts (several per word) shifted every word's probability (docs/spam.md).
         let (grams, others): (Vec<u64>, Vec<u64>) = counts.counts.keys().partition(|&&k| k & tokens::NGRAM_BIT != 0);
-        let main = fit(&counts, &others)?;
+        let main = fit(&counts, &others, params.alpha)?;
         // (None in a model from before them, or folded from an older mailgate's.)
         let gram_odds = if grams.is_empty() {
             Vec::new()
         } else {
-            fit(&counts, &grams)?.odds
+            fit(&counts, &grams, params.alpha)?.odds
         };
         let docs = counts.docs[HAM] + counts.docs[SPAM];
         let mut weights = FxHashMap::default();
@@ -360,6 +402,7 @@ impl Model {
             nb: main.nb,
             weights,
             prior_odds: main.prior_odds,
+            params,
         })
     }
 
@@ -384,7 +427,7 @@ impl Model {
             .collect();
         let pick = |g: Group| tokens::distinct(toks.iter().filter(|t| t.2 == g).map(|t| t.1).collect());
         let groups = [pick(Group::Field), pick(Group::Word), pick(Group::Gram)];
-        let weight_of = group_weights(&groups);
+        let weight_of = group_weights(&groups, &self.params);
         let log_odds = self.log_odds(&groups, weight_of);
         let mut top: Vec<(String, f64)> = toks
             .into_iter()

@@ -113,11 +113,17 @@ async fn spf_dkim_dmarc_pass_and_fail_through_smtp() {
     let dns = zone(&record).await;
     let s = origin_server(ORIGIN_TOML, dns, |_| {}).await;
 
-    // Signed by good.test, sent from an address its SPF allows: everything passes.
+    // Signed by good.test, sent from an address its SPF allows: everything passes. A
+    // newsletter: List-Unsubscribe, signed by its From domain.
     let signed = sign(
         key,
         "good.test",
-        &mail("Alice <alice@good.test>", "signed", "", "Hello from good."),
+        &mail(
+            "Alice <alice@good.test>",
+            "signed",
+            "List-Unsubscribe: <mailto:leave@good.test>\r\n",
+            "Hello from good.",
+        ),
     );
     assert!(send(&s, "alice@good.test", &signed).await.starts_with("250"));
     // The same signature over a changed body: DKIM no longer verifies; SPF still aligns.
@@ -160,7 +166,12 @@ async fn spf_dkim_dmarc_pass_and_fail_through_smtp() {
     for word in ["spf=pass", "dkim=pass", "header.d=good.test", "dmarc=pass"] {
         assert!(ar(0).contains(word), "{word} in {}", ar(0));
     }
-    for sym in ["SPF_PASS(-0.50)", "DKIM_VALID(-0.50)", "DMARC_PASS(-1.00)"] {
+    for sym in [
+        "SPF_PASS(-0.50)",
+        "DKIM_VALID(-0.50)",
+        "DMARC_PASS(-1.00)",
+        "SIGNED_LIST_MAIL(-2.00)",
+    ] {
         assert!(symbols(0).contains(sym), "{sym} in {}", symbols(0));
     }
     assert!(!inbox[0].contains("X-Spam-Flag"));
@@ -168,6 +179,9 @@ async fn spf_dkim_dmarc_pass_and_fail_through_smtp() {
     assert!(!ar(1).contains("dkim=pass"), "{}", ar(1));
     assert!(ar(1).contains("spf=pass") && ar(1).contains("dmarc=pass"), "{}", ar(1));
     assert!(symbols(1).contains("DKIM_INVALID"), "{}", symbols(1));
+    // The same List-Unsubscribe without a valid signature says nothing.
+    assert!(inbox[1].contains("List-Unsubscribe:"));
+    assert!(!symbols(1).contains("SIGNED_LIST_MAIL"), "{}", symbols(1));
 
     assert_eq!(inbox[2].matches("Authentication-Results:").count(), 1, "{}", inbox[2]);
     for word in ["spf=fail", "dmarc=fail", "policy.dmarc=reject"] {
