@@ -25,8 +25,6 @@ pub struct Shared {
     pub verifier: crate::queue::verify::Verifier,
     /// SPF/DKIM/DMARC checks (when there is DNS).
     pub origin: Option<Arc<crate::spam::origin::Origin>>,
-    /// POP3 maildrop locks.
-    pub pop3_locks: crate::store::locks::Maildrops,
     /// Which messages are still `\Recent` to IMAP sessions.
     pub recent: crate::store::locks::RecentClaims,
     /// Junk/not-Junk judgements from IMAP moves, for the spam filter's training.
@@ -35,4 +33,22 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Where data-stage chains run (`[policies] threads`).
     pub chains: crate::hooks::threads::Chains,
+}
+
+/// Opens the store `config` names: sled in `server.data_dir`, or the PostgreSQL database of
+/// `[store.postgres]` (its schema brought up to date).
+pub fn open_store(config: &Config) -> Result<Arc<dyn MailStore>, crate::store::StoreError> {
+    use crate::config::StoreBackend;
+    Ok(match config.store.backend {
+        StoreBackend::Sled => Arc::new(crate::store::SledStore::open(
+            &config.store_path(),
+            config.store.cache_mb,
+        )?),
+        StoreBackend::Postgres => {
+            let url = config.store.postgres.url.as_deref().ok_or_else(|| {
+                crate::store::StoreError::Invalid("store.backend = \"postgres\" needs store.postgres.url".into())
+            })?;
+            Arc::new(crate::store::PgStore::open(url, config.store.postgres.pool_size)?)
+        }
+    })
 }

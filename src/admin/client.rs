@@ -3,7 +3,6 @@
 use super::server::Header;
 use super::{Request, execute};
 use crate::config::Config;
-use crate::store::SledStore;
 use std::io::ErrorKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -16,8 +15,7 @@ pub async fn run(config: &Config, req: Request) -> Result<Vec<u8>, String> {
         // No server (or one killed without cleaning up): open the store ourselves. If a server
         // does hold it, sled's lock makes this fail with a clear message.
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-            let store: std::sync::Arc<dyn crate::store::MailStore> =
-                std::sync::Arc::new(SledStore::open(&config.store_path(), 16).map_err(|e| e.to_string())?);
+            let store = crate::context::open_store(config).map_err(|e| e.to_string())?;
             execute(&store, config, None, req).await
         }
         Err(e) => Err(format!("admin socket {}: {e}", path.display())),

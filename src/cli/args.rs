@@ -45,6 +45,16 @@ pub enum Command {
     /// The outbound queue.
     #[command(subcommand)]
     Queue(QueueCmd),
+    /// The store itself.
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand)]
+pub enum StoreCmd {
+    /// Bring the PostgreSQL schema up to date (also done at every start); says which
+    /// versions were applied. Safe to run while nodes are serving.
+    Migrate,
 }
 
 #[derive(Subcommand)]

@@ -12,7 +12,7 @@ pub mod send;
 
 use crate::admin::{self, Request};
 use crate::config::Config;
-use args::{AliasCmd, Cli, Command, DomainCmd, MailboxCmd, PolicyCmd, QueueCmd, SpamCmd, UserCmd};
+use args::{AliasCmd, Cli, Command, DomainCmd, MailboxCmd, PolicyCmd, QueueCmd, SpamCmd, StoreCmd, UserCmd};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +55,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 }
             };
         }
+        Command::Store(StoreCmd::Migrate) => store_migrate(&config),
         Command::Spam(SpamCmd::Classify) => rt.block_on(corpus::classify(&config)),
         Command::Spam(SpamCmd::Eval {
             spam,
@@ -196,6 +197,7 @@ fn request(cmd: Command) -> Result<Request, String> {
         Command::Serve
         | Command::Send { .. }
         | Command::Policy(PolicyCmd::Check { .. })
+        | Command::Store(_)
         | Command::Spam(SpamCmd::Classify | SpamCmd::Eval { .. }) => {
             unreachable!("handled by run")
         }
@@ -276,4 +278,37 @@ fn absolute(paths: Vec<PathBuf>) -> Result<Vec<PathBuf>, String> {
         .into_iter()
         .map(|p| std::fs::canonicalize(&p).map_err(|e| format!("{}: {e}", p.display())))
         .collect()
+}
+
+/// `store migrate`: the PostgreSQL schema brought up to date; sled has nothing to migrate.
+fn store_migrate(config: &Config) -> Result<(), String> {
+    use crate::config::StoreBackend;
+    match config.store.backend {
+        StoreBackend::Sled => {
+            println!("store.backend is sled: its layout is checked at every open, nothing to migrate");
+            Ok(())
+        }
+        StoreBackend::Postgres => {
+            let url = config
+                .store
+                .postgres
+                .url
+                .as_deref()
+                .ok_or("store.backend = \"postgres\" needs store.postgres.url")?;
+            // Opening applies what is missing (under a lock other nodes also take).
+            let store = crate::store::PgStore::open(url, 1).map_err(|e| e.to_string())?;
+            let applied = store.migrations_applied();
+            println!(
+                "schema version {} (this mailgate's latest: {}); applied now: {}",
+                store.schema_version().map_err(|e| e.to_string())?,
+                crate::store::PgStore::latest_schema(),
+                if applied.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{applied:?}")
+                }
+            );
+            Ok(())
+        }
+    }
 }

@@ -395,16 +395,51 @@ pub struct Log {
     pub format: LogFormat,
 }
 
+/// Where the store lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded: sled and our journal in `server.data_dir` (one node).
+    #[default]
+    Sled,
+    /// A PostgreSQL database several nodes share (`[store.postgres]`).
+    Postgres,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
+    pub backend: StoreBackend,
     /// sled page cache, in MiB.
     pub cache_mb: u64,
+    pub postgres: StorePostgres,
 }
 
 impl Default for Store {
     fn default() -> Self {
-        Store { cache_mb: 128 }
+        Store {
+            backend: StoreBackend::Sled,
+            cache_mb: 128,
+            postgres: StorePostgres::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorePostgres {
+    /// `postgres://user:password@host:port/database` (or libpq's key=value form).
+    pub url: Option<String>,
+    /// Connections each node keeps at most.
+    pub pool_size: usize,
+}
+
+impl Default for StorePostgres {
+    fn default() -> Self {
+        StorePostgres {
+            url: None,
+            pool_size: 16,
+        }
     }
 }
 
@@ -595,6 +630,12 @@ impl Config {
         }
         if self.policies.threads > MAX_CHAIN_THREADS {
             return Err(format!("policies.threads: at most {MAX_CHAIN_THREADS}"));
+        }
+        if self.store.backend == StoreBackend::Postgres && self.store.postgres.url.is_none() {
+            return Err("store.backend = \"postgres\" needs store.postgres.url".into());
+        }
+        if self.store.postgres.pool_size == 0 {
+            return Err("store.postgres.pool_size must be at least 1".into());
         }
         let t = &self.spam.thresholds;
         if !(t.tag <= t.quarantine && t.quarantine <= t.reject) {

@@ -68,6 +68,11 @@ pub struct Outbound {
     pub max_connections: usize,
     /// Outbound connections at once to one destination.
     pub max_connections_per_destination: usize,
+    /// With a store several nodes share: how long a node's claim on the messages it is
+    /// delivering lasts. Another node takes over the messages of a node that died once its
+    /// lease has run out, so it must outlast one delivery pass (RFC 5321's client timeouts
+    /// add up to about 20 minutes for one slow transaction).
+    pub lease: Span,
 }
 
 impl Default for Outbound {
@@ -82,6 +87,7 @@ impl Default for Outbound {
             delay_warning: m(240),
             max_connections: 100,
             max_connections_per_destination: 10,
+            lease: m(30),
         }
     }
 }

@@ -325,8 +325,13 @@ impl Session {
             Outcome::Throttled => return self.err("[SYS/TEMP] Too many failed logins from your address; try later"),
             Outcome::TempFail => return self.err("[SYS/TEMP] Temporary failure, try again later"),
         };
-        let Some(lock) = MaildropLock::try_new(&self.shared.pop3_locks, &account) else {
-            return self.err("[IN-USE] Mailbox is locked by another POP3 session");
+        let lock = match self.shared.store.lock_maildrop(&account) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return self.err("[IN-USE] Mailbox is locked by another POP3 session"),
+            Err(e) => {
+                tracing::error!(account, "taking the maildrop lock: {e}");
+                return self.err("[SYS/TEMP] Cannot open the mailbox; try later");
+            }
         };
         match self.load_maildrop(&account, lock) {
             Ok(drop) => {

@@ -248,6 +248,10 @@ pub struct Runner {
     total: Arc<Semaphore>,
     /// Results are written one at a time (each rewrites its queue entry).
     write: tokio::sync::Mutex<()>,
+    /// This runner's name in queue leases ([`crate::store::Queue::lease_queued`]): unique
+    /// per process, so a restarted node does not mistake its dead predecessor's leases for
+    /// its own.
+    holder: String,
 }
 
 impl Runner {
@@ -259,6 +263,7 @@ impl Runner {
         wake: Arc<Wake>,
     ) -> Arc<Runner> {
         let total = Arc::new(Semaphore::new(config.outbound.max_connections));
+        let hostname = config.server.hostname.clone();
         Arc::new(Runner {
             store,
             config,
@@ -267,6 +272,14 @@ impl Runner {
             wake,
             total,
             write: tokio::sync::Mutex::new(()),
+            holder: format!(
+                "{}:{}:{}",
+                hostname,
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
         })
     }
 
@@ -333,6 +346,43 @@ impl Runner {
                 .get_or_create(&crate::metrics::label("state", state))
                 .set(n);
         }
+        // Only what no other node is delivering (one node alone is granted everything).
+        let mut ids: Vec<u64> = due.values().flatten().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let leased = if ids.is_empty() {
+            Vec::new()
+        } else {
+            let until = now + self.config.outbound.lease.0.as_secs() as i64;
+            self.store.lease_queued(&ids, &self.holder, until)?
+        };
+        // What the scan saw may be stale by now (another node may have delivered some of
+        // it and let go of its lease): read each leased entry again.
+        let mut fresh: HashMap<u64, QueuedMessage> = HashMap::new();
+        for &id in &leased {
+            if let Some(entry) = self.store.queued_message(id)? {
+                fresh.insert(id, entry);
+            }
+        }
+        for list in due.values_mut() {
+            list.retain_mut(|(id, rcpts)| {
+                let Some(entry) = fresh.get(id) else { return false };
+                rcpts.retain(|a| {
+                    entry.recipients.iter().any(|r| {
+                        &r.address == a
+                            && matches!(r.state, RcptState::Queued | RcptState::Deferred)
+                            && r.next_attempt <= now
+                    })
+                });
+                !rcpts.is_empty()
+            });
+        }
+        due.retain(|_, list| !list.is_empty());
+        if leased.len() < ids.len() {
+            // Another node's lease runs out by then at the latest.
+            let retry = now + self.config.outbound.lease.0.as_secs() as i64;
+            next = Some(next.map_or(retry, |n| n.min(retry)));
+        }
         let per_destination = self.config.outbound.max_connections_per_destination;
         let mut tasks = tokio::task::JoinSet::new();
         for (dest, messages) in due {
@@ -365,6 +415,11 @@ impl Runner {
             if let Ok(Some(t)) = done {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
+        }
+        if !leased.is_empty()
+            && let Err(e) = self.store.release_queued(&leased, &self.holder)
+        {
+            tracing::warn!("queue: releasing leases: {e}");
         }
         Ok(next)
     }

@@ -13,7 +13,7 @@ use crate::config::{Config, Protocol, TlsMode};
 use crate::context::Shared;
 use crate::net::conn::Conn;
 use crate::route::Router;
-use crate::store::{MailStore, SledStore};
+use crate::store::MailStore;
 use anyhow::{Context, Result};
 use limits::ConnLimits;
 use std::net::SocketAddr;
@@ -60,7 +60,7 @@ pub async fn start(config: Config) -> Result<Running> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.server.data_dir)
         .with_context(|| format!("server.data_dir: creating {}", config.server.data_dir.display()))?;
-    let store: Arc<dyn MailStore> = Arc::new(SledStore::open(&config.store_path(), config.store.cache_mb)?);
+    let store: Arc<dyn MailStore> = crate::context::open_store(&config)?;
     let tls = if config.listeners.iter().any(|l| l.tls != TlsMode::None) {
         Some(tls::acceptor(&config)?)
     } else {
@@ -100,7 +100,6 @@ pub async fn start(config: Config) -> Result<Running> {
         queue: Default::default(),
         verifier: crate::queue::verify::Verifier::new(config.clone(), resolver.clone()),
         origin,
-        pop3_locks: Default::default(),
         recent: crate::store::locks::RecentClaims::new(crate::store::now_secs()),
         learn: crate::spam::learn_sink(),
         shutdown: shutdown_rx.clone(),

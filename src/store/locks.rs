@@ -4,30 +4,41 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-/// Accounts with an open POP3 session; a second session gets `-ERR [IN-USE]` (RFC 1939 §8:
-/// the maildrop is locked for the session).
+/// Accounts with an open POP3 session on this node; a second session gets `-ERR [IN-USE]`
+/// (RFC 1939 §8: the maildrop is locked for the session).
 pub type Maildrops = Arc<Mutex<HashSet<String>>>;
 
-/// Holds an account's maildrop lock; released on drop, however the session ends.
-pub struct MaildropLock {
+/// Holds an account's maildrop lock ([`crate::store::MailStore::lock_maildrop`]); released
+/// on drop, however the session ends. What it holds depends on the store: this node's
+/// [`LocalMaildrop`], and for a shared store the lock other nodes see as well.
+pub struct MaildropLock(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl MaildropLock {
+    pub fn new(guard: impl Send + Sync + 'static) -> MaildropLock {
+        MaildropLock(Box::new(guard))
+    }
+}
+
+/// This node's hold on an account's maildrop.
+pub struct LocalMaildrop {
     set: Maildrops,
     account: String,
 }
 
-impl MaildropLock {
-    pub fn try_new(set: &Maildrops, account: &str) -> Option<MaildropLock> {
+impl LocalMaildrop {
+    pub fn try_new(set: &Maildrops, account: &str) -> Option<LocalMaildrop> {
         let mut held = set.lock().unwrap_or_else(|p| p.into_inner());
         if !held.insert(account.to_string()) {
             return None;
         }
-        Some(MaildropLock {
+        Some(LocalMaildrop {
             set: set.clone(),
             account: account.to_string(),
         })
     }
 }
 
-impl Drop for MaildropLock {
+impl Drop for LocalMaildrop {
     fn drop(&mut self) {
         self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.account);
     }

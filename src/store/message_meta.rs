@@ -1,6 +1,6 @@
 //! Per-message metadata and its compact binary form (hot path: one per delivery and per FETCH).
 
-use super::BlobId;
+use super::{BlobId, FlagOp};
 
 /// IMAP system flags as bits; keywords are kept as strings beside them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,6 +57,37 @@ pub struct MessageMeta {
 const FIXED: usize = 32 + 8 + 8 + 8 + 1;
 
 impl MessageMeta {
+    /// New flags and keywords of a message after a STORE operation (keywords compared
+    /// case-insensitively, kept in first-seen spelling).
+    pub fn after(&self, op: FlagOp, flags: Flags, keywords: &[String]) -> (Flags, Vec<String>) {
+        let m = self;
+        let has = |list: &[String], k: &str| list.iter().any(|x| x.eq_ignore_ascii_case(k));
+        match op {
+            FlagOp::Add => {
+                let mut kw = m.keywords.clone();
+                for k in keywords {
+                    if !has(&kw, k) {
+                        kw.push(k.clone());
+                    }
+                }
+                (Flags(m.flags.0 | flags.0), kw)
+            }
+            FlagOp::Remove => {
+                let kw = m.keywords.iter().filter(|k| !has(keywords, k)).cloned().collect();
+                (Flags(m.flags.0 & !flags.0), kw)
+            }
+            FlagOp::Replace => {
+                let mut kw: Vec<String> = Vec::new();
+                for k in keywords {
+                    if !has(&kw, k) {
+                        kw.push(k.clone());
+                    }
+                }
+                (flags, kw)
+            }
+        }
+    }
+
     /// `blob(32) size(8) date(8) modseq(8) flags(1) keywords(space-separated UTF-8)`.
     pub fn encode(&self) -> Vec<u8> {
         let kw = self.keywords.join(" ");

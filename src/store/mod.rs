@@ -9,9 +9,16 @@ pub mod journal;
 pub mod keys;
 pub mod locks;
 mod message_meta;
+mod pg_store;
 mod sled_store;
 
+#[cfg(test)]
+mod contract_tests;
+
 pub use message_meta::{Flags, MessageMeta};
+pub use pg_store::PgStore;
+#[doc(hidden)]
+pub use pg_store::harness as test_postgres;
 pub use sled_store::SledStore;
 
 use serde::{Deserialize, Serialize};
@@ -310,6 +317,19 @@ pub trait Queue {
     fn modify_queued(&self, id: u64, f: &mut dyn FnMut(&mut QueuedMessage)) -> Result<Option<QueuedMessage>>;
     /// Removes a message from the queue whatever its state (`queue delete`).
     fn remove_queued(&self, id: u64) -> Result<bool>;
+    /// Claims messages for one delivery attempt by `holder` until `until` (Unix seconds):
+    /// gives the ids granted, those no other holder has an unexpired lease on. Nodes sharing
+    /// a store lease before delivering, so no two deliver one message at once, and a lease
+    /// whose holder died runs out and is taken over. One node alone is granted everything.
+    fn lease_queued(&self, ids: &[u64], holder: &str, until: i64) -> Result<Vec<u64>> {
+        let _ = (holder, until);
+        Ok(ids.to_vec())
+    }
+    /// Gives up `holder`'s leases on these messages (the attempt is recorded).
+    fn release_queued(&self, ids: &[u64], holder: &str) -> Result<()> {
+        let _ = (ids, holder);
+        Ok(())
+    }
 }
 
 /// Key-value state: plugins' (greylisting and the like) and the Bayes model's.
@@ -350,6 +370,11 @@ pub trait MailStore: Directory + Mailboxes + Messages + KeyValue + Queue + Send 
     /// Makes everything durable in the backing store itself (not only the journal) and
     /// trims the journal; run at shutdown and periodically.
     fn checkpoint(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Takes the POP3 maildrop lock of `account` (RFC 1939 §8) for as long as the guard
+    /// lives, against every session on every node sharing the store; `None` while another
+    /// session holds it.
+    fn lock_maildrop(&self, account: &str) -> Result<Option<locks::MaildropLock>>;
 }
 
 /// The id of a message body: the SHA-256 of its bytes.

@@ -13,6 +13,7 @@ mod origin;
 mod outbound;
 mod pipeline;
 mod pop3;
+mod scaleout;
 mod smtp;
 mod smtp_clients;
 mod smtp_limits;

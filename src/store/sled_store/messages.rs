@@ -71,7 +71,7 @@ impl Messages for SledStore {
                 result.modified.push(uid);
                 continue;
             }
-            let (new_flags, new_keywords) = apply_flag_op(&m, op, flags, keywords);
+            let (new_flags, new_keywords) = m.after(op, flags, keywords);
             if new_flags == m.flags && new_keywords == m.keywords {
                 continue;
             }
@@ -188,35 +188,5 @@ impl Messages for SledStore {
 
     fn blob_count(&self) -> Result<usize> {
         Ok(self.tree.scan_prefix([keys::BLOB]).count())
-    }
-}
-
-/// New flags and keywords of a message after a STORE operation (keywords compared
-/// case-insensitively, kept in first-seen spelling).
-fn apply_flag_op(m: &MessageMeta, op: FlagOp, flags: Flags, keywords: &[String]) -> (Flags, Vec<String>) {
-    let has = |list: &[String], k: &str| list.iter().any(|x| x.eq_ignore_ascii_case(k));
-    match op {
-        FlagOp::Add => {
-            let mut kw = m.keywords.clone();
-            for k in keywords {
-                if !has(&kw, k) {
-                    kw.push(k.clone());
-                }
-            }
-            (Flags(m.flags.0 | flags.0), kw)
-        }
-        FlagOp::Remove => {
-            let kw = m.keywords.iter().filter(|k| !has(keywords, k)).cloned().collect();
-            (Flags(m.flags.0 & !flags.0), kw)
-        }
-        FlagOp::Replace => {
-            let mut kw: Vec<String> = Vec::new();
-            for k in keywords {
-                if !has(&kw, k) {
-                    kw.push(k.clone());
-                }
-            }
-            (flags, kw)
-        }
     }
 }

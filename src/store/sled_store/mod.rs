@@ -53,6 +53,8 @@ pub struct Inner {
     /// A change set failed part-way in sled (its journal record is whole): from then on no
     /// checkpoint or `applied` mark moves past it, so the next start replays it.
     sled_failed: std::sync::atomic::AtomicBool,
+    /// POP3 maildrop locks (one process owns a sled store).
+    maildrops: super::locks::Maildrops,
 }
 
 /// The small records every delivery reads — accounts, domains, aliases, mailbox names and
@@ -191,6 +193,7 @@ impl SledStore {
             watchers: Mutex::new(Default::default()),
             records: RecordCache::default(),
             sled_failed: Default::default(),
+            maildrops: Default::default(),
         });
         if let (true, Ok(rt)) = (checkpoint_task, tokio::runtime::Handle::try_current()) {
             rt.spawn(checkpoints(Arc::downgrade(&inner)));
@@ -402,6 +405,10 @@ impl MailStore for SledStore {
         Box::pin(self.turn.lock())
     }
 
+    fn lock_maildrop(&self, account: &str) -> Result<Option<super::locks::MaildropLock>> {
+        Ok(super::locks::LocalMaildrop::try_new(&self.maildrops, account).map(super::locks::MaildropLock::new))
+    }
+
     fn sync(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let target = self.journal.written();
@@ -465,7 +472,7 @@ mod tests {
     }
     use super::kv::{LARGE_CHUNK, large_chunk_key};
     use super::*;
-    use crate::store::{Directory, KeyValue, Mailboxes, Messages, Queue};
+    use crate::store::{Directory, KeyValue, Mailboxes, Messages};
 
     fn store() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -569,124 +576,6 @@ mod tests {
             s.alias("race@localhost").unwrap().is_some(),
             "the stale read was dropped"
         );
-    }
-
-    #[test]
-    fn account_gets_special_use_mailboxes() {
-        let (_d, s) = store();
-        s.create_account("alice@localhost", "h").unwrap();
-        let names: Vec<_> = s
-            .mailboxes("alice@localhost")
-            .unwrap()
-            .into_iter()
-            .map(|m| m.name)
-            .collect();
-        assert_eq!(names.len(), 5);
-        for n in ["INBOX", "Sent", "Drafts", "Junk", "Trash"] {
-            assert!(names.iter().any(|x| x == n), "{n} missing in {names:?}");
-        }
-        assert!(matches!(
-            s.create_account("alice@localhost", "h"),
-            Err(StoreError::Exists(_))
-        ));
-        assert_eq!(s.mailbox("alice@localhost", "inbox").unwrap().unwrap().name, "INBOX");
-    }
-
-    #[test]
-    fn queued_messages_share_bodies_survive_reopening_and_release_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let raw = b"Subject: out\r\n\r\nbody\r\n";
-        let rcpt = |a: &str| QueuedRecipient {
-            address: a.into(),
-            next_hop: "mx".into(),
-            state: RcptState::Queued,
-            attempts: 0,
-            next_attempt: 0,
-            last_reply: String::new(),
-            notify: Vec::new(),
-            orcpt: None,
-            etrn: false,
-        };
-        let entry = QueuedMessage {
-            id: 0,
-            sender: "a@example.org".into(),
-            blob: [0; 32],
-            size: 0,
-            arrival: 7,
-            recipients: vec![rcpt("x@remote.example"), rcpt("y@remote.example")],
-            warned: false,
-            env_id: None,
-            ret: None,
-        };
-        let (id1, id2) = {
-            let s = SledStore::open_with(&dir.path().join("s"), 16, false).unwrap();
-            s.create_account("alice@localhost", "h").unwrap();
-            let inbox = s.mailbox("alice@localhost", "INBOX").unwrap().unwrap().id;
-            s.deliver(raw, 0, &[inbox]).unwrap();
-            let id1 = s.enqueue(raw, entry.clone()).unwrap();
-            let id2 = s.enqueue(raw, entry.clone()).unwrap();
-            assert_ne!(id1, id2);
-            assert_eq!(s.blob_count().unwrap(), 1, "one body for the mailbox and both entries");
-            s.flush_blocking().unwrap();
-            (id1, id2)
-        };
-        let s = SledStore::open_with(&dir.path().join("s"), 16, false).unwrap();
-        let q = s.queued_message(id1).unwrap().expect("durable across reopening");
-        assert_eq!((q.size, q.blob), (raw.len() as u64, blob_id(raw)));
-        assert_eq!(s.blob(&q.blob).unwrap().unwrap(), raw);
-        s.modify_queued(id1, &mut |q| q.recipients[0].state = RcptState::Delivered)
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            s.queued_message(id1).unwrap().unwrap().recipients[0].state,
-            RcptState::Delivered
-        );
-        s.modify_queued(id1, &mut |q| q.recipients[1].state = RcptState::Failed)
-            .unwrap()
-            .unwrap();
-        assert!(s.queued_message(id1).unwrap().is_none(), "nothing pending: gone");
-        assert!(s.modify_queued(id1, &mut |_| {}).unwrap().is_none());
-        assert!(s.remove_queued(id2).unwrap());
-        assert!(!s.remove_queued(id2).unwrap());
-        assert!(s.queued().unwrap().is_empty());
-        assert_eq!(s.blob_count().unwrap(), 1, "the mailbox still holds the body");
-        let inbox = s.mailbox("alice@localhost", "INBOX").unwrap().unwrap().id;
-        s.expunge(inbox, &[1]).unwrap();
-        assert_eq!(s.blob_count().unwrap(), 0);
-    }
-
-    #[test]
-    fn one_blob_for_many_recipients_and_refcounts() {
-        let (_d, s) = store();
-        s.create_account("a@x.test", "h").unwrap();
-        s.create_account("b@x.test", "h").unwrap();
-        let a = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
-        let b = s.mailbox("b@x.test", "INBOX").unwrap().unwrap();
-        let uids = s.deliver(b"Subject: hi\r\n\r\nbody\r\n", 1, &[a.id, b.id]).unwrap();
-        assert_eq!(uids, vec![1, 1]);
-        assert_eq!(s.deliver(b"second", 2, &[a.id]).unwrap(), vec![2]);
-        assert_eq!(s.blob_count().unwrap(), 2);
-        let a2 = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
-        assert_eq!(a2.uidnext, 3);
-        assert!(a2.highestmodseq > a.highestmodseq);
-        s.delete_account("a@x.test").unwrap();
-        // "second" was only in a's INBOX; the shared blob is still referenced by b.
-        assert_eq!(s.blob_count().unwrap(), 1);
-        assert_eq!(s.messages(b.id).unwrap().len(), 1);
-        s.delete_account("b@x.test").unwrap();
-        assert_eq!(s.blob_count().unwrap(), 0);
-    }
-
-    #[test]
-    fn recreated_account_gets_new_uidvalidity_space() {
-        let (_d, s) = store();
-        s.create_account("a@x.test", "h").unwrap();
-        let first = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
-        s.delete_account("a@x.test").unwrap();
-        s.create_account("a@x.test", "h").unwrap();
-        let second = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
-        assert_ne!(first.id, second.id);
-        assert_ne!(first.uidvalidity, second.uidvalidity);
     }
 
     #[test]

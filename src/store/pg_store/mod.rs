@@ -1,0 +1,484 @@
+//! [`MailStore`] on PostgreSQL, for several mailgate nodes sharing one mail system
+//! (docs/scale-out.md).
+//!
+//! The store contract is synchronous: its methods are called from protocol sessions in the
+//! middle of their work and return at once, and only [`MailStore::sync`] waits for the disk.
+//! This backend keeps that contract:
+//!
+//! - The connections (a deadpool-postgres pool) live on a small runtime of their own
+//!   (`mailgate-pg` threads), which drives their sockets. A store method runs its
+//!   transaction on the calling thread with `futures_executor::block_on`, so it may borrow
+//!   its arguments and never blocks the pool's runtime; the caller waits for loopback or
+//!   LAN round trips (tens to hundreds of µs each), as it waits for sled's writer lock.
+//! - Every change is one transaction committed with `synchronous_commit = off`: applied and
+//!   visible to every node at once, but not yet flushed. [`MailStore::sync`] commits an
+//!   empty transaction that holds a transaction id with `synchronous_commit = on`, which
+//!   waits until the write-ahead log is flushed past it, and so past every change made
+//!   before the call (the log is written in order). That is our journal's group commit,
+//!   done by PostgreSQL: concurrent callers' flushes are merged by its WAL writer, and the
+//!   waiting happens on the pool's runtime, not the caller's.
+//! - UIDs and MODSEQs come from the mailbox row, updated in the delivering transaction
+//!   (`UPDATE … RETURNING`): the row lock orders concurrent deliveries from any node, and a
+//!   transaction that fails gives its numbers back, so there are no gaps and no repeats.
+//! - Change notices for IMAP IDLE and session updates: each change sends `NOTIFY
+//!   mailgate_mailbox` with the mailbox id, delivered by PostgreSQL at commit to a `LISTEN`
+//!   connection on every node; this node's own watchers are told at once as well.
+//!
+//! Schema: versioned migrations ([`MIGRATIONS`]), run at open under an advisory lock so two
+//! nodes starting together do not race, and by `mailgate store migrate`.
+
+mod ops;
+
+use super::*;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Transaction};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Versioned schema changes, applied in order; a database records the last it has.
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
+CREATE TABLE accounts (
+    address text PRIMARY KEY,
+    password_hash text NOT NULL,
+    created bigint NOT NULL
+);
+CREATE TABLE domains (domain text PRIMARY KEY);
+CREATE TABLE aliases (source text PRIMARY KEY, targets text[] NOT NULL);
+CREATE TABLE mailboxes (
+    id bigserial PRIMARY KEY,
+    account text NOT NULL,
+    name text NOT NULL,
+    uidvalidity bigint NOT NULL,
+    uidnext bigint NOT NULL,
+    highestmodseq bigint NOT NULL,
+    special_use text,
+    UNIQUE (account, name)
+);
+CREATE TABLE subscriptions (account text NOT NULL, name text NOT NULL, PRIMARY KEY (account, name));
+-- Message bodies, content-addressed (SHA-256): one body for every copy and recipient.
+CREATE TABLE blobs (id bytea PRIMARY KEY, body bytea NOT NULL, refs bigint NOT NULL);
+CREATE INDEX blobs_unreferenced ON blobs (id) WHERE refs <= 0;
+CREATE TABLE messages (
+    mailbox bigint NOT NULL,
+    uid bigint NOT NULL,
+    blob bytea NOT NULL,
+    size bigint NOT NULL,
+    internal_date bigint NOT NULL,
+    modseq bigint NOT NULL,
+    flags smallint NOT NULL,
+    -- Space-separated, as IMAP keywords are atoms.
+    keywords text NOT NULL,
+    PRIMARY KEY (mailbox, uid)
+);
+CREATE TABLE queue (
+    id bigserial PRIMARY KEY,
+    entry text NOT NULL,
+    blob bytea NOT NULL
+);
+-- Plugin state keys may hold any byte (NUL included), hence bytea.
+CREATE TABLE kv (key bytea PRIMARY KEY, value bytea NOT NULL);
+CREATE TABLE kv_large (key bytea PRIMARY KEY, value bytea NOT NULL);
+"#,
+    ),
+    (
+        2,
+        r#"
+-- Who is delivering a queued message, until when (Queue::lease_queued).
+ALTER TABLE queue ADD COLUMN lease_holder text, ADD COLUMN lease_until bigint;
+"#,
+    ),
+];
+
+/// The advisory lock migrations run under (any fixed number; "mailgate" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6d61_696c_6761_7465;
+
+/// The channel change notices travel on.
+const CHANNEL: &str = "mailgate_mailbox";
+
+pub struct PgStore {
+    inner: Arc<Inner>,
+    /// Schema versions this opening applied.
+    applied: Vec<i32>,
+    /// The pool's runtime; shut down in the background on drop (a runtime may not be
+    /// dropped where blocking is not allowed, as in a server task).
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+struct Inner {
+    pool: Pool,
+    handle: tokio::runtime::Handle,
+    /// Async writers queue here ([`MailStore::write_turn`]).
+    turn: tokio::sync::Mutex<()>,
+    /// Change notices per watched mailbox.
+    watchers: Mutex<HashMap<MailboxId, tokio::sync::watch::Sender<u64>>>,
+    /// Notices sent to watchers (the value they see change).
+    notices: AtomicU64,
+    transactions: AtomicU64,
+    syncs: AtomicU64,
+    /// For the connection that holds this node's POP3 maildrop locks.
+    config: tokio_postgres::Config,
+    /// That connection (session-level advisory locks live as long as it does: a node that
+    /// dies lets go of its locks with it).
+    lock_client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
+    /// This node's maildrop locks (advisory locks are re-entrant within one connection,
+    /// so two sessions of one node must be kept apart here).
+    maildrops: super::locks::Maildrops,
+}
+
+fn pg(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("postgresql: {e}"))
+}
+
+/// Whether an error is a unique-key violation (a row that already exists).
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}
+
+impl PgStore {
+    /// Connects to `url` (a `postgres://` URL or key=value string) with at most `pool_size`
+    /// connections and brings the schema up to date.
+    pub fn open(url: &str, pool_size: usize) -> Result<PgStore> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Invalid(format!("store.postgres.url: {e}")))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mailgate-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("starting the PostgreSQL runtime: {e}")))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(pg)?;
+        let inner = Arc::new(Inner {
+            pool,
+            handle: rt.handle().clone(),
+            turn: tokio::sync::Mutex::new(()),
+            watchers: Mutex::new(HashMap::new()),
+            notices: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            config: config.clone(),
+            lock_client: tokio::sync::Mutex::new(None),
+            maildrops: Default::default(),
+        });
+        let mut store = PgStore {
+            inner,
+            applied: Vec::new(),
+            rt: Some(rt),
+        };
+        store.applied = store.migrate()?;
+        if !store.applied.is_empty() {
+            tracing::info!("postgresql: schema migrations applied: {:?}", store.applied);
+        }
+        // Changes made once `open` returns are heard: it waits (a while) for the LISTEN.
+        let (listening, heard) = tokio::sync::oneshot::channel();
+        store
+            .inner
+            .handle
+            .spawn(listen(config, Arc::downgrade(&store.inner), listening));
+        let waited = store
+            .inner
+            .block(async |_: &Inner| Ok(tokio::time::timeout(std::time::Duration::from_secs(10), heard).await))?;
+        if !matches!(waited, Ok(Ok(()))) {
+            tracing::warn!("postgresql: not yet listening for other nodes' changes; IDLE hears them once it is");
+        }
+        Ok(store)
+    }
+
+    /// Schema versions opening this store applied (empty when it was up to date).
+    pub fn migrations_applied(&self) -> &[i32] {
+        &self.applied
+    }
+
+    /// The newest schema version the database has.
+    pub fn schema_version(&self) -> Result<i32> {
+        self.inner.read(async |c: &deadpool_postgres::Client| {
+            let row = c
+                .query_one("SELECT coalesce(max(version), 0) FROM mailgate_schema", &[])
+                .await
+                .map_err(pg)?;
+            Ok(row.get(0))
+        })
+    }
+
+    /// The newest schema version this mailgate knows.
+    pub fn latest_schema() -> i32 {
+        MIGRATIONS.last().map_or(0, |m| m.0)
+    }
+
+    /// Applies the migrations this database lacks; gives the versions applied.
+    pub fn migrate(&self) -> Result<Vec<i32>> {
+        self.inner.block(async |inner: &Inner| {
+            let mut client = inner.pool.get().await.map_err(pg)?;
+            let t = client.transaction().await.map_err(pg)?;
+            t.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+                .await
+                .map_err(pg)?;
+            t.batch_execute("CREATE TABLE IF NOT EXISTS mailgate_schema (version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())")
+                .await
+                .map_err(pg)?;
+            let have: i32 = t
+                .query_one("SELECT coalesce(max(version), 0) FROM mailgate_schema", &[])
+                .await
+                .map_err(pg)?
+                .get(0);
+            let mut applied = Vec::new();
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > have) {
+                t.batch_execute(sql)
+                    .await
+                    .map_err(|e| pg(format!("migration {version}: {e}")))?;
+                t.execute("INSERT INTO mailgate_schema (version) VALUES ($1)", &[version])
+                    .await
+                    .map_err(pg)?;
+                applied.push(*version);
+            }
+            if let Some(newest) = MIGRATIONS.last().map(|m| m.0)
+                && have > newest
+            {
+                return Err(StoreError::Backend(format!(
+                    "the database's schema version {have} is newer than this mailgate's {newest}"
+                )));
+            }
+            t.commit().await.map_err(pg)?;
+            Ok(applied)
+        })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Inner {
+    /// Runs `f` to completion on the calling thread, inside the pool runtime's context (so
+    /// new connections are spawned there).
+    fn block<T>(&self, f: impl AsyncFnOnce(&Inner) -> Result<T>) -> Result<T> {
+        let _context = self.handle.enter();
+        futures_executor::block_on(f(self))
+    }
+
+    /// Runs `f` in one transaction, committed without waiting for the flush (see the
+    /// module's notes), then tells this node's watchers of `changed` mailboxes (`f` returns
+    /// them beside its result; other nodes hear through `NOTIFY`).
+    fn write<T>(&self, f: impl AsyncFnOnce(&Transaction<'_>) -> Result<(T, Vec<MailboxId>)>) -> Result<T> {
+        let (out, changed) = self.block(async |inner: &Inner| {
+            let mut client = inner.pool.get().await.map_err(pg)?;
+            let t = client.transaction().await.map_err(pg)?;
+            t.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(pg)?;
+            let (out, changed) = f(&t).await?;
+            if !changed.is_empty() {
+                let ids: Vec<String> = changed.iter().map(|id| id.to_string()).collect();
+                let stmt = t
+                    .prepare_cached("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
+                    .await
+                    .map_err(pg)?;
+                t.execute(&stmt, &[&CHANNEL, &ids]).await.map_err(pg)?;
+            }
+            t.commit().await.map_err(pg)?;
+            inner.transactions.fetch_add(1, Ordering::Relaxed);
+            Ok((out, changed))
+        })?;
+        self.notify(&changed);
+        Ok(out)
+    }
+
+    /// Runs a read-only `f` on a pooled connection.
+    fn read<T>(&self, f: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T>) -> Result<T> {
+        self.block(async |inner: &Inner| {
+            let client = inner.pool.get().await.map_err(pg)?;
+            f(&client).await
+        })
+    }
+
+    fn notify(&self, ids: &[MailboxId]) {
+        let map = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            if let Some(tx) = map.get(id) {
+                tx.send_replace(self.notices.fetch_add(1, Ordering::Relaxed) + 1);
+            }
+        }
+    }
+
+    /// Tells every watcher something may have changed (after the notice connection was
+    /// lost: notices sent meanwhile are gone).
+    fn notify_all(&self) {
+        let ids: Vec<MailboxId> = self
+            .watchers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        self.notify(&ids);
+    }
+}
+
+/// Listens for other nodes' change notices for as long as the store lives, reconnecting
+/// after a lost connection.
+async fn listen(
+    config: tokio_postgres::Config,
+    inner: std::sync::Weak<Inner>,
+    listening: tokio::sync::oneshot::Sender<()>,
+) {
+    use futures_util::StreamExt;
+    let mut first = Some(listening);
+    loop {
+        if inner.upgrade().is_none() {
+            return;
+        }
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listening = async {
+                    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+                    Ok::<_, tokio_postgres::Error>(())
+                };
+                // The LISTEN is answered through the connection, which must be polled meanwhile.
+                let mut listening = std::pin::pin!(listening);
+                let ok = loop {
+                    tokio::select! {
+                        r = &mut listening => break r.is_ok(),
+                        m = messages.next() => if !matches!(m, Some(Ok(_))) { break false },
+                    }
+                };
+                if ok {
+                    match first.take() {
+                        Some(tx) => {
+                            let _ = tx.send(());
+                        }
+                        None => {
+                            if let Some(i) = inner.upgrade() {
+                                i.notify_all();
+                            }
+                        }
+                    }
+                    while let Some(Ok(m)) = messages.next().await {
+                        let Some(i) = inner.upgrade() else { return };
+                        if let tokio_postgres::AsyncMessage::Notification(n) = m
+                            && let Ok(id) = n.payload().parse::<MailboxId>()
+                        {
+                            i.notify(&[id]);
+                        }
+                    }
+                }
+                tracing::warn!("postgresql: the change-notice connection was lost; reconnecting");
+            }
+            Err(e) => tracing::warn!("postgresql: change-notice connection: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+impl MailStore for PgStore {
+    fn stats(&self) -> String {
+        format!(
+            "{} transactions, {} syncs",
+            self.inner.transactions.load(Ordering::Relaxed),
+            self.inner.syncs.load(Ordering::Relaxed)
+        )
+    }
+
+    fn write_turn(&self) -> BoxFuture<'_, WriteTurn<'_>> {
+        Box::pin(self.inner.turn.lock())
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<()>> {
+        let inner = self.inner.clone();
+        let done = self.inner.handle.spawn(async move {
+            let mut client = inner.pool.get().await.map_err(pg)?;
+            let t = client.transaction().await.map_err(pg)?;
+            // A transaction id makes the commit write a record; with synchronous_commit on
+            // it returns once the log is flushed past that record.
+            t.batch_execute("SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()")
+                .await
+                .map_err(pg)?;
+            t.commit().await.map_err(pg)?;
+            inner.syncs.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        });
+        Box::pin(async move { done.await.map_err(pg)? })
+    }
+
+    fn checkpoint(&self) -> BoxFuture<'_, Result<()>> {
+        // PostgreSQL checkpoints itself; there is no journal of ours to trim.
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn lock_maildrop(&self, account: &str) -> Result<Option<super::locks::MaildropLock>> {
+        let Some(local) = super::locks::LocalMaildrop::try_new(&self.inner.maildrops, account) else {
+            return Ok(None);
+        };
+        let key = format!("mailgate pop3 {account}");
+        let got = self.inner.block(async |inner: &Inner| {
+            let mut slot = inner.lock_client.lock().await;
+            if slot.as_ref().is_none_or(|c| c.is_closed()) {
+                let (client, connection) = inner.config.connect(tokio_postgres::NoTls).await.map_err(pg)?;
+                tokio::spawn(connection);
+                *slot = Some(client);
+            }
+            let client = slot.as_ref().expect("connected above");
+            let row = client
+                .query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&key])
+                .await
+                .map_err(pg)?;
+            Ok(row.get::<_, bool>(0))
+        })?;
+        if !got {
+            return Ok(None);
+        }
+        Ok(Some(super::locks::MaildropLock::new(AdvisoryLock {
+            inner: self.inner.clone(),
+            key,
+            _local: local,
+        })))
+    }
+}
+
+/// A POP3 maildrop lock other nodes see; released on drop (one round trip), before this
+/// node's own hold on it.
+struct AdvisoryLock {
+    inner: Arc<Inner>,
+    key: String,
+    _local: super::locks::LocalMaildrop,
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        let key = std::mem::take(&mut self.key);
+        let released = self.inner.block(async |inner: &Inner| {
+            if let Some(c) = inner.lock_client.lock().await.as_ref() {
+                c.query_one("SELECT pg_advisory_unlock(hashtextextended($1, 0))", &[&key])
+                    .await
+                    .map_err(pg)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = released {
+            tracing::warn!("releasing a maildrop lock: {e}");
+        }
+    }
+}
+
+/// A PostgreSQL server for tests (unit and integration); not used by the server itself.
+#[doc(hidden)]
+pub mod harness;
