@@ -294,9 +294,21 @@ impl Runner {
                     Some(now_secs() + 5)
                 }
             };
-            let wait = next.map_or(Duration::from_secs(3600), |t| {
-                Duration::from_secs(t.saturating_sub(now_secs()).max(0) as u64)
-            });
+            // Look again at least this often: with a store several nodes share, another
+            // node may queue a message and die before delivering it (one node alone is
+            // woken whenever it queues something).
+            let idle = self
+                .config
+                .outbound
+                .lease
+                .0
+                .clamp(Duration::from_secs(1), Duration::from_secs(60));
+            let wait = next
+                .map_or(
+                    idle,
+                    |t| Duration::from_secs(t.saturating_sub(now_secs()).max(0) as u64),
+                )
+                .min(idle);
             tokio::select! {
                 _ = self.wake.notify.notified() => {}
                 _ = tokio::time::sleep(wait) => {}

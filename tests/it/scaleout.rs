@@ -201,3 +201,118 @@ async fn both_nodes_drain_one_queue_and_deliver_each_recipient_once() {
     seen.dedup();
     assert_eq!(seen.len(), 2 * n, "every recipient once");
 }
+
+/// Node A (a separate process) is killed with kill -9 while mail for local users and for
+/// a relay domain streams into it and goes out of it; node B, on the same database, has
+/// every message A answered 250 for: the local ones in the INBOX exactly once, the relayed
+/// ones delivered (B takes over A's queue once A's leases run out).
+#[test]
+fn node_killed_mid_intake_and_mid_delivery_loses_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(url) = mailgate::store::test_postgres::database() else {
+        return;
+    };
+    let mut sink = rt.block_on(sink());
+    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
+    let relay = Relay {
+        domain: "filtered.example".into(),
+        next_hop: NextHop::parse(&hop).unwrap(),
+        etrn: false,
+        verify_recipients: false,
+    };
+    let b = rt.block_on(start_server(|c| {
+        c.store.backend = StoreBackend::Postgres;
+        c.store.postgres.url = Some(url.clone());
+        c.relays = vec![relay];
+        c.outbound.lease = mailgate::config::outbound::Span(Duration::from_secs(2));
+        c.outbound.retry_schedule = vec![mailgate::config::outbound::Span(Duration::from_secs(1))];
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_child_config(dir.path());
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[store]\nbackend = \"postgres\"\n\n[store.postgres]\nurl = \"{url}\"\npool_size = 8\n\n\
+         [[relay]]\ndomain = \"filtered.example\"\nnext_hop = \"{hop}\"\n\n\
+         [outbound]\nretry_schedule = [\"1s\"]\nlease = \"2s\"\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let a = ChildServer::start(&cfg);
+    let addr = a.smtp;
+    let acked = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for client in 0..6 {
+            let (acked, count, enough) = (acked.clone(), count.clone(), enough.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut c = greeted(addr).await;
+                for n in 0.. {
+                    let subject = format!("n{client}-{n}");
+                    let relayed = (client + n) % 2 == 0;
+                    let to = if relayed {
+                        "joe@filtered.example"
+                    } else {
+                        "alice@localhost"
+                    };
+                    let batch = format!(
+                        "MAIL FROM:<load@example.org>\r\nRCPT TO:<{to}>\r\nDATA\r\n{}.\r\n",
+                        message(&subject, &"payload line\r\n".repeat(40))
+                    );
+                    c.send(batch.as_bytes()).await;
+                    let replies = [c.reply().await, c.reply().await, c.reply().await, c.reply().await];
+                    if !replies[3].starts_with("250") {
+                        return; // A died under us
+                    }
+                    acked.lock().unwrap().push((subject, relayed));
+                    if count.fetch_add(1, Ordering::SeqCst) + 1 == 80 {
+                        enough.notify_one();
+                    }
+                }
+            }));
+        }
+        enough.notified().await;
+        a.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 80);
+
+    let inbox = b.inbox("alice@localhost");
+    let mut local: std::collections::HashMap<String, usize> = Default::default();
+    for m in &inbox {
+        let raw = b.body(m);
+        assert_eq!(raw.len() as u64, m.meta.size);
+        *local.entry(subject_of(&raw)).or_default() += 1;
+    }
+    for (s, _) in acked.iter().filter(|(_, relayed)| !relayed) {
+        assert_eq!(local.get(s), Some(&1), "{s}: acknowledged by A, stored once");
+    }
+    // B delivers what A had queued and not delivered, once A's leases run out.
+    rt.block_on(async {
+        let subjects = |got: &[crate::outbound::Received]| -> std::collections::HashSet<String> {
+            got.iter().map(|r| subject_of(r.data.as_bytes())).collect()
+        };
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let have = subjects(&sink.got.lock().unwrap());
+                if acked.iter().filter(|(_, r)| *r).all(|(s, _)| have.contains(s)) {
+                    return;
+                }
+                let n = sink.got.lock().unwrap().len();
+                sink.wait_for(n + 1).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let have = subjects(&sink.got.lock().unwrap());
+            let missing: Vec<_> = acked.iter().filter(|(s, r)| *r && !have.contains(s)).collect();
+            panic!("acknowledged by A but never delivered: {missing:?}");
+        });
+    });
+    drop(b);
+}

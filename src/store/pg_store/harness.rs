@@ -3,7 +3,7 @@
 //! tests run as root, since PostgreSQL refuses to run as root), with a fresh database per
 //! [`database`] call. The server dies with the process (`PR_SET_PDEATHSIG` on a thread that
 //! lives as long as it). Without PostgreSQL's binaries the tests that need it are skipped,
-//! with the reason printed.
+//! with the reason printed, unless `MAILGATE_REQUIRE_POSTGRES` is set (`.ci/run` sets it).
 
 use std::io::BufRead;
 use std::os::unix::process::CommandExt;
@@ -182,6 +182,9 @@ fn start() -> Result<Server, String> {
 pub fn database() -> Option<String> {
     let server = match SERVER.get_or_init(start) {
         Ok(s) => s,
+        Err(e) if std::env::var_os("MAILGATE_REQUIRE_POSTGRES").is_some() => {
+            panic!("MAILGATE_REQUIRE_POSTGRES is set and PostgreSQL cannot run here: {e}")
+        }
         Err(e) => {
             eprintln!("skipped: no PostgreSQL for this test: {e}");
             return None;
