@@ -3,7 +3,11 @@
 //! ```text
 //! cargo bench --bench smtp_load -- [--sessions 20] [--messages 5000] [--size 5000] [--addr HOST:PORT]
 //! cargo bench --bench smtp_load -- --policies DIR --pairs 10 --messages 10000   # the ratio
+//! cargo bench --bench smtp_load -- --store-url postgres://postgres@127.0.0.1:5499/mg [--nodes 2]
 //! ```
+//!
+//! `--store-url` runs the spawned servers on that PostgreSQL database (`store.backend =
+//! "postgres"`); `--nodes N` spawns N of them on it and spreads the sessions over them.
 //!
 //! Without `--addr` it starts the release `mailgate` binary (or `$MAILGATE_BIN`, another build
 //! to compare) on a fresh data dir (loopback, port 0, account alice@localhost) and also
@@ -27,6 +31,10 @@ struct Args {
     /// With `--policies`: run this many interleaved pairs (without, with) and report the
     /// median ratio of the two intakes.
     pairs: usize,
+    /// PostgreSQL database for the spawned servers.
+    store_url: Option<String>,
+    /// Servers to spawn (on `store_url`).
+    nodes: usize,
 }
 
 fn args() -> Args {
@@ -37,6 +45,8 @@ fn args() -> Args {
         addr: None,
         policies: None,
         pairs: 0,
+        store_url: None,
+        nodes: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -49,6 +59,8 @@ fn args() -> Args {
             "--addr" => a.addr = Some(val.parse().expect("--addr HOST:PORT")),
             "--policies" => a.policies = Some(val),
             "--pairs" => a.pairs = val.parse().expect("--pairs N"),
+            "--store-url" => a.store_url = Some(val),
+            "--nodes" => a.nodes = val.parse().expect("--nodes N"),
             _ => {
                 i += 1; // cargo bench passes --bench; ignore unknown flags
                 continue;
@@ -141,7 +153,7 @@ struct Spawned {
     _dir: tempfile::TempDir,
 }
 
-fn spawn_server(policies: Option<&str>) -> Spawned {
+fn spawn_server(policies: Option<&str>, store_url: Option<&str>) -> Spawned {
     // MAILGATE_BIN: another build to measure (a saved binary of an earlier commit, say).
     let bin = std::env::var("MAILGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mailgate").to_string());
     let dir = tempfile::tempdir().unwrap();
@@ -152,7 +164,9 @@ fn spawn_server(policies: Option<&str>) -> Spawned {
             "[server]\ndata_dir = \"{}\"\n[policies]\ndir = \"{}\"\n[smtp]\nmax_connections_per_ip = 1000\n[[listener]]\nprotocol = \"smtp\"\nbind = \"127.0.0.1:0\"\ntls = \"none\"\n",
             dir.path().join("data").display(),
             policies.map(str::to_string).unwrap_or_else(|| dir.path().join("policies").display().to_string())
-        ),
+        ) + &store_url.map_or(String::new(), |u| {
+            format!("[store]\nbackend = \"postgres\"\n[store.postgres]\nurl = \"{u}\"\n")
+        }),
     )
     .unwrap();
     let mut add = std::process::Command::new(&bin)
@@ -168,7 +182,8 @@ fn spawn_server(policies: Option<&str>) -> Spawned {
         .spawn()
         .unwrap();
     add.stdin.take().unwrap().write_all(b"bench").unwrap();
-    assert!(add.wait().unwrap().success());
+    // On a shared database the account may be there already (another node, an earlier run).
+    assert!(add.wait().unwrap().success() || store_url.is_some());
     let mut child = std::process::Command::new(&bin)
         .args(["--config", cfg.to_str().unwrap(), "serve"])
         .env("RUST_LOG", "warn")
@@ -189,14 +204,20 @@ fn spawn_server(policies: Option<&str>) -> Spawned {
 
 /// One load run; its msgs/s.
 async fn run(a: &Args, policies: Option<&str>) -> f64 {
-    let spawned = if a.addr.is_none() {
-        Some(spawn_server(policies))
+    let spawned: Vec<Spawned> = if a.addr.is_none() {
+        (0..a.nodes.max(1))
+            .map(|_| spawn_server(policies, a.store_url.as_deref()))
+            .collect()
     } else {
-        None
+        Vec::new()
     };
-    let addr = a.addr.unwrap_or_else(|| spawned.as_ref().unwrap().addr);
-    let pid = spawned.as_ref().map(|s| s.child.id());
-    let cpu0 = pid.map(cpu_time);
+    let addrs: Vec<SocketAddr> = match a.addr {
+        Some(addr) => vec![addr],
+        None => spawned.iter().map(|s| s.addr).collect(),
+    };
+    let pids: Vec<u32> = spawned.iter().map(|s| s.child.id()).collect();
+    let cpu_of = |pids: &[u32]| pids.iter().map(|&p| cpu_time(p)).sum::<Duration>();
+    let cpu0 = (!pids.is_empty()).then(|| cpu_of(&pids));
     let own0 = own_cpu_time();
     let per = a.messages / a.sessions;
     let extra = a.messages % a.sessions;
@@ -205,7 +226,7 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
     let mut first = 0;
     for i in 0..a.sessions {
         let n = per + usize::from(i < extra);
-        tasks.push(tokio::spawn(session(addr, n, a.size, first)));
+        tasks.push(tokio::spawn(session(addrs[i % addrs.len()], n, a.size, first)));
         first += n;
     }
     let mut lat = Vec::with_capacity(a.messages);
@@ -226,8 +247,8 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
         pct(0.50),
         pct(0.99)
     );
-    if let (Some(pid), Some(c0)) = (pid, cpu0) {
-        let cpu = cpu_time(pid) - c0;
+    if let Some(c0) = cpu0 {
+        let cpu = cpu_of(&pids) - c0;
         println!(
             "server CPU: {:.2?} ({:.0}% of one core, {:.0} us per message)",
             cpu,
@@ -241,7 +262,7 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
         own,
         own.as_secs_f64() * 1e6 / lat.len() as f64
     );
-    if let Some(mut s) = spawned {
+    for mut s in spawned {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
         let _ = s.child.wait();

@@ -106,6 +106,7 @@ contract!(
     watchers_hear_of_every_change,
     concurrent_deliveries_get_distinct_consecutive_uids,
     one_pop3_session_per_maildrop,
+    directory_changes_reach_every_node,
 );
 
 /// Two stores on one PostgreSQL database (two nodes): queue leases.
@@ -661,4 +662,44 @@ async fn one_pop3_session_per_maildrop(f: Fixture) {
     assert!(a.lock_maildrop("alice@x.test").unwrap().is_none());
     drop((again, other));
     assert!(a.lock_maildrop("alice@x.test").unwrap().is_some());
+}
+
+async fn directory_changes_reach_every_node(f: Fixture) {
+    let (a, b) = (f.store.clone(), f.second());
+    a.create_account("x@x.test", "h").unwrap();
+    let barrier = a.mailbox("x@x.test", "INBOX").unwrap().unwrap().id;
+    // Change notices arrive in commit order: once B hears of the delivery that follows a
+    // directory change, it has heard of the change.
+    let mut heard = b.watch(barrier);
+    let mut wait = async || {
+        a.deliver(b"barrier", 0, &[barrier]).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(20), heard.changed())
+            .await
+            .expect("the notice arrives")
+            .unwrap();
+    };
+    // Read (and so cached as absent) on B before A makes them.
+    assert!(b.account("new@x.test").unwrap().is_none());
+    assert!(b.alias("al@x.test").unwrap().is_none());
+    assert!(!b.has_domain("d.test").unwrap());
+    a.create_account("new@x.test", "hash-1").unwrap();
+    a.set_alias("al@x.test", &["new@x.test".into()]).unwrap();
+    a.add_domain("d.test").unwrap();
+    wait().await;
+    assert_eq!(b.account("new@x.test").unwrap().unwrap().password_hash, "hash-1");
+    assert_eq!(b.alias("al@x.test").unwrap().unwrap(), ["new@x.test"]);
+    assert!(b.has_domain("d.test").unwrap());
+    a.set_password("new@x.test", "hash-2").unwrap();
+    a.delete_alias("al@x.test").unwrap();
+    a.delete_domain("d.test").unwrap();
+    wait().await;
+    assert_eq!(b.account("new@x.test").unwrap().unwrap().password_hash, "hash-2");
+    assert!(b.alias("al@x.test").unwrap().is_none());
+    assert!(!b.has_domain("d.test").unwrap());
+    a.delete_account("new@x.test").unwrap();
+    wait().await;
+    assert!(b.account("new@x.test").unwrap().is_none());
+    // On the writing node itself, at once.
+    b.create_account("new@x.test", "h").unwrap();
+    assert!(b.account("new@x.test").unwrap().is_some());
 }

@@ -40,7 +40,8 @@ pub type BlobId = [u8; 32];
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A writer's turn ([`MailStore::write_turn`]); the next writer's begins when it is dropped.
-pub type WriteTurn<'a> = tokio::sync::MutexGuard<'a, ()>;
+/// Empty for a store whose writers need no turns (PostgreSQL orders them itself).
+pub struct WriteTurn<'a>(#[allow(dead_code)] pub Option<tokio::sync::MutexGuard<'a, ()>>);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Account {

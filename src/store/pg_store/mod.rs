@@ -91,6 +91,39 @@ CREATE TABLE kv_large (key bytea PRIMARY KEY, value bytea NOT NULL);
 ALTER TABLE queue ADD COLUMN lease_holder text, ADD COLUMN lease_until bigint;
 "#,
     ),
+    (
+        3,
+        r#"
+-- One delivery into one mailbox in one statement (so a whole delivery is one round trip):
+-- the mailbox row gives the UIDs and MODSEQs (its lock orders concurrent deliveries), one
+-- message row per element of the flag and keyword arrays. A missing mailbox or an
+-- exhausted UID space raises, which aborts the delivering transaction.
+CREATE FUNCTION mailgate_deliver(p_mailbox bigint, p_blob bytea, p_size bigint, p_date bigint,
+                                 p_flags smallint[], p_keywords text[])
+RETURNS TABLE (new_uid bigint) LANGUAGE plpgsql AS $$
+DECLARE
+    n integer := coalesce(array_length(p_flags, 1), 0);
+    first_uid bigint;
+    base_modseq bigint;
+BEGIN
+    UPDATE mailboxes SET uidnext = uidnext + n, highestmodseq = highestmodseq + n
+        WHERE id = p_mailbox
+        RETURNING uidnext - n, highestmodseq - n INTO first_uid, base_modseq;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'mailbox % not found', p_mailbox USING ERRCODE = 'no_data_found';
+    END IF;
+    IF first_uid + n > 4294967295 THEN
+        RAISE EXCEPTION 'uid space exhausted' USING ERRCODE = 'numeric_value_out_of_range';
+    END IF;
+    RETURN QUERY
+        INSERT INTO messages AS m (mailbox, uid, blob, size, internal_date, modseq, flags, keywords)
+        SELECT p_mailbox, first_uid + t.i - 1, p_blob, p_size, p_date, base_modseq + t.i, t.f, t.k
+        FROM unnest(p_flags, p_keywords) WITH ORDINALITY AS t(f, k, i)
+        RETURNING m.uid;
+END
+$$;
+"#,
+    ),
 ];
 
 /// The advisory lock migrations run under (any fixed number; "mailgate" in ASCII).
@@ -98,6 +131,43 @@ const MIGRATION_LOCK: i64 = 0x6d61_696c_6761_7465;
 
 /// The channel change notices travel on.
 const CHANNEL: &str = "mailgate_mailbox";
+
+/// Sends one change notice per mailbox id in `$3`, signed with the sending node (`$2`)
+/// so that its own listener skips what it has already told its watchers.
+const NOTICE_SQL: &str = "SELECT pg_notify($1, $2 || ' ' || id) FROM unnest($3::text[]) AS id";
+
+/// The channel that says accounts, domains or aliases changed (nodes drop their
+/// [`Directory`] cache).
+const DIRECTORY_CHANNEL: &str = "mailgate_directory";
+
+/// Entries the directory cache holds before it starts over.
+const MAX_CACHED: usize = 100_000;
+
+/// The directory records every delivery and login reads (accounts, aliases, domains),
+/// absent ones too, kept per node. Dropped whole by any directory change: this node's at
+/// once, another node's when its notice arrives (milliseconds). A reader that missed fills
+/// the cache only if nothing was dropped meanwhile (`generation`), so a value read before a
+/// change can never outlive it.
+#[derive(Default)]
+struct DirectoryCache {
+    generation: u64,
+    accounts: HashMap<String, Option<Account>>,
+    aliases: HashMap<String, Option<Vec<String>>>,
+    domains: HashMap<String, bool>,
+}
+
+impl DirectoryCache {
+    fn clear(&mut self) {
+        self.generation += 1;
+        self.accounts.clear();
+        self.aliases.clear();
+        self.domains.clear();
+    }
+
+    fn full(&self) -> bool {
+        self.accounts.len() + self.aliases.len() + self.domains.len() >= MAX_CACHED
+    }
+}
 
 pub struct PgStore {
     inner: Arc<Inner>,
@@ -111,8 +181,9 @@ pub struct PgStore {
 struct Inner {
     pool: Pool,
     handle: tokio::runtime::Handle,
-    /// Async writers queue here ([`MailStore::write_turn`]).
-    turn: tokio::sync::Mutex<()>,
+    /// Through which count of `transactions` the log is known flushed; held while a
+    /// flush runs, so callers that arrive meanwhile share the next one.
+    flushed: tokio::sync::Mutex<u64>,
     /// Change notices per watched mailbox.
     watchers: Mutex<HashMap<MailboxId, tokio::sync::watch::Sender<u64>>>,
     /// Notices sent to watchers (the value they see change).
@@ -127,6 +198,9 @@ struct Inner {
     /// This node's maildrop locks (advisory locks are re-entrant within one connection,
     /// so two sessions of one node must be kept apart here).
     maildrops: super::locks::Maildrops,
+    directory: Mutex<DirectoryCache>,
+    /// This store's name in its change notices ([`node_name`]).
+    node: String,
 }
 
 fn pg(e: impl std::fmt::Display) -> StoreError {
@@ -138,13 +212,33 @@ fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
 }
 
+/// A name no other store opening has: process, clock and a counter (tests open several
+/// stores in one process).
+fn node_name() -> String {
+    static OPENED: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}.{nanos}.{}",
+        std::process::id(),
+        OPENED.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 impl PgStore {
     /// Connects to `url` (a `postgres://` URL or key=value string) with at most `pool_size`
     /// connections and brings the schema up to date.
     pub fn open(url: &str, pool_size: usize) -> Result<PgStore> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Invalid(format!("store.postgres.url: {e}")))?;
+        // Every change commits without waiting for the flush; `sync` waits for it.
+        let options = match config.get_options() {
+            Some(o) => format!("{o} -c synchronous_commit=off"),
+            None => "-c synchronous_commit=off".to_string(),
+        };
+        config.options(&options);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mailgate-pg")
@@ -166,7 +260,7 @@ impl PgStore {
         let inner = Arc::new(Inner {
             pool,
             handle: rt.handle().clone(),
-            turn: tokio::sync::Mutex::new(()),
+            flushed: tokio::sync::Mutex::new(0),
             watchers: Mutex::new(HashMap::new()),
             notices: AtomicU64::new(0),
             transactions: AtomicU64::new(0),
@@ -174,6 +268,8 @@ impl PgStore {
             config: config.clone(),
             lock_client: tokio::sync::Mutex::new(None),
             maildrops: Default::default(),
+            directory: Mutex::default(),
+            node: node_name(),
         });
         let mut store = PgStore {
             inner,
@@ -282,17 +378,11 @@ impl Inner {
         let (out, changed) = self.block(async |inner: &Inner| {
             let mut client = inner.pool.get().await.map_err(pg)?;
             let t = client.transaction().await.map_err(pg)?;
-            t.batch_execute("SET LOCAL synchronous_commit = off")
-                .await
-                .map_err(pg)?;
             let (out, changed) = f(&t).await?;
             if !changed.is_empty() {
                 let ids: Vec<String> = changed.iter().map(|id| id.to_string()).collect();
-                let stmt = t
-                    .prepare_cached("SELECT pg_notify($1, id) FROM unnest($2::text[]) AS id")
-                    .await
-                    .map_err(pg)?;
-                t.execute(&stmt, &[&CHANNEL, &ids]).await.map_err(pg)?;
+                let stmt = t.prepare_cached(NOTICE_SQL).await.map_err(pg)?;
+                t.execute(&stmt, &[&CHANNEL, &inner.node, &ids]).await.map_err(pg)?;
             }
             t.commit().await.map_err(pg)?;
             inner.transactions.fetch_add(1, Ordering::Relaxed);
@@ -317,6 +407,50 @@ impl Inner {
                 tx.send_replace(self.notices.fetch_add(1, Ordering::Relaxed) + 1);
             }
         }
+    }
+
+    fn directory(&self) -> std::sync::MutexGuard<'_, DirectoryCache> {
+        self.directory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A directory record through the cache: `get` picks it out of the cache, `read` asks
+    /// the database, `put` files the answer.
+    fn cached<T: Clone>(
+        &self,
+        get: impl Fn(&DirectoryCache) -> Option<T>,
+        read: impl FnOnce() -> Result<T>,
+        put: impl FnOnce(&mut DirectoryCache, T),
+    ) -> Result<T> {
+        let generation = {
+            let c = self.directory();
+            if let Some(v) = get(&c) {
+                return Ok(v);
+            }
+            c.generation
+        };
+        let v = read()?;
+        let mut c = self.directory();
+        if c.generation == generation {
+            if c.full() {
+                c.clear();
+            }
+            put(&mut c, v.clone());
+        }
+        Ok(v)
+    }
+
+    /// [`Inner::write`] for a directory change: other nodes are told to drop their cache,
+    /// this node drops its own once committed.
+    fn write_directory<T>(&self, f: impl AsyncFnOnce(&Transaction<'_>) -> Result<(T, Vec<MailboxId>)>) -> Result<T> {
+        let out = self.write(async |t: &Transaction<'_>| {
+            let out = f(t).await?;
+            t.execute("SELECT pg_notify($1, '')", &[&DIRECTORY_CHANNEL])
+                .await
+                .map_err(pg)?;
+            Ok(out)
+        });
+        self.directory().clear();
+        out
     }
 
     /// Tells every watcher something may have changed (after the notice connection was
@@ -350,7 +484,9 @@ async fn listen(
             Ok((client, mut connection)) => {
                 let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 let listening = async {
-                    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+                    client
+                        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {DIRECTORY_CHANNEL}"))
+                        .await?;
                     Ok::<_, tokio_postgres::Error>(())
                 };
                 // The LISTEN is answered through the connection, which must be polled meanwhile.
@@ -368,14 +504,21 @@ async fn listen(
                         }
                         None => {
                             if let Some(i) = inner.upgrade() {
+                                i.directory().clear();
                                 i.notify_all();
                             }
                         }
                     }
                     while let Some(Ok(m)) = messages.next().await {
                         let Some(i) = inner.upgrade() else { return };
-                        if let tokio_postgres::AsyncMessage::Notification(n) = m
-                            && let Ok(id) = n.payload().parse::<MailboxId>()
+                        let tokio_postgres::AsyncMessage::Notification(n) = m else {
+                            continue;
+                        };
+                        if n.channel() == DIRECTORY_CHANNEL {
+                            i.directory().clear();
+                        } else if let Some((node, id)) = n.payload().split_once(' ')
+                            && node != i.node
+                            && let Ok(id) = id.parse::<MailboxId>()
                         {
                             i.notify(&[id]);
                         }
@@ -399,20 +542,28 @@ impl MailStore for PgStore {
     }
 
     fn write_turn(&self) -> BoxFuture<'_, WriteTurn<'_>> {
-        Box::pin(self.inner.turn.lock())
+        // PostgreSQL orders concurrent writers itself (row locks).
+        Box::pin(std::future::ready(WriteTurn(None)))
     }
 
     fn sync(&self) -> BoxFuture<'_, Result<()>> {
         let inner = self.inner.clone();
+        let want = inner.transactions.load(Ordering::SeqCst);
         let done = self.inner.handle.spawn(async move {
-            let mut client = inner.pool.get().await.map_err(pg)?;
-            let t = client.transaction().await.map_err(pg)?;
+            let mut flushed = inner.flushed.lock().await;
+            if *flushed >= want {
+                return Ok(()); // a flush that started after our changes has covered them
+            }
+            let upto = inner.transactions.load(Ordering::SeqCst);
+            let client = inner.pool.get().await.map_err(pg)?;
             // A transaction id makes the commit write a record; with synchronous_commit on
-            // it returns once the log is flushed past that record.
-            t.batch_execute("SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id()")
+            // it returns once the log is flushed past that record, so past every change
+            // committed before. One round trip.
+            client
+                .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT")
                 .await
                 .map_err(pg)?;
-            t.commit().await.map_err(pg)?;
+            *flushed = upto;
             inner.syncs.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });

@@ -205,7 +205,7 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, v: &str) -> Result<T> {
 
 impl Directory for PgStore {
     fn create_account(&self, address: &str, password_hash: &str) -> Result<()> {
-        self.inner.write(async |t: &Transaction<'_>| {
+        self.inner.write_directory(async |t: &Transaction<'_>| {
             let n = execute!(
                 t,
                 "INSERT INTO accounts (address, password_hash, created) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -227,7 +227,7 @@ impl Directory for PgStore {
     }
 
     fn delete_account(&self, address: &str) -> Result<()> {
-        self.inner.write(async |t: &Transaction<'_>| {
+        self.inner.write_directory(async |t: &Transaction<'_>| {
             if query!(t, "SELECT 1 FROM accounts WHERE address = $1 FOR UPDATE", &[&address])?.is_empty() {
                 return Err(StoreError::NotFound(format!("account {address}")));
             }
@@ -247,7 +247,7 @@ impl Directory for PgStore {
     }
 
     fn set_password(&self, address: &str, password_hash: &str) -> Result<()> {
-        self.inner.write(async |t: &Transaction<'_>| {
+        self.inner.write_directory(async |t: &Transaction<'_>| {
             let n = execute!(
                 t,
                 "UPDATE accounts SET password_hash = $2 WHERE address = $1",
@@ -261,18 +261,26 @@ impl Directory for PgStore {
     }
 
     fn account(&self, address: &str) -> Result<Option<Account>> {
-        self.inner.read(async |c: &deadpool_postgres::Client| {
-            let rows = query!(
-                c,
-                "SELECT address, password_hash, created FROM accounts WHERE address = $1",
-                &[&address]
-            )?;
-            Ok(rows.first().map(|r| Account {
-                address: r.get(0),
-                password_hash: r.get(1),
-                created: r.get(2),
-            }))
-        })
+        self.inner.cached(
+            |c| c.accounts.get(address).cloned(),
+            || {
+                self.inner.read(async |c: &deadpool_postgres::Client| {
+                    let rows = query!(
+                        c,
+                        "SELECT address, password_hash, created FROM accounts WHERE address = $1",
+                        &[&address]
+                    )?;
+                    Ok(rows.first().map(|r| Account {
+                        address: r.get(0),
+                        password_hash: r.get(1),
+                        created: r.get(2),
+                    }))
+                })
+            },
+            |c, v| {
+                c.accounts.insert(address.to_string(), v);
+            },
+        )
     }
 
     fn accounts(&self) -> Result<Vec<Account>> {
@@ -294,7 +302,7 @@ impl Directory for PgStore {
     }
 
     fn add_domain(&self, domain: &str) -> Result<()> {
-        self.inner.write(async |t: &Transaction<'_>| {
+        self.inner.write_directory(async |t: &Transaction<'_>| {
             if execute!(
                 t,
                 "INSERT INTO domains (domain) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -308,7 +316,7 @@ impl Directory for PgStore {
     }
 
     fn delete_domain(&self, domain: &str) -> Result<()> {
-        self.inner.write(async |t: &Transaction<'_>| {
+        self.inner.write_directory(async |t: &Transaction<'_>| {
             if execute!(t, "DELETE FROM domains WHERE domain = $1", &[&domain])? == 0 {
                 return Err(StoreError::NotFound(format!("domain {domain}")));
             }
@@ -324,16 +332,24 @@ impl Directory for PgStore {
     }
 
     fn has_domain(&self, domain: &str) -> Result<bool> {
-        self.inner.read(async |c: &deadpool_postgres::Client| {
-            Ok(!query!(c, "SELECT 1 FROM domains WHERE domain = $1", &[&domain])?.is_empty())
-        })
+        self.inner.cached(
+            |c| c.domains.get(domain).copied(),
+            || {
+                self.inner.read(async |c: &deadpool_postgres::Client| {
+                    Ok(!query!(c, "SELECT 1 FROM domains WHERE domain = $1", &[&domain])?.is_empty())
+                })
+            },
+            |c, v| {
+                c.domains.insert(domain.to_string(), v);
+            },
+        )
     }
 
     fn set_alias(&self, source: &str, targets: &[String]) -> Result<()> {
         if targets.is_empty() {
             return Err(StoreError::Invalid("an alias needs at least one target".into()));
         }
-        self.inner.write(async |t: &Transaction<'_>| {
+        self.inner.write_directory(async |t: &Transaction<'_>| {
             execute!(
                 t,
                 "INSERT INTO aliases (source, targets) VALUES ($1, $2) ON CONFLICT (source) DO UPDATE SET targets = EXCLUDED.targets",
@@ -344,7 +360,7 @@ impl Directory for PgStore {
     }
 
     fn delete_alias(&self, source: &str) -> Result<()> {
-        self.inner.write(async |t: &Transaction<'_>| {
+        self.inner.write_directory(async |t: &Transaction<'_>| {
             if execute!(t, "DELETE FROM aliases WHERE source = $1", &[&source])? == 0 {
                 return Err(StoreError::NotFound(format!("alias {source}")));
             }
@@ -353,10 +369,18 @@ impl Directory for PgStore {
     }
 
     fn alias(&self, source: &str) -> Result<Option<Vec<String>>> {
-        self.inner.read(async |c: &deadpool_postgres::Client| {
-            let rows = query!(c, "SELECT targets FROM aliases WHERE source = $1", &[&source])?;
-            Ok(rows.first().map(|r| r.get(0)))
-        })
+        self.inner.cached(
+            |c| c.aliases.get(source).cloned(),
+            || {
+                self.inner.read(async |c: &deadpool_postgres::Client| {
+                    let rows = query!(c, "SELECT targets FROM aliases WHERE source = $1", &[&source])?;
+                    Ok(rows.first().map(|r| r.get(0)))
+                })
+            },
+            |c, v| {
+                c.aliases.insert(source.to_string(), v);
+            },
+        )
     }
 
     fn aliases(&self) -> Result<Vec<(String, Vec<String>)>> {
@@ -533,36 +557,92 @@ impl Mailboxes for PgStore {
 impl Messages for PgStore {
     fn deliver_to(&self, raw: &[u8], internal_date: i64, targets: &[Target]) -> Result<Vec<u32>> {
         let blob = blob_id(raw);
-        self.inner.write(async |t: &Transaction<'_>| {
-            let ids: Vec<MailboxId> = targets.iter().map(|t| t.mailbox).collect();
-            let mut boxes = lock_mailboxes(t, &ids).await?;
-            let mut uids = Vec::with_capacity(targets.len());
-            let mut rows: HashMap<MailboxId, Vec<(u32, MessageMeta)>> = HashMap::new();
-            for target in targets {
-                let m = boxes.get_mut(&target.mailbox).expect("locked above");
-                let uid = next_uid(m)?;
-                m.highestmodseq += 1;
-                let meta = MessageMeta {
-                    blob,
-                    size: raw.len() as u64,
-                    internal_date,
-                    modseq: m.highestmodseq,
-                    flags: target.flags,
-                    keywords: target.keywords.clone(),
-                };
-                rows.entry(target.mailbox).or_default().push((uid, meta));
-                uids.push(uid);
+        // Per mailbox (ascending id, the lock order), the targets' positions.
+        let mut groups: std::collections::BTreeMap<MailboxId, Vec<usize>> = Default::default();
+        for (i, t) in targets.iter().enumerate() {
+            groups.entry(t.mailbox).or_default().push(i);
+        }
+        let args: Vec<(i64, Vec<i16>, Vec<String>)> = groups
+            .iter()
+            .map(|(mb, at)| {
+                (
+                    id(*mb),
+                    at.iter().map(|&i| i16::from(targets[i].flags.0)).collect(),
+                    at.iter().map(|&i| targets[i].keywords.join(" ")).collect(),
+                )
+            })
+            .collect();
+        let changed: Vec<String> = groups.keys().map(|m| m.to_string()).collect();
+        let (size, refs) = (raw.len() as i64, targets.len() as i64);
+        let blob_ref = &blob[..];
+        // The whole delivery in one round trip: BEGIN, one statement per mailbox, the body,
+        // the change notice and COMMIT, pipelined. A failing statement aborts the
+        // transaction, and COMMIT then rolls it back.
+        let rows = self.inner.block(async |inner: &Inner| {
+            let client = inner.pool.get().await.map_err(pg)?;
+            let deliver = client
+                .prepare_cached("SELECT new_uid FROM mailgate_deliver($1, $2, $3, $4, $5, $6)")
+                .await
+                .map_err(pg)?;
+            let body = client
+                .prepare_cached(
+                    "INSERT INTO blobs (id, body, refs) VALUES ($1, $2, $3) \
+                     ON CONFLICT (id) DO UPDATE SET refs = blobs.refs + EXCLUDED.refs",
+                )
+                .await
+                .map_err(pg)?;
+            let notice = client.prepare_cached(NOTICE_SQL).await.map_err(pg)?;
+            let params: Vec<[&(dyn ToSql + Sync); 6]> = args
+                .iter()
+                .map(|(mb, flags, keywords)| -> [&(dyn ToSql + Sync); 6] {
+                    [mb, &blob_ref, &size, &internal_date, flags, keywords]
+                })
+                .collect();
+            let body_params: [&(dyn ToSql + Sync); 3] = [&blob_ref, &raw, &refs];
+            let notice_params: [&(dyn ToSql + Sync); 3] = [&CHANNEL, &inner.node, &changed];
+            let per_mailbox = futures_util::future::join_all(params.iter().map(|p| client.query(&deliver, p)));
+            let (begin, delivered, stored, noticed, commit) = futures_util::join!(
+                client.batch_execute("BEGIN"),
+                per_mailbox,
+                client.execute(&body, &body_params),
+                client.execute(&notice, &notice_params),
+                client.batch_execute("COMMIT"),
+            );
+            begin.map_err(pg)?;
+            let mut rows = Vec::with_capacity(delivered.len());
+            for d in delivered {
+                rows.push(d.map_err(|e| {
+                    match e.code() {
+                        Some(c) if *c == tokio_postgres::error::SqlState::NO_DATA_FOUND => StoreError::NotFound(
+                            e.as_db_error()
+                                .map_or_else(|| e.to_string(), |d| d.message().to_string()),
+                        ),
+                        Some(c) if *c == tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE => {
+                            StoreError::Invalid("uid space exhausted".into())
+                        }
+                        _ => pg(e),
+                    }
+                })?);
             }
-            add_ref(t, &blob, raw, targets.len() as i64).await?;
-            let mut changed: Vec<MailboxId> = boxes.keys().copied().collect();
-            changed.sort_unstable();
-            for mailbox in &changed {
-                let r: Vec<(u32, &MessageMeta)> = rows[mailbox].iter().map(|(u, m)| (*u, m)).collect();
-                insert_messages(t, *mailbox, &r).await?;
-                save_mailbox(t, &boxes[mailbox]).await?;
+            stored.map_err(pg)?;
+            noticed.map_err(pg)?;
+            commit.map_err(pg)?;
+            inner.transactions.fetch_add(1, Ordering::Relaxed);
+            Ok(rows)
+        })?;
+        self.inner.notify(&groups.keys().copied().collect::<Vec<_>>());
+        let mut uids = vec![0u32; targets.len()];
+        for ((_, at), r) in groups.iter().zip(rows) {
+            if r.len() != at.len() {
+                return Err(StoreError::Backend(
+                    "a delivery stored fewer messages than asked".into(),
+                ));
             }
-            Ok((uids, changed))
-        })
+            for (&i, row) in at.iter().zip(&r) {
+                uids[i] = row.get::<_, i64>(0) as u32;
+            }
+        }
+        Ok(uids)
     }
 
     fn store_flags(

@@ -402,7 +402,7 @@ impl MailStore for SledStore {
     }
 
     fn write_turn(&self) -> BoxFuture<'_, WriteTurn<'_>> {
-        Box::pin(self.turn.lock())
+        Box::pin(async move { WriteTurn(Some(self.turn.lock().await)) })
     }
 
     fn lock_maildrop(&self, account: &str) -> Result<Option<super::locks::MaildropLock>> {
