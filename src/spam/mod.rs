@@ -93,6 +93,9 @@ impl Spam {
         max_tokens: usize,
     ) -> Result<Vec<bool>, String> {
         let _guard = self.learning.lock().unwrap_or_else(|p| p.into_inner());
+        // The counts are one value every node updates: read, change and write them under a
+        // lock all nodes see, or two nodes' batches would lose one another's.
+        let _shared = store.exclusive(MODEL_KEY).map_err(|e| e.to_string())?;
         // Users refine a trained model; a handful of moves is no model of its own.
         let Some(stored) = store.kv_get_large(MODEL_KEY).map_err(|e| e.to_string())? else {
             return Err("no Bayes model trained yet (`mailgate spam train`); judgement not learned".into());

@@ -107,6 +107,7 @@ contract!(
     concurrent_deliveries_get_distinct_consecutive_uids,
     one_pop3_session_per_maildrop,
     directory_changes_reach_every_node,
+    exclusive_locks_keep_read_modify_writes_whole,
 );
 
 /// Two stores on one PostgreSQL database (two nodes): queue leases.
@@ -702,4 +703,41 @@ async fn directory_changes_reach_every_node(f: Fixture) {
     // On the writing node itself, at once.
     b.create_account("new@x.test", "h").unwrap();
     assert!(b.account("new@x.test").unwrap().is_some());
+}
+
+async fn exclusive_locks_keep_read_modify_writes_whole(f: Fixture) {
+    // Four writers, two per handle (two nodes, for PostgreSQL), each adding one to a shared
+    // counter 25 times by reading and writing it: under the lock no update is lost.
+    let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let handles: Vec<Arc<dyn MailStore>> = vec![f.store.clone(), f.store.clone(), f.second(), f.second()];
+    let threads: Vec<_> = handles
+        .into_iter()
+        .map(|h| {
+            let inside = inside.clone();
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    let _held = h.exclusive("counter").unwrap();
+                    assert_eq!(
+                        inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                        0,
+                        "two holders"
+                    );
+                    let n = h
+                        .kv_get_large("counter")
+                        .unwrap()
+                        .map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+                    h.kv_set_large("counter", Some(&(n + 1).to_le_bytes())).unwrap();
+                    inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let n = f.store.kv_get_large("counter").unwrap().unwrap();
+    assert_eq!(u64::from_le_bytes(n.try_into().unwrap()), 100);
+    // Another name is free meanwhile.
+    let _a = f.store.exclusive("one").unwrap();
+    let _b = f.second().exclusive("two").unwrap();
 }

@@ -19,6 +19,54 @@ impl MaildropLock {
     }
 }
 
+/// A named lock held across every node sharing the store
+/// ([`crate::store::MailStore::exclusive`]); released on drop.
+pub struct Exclusive(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl Exclusive {
+    pub fn new(guard: impl Send + Sync + 'static) -> Exclusive {
+        Exclusive(Box::new(guard))
+    }
+}
+
+/// Named locks within one process: the names held, and a condition to wait on.
+#[derive(Default)]
+pub struct LocalNames {
+    held: Mutex<HashSet<String>>,
+    freed: std::sync::Condvar,
+}
+
+impl LocalNames {
+    /// Blocks until `name` is free, then holds it until the guard drops.
+    pub fn lock(self: &Arc<Self>, name: &str) -> LocalName {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(name) {
+            held = self.freed.wait(held).unwrap_or_else(|p| p.into_inner());
+        }
+        held.insert(name.to_string());
+        LocalName {
+            names: self.clone(),
+            name: name.to_string(),
+        }
+    }
+}
+
+pub struct LocalName {
+    names: Arc<LocalNames>,
+    name: String,
+}
+
+impl Drop for LocalName {
+    fn drop(&mut self) {
+        self.names
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+        self.names.freed.notify_all();
+    }
+}
+
 /// This node's hold on an account's maildrop.
 pub struct LocalMaildrop {
     set: Maildrops,

@@ -376,6 +376,11 @@ pub trait MailStore: Directory + Mailboxes + Messages + KeyValue + Queue + Send 
     /// lives, against every session on every node sharing the store; `None` while another
     /// session holds it.
     fn lock_maildrop(&self, account: &str) -> Result<Option<locks::MaildropLock>>;
+
+    /// Waits for, then holds, the lock called `name` against every caller on every node
+    /// sharing the store until the guard drops: for read-modify-writes of one shared value
+    /// (the Bayes counts users' judgements update). Hold it briefly; it blocks the thread.
+    fn exclusive(&self, name: &str) -> Result<locks::Exclusive>;
 }
 
 /// The id of a message body: the SHA-256 of its bytes.

@@ -199,6 +199,8 @@ struct Inner {
     /// so two sessions of one node must be kept apart here).
     maildrops: super::locks::Maildrops,
     directory: Mutex<DirectoryCache>,
+    /// This node's [`MailStore::exclusive`] locks.
+    names: Arc<super::locks::LocalNames>,
     /// This store's name in its change notices ([`node_name`]).
     node: String,
 }
@@ -269,6 +271,7 @@ impl PgStore {
             lock_client: tokio::sync::Mutex::new(None),
             maildrops: Default::default(),
             directory: Mutex::default(),
+            names: Default::default(),
             node: node_name(),
         });
         let mut store = PgStore {
@@ -575,6 +578,28 @@ impl MailStore for PgStore {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    fn exclusive(&self, name: &str) -> Result<super::locks::Exclusive> {
+        // Within this node first (callers on one connection would not exclude each other),
+        // then a session-level advisory lock on a connection of its own, held by the guard:
+        // closing it (the guard dropped, or the node gone) lets the lock go.
+        let local = self.inner.names.lock(name);
+        let key = format!("mailgate exclusive {name}");
+        let (client, connection) = self.inner.block(async |inner: &Inner| {
+            let (client, connection) = inner.config.connect(tokio_postgres::NoTls).await.map_err(pg)?;
+            let connection = tokio::spawn(connection);
+            client
+                .query_one("SELECT pg_advisory_lock(hashtextextended($1, 0))", &[&key])
+                .await
+                .map_err(pg)?;
+            Ok((client, connection))
+        })?;
+        Ok(super::locks::Exclusive::new(HeldConnection {
+            _client: client,
+            connection,
+            _local: local,
+        }))
+    }
+
     fn lock_maildrop(&self, account: &str) -> Result<Option<super::locks::MaildropLock>> {
         let Some(local) = super::locks::LocalMaildrop::try_new(&self.inner.maildrops, account) else {
             return Ok(None);
@@ -602,6 +627,20 @@ impl MailStore for PgStore {
             key,
             _local: local,
         })))
+    }
+}
+
+/// A connection kept open for the session-level advisory lock it holds.
+struct HeldConnection {
+    _client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<std::result::Result<(), tokio_postgres::Error>>,
+    _local: super::locks::LocalName,
+}
+
+impl Drop for HeldConnection {
+    fn drop(&mut self) {
+        // Closing the socket ends the session, and its advisory locks with it.
+        self.connection.abort();
     }
 }
 

@@ -55,6 +55,8 @@ pub struct Inner {
     sled_failed: std::sync::atomic::AtomicBool,
     /// POP3 maildrop locks (one process owns a sled store).
     maildrops: super::locks::Maildrops,
+    /// [`MailStore::exclusive`] locks.
+    names: Arc<super::locks::LocalNames>,
 }
 
 /// The small records every delivery reads — accounts, domains, aliases, mailbox names and
@@ -194,6 +196,7 @@ impl SledStore {
             records: RecordCache::default(),
             sled_failed: Default::default(),
             maildrops: Default::default(),
+            names: Default::default(),
         });
         if let (true, Ok(rt)) = (checkpoint_task, tokio::runtime::Handle::try_current()) {
             rt.spawn(checkpoints(Arc::downgrade(&inner)));
@@ -403,6 +406,10 @@ impl MailStore for SledStore {
 
     fn write_turn(&self) -> BoxFuture<'_, WriteTurn<'_>> {
         Box::pin(async move { WriteTurn(Some(self.turn.lock().await)) })
+    }
+
+    fn exclusive(&self, name: &str) -> Result<super::locks::Exclusive> {
+        Ok(super::locks::Exclusive::new(self.names.lock(name)))
     }
 
     fn lock_maildrop(&self, account: &str) -> Result<Option<super::locks::MaildropLock>> {
