@@ -80,6 +80,39 @@ pub struct FlagResult {
     pub modified: Vec<u32>,
 }
 
+impl FlagResult {
+    /// Applies one STORE to message `uid` (its metadata `m`, in a mailbox whose highest
+    /// MODSEQ is `highest`), the same way on every backend: left alone and reported when
+    /// modified after `unchanged_since`; otherwise, if its flags or keywords change, it gets
+    /// the mailbox's next MODSEQ and is listed as changed. Says whether it changed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &mut self,
+        uid: u32,
+        m: &mut MessageMeta,
+        highest: &mut u64,
+        op: FlagOp,
+        flags: Flags,
+        keywords: &[String],
+        unchanged_since: Option<u64>,
+    ) -> bool {
+        if unchanged_since.is_some_and(|u| m.modseq > u) {
+            self.modified.push(uid);
+            return false;
+        }
+        let (new_flags, new_keywords) = m.after(op, flags, keywords);
+        if new_flags == m.flags && new_keywords == m.keywords {
+            return false;
+        }
+        *highest += 1;
+        m.flags = new_flags;
+        m.keywords = new_keywords;
+        m.modseq = *highest;
+        self.changed.push((uid, m.clone()));
+        true
+    }
+}
+
 /// Where one copy of a delivered message goes, and with which flags.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Target {

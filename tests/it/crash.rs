@@ -10,7 +10,7 @@ const CLIENTS: usize = 8;
 
 /// One whole transaction in one write (the server is mid-message most of the time), `lines`
 /// lines of body; whether it was answered 250.
-async fn pipelined(c: &mut Client<tokio::net::TcpStream>, rcpt: &str, subject: &str, lines: usize) -> bool {
+pub async fn pipelined(c: &mut Client<tokio::net::TcpStream>, rcpt: &str, subject: &str, lines: usize) -> bool {
     let mut batch = format!("MAIL FROM:<load@example.org>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n");
     batch.push_str(&message(subject, &"payload line\r\n".repeat(lines)));
     batch.push_str(".\r\n");
@@ -20,6 +20,48 @@ async fn pipelined(c: &mut Client<tokio::net::TcpStream>, rcpt: &str, subject: &
 }
 const KILL_AFTER_ACKS: usize = 120;
 
+/// Streams pipelined transactions (40-line bodies) from `clients` sessions into `addr`, to
+/// the recipient `rcpt(client, n)` gives, until the server dies: `kill` runs once
+/// `kill_after` have been acknowledged. Gives every acknowledged subject (`{prefix}-{client}-{n}`)
+/// with its recipient.
+pub async fn stream_until_killed(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    kill_after: usize,
+    prefix: &str,
+    rcpt: fn(usize, usize) -> &'static str,
+    kill: impl FnOnce(),
+) -> Vec<(String, &'static str)> {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let enough = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (acked, count, enough, prefix) = (acked.clone(), count.clone(), enough.clone(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut c = greeted(addr).await;
+            for n in 0.. {
+                let (subject, to) = (format!("{prefix}-{client}-{n}"), rcpt(client, n));
+                if !pipelined(&mut c, to, &subject, 40).await {
+                    return; // the server died under us
+                }
+                acked.lock().unwrap().push((subject, to));
+                if count.fetch_add(1, Ordering::SeqCst) + 1 == kill_after {
+                    enough.notify_one();
+                }
+            }
+        }));
+    }
+    enough.notified().await;
+    kill();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= kill_after);
+    acked
+}
+
 #[test]
 fn kill_9_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -27,38 +69,19 @@ fn kill_9_loses_no_acknowledged_message() {
     let (code, _, err) = cli(&cfg, &["user", "add", "alice@localhost", "--password-stdin"], "pw");
     assert_eq!(code, 0, "{err}");
     let server = ChildServer::start(&cfg);
-    let addr = server.smtp;
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    let enough = Arc::new(tokio::sync::Notify::new());
-
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for client in 0..CLIENTS {
-            let (acked, count, enough) = (acked.clone(), count.clone(), enough.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut c = greeted(addr).await;
-                for n in 0.. {
-                    let subject = format!("crash-{client}-{n}");
-                    if !pipelined(&mut c, "alice@localhost", &subject, 40).await {
-                        return; // the server died under us
-                    }
-                    acked.lock().unwrap().push(subject);
-                    if count.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER_ACKS {
-                        enough.notify_one();
-                    }
-                }
-            }));
-        }
-        enough.notified().await;
-        server.kill9();
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= KILL_AFTER_ACKS);
+    let acked: Vec<String> = rt
+        .block_on(stream_until_killed(
+            server.smtp,
+            CLIENTS,
+            KILL_AFTER_ACKS,
+            "crash",
+            |_, _| "alice@localhost",
+            || server.kill9(),
+        ))
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
 
     // Restart: the server must come up on the crashed store and keep serving.
     let server = ChildServer::start(&cfg);
@@ -111,57 +134,21 @@ fn kill_9_loses_no_queued_message() {
     ));
     std::fs::write(&cfg, text).unwrap();
     let server = ChildServer::start(&cfg);
-    let addr = server.smtp;
-    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    let enough = Arc::new(tokio::sync::Notify::new());
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for client in 0..CLIENTS {
-            let (acked, count, enough) = (acked.clone(), count.clone(), enough.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut c = greeted(addr).await;
-                for n in 0.. {
-                    let subject = format!("out-{client}-{n}");
-                    if !pipelined(&mut c, "joe@filtered.example", &subject, 40).await {
-                        return;
-                    }
-                    acked.lock().unwrap().push(subject);
-                    if count.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER_ACKS {
-                        enough.notify_one();
-                    }
-                }
-            }));
-        }
-        enough.notified().await;
-        server.kill9();
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    let acked = acked.lock().unwrap().clone();
+    let acked: Vec<String> = rt
+        .block_on(stream_until_killed(
+            server.smtp,
+            CLIENTS,
+            KILL_AFTER_ACKS,
+            "out",
+            |_, _| "joe@filtered.example",
+            || server.kill9(),
+        ))
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
     let server = ChildServer::start(&cfg);
-    rt.block_on(async {
-        let subjects = |got: &[crate::outbound::Received]| -> std::collections::HashSet<String> {
-            got.iter().map(|r| subject_of(r.data.as_bytes())).collect()
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            loop {
-                let have = subjects(&sink.got.lock().unwrap());
-                if acked.iter().all(|s| have.contains(s)) {
-                    return;
-                }
-                let n = sink.got.lock().unwrap().len();
-                sink.wait_for(n + 1).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            let have = subjects(&sink.got.lock().unwrap());
-            let missing: Vec<_> = acked.iter().filter(|s| !have.contains(*s)).collect();
-            panic!("acknowledged but never delivered: {missing:?}");
-        });
-    });
+    rt.block_on(sink.until_has(&acked))
+        .unwrap_or_else(|missing| panic!("acknowledged but never delivered: {missing:?}"));
     assert!(server.terminate().success());
 }
 

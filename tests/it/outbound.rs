@@ -160,6 +160,31 @@ pub async fn mx_to_sink(
 }
 
 impl Sink {
+    /// Waits (up to a minute) until messages with each of `subjects` have arrived; the
+    /// ones still missing otherwise.
+    pub async fn until_has(&mut self, subjects: &[String]) -> Result<(), Vec<String>> {
+        let missing = |got: &[Received]| -> Vec<String> {
+            let have: std::collections::HashSet<String> = got.iter().map(|r| subject_of(r.data.as_bytes())).collect();
+            subjects.iter().filter(|s| !have.contains(*s)).cloned().collect()
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                // One snapshot for the count and the check: a message arriving in between
+                // must not be waited for again.
+                let seen = self.got.lock().unwrap().len();
+                if missing(&self.got.lock().unwrap()[..seen]).is_empty() {
+                    return;
+                }
+                let _ = self.seen.wait_for(|c| *c > seen).await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) => Ok(()),
+            Err(_) => Err(missing(&self.got.lock().unwrap())),
+        }
+    }
+
     /// Waits until the sink has accepted `n` messages in all.
     pub async fn wait_for(&mut self, n: usize) -> Vec<Received> {
         tokio::time::timeout(Duration::from_secs(30), self.seen.wait_for(|c| *c >= n))
@@ -185,7 +210,7 @@ async fn queue_drained(s: &TestServer) {
     .expect("the queue drains");
 }
 
-fn relay_to(domain: &str, hop: &str) -> Relay {
+pub fn relay_to(domain: &str, hop: &str) -> Relay {
     Relay {
         domain: domain.into(),
         next_hop: NextHop::parse(hop).unwrap(),

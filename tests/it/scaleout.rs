@@ -5,10 +5,10 @@
 //! real PostgreSQL the tests start (skipped, with the reason printed, without its binaries).
 
 use crate::common::*;
-use crate::outbound::sink;
+use crate::crash::stream_until_killed;
+use crate::outbound::{relay_to, sink};
 use futures_util::StreamExt;
 use mailgate::config::StoreBackend;
-use mailgate::config::outbound::{NextHop, Relay};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -146,13 +146,7 @@ async fn concurrent_appends_on_both_nodes_get_strictly_increasing_uids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_nodes_drain_one_queue_and_deliver_each_recipient_once() {
     let mut sink = sink().await;
-    let hop = format!("[127.0.0.1]:{}", sink.addr.port());
-    let relay = Relay {
-        domain: "filtered.example".into(),
-        next_hop: NextHop::parse(&hop).unwrap(),
-        etrn: false,
-        verify_recipients: false,
-    };
+    let relay = relay_to("filtered.example", &format!("[127.0.0.1]:{}", sink.addr.port()));
     let Some((a, b)) = two_nodes(|c| c.relays = vec![relay.clone()]).await else {
         return;
     };
@@ -208,20 +202,13 @@ async fn both_nodes_drain_one_queue_and_deliver_each_recipient_once() {
 /// ones delivered (B takes over A's queue once A's leases run out).
 #[test]
 fn node_killed_mid_intake_and_mid_delivery_loses_nothing() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let Some(url) = mailgate::store::test_postgres::database() else {
         return;
     };
     let mut sink = rt.block_on(sink());
     let hop = format!("[127.0.0.1]:{}", sink.addr.port());
-    let relay = Relay {
-        domain: "filtered.example".into(),
-        next_hop: NextHop::parse(&hop).unwrap(),
-        etrn: false,
-        verify_recipients: false,
-    };
+    let relay = relay_to("filtered.example", &hop);
     let b = rt.block_on(start_server(|c| {
         c.store.backend = StoreBackend::Postgres;
         c.store.postgres.url = Some(url.clone());
@@ -239,48 +226,24 @@ fn node_killed_mid_intake_and_mid_delivery_loses_nothing() {
     ));
     std::fs::write(&cfg, text).unwrap();
     let a = ChildServer::start(&cfg);
-    let addr = a.smtp;
-    let acked = Arc::new(Mutex::new(Vec::<(String, bool)>::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    let enough = Arc::new(tokio::sync::Notify::new());
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for client in 0..6 {
-            let (acked, count, enough) = (acked.clone(), count.clone(), enough.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut c = greeted(addr).await;
-                for n in 0.. {
-                    let subject = format!("n{client}-{n}");
-                    let relayed = (client + n) % 2 == 0;
-                    let to = if relayed {
-                        "joe@filtered.example"
-                    } else {
-                        "alice@localhost"
-                    };
-                    let batch = format!(
-                        "MAIL FROM:<load@example.org>\r\nRCPT TO:<{to}>\r\nDATA\r\n{}.\r\n",
-                        message(&subject, &"payload line\r\n".repeat(40))
-                    );
-                    c.send(batch.as_bytes()).await;
-                    let replies = [c.reply().await, c.reply().await, c.reply().await, c.reply().await];
-                    if !replies[3].starts_with("250") {
-                        return; // A died under us
-                    }
-                    acked.lock().unwrap().push((subject, relayed));
-                    if count.fetch_add(1, Ordering::SeqCst) + 1 == 80 {
-                        enough.notify_one();
-                    }
+    let acked: Vec<(String, bool)> = rt
+        .block_on(stream_until_killed(
+            a.smtp,
+            6,
+            80,
+            "n",
+            |client, n| {
+                if (client + n) % 2 == 0 {
+                    "joe@filtered.example"
+                } else {
+                    "alice@localhost"
                 }
-            }));
-        }
-        enough.notified().await;
-        a.kill9();
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
-    let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 80);
+            },
+            || a.kill9(),
+        ))
+        .into_iter()
+        .map(|(s, to)| (s, to.ends_with("filtered.example")))
+        .collect();
 
     let inbox = b.inbox("alice@localhost");
     let mut local: std::collections::HashMap<String, usize> = Default::default();
@@ -293,26 +256,8 @@ fn node_killed_mid_intake_and_mid_delivery_loses_nothing() {
         assert_eq!(local.get(s), Some(&1), "{s}: acknowledged by A, stored once");
     }
     // B delivers what A had queued and not delivered, once A's leases run out.
-    rt.block_on(async {
-        let subjects = |got: &[crate::outbound::Received]| -> std::collections::HashSet<String> {
-            got.iter().map(|r| subject_of(r.data.as_bytes())).collect()
-        };
-        tokio::time::timeout(Duration::from_secs(60), async {
-            loop {
-                let have = subjects(&sink.got.lock().unwrap());
-                if acked.iter().filter(|(_, r)| *r).all(|(s, _)| have.contains(s)) {
-                    return;
-                }
-                let n = sink.got.lock().unwrap().len();
-                sink.wait_for(n + 1).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            let have = subjects(&sink.got.lock().unwrap());
-            let missing: Vec<_> = acked.iter().filter(|(s, r)| *r && !have.contains(s)).collect();
-            panic!("acknowledged by A but never delivered: {missing:?}");
-        });
-    });
+    let relayed: Vec<String> = acked.iter().filter(|(_, r)| *r).map(|(s, _)| s.clone()).collect();
+    rt.block_on(sink.until_has(&relayed))
+        .unwrap_or_else(|missing| panic!("acknowledged by A but never delivered: {missing:?}"));
     drop(b);
 }

@@ -666,19 +666,7 @@ impl Messages for PgStore {
             let mut result = FlagResult::default();
             for &uid in uids {
                 let Some(m) = current.get_mut(&uid) else { continue };
-                if unchanged_since.is_some_and(|u| m.modseq > u) {
-                    result.modified.push(uid);
-                    continue;
-                }
-                let (new_flags, new_keywords) = m.after(op, flags, keywords);
-                if new_flags == m.flags && new_keywords == m.keywords {
-                    continue;
-                }
-                meta.highestmodseq += 1;
-                m.flags = new_flags;
-                m.keywords = new_keywords;
-                m.modseq = meta.highestmodseq;
-                result.changed.push((uid, m.clone()));
+                result.apply(uid, m, &mut meta.highestmodseq, op, flags, keywords, unchanged_since);
             }
             if result.changed.is_empty() {
                 return Ok((result, Vec::new()));

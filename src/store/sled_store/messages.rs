@@ -67,20 +67,17 @@ impl Messages for SledStore {
             let Some(mut m) = self.tree.get(&k)?.and_then(|v| MessageMeta::decode(&v)) else {
                 continue;
             };
-            if unchanged_since.is_some_and(|u| m.modseq > u) {
-                result.modified.push(uid);
-                continue;
+            if result.apply(
+                uid,
+                &mut m,
+                &mut meta.highestmodseq,
+                op,
+                flags,
+                keywords,
+                unchanged_since,
+            ) {
+                batch.insert(k, m.encode());
             }
-            let (new_flags, new_keywords) = m.after(op, flags, keywords);
-            if new_flags == m.flags && new_keywords == m.keywords {
-                continue;
-            }
-            meta.highestmodseq += 1;
-            m.flags = new_flags;
-            m.keywords = new_keywords;
-            m.modseq = meta.highestmodseq;
-            batch.insert(k, m.encode());
-            result.changed.push((uid, m));
         }
         if !result.changed.is_empty() {
             batch.insert(keys::mailbox(mailbox), json(&meta));
