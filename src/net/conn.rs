@@ -271,8 +271,11 @@ impl Conn {
 
     /// Reads one line of at most `max` bytes including its line ending. A longer line is
     /// skipped through its end and reported as [`Line::TooLong`], so a flood of bytes without a
-    /// newline never grows memory past `max`.
+    /// newline never grows memory past `max`. `timeout` bounds the whole line, not each read:
+    /// a client that trickles a byte at a time (slowloris) is cut off when it runs out, as
+    /// one that sends nothing is.
     pub async fn read_line(&mut self, max: usize, timeout: Duration) -> Result<Line, ReadError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut skipping = false;
         loop {
             let avail = &self.inbuf[self.pos..];
@@ -292,7 +295,11 @@ impl Conn {
                 skipping = true;
                 self.pos = self.inbuf.len();
             }
-            self.fill(timeout).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(ReadError::Timeout);
+            }
+            self.fill(left).await?;
         }
     }
 
@@ -341,5 +348,44 @@ impl Conn {
         })
         .await?;
         Ok(all_kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A client that trickles a line a byte a second (slowloris) runs out of the line's
+    /// time; one that sends the same line at once is read. Paused time: the seconds pass
+    /// without waiting.
+    #[tokio::test(start_paused = true)]
+    async fn a_line_must_arrive_whole_within_its_timeout() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = Conn::over(server);
+        let trickle = tokio::spawn(async move {
+            for b in b"NOOP slowly\r\n" {
+                if client.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let start = tokio::time::Instant::now();
+        let r = conn.read_line(512, Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(ReadError::Timeout)), "{r:?}");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+        drop(conn);
+        trickle.await.unwrap();
+
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = Conn::over(server);
+        client.write_all(b"NOOP at once\r\n").await.unwrap();
+        let r = conn.read_line(512, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(r, Line::Ok(b"NOOP at once".to_vec()));
     }
 }

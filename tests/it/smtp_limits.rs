@@ -160,3 +160,49 @@ async fn commands_that_make_no_progress_are_limited() {
     );
     assert!(replies.last().unwrap().starts_with("421 4.7.0"));
 }
+
+/// Slowloris: a client that sends a command a byte a second keeps every read within the
+/// timeout, but not the line: SMTP and POP3 cut it off once the line's time (2 s here) runs
+/// out, long before it would finish, with their goodbye. (IMAP reads lines the same way;
+/// its shortest allowed timeout is a minute, so `net::conn`'s unit test covers it.)
+#[tokio::test]
+async fn slowloris_is_cut_off() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let s = start_server(|c| {
+        c.smtp.command_timeout_secs = 2;
+        c.pop3.idle_timeout_secs = 2;
+    })
+    .await;
+    let line = b"NOOP NOOP NOOP NOOP NOOP\r\n";
+    for (addr, greeting, goodbye) in [(s.smtp, "220 ", "421 4.4.2"), (s.pop3, "+OK", "-ERR")] {
+        let (rd, mut wr) = tokio::net::TcpStream::connect(addr).await.unwrap().into_split();
+        let mut rd = BufReader::new(rd);
+        let mut first = String::new();
+        rd.read_line(&mut first).await.unwrap();
+        assert!(first.starts_with(greeting), "{first}");
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        let trickle = tokio::spawn(async move {
+            for b in line {
+                if wr.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                // The pace is the attack: one byte a second.
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+        let mut reply = String::new();
+        rd.read_line(&mut reply).await.unwrap();
+        assert!(reply.starts_with(goodbye), "{reply}");
+        assert!(
+            sent.load(Ordering::SeqCst) < line.len(),
+            "cut off before the line was done"
+        );
+        let mut rest = String::new();
+        assert_eq!(rd.read_line(&mut rest).await.unwrap(), 0, "and closed: {rest}");
+        trickle.abort();
+    }
+}
