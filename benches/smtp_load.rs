@@ -6,6 +6,13 @@
 //! cargo bench --bench smtp_load -- --store-url postgres://postgres@127.0.0.1:5499/mg [--nodes 2]
 //! ```
 //!
+//! cargo bench --bench smtp_load -- --policies policies --domains 50 --dns nxdomain   # or --dns drop
+//! ```
+//!
+//! `--domains N` sends from N sender domains in turn; `--dns nxdomain|drop` points the spawned
+//! server's resolver at a loopback name server that answers NXDOMAIN at once, or that drops
+//! every query.
+//!
 //! `--store-url` runs the spawned servers on that PostgreSQL database (`store.backend =
 //! "postgres"`); `--nodes N` spawns N of them on it and spreads the sessions over them.
 //!
@@ -35,6 +42,12 @@ struct Args {
     store_url: Option<String>,
     /// Servers to spawn (on `store_url`).
     nodes: usize,
+    /// Sender domains (`load@dN.example`).
+    domains: usize,
+    /// A loopback name server for the spawned server: `nxdomain` or `drop`.
+    dns: Option<String>,
+    /// Messages sent (over the same sessions' count) before the timed run, to warm caches.
+    warmup: usize,
 }
 
 fn args() -> Args {
@@ -47,6 +60,9 @@ fn args() -> Args {
         pairs: 0,
         store_url: None,
         nodes: 1,
+        domains: 1,
+        dns: None,
+        warmup: 0,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -61,6 +77,9 @@ fn args() -> Args {
             "--pairs" => a.pairs = val.parse().expect("--pairs N"),
             "--store-url" => a.store_url = Some(val),
             "--nodes" => a.nodes = val.parse().expect("--nodes N"),
+            "--domains" => a.domains = val.parse().expect("--domains N"),
+            "--dns" => a.dns = Some(val),
+            "--warmup" => a.warmup = val.parse().expect("--warmup N"),
             _ => {
                 i += 1; // cargo bench passes --bench; ignore unknown flags
                 continue;
@@ -97,7 +116,37 @@ async fn read_reply(r: &mut BufReader<TcpStream>, line: &mut String) -> String {
     }
 }
 
-async fn session(addr: SocketAddr, count: usize, size: usize, first: usize) -> Vec<Duration> {
+/// A loopback name server on its own thread: answers every query NXDOMAIN at once, or
+/// (`answer` false) drops it.
+fn name_server(answer: bool) -> SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                return;
+            };
+            if !answer || n < 12 {
+                continue;
+            }
+            // The header and the question, flagged as a response: NXDOMAIN, nothing else.
+            let mut end = 12;
+            while end < n && buf[end] != 0 {
+                end += usize::from(buf[end]) + 1;
+            }
+            end = (end + 5).min(n);
+            let mut r = buf[..end].to_vec();
+            r[2] |= 0x80; // QR
+            r[3] = 0x80 | 3; // RA, RCODE NXDOMAIN
+            r[6..12].fill(0); // no answers, authority or additional records
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    addr
+}
+
+async fn session(addr: SocketAddr, count: usize, size: usize, first: usize, domains: usize) -> Vec<Duration> {
     let mut r = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
     r.get_ref().set_nodelay(true).unwrap();
     let mut line = String::new();
@@ -108,10 +157,13 @@ async fn session(addr: SocketAddr, count: usize, size: usize, first: usize) -> V
     for n in first..first + count {
         let body = message(size, n);
         let t = Instant::now();
-        r.get_mut()
-            .write_all(b"MAIL FROM:<load@example.org>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n")
-            .await
-            .unwrap();
+        // Sender domains interleave as real traffic does (not every session in step).
+        let domain = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        let envelope = format!(
+            "MAIL FROM:<load@d{}.example>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n",
+            domain % domains.max(1) as u64
+        );
+        r.get_mut().write_all(envelope.as_bytes()).await.unwrap();
         for expect in ["250", "250", "354"] {
             let rep = read_reply(&mut r, &mut line).await;
             assert!(rep.starts_with(expect), "expected {expect}, got {rep}");
@@ -153,7 +205,7 @@ struct Spawned {
     _dir: tempfile::TempDir,
 }
 
-fn spawn_server(policies: Option<&str>, store_url: Option<&str>) -> Spawned {
+fn spawn_server(policies: Option<&str>, store_url: Option<&str>, dns: Option<SocketAddr>) -> Spawned {
     // MAILGATE_BIN: another build to measure (a saved binary of an earlier commit, say).
     let bin = std::env::var("MAILGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mailgate").to_string());
     let dir = tempfile::tempdir().unwrap();
@@ -166,7 +218,7 @@ fn spawn_server(policies: Option<&str>, store_url: Option<&str>) -> Spawned {
             policies.map(str::to_string).unwrap_or_else(|| dir.path().join("policies").display().to_string())
         ) + &store_url.map_or(String::new(), |u| {
             format!("[store]\nbackend = \"postgres\"\n[store.postgres]\nurl = \"{u}\"\n")
-        }),
+        }) + &dns.map_or(String::new(), |d| format!("[dns]\nservers = [\"{d}\"]\n")),
     )
     .unwrap();
     let mut add = std::process::Command::new(&bin)
@@ -206,7 +258,14 @@ fn spawn_server(policies: Option<&str>, store_url: Option<&str>) -> Spawned {
 async fn run(a: &Args, policies: Option<&str>) -> f64 {
     let spawned: Vec<Spawned> = if a.addr.is_none() {
         (0..a.nodes.max(1))
-            .map(|_| spawn_server(policies, a.store_url.as_deref()))
+            .map(|_| {
+                let dns = a.dns.as_deref().map(|mode| match mode {
+                    "nxdomain" => name_server(true),
+                    "drop" => name_server(false),
+                    other => panic!("--dns nxdomain|drop, not {other}"),
+                });
+                spawn_server(policies, a.store_url.as_deref(), dns)
+            })
             .collect()
     } else {
         Vec::new()
@@ -217,6 +276,31 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
     };
     let pids: Vec<u32> = spawned.iter().map(|s| s.child.id()).collect();
     let cpu_of = |pids: &[u32]| pids.iter().map(|&p| cpu_time(p)).sum::<Duration>();
+    if a.warmup > 0 {
+        let t = Instant::now();
+        let per = a.warmup.div_ceil(a.sessions);
+        let warm: Vec<_> = (0..a.sessions)
+            .map(|i| {
+                tokio::spawn(session(
+                    addrs[i % addrs.len()],
+                    per,
+                    a.size,
+                    1_000_000 + i * per,
+                    a.domains,
+                ))
+            })
+            .collect();
+        let mut slowest = Duration::ZERO;
+        for w in warm {
+            slowest = slowest.max(w.await.unwrap().into_iter().max().unwrap_or_default());
+        }
+        println!(
+            "warm-up: {} msgs in {:.2?}, slowest {:.2?}",
+            per * a.sessions,
+            t.elapsed(),
+            slowest
+        );
+    }
     let cpu0 = (!pids.is_empty()).then(|| cpu_of(&pids));
     let own0 = own_cpu_time();
     let per = a.messages / a.sessions;
@@ -226,7 +310,13 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
     let mut first = 0;
     for i in 0..a.sessions {
         let n = per + usize::from(i < extra);
-        tasks.push(tokio::spawn(session(addrs[i % addrs.len()], n, a.size, first)));
+        tasks.push(tokio::spawn(session(
+            addrs[i % addrs.len()],
+            n,
+            a.size,
+            first,
+            a.domains,
+        )));
         first += n;
     }
     let mut lat = Vec::with_capacity(a.messages);
@@ -238,14 +328,15 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     let rate = lat.len() as f64 / wall.as_secs_f64();
     println!(
-        "smtp intake: {} msgs x {} B over {} sessions in {:.2?}: {:.0} msgs/s, latency p50 {:.2?} p99 {:.2?}",
+        "smtp intake: {} msgs x {} B over {} sessions in {:.2?}: {:.0} msgs/s, latency p50 {:.2?} p99 {:.2?} max {:.2?}",
         lat.len(),
         a.size,
         a.sessions,
         wall,
         rate,
         pct(0.50),
-        pct(0.99)
+        pct(0.99),
+        lat[lat.len() - 1]
     );
     if let Some(c0) = cpu0 {
         let cpu = cpu_of(&pids) - c0;

@@ -13,12 +13,35 @@ use mail_auth::{
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// How long a sender domain whose checks met a DNS failure (a timeout, SERVFAIL) gets
+/// `temperror` at once, without asking again: a resolver that drops queries must not make
+/// every message from that domain wait out the timeouts (the shared lookup cache remembers
+/// failures as long, `hooks::dns_cache::FAILURE_TTL`).
+const FAILURE_MEMORY: Duration = Duration::from_secs(30);
+
+/// Domains remembered at most; past it the memory starts over.
+const MAX_DOMAINS: usize = 10_000;
+
+/// What is known of a sender domain's DNS.
+#[derive(Clone)]
+enum DomainState {
+    /// Its checks met a DNS failure: `temperror` at once until then.
+    Failing(std::time::Instant),
+    /// Its checks worked: run them, concurrently, until then.
+    Answering(std::time::Instant),
+    /// The first check in a while is running; the others wait for how it ends (true:
+    /// failed) instead of each waiting out the same timeouts.
+    Probing(tokio::sync::watch::Receiver<Option<bool>>),
+}
+
 /// The checker: one per server, cheap to share.
 pub struct Origin {
     auth: MessageAuthenticator,
     /// Our name, the `authserv-id` of the header (RFC 8601 §2.5).
     hostname: String,
     timeout: Duration,
+    /// Per sender domain, whether its DNS answers ([`DomainState`]).
+    domains: std::sync::Mutex<std::collections::HashMap<String, DomainState>>,
 }
 
 /// The results for one message.
@@ -56,28 +79,95 @@ impl Origin {
             auth: MessageAuthenticator(resolver.clone()),
             hostname: hostname.to_string(),
             timeout,
+            domains: Default::default(),
         }
     }
 
+    /// All three `temperror`, with why (RFC 8601 §2.7.1): never a reason to lose a message.
+    fn temperror(&self, why: &str) -> Checked {
+        let results = AuthResults {
+            spf: Some("temperror".into()),
+            dkim: Some("temperror".into()),
+            dmarc: Some("temperror".into()),
+            ..Default::default()
+        };
+        let header = results_header(format!(
+            "{};\r\n\tspf=temperror;\r\n\tdkim=temperror;\r\n\tdmarc=temperror ({why})",
+            self.hostname
+        ));
+        Checked { results, header }
+    }
+
     /// SPF, DKIM and DMARC for one message. Past the time limit all three are `temperror`,
-    /// as when DNS fails (RFC 8601 §2.7.1): never a reason to lose the message.
+    /// as when DNS fails (RFC 8601 §2.7.1): never a reason to lose the message. Per sender
+    /// domain, the first check in [`FAILURE_MEMORY`] is a probe that concurrent checks of
+    /// that domain wait for (within their own deadline); when it met a DNS failure they, and
+    /// the domain's checks for [`FAILURE_MEMORY`], get `temperror` at once, so a dropping
+    /// resolver costs one wait per domain, not one per message.
     pub async fn check(&self, sender: &Sender<'_>, raw: &[u8]) -> Checked {
-        match tokio::time::timeout(self.timeout, self.check_all(sender, raw)).await {
-            Ok(c) => c,
-            Err(_) => {
-                let results = AuthResults {
-                    spf: Some("temperror".into()),
-                    dkim: Some("temperror".into()),
-                    dmarc: Some("temperror".into()),
-                    ..Default::default()
-                };
-                let header = results_header(format!(
-                    "{};\r\n\tspf=temperror;\r\n\tdkim=temperror;\r\n\tdmarc=temperror (checks timed out)",
-                    self.hostname
-                ));
-                Checked { results, header }
-            }
+        let domain = match sender.mail_from.rsplit_once('@') {
+            Some((_, d)) => d,
+            None => sender.helo,
         }
+        .to_ascii_lowercase();
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        // Decide: skip (failing), check (answering), wait for a probe, or be the probe.
+        let probe = loop {
+            let now = std::time::Instant::now();
+            let state = self.domains().get(&domain).cloned();
+            match state {
+                Some(DomainState::Failing(until)) if until > now => {
+                    return self.temperror(&format!("DNS failed for {domain} moments ago"));
+                }
+                Some(DomainState::Answering(until)) if until > now => break None,
+                Some(DomainState::Probing(mut rx)) => {
+                    // Bounded by this message's own deadline; then check regardless.
+                    let ended = tokio::time::timeout_at(deadline, rx.wait_for(|r| r.is_some())).await;
+                    if ended.is_err() {
+                        break None;
+                    }
+                    // The probe ended (or vanished): look again.
+                    if matches!(self.domains().get(&domain), Some(DomainState::Probing(_))) {
+                        self.domains().remove(&domain);
+                    }
+                }
+                _ => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let mut d = self.domains();
+                    if d.len() >= MAX_DOMAINS {
+                        d.clear();
+                    }
+                    // Another check may have started probing since the state was read.
+                    if matches!(d.get(&domain), Some(DomainState::Probing(_))) {
+                        continue;
+                    }
+                    d.insert(domain.clone(), DomainState::Probing(rx));
+                    break Some(tx);
+                }
+            }
+        };
+        let (checked, failed) = match tokio::time::timeout_at(deadline, self.check_all(sender, raw)).await {
+            Ok(c) => {
+                let temp = |r: &Option<String>| r.as_deref() == Some("temperror");
+                let failed = temp(&c.results.spf) || temp(&c.results.dkim) || temp(&c.results.dmarc);
+                (c, failed)
+            }
+            Err(_) => (self.temperror("checks timed out"), true),
+        };
+        let until = std::time::Instant::now() + FAILURE_MEMORY;
+        if failed {
+            self.domains().insert(domain, DomainState::Failing(until));
+        } else if probe.is_some() {
+            self.domains().insert(domain, DomainState::Answering(until));
+        }
+        if let Some(tx) = probe {
+            tx.send_replace(Some(failed));
+        }
+        checked
+    }
+
+    fn domains(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, DomainState>> {
+        self.domains.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn check_all(&self, s: &Sender<'_>, raw: &[u8]) -> Checked {

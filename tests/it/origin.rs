@@ -307,3 +307,35 @@ async fn silent_dns_gives_temperror_within_the_time_limit() {
     );
     drop(silent);
 }
+
+/// A resolver that drops every query: the first message from a domain waits for the lookups
+/// to time out and gets `temperror`; the next ones from that domain get `temperror` at once
+/// (the failure is remembered), while another domain is still asked. Nothing is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropping_resolver_costs_each_domain_one_wait() {
+    // A name server that never answers.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let s = origin_server(ORIGIN_TOML, silent.local_addr().unwrap(), |c| {
+        c.dns.timeout_ms = 300;
+        c.spam.auth_timeout_ms = 3000;
+    })
+    .await;
+    for (from, subject) in [
+        ("a@slow.test", "first"),
+        ("b@slow.test", "second"),
+        ("c@other.test", "third"),
+    ] {
+        let r = send(&s, from, &mail(from, subject, "", "Hello.")).await;
+        assert!(r.starts_with("250"), "{r}");
+    }
+    let inbox = s.texts("alice@localhost", "INBOX");
+    assert_eq!(inbox.len(), 3);
+    let ar: Vec<String> = inbox.iter().map(|m| field(m, "Authentication-Results")).collect();
+    for a in &ar {
+        assert!(a.contains("spf=temperror"), "{a}");
+    }
+    assert!(!ar[0].contains("moments ago"), "the first one asked: {}", ar[0]);
+    assert!(ar[1].contains("DNS failed for slow.test moments ago"), "{}", ar[1]);
+    assert!(!ar[2].contains("moments ago"), "another domain is asked: {}", ar[2]);
+    drop(silent);
+}
