@@ -235,6 +235,11 @@ impl PgStore {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Invalid(format!("store.postgres.url: {e}")))?;
+        // A database that does not answer is an error after a while, not a session stuck
+        // in connect(2) for minutes (unless the URL says otherwise).
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
         // Every change commits without waiting for the flush; `sync` waits for it.
         let options = match config.get_options() {
             Some(o) => format!("{o} -c synchronous_commit=off"),
