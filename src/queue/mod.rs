@@ -320,10 +320,12 @@ impl Runner {
     /// Delivers everything due now; gives when the next retry is due.
     async fn pass(self: &Arc<Runner>) -> crate::store::Result<Option<i64>> {
         let now = now_secs();
-        let mut due: HashMap<Destination, Vec<(u64, Vec<String>)>> = HashMap::new();
         // The earliest retry of what is not due now; what this pass defers comes on top.
         let mut next: Option<i64> = None;
         let mut by_state: HashMap<&'static str, i64> = ["queued", "deferred", "held"].map(|s| (s, 0)).into();
+        let is_due =
+            |r: &QueuedRecipient| matches!(r.state, RcptState::Queued | RcptState::Deferred) && r.next_attempt <= now;
+        let mut candidates = Vec::new();
         for entry in self.store.queued()? {
             for r in &entry.recipients {
                 let state = match r.state {
@@ -333,13 +335,37 @@ impl Runner {
                     RcptState::Delivered | RcptState::Failed => continue,
                 };
                 *by_state.entry(state).or_default() += 1;
-            }
-            let waiting = |r: &&QueuedRecipient| matches!(r.state, RcptState::Queued | RcptState::Deferred);
-            for r in entry.recipients.iter().filter(waiting) {
-                if r.next_attempt > now {
+                if r.state != RcptState::Held && r.next_attempt > now {
                     next = Some(next.map_or(r.next_attempt, |n| n.min(r.next_attempt)));
-                    continue;
                 }
+            }
+            if entry.recipients.iter().any(is_due) {
+                candidates.push(entry);
+            }
+        }
+        for (state, n) in by_state {
+            crate::metrics::get()
+                .queue_recipients
+                .get_or_create(&crate::metrics::label("state", state))
+                .set(n);
+        }
+        // Only what no other node is delivering, as it stands now (one node alone is
+        // granted everything, as scanned).
+        let asked = candidates.len();
+        let leased = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            let until = now + self.config.outbound.lease.0.as_secs() as i64;
+            self.store.lease_queued(candidates, &self.holder, until)?
+        };
+        if leased.len() < asked {
+            // Another node's lease runs out by then at the latest.
+            let retry = now + self.config.outbound.lease.0.as_secs() as i64;
+            next = Some(next.map_or(retry, |n| n.min(retry)));
+        }
+        let mut due: HashMap<Destination, Vec<(u64, Vec<String>)>> = HashMap::new();
+        for entry in &leased {
+            for r in entry.recipients.iter().filter(|r| is_due(r)) {
                 let hop = NextHop::parse(&r.next_hop).unwrap_or(NextHop::Mx);
                 let domain = match hop {
                     NextHop::Mx => r.address.rsplit_once('@').map_or("", |(_, d)| d).to_ascii_lowercase(),
@@ -352,49 +378,7 @@ impl Runner {
                 }
             }
         }
-        for (state, n) in by_state {
-            crate::metrics::get()
-                .queue_recipients
-                .get_or_create(&crate::metrics::label("state", state))
-                .set(n);
-        }
-        // Only what no other node is delivering (one node alone is granted everything).
-        let mut ids: Vec<u64> = due.values().flatten().map(|(id, _)| *id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let leased = if ids.is_empty() {
-            Vec::new()
-        } else {
-            let until = now + self.config.outbound.lease.0.as_secs() as i64;
-            self.store.lease_queued(&ids, &self.holder, until)?
-        };
-        // What the scan saw may be stale by now (another node may have delivered some of
-        // it and let go of its lease): read each leased entry again.
-        let mut fresh: HashMap<u64, QueuedMessage> = HashMap::new();
-        for &id in &leased {
-            if let Some(entry) = self.store.queued_message(id)? {
-                fresh.insert(id, entry);
-            }
-        }
-        for list in due.values_mut() {
-            list.retain_mut(|(id, rcpts)| {
-                let Some(entry) = fresh.get(id) else { return false };
-                rcpts.retain(|a| {
-                    entry.recipients.iter().any(|r| {
-                        &r.address == a
-                            && matches!(r.state, RcptState::Queued | RcptState::Deferred)
-                            && r.next_attempt <= now
-                    })
-                });
-                !rcpts.is_empty()
-            });
-        }
-        due.retain(|_, list| !list.is_empty());
-        if leased.len() < ids.len() {
-            // Another node's lease runs out by then at the latest.
-            let retry = now + self.config.outbound.lease.0.as_secs() as i64;
-            next = Some(next.map_or(retry, |n| n.min(retry)));
-        }
+        let leased: Vec<u64> = leased.iter().map(|e| e.id).collect();
         let per_destination = self.config.outbound.max_connections_per_destination;
         let mut tasks = tokio::task::JoinSet::new();
         for (dest, messages) in due {

@@ -118,35 +118,38 @@ async fn queue_leases_keep_nodes_apart_and_expire() {
     let id1 = a.enqueue(b"one", queued(&["x@remote.example"])).unwrap();
     let id2 = a.enqueue(b"two", queued(&["y@remote.example"])).unwrap();
     let later = now_secs() + 600;
-    assert_eq!(a.lease_queued(&[id1], "node-a", later).unwrap(), [id1]);
+    // Leases the entries (as scanned now) by id; gives the ids granted.
+    let lease = |s: &Arc<dyn MailStore>, ids: &[u64], holder: &str, until: i64| -> Vec<u64> {
+        let scanned: Vec<QueuedMessage> = ids.iter().filter_map(|&id| s.queued_message(id).unwrap()).collect();
+        s.lease_queued(scanned, holder, until)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect()
+    };
+    assert_eq!(lease(&a, &[id1], "node-a", later), [id1]);
+    assert_eq!(lease(&b, &[id1, id2], "node-b", later), [id2], "id1 is node-a's");
     assert_eq!(
-        b.lease_queued(&[id1, id2], "node-b", later).unwrap(),
-        [id2],
-        "id1 is node-a's"
-    );
-    assert_eq!(
-        a.lease_queued(&[id1, id2], "node-a", later).unwrap(),
+        lease(&a, &[id1, id2], "node-a", later),
         [id1],
         "renewed; id2 is node-b's"
     );
     // Changing the entry (recording an attempt) keeps the lease.
     a.modify_queued(id1, &mut |q| q.recipients[0].attempts = 1).unwrap();
-    assert!(b.lease_queued(&[id1], "node-b", later).unwrap().is_empty());
+    assert!(lease(&b, &[id1], "node-b", later).is_empty());
     a.release_queued(&[id1], "node-a").unwrap();
-    assert_eq!(b.lease_queued(&[id1], "node-b", later).unwrap(), [id1]);
+    assert_eq!(lease(&b, &[id1], "node-b", later), [id1]);
+    // Granted as it stands, not as it was scanned.
+    let mut stale = queued(&["x@remote.example"]);
+    stale.id = id1;
+    let fresh = b.lease_queued(vec![stale], "node-b", later).unwrap();
+    assert_eq!(fresh[0].recipients[0].attempts, 1);
     // A lease whose holder went away runs out and is taken over.
     b.release_queued(&[id1], "node-a").unwrap();
-    assert!(
-        a.lease_queued(&[id1], "node-a", later).unwrap().is_empty(),
-        "not node-a's to release"
-    );
+    assert!(lease(&a, &[id1], "node-a", later).is_empty(), "not node-a's to release");
     a.release_queued(&[id2], "node-b").unwrap();
-    assert!(b.lease_queued(&[id2], "node-b", now_secs() - 1).unwrap() == [id2]);
-    assert_eq!(
-        a.lease_queued(&[id2], "node-a", later).unwrap(),
-        [id2],
-        "an expired lease"
-    );
+    assert!(lease(&b, &[id2], "node-b", now_secs() - 1) == [id2]);
+    assert_eq!(lease(&a, &[id2], "node-a", later), [id2], "an expired lease");
 }
 
 fn target(mailbox: MailboxId) -> Target {

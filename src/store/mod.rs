@@ -351,13 +351,15 @@ pub trait Queue {
     fn modify_queued(&self, id: u64, f: &mut dyn FnMut(&mut QueuedMessage)) -> Result<Option<QueuedMessage>>;
     /// Removes a message from the queue whatever its state (`queue delete`).
     fn remove_queued(&self, id: u64) -> Result<bool>;
-    /// Claims messages for one delivery attempt by `holder` until `until` (Unix seconds):
-    /// gives the ids granted, those no other holder has an unexpired lease on. Nodes sharing
-    /// a store lease before delivering, so no two deliver one message at once, and a lease
-    /// whose holder died runs out and is taken over. One node alone is granted everything.
-    fn lease_queued(&self, ids: &[u64], holder: &str, until: i64) -> Result<Vec<u64>> {
+    /// Claims queued messages (as a scan read them) for one delivery attempt by `holder`
+    /// until `until` (Unix seconds): gives those granted — no other holder has an unexpired
+    /// lease on them — as they stand now, which may be newer than the scan (another node may
+    /// have delivered part of one meanwhile). Nodes sharing a store lease before delivering,
+    /// so no two deliver one message at once, and a lease whose holder died runs out and is
+    /// taken over. One node alone is granted everything, as scanned.
+    fn lease_queued(&self, entries: Vec<QueuedMessage>, holder: &str, until: i64) -> Result<Vec<QueuedMessage>> {
         let _ = (holder, until);
-        Ok(ids.to_vec())
+        Ok(entries)
     }
     /// Gives up `holder`'s leases on these messages (the attempt is recorded).
     fn release_queued(&self, ids: &[u64], holder: &str) -> Result<()> {

@@ -862,20 +862,24 @@ impl Queue for PgStore {
         })
     }
 
-    fn lease_queued(&self, ids: &[u64], holder: &str, until: i64) -> Result<Vec<u64>> {
-        let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+    fn lease_queued(&self, entries: Vec<QueuedMessage>, holder: &str, until: i64) -> Result<Vec<QueuedMessage>> {
+        let ids: Vec<i64> = entries.iter().map(|e| e.id as i64).collect();
         self.inner.write(async |t: &Transaction<'_>| {
-            // Rows another node is leasing right now are skipped, not waited for.
+            // Rows another node is leasing right now are skipped, not waited for; what is
+            // granted comes back as it stands.
             let rows = query!(
                 t,
                 "UPDATE queue SET lease_holder = $2, lease_until = $3 WHERE id IN \
                  (SELECT id FROM queue WHERE id = ANY($1) \
                   AND (lease_holder IS NULL OR lease_holder = $2 OR lease_until < $4) \
-                  FOR UPDATE SKIP LOCKED) RETURNING id",
+                  FOR UPDATE SKIP LOCKED) RETURNING entry",
                 &[&ids, &holder, &until, &now_secs()]
             )?;
-            let mut granted: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
-            granted.sort_unstable();
+            let mut granted: Vec<QueuedMessage> = rows
+                .iter()
+                .map(|r| from_json("queue", r.get(0)))
+                .collect::<Result<_>>()?;
+            granted.sort_unstable_by_key(|e| e.id);
             Ok((granted, Vec::new()))
         })
     }
