@@ -19,6 +19,51 @@ impl MaildropLock {
     }
 }
 
+/// Change notices per mailbox, kept only for mailboxes someone watches
+/// ([`crate::store::Mailboxes::watch`]); every backend's.
+#[derive(Default)]
+pub struct Watchers {
+    map: Mutex<HashMap<u64, tokio::sync::watch::Sender<u64>>>,
+    /// Notices sent (the value receivers see change).
+    sent: std::sync::atomic::AtomicU64,
+}
+
+impl Watchers {
+    /// A receiver that changes after every notice for `mailbox`.
+    pub fn watch(&self, mailbox: u64) -> tokio::sync::watch::Receiver<u64> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        map.entry(mailbox)
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Tells the watchers of these mailboxes that they changed.
+    pub fn notify(&self, ids: impl IntoIterator<Item = u64>) {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.is_empty() {
+            return;
+        }
+        for id in ids {
+            if let Some(tx) = map.get(&id) {
+                tx.send_replace(self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+            }
+        }
+    }
+
+    /// Tells every watcher (after notices may have been lost).
+    pub fn notify_all(&self) {
+        let ids: Vec<u64> = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        self.notify(ids);
+    }
+}
+
 /// A named lock held across every node sharing the store
 /// ([`crate::store::MailStore::exclusive`]); released on drop.
 pub struct Exclusive(#[allow(dead_code)] Box<dyn Send + Sync>);

@@ -185,9 +185,7 @@ struct Inner {
     /// flush runs, so callers that arrive meanwhile share the next one.
     flushed: tokio::sync::Mutex<u64>,
     /// Change notices per watched mailbox.
-    watchers: Mutex<HashMap<MailboxId, tokio::sync::watch::Sender<u64>>>,
-    /// Notices sent to watchers (the value they see change).
-    notices: AtomicU64,
+    watchers: super::locks::Watchers,
     transactions: AtomicU64,
     syncs: AtomicU64,
     /// For the connection that holds this node's POP3 maildrop locks.
@@ -268,8 +266,7 @@ impl PgStore {
             pool,
             handle: rt.handle().clone(),
             flushed: tokio::sync::Mutex::new(0),
-            watchers: Mutex::new(HashMap::new()),
-            notices: AtomicU64::new(0),
+            watchers: Default::default(),
             transactions: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
             config: config.clone(),
@@ -409,12 +406,7 @@ impl Inner {
     }
 
     fn notify(&self, ids: &[MailboxId]) {
-        let map = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        for id in ids {
-            if let Some(tx) = map.get(id) {
-                tx.send_replace(self.notices.fetch_add(1, Ordering::Relaxed) + 1);
-            }
-        }
+        self.watchers.notify(ids.iter().copied());
     }
 
     fn directory(&self) -> std::sync::MutexGuard<'_, DirectoryCache> {
@@ -460,19 +452,6 @@ impl Inner {
         self.directory().clear();
         out
     }
-
-    /// Tells every watcher something may have changed (after the notice connection was
-    /// lost: notices sent meanwhile are gone).
-    fn notify_all(&self) {
-        let ids: Vec<MailboxId> = self
-            .watchers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .copied()
-            .collect();
-        self.notify(&ids);
-    }
 }
 
 /// Listens for other nodes' change notices for as long as the store lives, reconnecting
@@ -513,7 +492,7 @@ async fn listen(
                         None => {
                             if let Some(i) = inner.upgrade() {
                                 i.directory().clear();
-                                i.notify_all();
+                                i.watchers.notify_all();
                             }
                         }
                     }

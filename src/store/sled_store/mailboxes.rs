@@ -146,10 +146,6 @@ impl Mailboxes for SledStore {
     }
 
     fn watch(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<u64> {
-        let mut map = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        map.retain(|_, tx| tx.receiver_count() > 0);
-        map.entry(mailbox)
-            .or_insert_with(|| tokio::sync::watch::channel(0).0)
-            .subscribe()
+        self.watchers.watch(mailbox)
     }
 }

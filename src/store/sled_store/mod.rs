@@ -48,7 +48,7 @@ pub struct Inner {
     seq: AtomicU64,
     journal: Journal,
     /// Change notifications per mailbox (only for mailboxes someone watches).
-    watchers: Mutex<std::collections::HashMap<MailboxId, tokio::sync::watch::Sender<u64>>>,
+    watchers: super::locks::Watchers,
     records: RecordCache,
     /// A change set failed part-way in sled (its journal record is whole): from then on no
     /// checkpoint or `applied` mark moves past it, so the next start replays it.
@@ -192,7 +192,7 @@ impl SledStore {
             turn: tokio::sync::Mutex::new(()),
             seq: AtomicU64::new(last),
             journal,
-            watchers: Mutex::new(Default::default()),
+            watchers: Default::default(),
             records: RecordCache::default(),
             sled_failed: Default::default(),
             maildrops: Default::default(),
@@ -303,16 +303,7 @@ impl Inner {
 
     /// Tells watchers of these mailboxes that they changed (after the change is applied).
     fn notify(&self, ids: impl IntoIterator<Item = MailboxId>) {
-        let map = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        if map.is_empty() {
-            return;
-        }
-        let seq = self.seq.load(Ordering::SeqCst);
-        for id in ids {
-            if let Some(tx) = map.get(&id) {
-                tx.send_replace(seq);
-            }
-        }
+        self.watchers.notify(ids);
     }
 
     /// Adds a new mailbox to `batch`. UIDVALIDITY comes from the clock and the mailbox id, so
