@@ -31,7 +31,7 @@ use arc_swap::ArcSwapOption;
 use bayes::{Counts, Model};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Where the model's counts live in the store's key-value tree.
 pub const MODEL_KEY: &str = "spam/bayes/counts";
@@ -45,8 +45,6 @@ fn learned_key(blob: &BlobId) -> String {
 #[derive(Default)]
 pub struct Spam {
     model: ArcSwapOption<Model>,
-    /// Serialises learning (read-modify-write of the counts).
-    learning: Mutex<()>,
     /// Counts user judgements handled (learned or found already learned), for anyone who
     /// waits for the learner.
     handled: tokio::sync::watch::Sender<u64>,
@@ -92,10 +90,9 @@ impl Spam {
         items: &[(BlobId, R, bool)],
         max_tokens: usize,
     ) -> Result<Vec<bool>, String> {
-        let _guard = self.learning.lock().unwrap_or_else(|p| p.into_inner());
-        // The counts are one value every node updates: read, change and write them under a
-        // lock all nodes see, or two nodes' batches would lose one another's.
-        let _shared = store.exclusive(MODEL_KEY).map_err(|e| e.to_string())?;
+        // The counts are one value every session and node updates: read, change and write
+        // them under a lock all of them see, or one batch would lose another's.
+        let _model = store.exclusive(MODEL_KEY).map_err(|e| e.to_string())?;
         // Users refine a trained model; a handful of moves is no model of its own.
         let Some(stored) = store.kv_get_large(MODEL_KEY).map_err(|e| e.to_string())? else {
             return Err("no Bayes model trained yet (`mailgate spam train`); judgement not learned".into());
@@ -366,6 +363,8 @@ pub fn train(
     features: Option<u64>,
     max_tokens: usize,
 ) -> Result<(Counts, String), String> {
+    // Users' judgements update the same counts meanwhile ([`Spam::learn_batch`]).
+    let _model = store.exclusive(MODEL_KEY).map_err(|e| e.to_string())?;
     let mut counts = match (reset, store.kv_get_large(MODEL_KEY).map_err(|e| e.to_string())?) {
         (false, Some(b)) => Counts::decode(&b).ok_or("stored Bayes model is corrupt; use --reset")?,
         _ => Counts::new(features.unwrap_or(0)),
