@@ -329,14 +329,25 @@ fn model_without(
     leave_out: impl Fn(&FoldFile) -> bool,
     params: Params,
 ) -> Result<Model, String> {
+    Model::with_params(counts_without(config, all, files, leave_out), params)
+}
+
+/// `all` less the files `leave_out` picks, pruned as the server prunes.
+fn counts_without(config: &Config, all: &Counts, files: &[FoldFile], leave_out: impl Fn(&FoldFile) -> bool) -> Counts {
+    let mut counts = counts_less(all, files, leave_out);
+    counts.prune(config.spam.bayes_max_tokens);
+    counts
+}
+
+/// `all` less the files `leave_out` picks.
+fn counts_less(all: &Counts, files: &[FoldFile], leave_out: impl Fn(&FoldFile) -> bool) -> Counts {
     let mut counts = all.clone();
     for f in files.iter().filter(|f| leave_out(f)) {
         for x in &f.features {
             counts.learn(f.class, x, -1);
         }
     }
-    counts.prune(config.spam.bayes_max_tokens);
-    Model::with_params(counts, params)
+    counts
 }
 
 impl Run {
@@ -357,31 +368,24 @@ impl Run {
         seed: u64,
     ) -> Result<(Params, String), String> {
         let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
-        let inner: Vec<(&FoldFile, u64)> = files
-            .iter()
-            .filter(|f| inside(f))
-            .map(|f| (f, fold_of(&f.path, inner_seed(seed), k)))
-            .collect();
+        let inner_fold = |f: &FoldFile| fold_of(&f.path, inner_seed(seed), k);
         // The counts of the inside files alone: `all` less everything outside.
-        let mut base = all.clone();
-        for f in files.iter().filter(|f| !inside(f)) {
-            for x in &f.features {
-                base.learn(f.class, x, -1);
-            }
-        }
+        let base = counts_less(all, files, |f| !inside(f));
+        // Per inner fold, its files and the counts without them: the same for every grid
+        // entry, so worked out once.
+        let folds: Vec<(Vec<&FoldFile>, Counts)> = (0..k)
+            .map(|j| {
+                let part = |f: &FoldFile| inside(f) && inner_fold(f) == j;
+                let counts = counts_without(config, &base, files, part);
+                (files.iter().filter(|f| part(f)).collect(), counts)
+            })
+            .collect();
         let mut best: Option<(usize, Params, Metrics)> = None;
         for params in grid() {
             let mut trial = Run::default();
-            for j in 0..k {
-                let mut counts = base.clone();
-                for (f, _) in inner.iter().filter(|(_, fj)| *fj == j) {
-                    for x in &f.features {
-                        counts.learn(f.class, x, -1);
-                    }
-                }
-                counts.prune(config.spam.bayes_max_tokens);
-                chain.spam.set_model(Some(Model::with_params(counts, params)?));
-                for (f, _) in inner.iter().filter(|(_, fj)| *fj == j) {
+            for (part, counts) in &folds {
+                chain.spam.set_model(Some(Model::with_params(counts.clone(), params)?));
+                for f in part {
                     trial.judge_messages(chain, config, &f.path, f.class, &f.messages).await;
                 }
             }
