@@ -25,6 +25,8 @@ pub struct Shared {
     pub verifier: crate::queue::verify::Verifier,
     /// SPF/DKIM/DMARC checks (when there is DNS).
     pub origin: Option<Arc<crate::spam::origin::Origin>>,
+    /// SORT/THREAD keys read from stored headers, for every IMAP session.
+    pub sort_keys: Arc<crate::imap::sort::KeyCache>,
     /// Which messages are still `\Recent` to IMAP sessions.
     pub recent: crate::store::locks::RecentClaims,
     /// Junk/not-Junk judgements from IMAP moves, for the spam filter's training.

@@ -132,6 +132,29 @@ pub struct AppendMessage {
     pub message: Vec<u8>,
 }
 
+/// `RETURN (...)` of SEARCH and SORT: ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and
+/// CONTEXT=SEARCH/SORT (RFC 5267). `RETURN ()` means ALL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReturnOpts {
+    pub min: bool,
+    pub max: bool,
+    pub all: bool,
+    pub count: bool,
+    pub save: bool,
+    /// `PARTIAL low:high`, positions in the result counted from 1 (negative: from the end,
+    /// RFC 9394), `low <= high` whatever order the client gave them in.
+    pub partial: Option<(i64, i64)>,
+    /// Keep the result up to date with ADDTO/REMOVEFROM until CANCELUPDATE (RFC 5267 §4.3).
+    pub update: bool,
+}
+
+impl ReturnOpts {
+    /// Whether anything beyond SAVE asks for an ESEARCH response.
+    pub fn answers(&self) -> bool {
+        self.min || self.max || self.all || self.count || self.partial.is_some() || self.update
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
     Capability,
@@ -183,15 +206,17 @@ pub enum Cmd {
     Unselect,
     Expunge(Option<SeqSet>),
     Search {
-        ret: Option<Vec<String>>,
+        ret: Option<ReturnOpts>,
         key: SearchKey,
     },
     /// SORT (RFC 5256), with ESORT's RETURN (RFC 5267).
     Sort {
-        ret: Option<Vec<String>>,
+        ret: Option<ReturnOpts>,
         criteria: Vec<super::sort::SortKey>,
         key: SearchKey,
     },
+    /// CANCELUPDATE of CONTEXT=SEARCH (RFC 5267 §4.3): the tags whose updates end.
+    CancelUpdate(Vec<String>),
     Thread {
         algorithm: super::sort::ThreadAlgorithm,
         key: SearchKey,

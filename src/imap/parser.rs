@@ -788,17 +788,64 @@ impl Parser<'_> {
         })
     }
 
-    /// An optional `RETURN (options) ` (ESEARCH, RFC 4731; ESORT, RFC 5267).
-    fn return_options(&mut self) -> Result<Option<Vec<String>>> {
+    /// An optional `RETURN (options) ` (ESEARCH, RFC 4731; SEARCHRES, RFC 5182; ESORT and
+    /// CONTEXT, RFC 5267; negative PARTIAL ranges, RFC 9394).
+    fn return_options(&mut self) -> Result<Option<ReturnOpts>> {
         let save = self.pos;
         if self.upper_atom().ok().as_deref() != Some("RETURN") {
             self.pos = save;
             return Ok(None);
         }
         self.sp()?;
-        let options = self.atom_list()?;
+        self.expect(b'(')?;
+        let mut r = ReturnOpts::default();
+        if self.eat(b')') {
+            r.all = true;
+        } else {
+            loop {
+                match self.upper_atom()?.as_str() {
+                    "MIN" => r.min = true,
+                    "MAX" => r.max = true,
+                    "ALL" => r.all = true,
+                    "COUNT" => r.count = true,
+                    "SAVE" => r.save = true,
+                    "UPDATE" => r.update = true,
+                    // A hint that the client will use the result again: nothing to do.
+                    "CONTEXT" => {}
+                    "PARTIAL" => {
+                        self.sp()?;
+                        r.partial = Some(self.partial_range()?);
+                    }
+                    other => return Err(format!("unknown RETURN option {other}")),
+                }
+                if self.eat(b')') {
+                    break;
+                }
+                self.sp()?;
+            }
+        }
         self.sp()?;
-        Ok(Some(options))
+        Ok(Some(r))
+    }
+
+    /// `n:m` for PARTIAL: both positive or both negative, never 0 or `*`.
+    fn partial_range(&mut self) -> Result<(i64, i64)> {
+        let a = self.partial_end()?;
+        self.expect(b':')?;
+        let b = self.partial_end()?;
+        if (a < 0) != (b < 0) {
+            return Err("PARTIAL range mixes positive and negative positions".into());
+        }
+        Ok((a.min(b), a.max(b)))
+    }
+
+    fn partial_end(&mut self) -> Result<i64> {
+        let neg = self.eat(b'-');
+        let n = self.number()?;
+        if n == 0 || n > u64::from(u32::MAX) {
+            return Err("PARTIAL positions are 1 to 4294967295".into());
+        }
+        Ok(if neg { -(n as i64) } else { n as i64 })
     }
 
     fn search(&mut self) -> Result<Cmd> {
@@ -881,6 +928,12 @@ impl Parser<'_> {
         self.sp()?;
         self.charset()?;
         self.sp()?;
+        // RFC 5267 puts RETURN before the criteria; Dovecot also takes it after the
+        // charset, and clients written against Dovecot send it there.
+        let ret = match ret {
+            Some(r) => Some(r),
+            None => self.return_options()?,
+        };
         let key = self.search_program()?;
         Ok(Cmd::Sort { ret, criteria, key })
     }
@@ -1074,6 +1127,16 @@ pub fn parse(buf: &[u8]) -> Result<Command> {
         "SEARCH" => p.search()?,
         "SORT" => p.sort()?,
         "THREAD" => p.thread()?,
+        "CANCELUPDATE" => {
+            let mut tags = Vec::new();
+            while p.eat(b' ') {
+                tags.push(p.astring()?);
+            }
+            if tags.is_empty() {
+                return Err("CANCELUPDATE needs a tag".into());
+            }
+            Cmd::CancelUpdate(tags)
+        }
         "FETCH" => p.fetch()?,
         "STORE" => p.store()?,
         "COPY" | "MOVE" => {
@@ -1162,7 +1225,36 @@ mod tests {
         let SearchKey::And(keys) = key else { panic!() };
         assert_eq!(keys.len(), 2);
         assert!(matches!(&keys[0], SearchKey::Or(a, _) if **a == SearchKey::Header("from".into(), "bob".into())));
-        assert!(matches!(cmd("a SEARCH RETURN (SAVE) ALL"), Cmd::Search { ret: Some(r), .. } if r == ["SAVE"]));
+        assert!(
+            matches!(cmd("a SEARCH RETURN (SAVE) ALL"), Cmd::Search { ret: Some(r), .. } if r.save && !r.answers())
+        );
+        assert!(matches!(cmd("a SEARCH RETURN () ALL"), Cmd::Search { ret: Some(r), .. } if r.all));
+        assert!(
+            matches!(cmd("a SEARCH RETURN (PARTIAL 4:2 UPDATE) ALL"), Cmd::Search { ret: Some(r), .. } if r.partial == Some((2, 4)) && r.update)
+        );
+        assert!(
+            matches!(cmd("a SEARCH RETURN (PARTIAL -1:-10) ALL"), Cmd::Search { ret: Some(r), .. } if r.partial == Some((-10, -1)))
+        );
+        for bad in [
+            "PARTIAL 1",
+            "PARTIAL 1:*",
+            "PARTIAL *:1",
+            "PARTIAL 0:3",
+            "PARTIAL -1:2",
+            "FOO",
+        ] {
+            assert!(
+                parse(format!("a SEARCH RETURN ({bad}) ALL").as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            matches!(cmd("a SORT (ARRIVAL) US-ASCII RETURN (PARTIAL 1:1) ALL"), Cmd::Sort { ret: Some(r), .. } if r.partial == Some((1, 1)))
+        );
+        assert_eq!(
+            cmd("a CANCELUPDATE \"t1\" t2"),
+            Cmd::CancelUpdate(vec!["t1".into(), "t2".into()])
+        );
         assert!(matches!(
             cmd("a SEARCH $"),
             Cmd::Search {

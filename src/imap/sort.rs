@@ -32,6 +32,37 @@ pub enum ThreadAlgorithm {
     References,
 }
 
+/// Sort keys of messages any session has sorted, by (mailbox id, UID): a stored message never
+/// changes and a UID is never reused in a mailbox, so a key read once holds for every session
+/// of the server and every later SORT or THREAD. Bounded: past [`KeyCache::MAX`] entries it
+/// starts over. One per server (`Shared::sort_keys`), like the store whose ids it uses.
+#[derive(Default)]
+pub struct KeyCache(std::sync::Mutex<std::collections::HashMap<(u64, u32), std::sync::Arc<Keys>>>);
+
+impl KeyCache {
+    pub const MAX: usize = 500_000;
+
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(u64, u32), std::sync::Arc<Keys>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached keys of `uids` in `mailbox`, `None` where not cached.
+    pub fn get(&self, mailbox: u64, uids: impl Iterator<Item = u32>) -> Vec<Option<std::sync::Arc<Keys>>> {
+        let map = self.map();
+        uids.map(|u| map.get(&(mailbox, u)).cloned()).collect()
+    }
+
+    pub fn insert(&self, mailbox: u64, keys: &[(u32, std::sync::Arc<Keys>)]) {
+        let mut map = self.map();
+        if map.len() + keys.len() > Self::MAX {
+            map.clear();
+        }
+        for (uid, k) in keys {
+            map.insert((mailbox, *uid), k.clone());
+        }
+    }
+}
+
 /// What SORT and THREAD look at in one message. Strings are already case-folded for
 /// i;unicode-casemap comparison.
 #[derive(Debug, Clone, Default, PartialEq)]

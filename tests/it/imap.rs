@@ -728,3 +728,142 @@ async fn a_watching_session_keeps_a_true_view_while_another_expunges() {
         assert_eq!(s.store().messages(mb.id).unwrap().len(), uids, "round {round}");
     }
 }
+
+/// The numbers of a sequence set in its order (`3:4,1` is 3, 4, 1).
+fn set_numbers(set: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for part in set.split(',') {
+        match part.split_once(':') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().unwrap(), b.parse().unwrap());
+                if a <= b {
+                    out.extend(a..=b)
+                } else {
+                    out.extend((b..=a).rev())
+                }
+            }
+            None => out.push(part.parse().unwrap()),
+        }
+    }
+    out
+}
+
+/// Applies the `ESEARCH (TAG "tag") ... REMOVEFROM/ADDTO` updates in `reply` to `result`
+/// as RFC 5267 §4.3 has a client do: position 0 is a set change, any other a place in the
+/// ordered result (checked: a removal must name the message at that place).
+fn apply_context_updates(result: &mut Vec<u32>, tag: &str, reply: &str) {
+    let head = format!("* ESEARCH (TAG \"{tag}\") UID");
+    for l in reply.lines().filter(|l| l.starts_with(&head)) {
+        let mut rest = &l[head.len()..];
+        while let Some(open) = rest.find('(') {
+            let kind = rest[..open].trim();
+            let close = rest[open..].find(')').unwrap() + open;
+            let (pos, set) = rest[open + 1..close].split_once(' ').unwrap();
+            let pos: usize = pos.parse().unwrap();
+            let nums = set_numbers(set);
+            match (kind, pos) {
+                ("REMOVEFROM", 0) => result.retain(|u| !nums.contains(u)),
+                ("ADDTO", 0) => {
+                    result.extend(&nums);
+                    result.sort_unstable();
+                }
+                ("REMOVEFROM", p) => {
+                    for (k, u) in nums.iter().enumerate() {
+                        assert_eq!(result.get(p - 1), Some(u), "REMOVEFROM {p}+{k} in {result:?}: {l}");
+                        result.remove(p - 1);
+                    }
+                }
+                ("ADDTO", p) => {
+                    for (k, u) in nums.iter().enumerate() {
+                        assert!(p - 1 + k <= result.len(), "ADDTO past the end: {l}");
+                        result.insert(p - 1 + k, *u);
+                    }
+                }
+                other => panic!("unexpected update {other:?} in {l}"),
+            }
+            rest = &rest[close + 1..];
+        }
+    }
+}
+
+fn esearch_all(reply: &str, tag: &str) -> Vec<u32> {
+    let head = format!("* ESEARCH (TAG \"{tag}\") UID");
+    let l = reply
+        .lines()
+        .find(|l| l.starts_with(&head))
+        .unwrap_or_else(|| panic!("{reply}"));
+    match l.split_once(" ALL ") {
+        Some((_, set)) => set_numbers(set.trim()),
+        None => Vec::new(),
+    }
+}
+
+/// CONTEXT=SEARCH/SORT across sessions (RFC 5267 §4): one session keeps a live SEARCH and a
+/// live SORT while another flags, unflags and expunges and new mail arrives. Applying only
+/// the ADDTO/REMOVEFROM updates it was sent, the watcher's results always equal a fresh search.
+#[tokio::test]
+async fn live_search_contexts_follow_another_sessions_changes() {
+    let s = start_server(|_| {}).await;
+    let subjects = ["kiwi", "apple", "fig", "banana", "cherry", "date", "elder", "grape"];
+    for sub in subjects {
+        transact(&s, "x@example.org", &["alice@localhost"], sub, "body").await;
+    }
+    let mut a = raw(s.imap).await;
+    let mut b = raw(s.imap).await;
+    a.login("alice@localhost").await;
+    b.login("alice@localhost").await;
+    a.cmd("a0", "SELECT INBOX", "OK").await;
+    b.cmd("b0", "SELECT INBOX", "OK").await;
+    let r = b.cmd("s1", "UID SEARCH RETURN (ALL UPDATE) FLAGGED", "OK").await;
+    let mut flagged = esearch_all(&r, "s1");
+    assert!(flagged.is_empty(), "{r}");
+    let r = b
+        .cmd("s2", "UID SORT RETURN (ALL UPDATE) (SUBJECT) UTF-8 UNSEEN", "OK")
+        .await;
+    let mut unseen = esearch_all(&r, "s2");
+    assert_eq!(unseen.len(), subjects.len(), "{r}");
+    let ops = [
+        "STORE 1:3 +FLAGS (\\Flagged)",
+        "STORE 2,4 +FLAGS (\\Seen)",
+        "STORE 2 -FLAGS (\\Flagged)",
+        "STORE 1 +FLAGS.SILENT (\\Deleted)",
+        "EXPUNGE",
+        "STORE 1:* -FLAGS (\\Seen)",
+        "STORE 2:4 +FLAGS (\\Flagged \\Seen)",
+        "STORE 3 +FLAGS.SILENT (\\Deleted)",
+        "EXPUNGE",
+    ];
+    for (round, op) in ops.iter().enumerate() {
+        a.cmd(&format!("a{round}"), op, "OK").await;
+        if round % 3 == 0 {
+            transact(
+                &s,
+                "x@example.org",
+                &["alice@localhost"],
+                &format!("new{round}"),
+                "body",
+            )
+            .await;
+        }
+        let r = b.cmd(&format!("n{round}"), "NOOP", "OK").await;
+        apply_context_updates(&mut flagged, "s1", &r);
+        apply_context_updates(&mut unseen, "s2", &r);
+        let fresh = b
+            .cmd(&format!("f{round}"), "UID SEARCH RETURN (ALL) FLAGGED", "OK")
+            .await;
+        assert_eq!(flagged, esearch_all(&fresh, &format!("f{round}")), "after {op}:\n{r}");
+        let fresh = b
+            .cmd(
+                &format!("g{round}"),
+                "UID SORT RETURN (ALL) (SUBJECT) UTF-8 UNSEEN",
+                "OK",
+            )
+            .await;
+        assert_eq!(unseen, esearch_all(&fresh, &format!("g{round}")), "after {op}:\n{r}");
+    }
+    // After CANCELUPDATE nothing more comes.
+    b.cmd("c", "CANCELUPDATE \"s1\" \"s2\"", "OK").await;
+    a.cmd("z", "STORE 1:* +FLAGS (\\Flagged)", "OK").await;
+    let r = b.cmd("n", "NOOP", "OK").await;
+    assert!(!r.contains("ESEARCH"), "{r}");
+}

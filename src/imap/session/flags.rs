@@ -28,6 +28,9 @@ impl Session {
         let r = store.store_flags(sel.mailbox.id, &uids, op, bits, &keywords, unchanged_since)?;
         let mut changed_uids = Vec::new();
         let mut lines = Vec::new();
+        if !r.changed.is_empty() {
+            sel.generation += 1;
+        }
         let mut new_keyword = false;
         for (u, meta) in r.changed {
             new_keyword |= sel.learn_keywords(&meta.keywords);

@@ -9,6 +9,7 @@ impl Session {
         let deadline = tokio::time::Instant::now() + self.timeout();
         loop {
             self.sync(true);
+            self.refresh_contexts();
             if self.conn.flush().await.is_err() {
                 return Flow::Close;
             }
@@ -26,6 +27,7 @@ impl Session {
                     match line {
                         Ok(Line::Ok(l)) if l.eq_ignore_ascii_case(b"DONE") => {
                             self.sync(true);
+                            self.refresh_contexts();
                             self.conn.write(format!("{tag} OK IDLE terminated\r\n").as_bytes());
                             return Flow::Continue;
                         }

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod append;
+mod contexts;
 mod copy_move;
 mod fetching;
 mod flags;
@@ -62,6 +63,11 @@ struct Selected {
     keywords: Vec<String>,
     /// UIDs that are `\Recent` to this session (RFC 3501 §2.3.2).
     recent: std::collections::HashSet<u32>,
+    /// Bumped whenever `msgs` changes (flags, arrivals, expunges): live search contexts
+    /// compare it with the one they reflect.
+    generation: u64,
+    /// Searches kept up to date (CONTEXT=SEARCH/SORT, RFC 5267).
+    contexts: Vec<contexts::Context>,
 }
 
 impl Selected {
@@ -297,6 +303,8 @@ impl Session {
                 "SORT",
                 "SORT=DISPLAY",
                 "ESORT",
+                "CONTEXT=SEARCH",
+                "CONTEXT=SORT",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
                 "SEARCHRES",
@@ -522,9 +530,10 @@ impl Session {
             (true, true, Cmd::Close) => self.close(true).await,
             (true, true, Cmd::Unselect) => self.close(false).await,
             (true, true, Cmd::Expunge(set)) => self.expunge(set.as_ref(), uid).await,
-            (true, true, Cmd::Search { ret, key }) => self.search(&tag, ret.as_deref(), &key, uid),
-            (true, true, Cmd::Sort { ret, criteria, key }) => self.sort(&tag, ret.as_deref(), &criteria, &key, uid),
+            (true, true, Cmd::Search { ret, key }) => self.search(&tag, ret.as_ref(), &key, uid),
+            (true, true, Cmd::Sort { ret, criteria, key }) => self.sort(&tag, ret.as_ref(), &criteria, &key, uid),
             (true, true, Cmd::Thread { algorithm, key }) => self.thread(algorithm, &key, uid),
+            (true, true, Cmd::CancelUpdate(tags)) => self.cancel_update(&tags),
             (
                 true,
                 true,
@@ -550,6 +559,7 @@ impl Session {
         };
         if self.selected.is_some() {
             self.sync(expunge_ok);
+            self.refresh_contexts();
         }
         match result {
             Ok(text) => self.conn.write(format!("{tag} OK {text}\r\n").as_bytes()),

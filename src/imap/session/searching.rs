@@ -1,20 +1,23 @@
 //! SEARCH and its ESEARCH (RFC 4731) forms.
 
 use super::*;
+use crate::imap::command::ReturnOpts;
 
 impl Session {
-    pub(super) fn search(&mut self, tag: &str, ret: Option<&[String]>, key: &SearchKey, uid: bool) -> Reply {
+    pub(super) fn search(&mut self, tag: &str, ret: Option<&ReturnOpts>, key: &SearchKey, uid: bool) -> Reply {
         if search_uses_modseq(key) {
             self.enable_condstore();
         }
+        let idx = self.matching(key);
         let sel = self.selected.as_ref().expect("selected");
-        let mut hits: Vec<(u32, u64)> = Vec::new();
-        let mut hit_uids = Vec::new();
-        for i in self.matching(key) {
-            let e = &sel.msgs[i];
-            hits.push((if uid { e.uid } else { i as u32 + 1 }, e.meta.modseq));
-            hit_uids.push(e.uid);
-        }
+        let hits: Vec<(u32, u64)> = idx
+            .iter()
+            .map(|&i| {
+                let e = &sel.msgs[i];
+                (if uid { e.uid } else { i as u32 + 1 }, e.meta.modseq)
+            })
+            .collect();
+        let hit_uids: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].uid).collect();
         let modseq = search_uses_modseq(key).then(|| hits.iter().map(|h| h.1).max().unwrap_or(0));
         let nums: Vec<u32> = hits.iter().map(|h| h.0).collect();
         match ret {
@@ -29,46 +32,29 @@ impl Session {
                 self.untagged(&line);
             }
             Some(opts) => {
-                let opts: Vec<&str> = if opts.is_empty() {
-                    vec!["ALL"]
-                } else {
-                    opts.iter().map(String::as_str).collect()
-                };
-                let mut line = format!("ESEARCH (TAG \"{tag}\")");
-                if uid {
-                    line.push_str(" UID");
-                }
-                let mut any = false;
-                for o in &opts {
-                    match *o {
-                        "MIN" if !nums.is_empty() => line.push_str(&format!(" MIN {}", nums[0])),
-                        "MAX" if !nums.is_empty() => line.push_str(&format!(" MAX {}", nums[nums.len() - 1])),
-                        "COUNT" => line.push_str(&format!(" COUNT {}", nums.len())),
-                        "ALL" if !nums.is_empty() => line.push_str(&format!(" ALL {}", search::compress(&nums))),
-                        "MIN" | "MAX" | "ALL" | "SAVE" => {}
-                        other => return bad(format!("unknown RETURN option {other}")),
-                    }
-                    any |= *o != "SAVE";
-                }
+                let mut line = esearch_line(tag, uid, opts, &nums);
                 // The highest MODSEQ of the messages returned (RFC 7162 §3.1.5): with only
                 // MIN and/or MAX, those messages, not every hit.
-                let returned = if opts.iter().any(|o| matches!(*o, "ALL" | "COUNT")) {
+                let returned = if opts.all || opts.count || opts.partial.is_some() {
                     modseq
                 } else {
                     let ends = [
-                        opts.contains(&"MIN").then(|| hits.first()).flatten(),
-                        opts.contains(&"MAX").then(|| hits.last()).flatten(),
+                        opts.min.then(|| hits.first()).flatten(),
+                        opts.max.then(|| hits.last()).flatten(),
                     ];
                     modseq.and(ends.iter().flatten().map(|h| h.1).max())
                 };
                 if let Some(m) = returned.filter(|_| !nums.is_empty()) {
                     line.push_str(&format!(" MODSEQ {m}"));
                 }
-                if opts.contains(&"SAVE") {
-                    self.selected().saved = hit_uids;
+                if opts.save {
+                    self.selected().saved = hit_uids.clone();
                 }
-                if any {
+                if opts.answers() {
                     self.untagged(&line);
+                }
+                if opts.update {
+                    self.keep_context(tag, key, None, uid, hit_uids);
                 }
             }
         }
@@ -79,6 +65,50 @@ impl Session {
         }
         .into())
     }
+}
+
+/// `ESEARCH (TAG "t") [UID]` and the result data `opts` ask for, `nums` in result order
+/// (RFC 4731, RFC 5267 §3 and §4.4).
+pub(super) fn esearch_line(tag: &str, uid: bool, opts: &ReturnOpts, nums: &[u32]) -> String {
+    let mut line = format!("ESEARCH (TAG \"{tag}\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    if let (true, Some(n)) = (opts.min, nums.first()) {
+        line.push_str(&format!(" MIN {n}"));
+    }
+    if let (true, Some(n)) = (opts.max, nums.last()) {
+        line.push_str(&format!(" MAX {n}"));
+    }
+    if opts.count {
+        line.push_str(&format!(" COUNT {}", nums.len()));
+    }
+    if opts.all && !nums.is_empty() {
+        line.push_str(&format!(" ALL {}", search::compress(nums)));
+    }
+    if let Some((lo, hi)) = opts.partial {
+        let slice = partial_slice(nums, lo, hi);
+        // Negative ranges are written last-first, as RFC 9394 has them.
+        let range = if lo < 0 {
+            format!("{hi}:{lo}")
+        } else {
+            format!("{lo}:{hi}")
+        };
+        if slice.is_empty() {
+            line.push_str(&format!(" PARTIAL ({range} NIL)"));
+        } else {
+            line.push_str(&format!(" PARTIAL ({range} {})", search::compress(slice)));
+        }
+    }
+    line
+}
+
+/// The results at positions `lo..=hi` (1-based; negative counts from the end).
+fn partial_slice(nums: &[u32], lo: i64, hi: i64) -> &[u32] {
+    let len = nums.len() as i64;
+    let (from, to) = if lo < 0 { (len + lo, len + hi + 1) } else { (lo - 1, hi) };
+    let (from, to) = (from.clamp(0, len) as usize, to.clamp(0, len) as usize);
+    if from >= to { &[] } else { &nums[from..to] }
 }
 
 impl Session {
@@ -127,5 +157,32 @@ pub(super) fn search_uses_modseq(k: &SearchKey) -> bool {
         SearchKey::Or(a, b) => search_uses_modseq(a) || search_uses_modseq(b),
         SearchKey::And(v) => v.iter().any(search_uses_modseq),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_ranges() {
+        let nums = [1, 2, 3, 4, 5];
+        assert_eq!(partial_slice(&nums, 2, 4), &[2, 3, 4]);
+        assert_eq!(partial_slice(&nums, 1, 6), &nums);
+        assert_eq!(partial_slice(&nums, 6, 9), &[] as &[u32]);
+        assert_eq!(partial_slice(&nums, -2, -1), &[4, 5]);
+        assert_eq!(partial_slice(&nums, -9, -4), &[1, 2]);
+        let opts = ReturnOpts {
+            partial: Some((2, 4)),
+            ..ReturnOpts::default()
+        };
+        assert_eq!(
+            esearch_line("t", false, &opts, &[5, 3, 4, 2, 1]),
+            "ESEARCH (TAG \"t\") PARTIAL (2:4 3:4,2)"
+        );
+        assert_eq!(
+            esearch_line("t", true, &opts, &[]),
+            "ESEARCH (TAG \"t\") UID PARTIAL (2:4 NIL)"
+        );
     }
 }

@@ -41,6 +41,8 @@ impl Session {
             saved: Vec::new(),
             keywords: Vec::new(),
             recent,
+            generation: 0,
+            contexts: Vec::new(),
         };
         let entries = std::mem::take(&mut sel.msgs);
         for e in &entries {
@@ -168,6 +170,10 @@ impl Session {
             sel.pending = true; // reported at the next point where EXPUNGE is allowed
             return;
         }
+        if !changed.is_empty() || !gone.is_empty() || fresh.last().is_some_and(|f| f.uid > sel.max_uid()) {
+            sel.generation += 1;
+        }
+        let gone_uids: Vec<u32> = gone.iter().map(|&i| sel.msgs[i].uid).collect();
         let mut out = Vec::new();
         let mut new_keyword = false;
         for (_, meta) in &changed {
@@ -189,6 +195,14 @@ impl Session {
                 flag_list(&e.meta, recent)
             ));
         }
+        if !gone_uids.is_empty() {
+            // Live searches drop them first, by the numbers the client still has.
+            let sel_changes = std::mem::take(&mut out);
+            let removals = self.contexts_forget(&gone_uids);
+            out = sel_changes;
+            out.extend(removals);
+        }
+        let sel = self.selected.as_mut().expect("checked above");
         for &i in gone.iter().rev() {
             let e = sel.msgs.remove(i);
             sel.recent.remove(&e.uid);
@@ -288,7 +302,12 @@ impl Session {
         let sel = self.selected();
         let mut idx: Vec<usize> = uids.iter().filter_map(|&u| sel.seq_of_uid(u)).collect();
         idx.sort_unstable();
-        let mut lines = Vec::new();
+        if idx.is_empty() {
+            return;
+        }
+        sel.generation += 1;
+        let mut lines = self.contexts_forget(uids);
+        let sel = self.selected();
         for &i in idx.iter().rev() {
             let e = sel.msgs.remove(i);
             sel.recent.remove(&e.uid);

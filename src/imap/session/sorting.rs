@@ -3,8 +3,8 @@
 //! session, so sorting a big folder again costs a sort, not a parse.
 
 use super::*;
+use crate::imap::command::ReturnOpts;
 use crate::imap::sort::{self, Keys, SortKey, ThreadAlgorithm};
-use std::collections::HashMap;
 
 /// The keys of one stored message.
 fn keys_of(raw: &[u8], meta: &MessageMeta) -> Keys {
@@ -56,72 +56,55 @@ fn keys_of(raw: &[u8], meta: &MessageMeta) -> Keys {
     }
 }
 
-/// Sort keys of messages any session has sorted, by (mailbox id, UID): a stored message never
-/// changes and a UID is never reused in a mailbox, so a key read once holds for every session
-/// and every later SORT or THREAD. Bounded: past [`SHARED_KEYS_MAX`] entries it starts over.
-type KeyCache = std::sync::Mutex<HashMap<(u64, u32), Arc<Keys>>>;
-static SHARED_KEYS: std::sync::LazyLock<KeyCache> = std::sync::LazyLock::new(Default::default);
-const SHARED_KEYS_MAX: usize = 500_000;
-
 impl Session {
     /// The keys of the messages at `idx` (snapshot indexes): from the shared cache, or read
     /// from the stored header.
     fn sort_keys(&mut self, idx: &[usize]) -> Vec<Arc<Keys>> {
         let store = self.shared.store.clone();
+        let cache = self.shared.sort_keys.clone();
         let sel = self.selected();
         let mailbox = sel.mailbox.id;
-        let mut out = Vec::with_capacity(idx.len());
-        let mut missing = Vec::new();
-        {
-            let shared = SHARED_KEYS.lock().unwrap_or_else(|p| p.into_inner());
-            for (n, &i) in idx.iter().enumerate() {
-                let uid = sel.msgs[i].uid;
-                match shared.get(&(mailbox, uid)) {
-                    Some(k) => out.push(Some(k.clone())),
-                    None => {
-                        out.push(None);
-                        missing.push(n);
-                    }
-                }
+        let mut out = cache.get(mailbox, idx.iter().map(|&i| sel.msgs[i].uid));
+        let mut read = Vec::new();
+        for (n, slot) in out.iter_mut().enumerate() {
+            if slot.is_none() {
+                let e = &sel.msgs[idx[n]];
+                let raw = store.blob(&e.meta.blob).ok().flatten().unwrap_or_default();
+                let k = Arc::new(keys_of(&raw, &e.meta));
+                read.push((e.uid, k.clone()));
+                *slot = Some(k);
             }
-        }
-        let mut read = Vec::with_capacity(missing.len());
-        for n in missing {
-            let e = &sel.msgs[idx[n]];
-            let raw = store.blob(&e.meta.blob).ok().flatten().unwrap_or_default();
-            let k = Arc::new(keys_of(&raw, &e.meta));
-            read.push((e.uid, k.clone()));
-            out[n] = Some(k);
         }
         if !read.is_empty() {
-            let mut shared = SHARED_KEYS.lock().unwrap_or_else(|p| p.into_inner());
-            if shared.len() + read.len() > SHARED_KEYS_MAX {
-                shared.clear();
-            }
-            for (uid, k) in &read {
-                shared.insert((mailbox, *uid), k.clone());
-            }
+            cache.insert(mailbox, &read);
         }
         out.into_iter().map(|k| k.unwrap_or_default()).collect()
+    }
+
+    /// The snapshot indexes of the messages `key` matches, in the order of `criteria`.
+    pub(super) fn sorted(&mut self, criteria: &[SortKey], key: &SearchKey) -> Vec<usize> {
+        let idx = self.matching(key);
+        let keys = self.sort_keys(&idx);
+        let mut items: Vec<(u32, &Keys)> = idx.iter().zip(&keys).map(|(&i, k)| (i as u32, &**k)).collect();
+        sort::sort(&mut items, criteria);
+        items.into_iter().map(|(i, _)| i as usize).collect()
     }
 
     pub(super) fn sort(
         &mut self,
         tag: &str,
-        ret: Option<&[String]>,
+        ret: Option<&ReturnOpts>,
         criteria: &[SortKey],
         key: &SearchKey,
         uid: bool,
     ) -> Reply {
-        let idx = self.matching(key);
-        let keys = self.sort_keys(&idx);
-        let mut items: Vec<(u32, &Keys)> = idx.iter().zip(&keys).map(|(&i, k)| (i as u32 + 1, &**k)).collect();
-        sort::sort(&mut items, criteria);
+        let order = self.sorted(criteria, key);
         let sel = self.selected();
-        let nums: Vec<u32> = items
+        let nums: Vec<u32> = order
             .iter()
-            .map(|(seq, _)| if uid { sel.msgs[*seq as usize - 1].uid } else { *seq })
+            .map(|&i| if uid { sel.msgs[i].uid } else { i as u32 + 1 })
             .collect();
+        let uids: Vec<u32> = order.iter().map(|&i| sel.msgs[i].uid).collect();
         match ret {
             None => {
                 let mut line = String::from("SORT");
@@ -130,32 +113,19 @@ impl Session {
                 }
                 self.untagged(&line);
             }
-            // ESORT (RFC 5267 §3): MIN and MAX are the first and last in sort order, ALL
-            // keeps the order (a sequence set, not compressed out of order).
+            // ESORT (RFC 5267 §3): MIN and MAX are the first and last in sort order; ALL and
+            // PARTIAL keep the order (runs of consecutive numbers shortened to n:m).
             Some(opts) => {
-                let opts: Vec<String> = if opts.is_empty() {
-                    vec!["ALL".into()]
-                } else {
-                    opts.iter().map(|o| o.to_ascii_uppercase()).collect()
-                };
-                let mut line = format!("ESEARCH (TAG \"{tag}\")");
-                if uid {
-                    line.push_str(" UID");
+                if opts.save {
+                    self.selected().saved = uids.clone();
                 }
-                for o in &opts {
-                    match o.as_str() {
-                        "MIN" if !nums.is_empty() => line.push_str(&format!(" MIN {}", nums[0])),
-                        "MAX" if !nums.is_empty() => line.push_str(&format!(" MAX {}", nums[nums.len() - 1])),
-                        "COUNT" => line.push_str(&format!(" COUNT {}", nums.len())),
-                        "ALL" if !nums.is_empty() => {
-                            let all: Vec<String> = nums.iter().map(u32::to_string).collect();
-                            line.push_str(&format!(" ALL {}", all.join(",")));
-                        }
-                        "MIN" | "MAX" | "ALL" => {}
-                        other => return bad(format!("unknown RETURN option {other}")),
-                    }
+                if opts.answers() {
+                    let line = super::searching::esearch_line(tag, uid, opts, &nums);
+                    self.untagged(&line);
                 }
-                self.untagged(&line);
+                if opts.update {
+                    self.keep_context(tag, key, Some(criteria), uid, uids);
+                }
             }
         }
         Ok(if uid { "UID SORT completed" } else { "SORT completed" }.into())
