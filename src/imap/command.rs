@@ -129,7 +129,22 @@ pub struct ListOptions {
 pub struct AppendMessage {
     pub flags: Vec<String>,
     pub date: Option<i64>,
-    pub message: Vec<u8>,
+    pub data: AppendData,
+}
+
+/// What an APPEND stores: a literal, or CATENATE's parts (RFC 4469) joined in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendData {
+    Literal(Vec<u8>),
+    Catenate(Vec<CatPart>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatPart {
+    /// `TEXT literal`: these bytes.
+    Text(Vec<u8>),
+    /// `URL "..."`: a message or part of one in the user's own mailboxes (RFC 5092).
+    Url(String),
 }
 
 /// `RETURN (...)` of SEARCH and SORT: ESEARCH (RFC 4731), SEARCHRES (RFC 5182) and

@@ -19,5 +19,6 @@ pub mod parser;
 pub mod search;
 pub mod session;
 pub mod sort;
+pub mod url;
 
 pub use session::Session;

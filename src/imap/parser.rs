@@ -730,17 +730,46 @@ impl Parser<'_> {
                 );
                 self.sp()?;
             }
-            let message = if self.at_literal() {
-                self.literal()?.to_vec()
+            let data = if self.at_literal() {
+                AppendData::Literal(self.literal()?.to_vec())
+            } else if self.upper_atom()? == "CATENATE" {
+                self.sp()?;
+                AppendData::Catenate(self.catenate_parts()?)
             } else {
-                return Err("APPEND needs the message as a literal".into());
+                return Err("APPEND needs the message as a literal or CATENATE".into());
             };
-            messages.push(super::command::AppendMessage { flags, date, message });
+            messages.push(super::command::AppendMessage { flags, date, data });
         }
         if messages.is_empty() {
             return Err("APPEND needs a message".into());
         }
         Ok(Cmd::Append { mailbox, messages })
+    }
+
+    /// `(TEXT literal / URL astring ...)` of CATENATE (RFC 4469 §5).
+    fn catenate_parts(&mut self) -> Result<Vec<CatPart>> {
+        self.expect(b'(')?;
+        let mut parts = Vec::new();
+        loop {
+            match self.upper_atom()?.as_str() {
+                "TEXT" => {
+                    self.sp()?;
+                    if !self.at_literal() {
+                        return Err("CATENATE TEXT needs a literal".into());
+                    }
+                    parts.push(CatPart::Text(self.literal()?.to_vec()));
+                }
+                "URL" => {
+                    self.sp()?;
+                    parts.push(CatPart::Url(self.astring()?));
+                }
+                other => return Err(format!("unknown CATENATE part {other}")),
+            }
+            if self.eat(b')') {
+                return Ok(parts);
+            }
+            self.sp()?;
+        }
     }
 
     fn store(&mut self) -> Result<Cmd> {
@@ -1155,6 +1184,19 @@ pub fn parse(buf: &[u8]) -> Result<Command> {
     Ok(Command { tag, uid, cmd })
 }
 
+/// A FETCH section spec without its brackets (`1.2.HEADER`, `TEXT`, empty for the whole
+/// message), as IMAP URLs carry it (RFC 5092 `;SECTION=`).
+pub fn parse_section(spec: &str) -> std::result::Result<Section, String> {
+    let wrapped = format!("[{spec}]");
+    let mut p = Parser {
+        buf: wrapped.as_bytes(),
+        pos: 0,
+    };
+    let s = p.section()?;
+    p.end()?;
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1191,14 +1233,25 @@ mod tests {
         );
         assert!(matches!(cmd("a FETCH 1 ALL"), Cmd::Fetch { atts, .. } if atts.len() == 4));
         assert!(
-            matches!(cmd("a APPEND INBOX (\\Seen) {5+}\r\nhello"), Cmd::Append { messages, .. } if messages[0].message == b"hello" && messages[0].flags == ["\\Seen"])
+            matches!(cmd("a APPEND INBOX (\\Seen) {5+}\r\nhello"), Cmd::Append { messages, .. } if messages[0].data == AppendData::Literal(b"hello".to_vec()) && messages[0].flags == ["\\Seen"])
         );
         assert!(
             matches!(cmd("a APPEND Junk \"05-Jan-2024 10:00:00 +0100\" {2}\r\nhi"), Cmd::Append { messages, .. } if messages[0].date == Some(1704445200))
         );
         assert!(
-            matches!(cmd("a APPEND Sent {2+}\r\nhi (\\Seen) {3+}\r\nbye"), Cmd::Append { messages, .. } if messages.len() == 2 && messages[1].message == b"bye")
+            matches!(cmd("a APPEND Sent {2+}\r\nhi (\\Seen) {3+}\r\nbye"), Cmd::Append { messages, .. } if messages.len() == 2 && messages[1].data == AppendData::Literal(b"bye".to_vec()))
         );
+        assert!(matches!(
+            cmd("a APPEND Drafts CATENATE (URL \"/INBOX/;uid=2/;section=HEADER\" TEXT {4+}\r\nbody) (\\Seen) {2+}\r\nhi"),
+            Cmd::Append { messages, .. } if messages.len() == 2
+                && messages[0].data == AppendData::Catenate(vec![
+                    CatPart::Url("/INBOX/;uid=2/;section=HEADER".into()),
+                    CatPart::Text(b"body".to_vec()),
+                ])
+                && messages[1].flags == ["\\Seen"]
+        ));
+        assert!(parse(b"a APPEND Drafts CATENATE (TEXT \"x\")").is_err());
+        assert!(parse(b"a APPEND Drafts CATENATE ()").is_err());
         assert!(matches!(
             cmd("a STORE 1:3 +FLAGS.SILENT (\\Deleted $Junk)"),
             Cmd::Store { op: FlagOp::Add, silent: true, flags, .. } if flags.len() == 2

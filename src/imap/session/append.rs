@@ -1,6 +1,7 @@
 //! APPEND, and the spam-training seam that APPEND, COPY and MOVE share.
 
 use super::*;
+use crate::imap::command::{AppendData, CatPart};
 
 impl Session {
     pub(super) fn learn(&self, blob: crate::store::BlobId, spam: bool) {
@@ -12,17 +13,30 @@ impl Session {
     }
 
     /// APPEND of one or more messages (MULTIAPPEND, RFC 3502): all of them or none. Every
-    /// message is checked before any is stored; should storing fail part-way, the ones
-    /// stored are expunged again before anything is flushed.
+    /// message is checked (and CATENATE's parts put together, RFC 4469) before any is stored;
+    /// should storing fail part-way, the ones stored are expunged again before anything is
+    /// flushed.
     pub(super) async fn append(&mut self, name: &str, messages: Vec<AppendMessage>) -> Reply {
         let name = self.mailbox_arg(name)?;
         let Some(mb) = self.shared.store.mailbox(self.account(), &name)? else {
             return no(format!("[TRYCREATE] Mailbox {name} does not exist"));
         };
         let mut prepared = Vec::with_capacity(messages.len());
-        for m in &messages {
-            if m.message.is_empty() {
+        let mut total = 0usize;
+        for m in messages {
+            let message = match m.data {
+                AppendData::Literal(bytes) => bytes,
+                AppendData::Catenate(parts) => self.catenate(&parts)?,
+            };
+            if message.is_empty() {
                 return no("An empty message cannot be appended");
+            }
+            total += message.len();
+            if total > self.cfg.max_append_bytes {
+                return no(format!(
+                    "[TOOBIG] The message is larger than the limit of {} octets",
+                    self.cfg.max_append_bytes
+                ));
             }
             let (bits, keywords) = parse_flags(&m.flags)?;
             let target = Target {
@@ -30,13 +44,17 @@ impl Session {
                 flags: bits,
                 keywords,
             };
-            prepared.push((target, m.date.unwrap_or_else(crate::store::now_secs)));
+            prepared.push((message, target, m.date.unwrap_or_else(crate::store::now_secs)));
         }
-        let mut uids: Vec<u32> = Vec::with_capacity(messages.len());
+        let mut uids: Vec<u32> = Vec::with_capacity(prepared.len());
         {
             let _turn = self.shared.store.write_turn().await;
-            for (m, (target, date)) in messages.iter().zip(prepared) {
-                match self.shared.store.deliver_to(&m.message, date, &[target]) {
+            for (message, target, date) in &prepared {
+                match self
+                    .shared
+                    .store
+                    .deliver_to(message, *date, std::slice::from_ref(target))
+                {
                     Ok(u) => uids.extend(u.first().copied()),
                     Err(e) => {
                         if !uids.is_empty() {
@@ -49,8 +67,8 @@ impl Session {
         }
         self.shared.store.sync().await?;
         if mb.special_use.as_deref() == Some("\\Junk") {
-            for m in &messages {
-                self.learn(crate::store::blob_id(&m.message), true);
+            for (message, _, _) in &prepared {
+                self.learn(crate::store::blob_id(message), true);
             }
         }
         Ok(format!(
@@ -58,5 +76,69 @@ impl Session {
             mb.uidvalidity,
             search::compress(&uids)
         ))
+    }
+
+    /// CATENATE's parts joined: text as given, each URL replaced by what it names in this
+    /// user's mailboxes, or `NO [BADURL "url"]`.
+    fn catenate(&self, parts: &[CatPart]) -> Result<Vec<u8>, Fail> {
+        let mut out = Vec::new();
+        for part in parts {
+            match part {
+                CatPart::Text(t) => out.extend_from_slice(t),
+                CatPart::Url(u) => match self.url_content(u) {
+                    Ok(bytes) => out.extend_from_slice(&bytes),
+                    Err(why) => return no(format!("[BADURL \"{}\"] {why}", u.replace(['"', '\\'], ""))),
+                },
+            }
+            if out.len() > self.cfg.max_append_bytes {
+                return no(format!(
+                    "[TOOBIG] The message is larger than the limit of {} octets",
+                    self.cfg.max_append_bytes
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// What a message URL (RFC 5092) names: a message of this user, a section of it, part
+    /// of that.
+    fn url_content(&self, url: &str) -> Result<Vec<u8>, String> {
+        let u = crate::imap::url::parse(url)?;
+        if u.user
+            .as_deref()
+            .is_some_and(|user| !user.eq_ignore_ascii_case(self.account()))
+        {
+            return Err("the URL names another user's mailbox".into());
+        }
+        let name = canonical_inbox(u.mailbox.trim_end_matches(DELIM));
+        let store = &self.shared.store;
+        let mb = store
+            .mailbox(self.account(), &name)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no mailbox {name}"))?;
+        if u.uidvalidity.is_some_and(|v| v != mb.uidvalidity) {
+            return Err(format!("UIDVALIDITY of {name} is {}", mb.uidvalidity));
+        }
+        let m = store
+            .message(mb.id, u.uid)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no message with UID {} in {name}", u.uid))?;
+        let raw = store
+            .blob(&m.meta.blob)
+            .map_err(|e| e.to_string())?
+            .ok_or("the message's content is missing")?;
+        let data = match &u.section {
+            None => raw,
+            Some(spec) => {
+                let section = crate::imap::parser::parse_section(spec)?;
+                let root = mime::parse(&raw);
+                fetch::section_bytes(&raw, &root, &section)
+                    .ok_or_else(|| format!("the message has no section {spec}"))?
+            }
+        };
+        Ok(match u.partial {
+            None => data,
+            Some((start, len)) => fetch::partial(&data, Some((start, len.unwrap_or(u32::MAX)))).to_vec(),
+        })
     }
 }

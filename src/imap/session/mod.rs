@@ -311,6 +311,7 @@ impl Session {
                 "UNSELECT",
                 "BINARY",
                 "MULTIAPPEND",
+                "CATENATE",
                 "STATUS=SIZE",
             ]);
         }
