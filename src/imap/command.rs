@@ -132,6 +132,22 @@ pub struct AppendMessage {
     pub data: AppendData,
 }
 
+/// One URL of URLFETCH and what is asked of it: plain (the URL's bytes), or any of
+/// BODYPARTSTRUCTURE, BINARY, BODY (RFC 5524).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlFetchItem {
+    pub url: String,
+    /// `None`: the plain form.
+    pub params: Option<UrlFetchParams>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UrlFetchParams {
+    pub body_part_structure: bool,
+    pub binary: bool,
+    pub body: bool,
+}
+
 /// What an APPEND stores: a literal, or CATENATE's parts (RFC 4469) joined in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendData {
@@ -232,6 +248,15 @@ pub enum Cmd {
     },
     /// CANCELUPDATE of CONTEXT=SEARCH (RFC 5267 §4.3): the tags whose updates end.
     CancelUpdate(Vec<String>),
+    /// GENURLAUTH (RFC 4467 §7.1): `(url rump, mechanism)` pairs.
+    GenUrlAuth(Vec<(String, String)>),
+    /// RESETKEY (RFC 4467 §7.2): one mailbox's keys, or all of the user's.
+    ResetKey {
+        mailbox: Option<String>,
+        mechanisms: Vec<String>,
+    },
+    /// URLFETCH (RFC 4467 §7.3, with URLAUTH=BINARY's parameters, RFC 5524).
+    UrlFetch(Vec<UrlFetchItem>),
     Thread {
         algorithm: super::sort::ThreadAlgorithm,
         key: SearchKey,

@@ -746,6 +746,34 @@ impl Parser<'_> {
         Ok(Cmd::Append { mailbox, messages })
     }
 
+    /// `url` or `(url param...)` of URLFETCH (RFC 5524 §3).
+    fn url_fetch_item(&mut self) -> Result<UrlFetchItem> {
+        if !self.eat(b'(') {
+            return Ok(UrlFetchItem {
+                url: self.astring()?,
+                params: None,
+            });
+        }
+        let url = self.astring()?;
+        let mut params = UrlFetchParams::default();
+        while self.eat(b' ') {
+            match self.upper_atom()?.as_str() {
+                "BODYPARTSTRUCTURE" => params.body_part_structure = true,
+                "BINARY" => params.binary = true,
+                "BODY" => params.body = true,
+                other => return Err(format!("unknown URLFETCH parameter {other}")),
+            }
+        }
+        self.expect(b')')?;
+        if params.binary && params.body {
+            return Err("URLFETCH takes BINARY or BODY, not both".into());
+        }
+        Ok(UrlFetchItem {
+            url,
+            params: Some(params),
+        })
+    }
+
     /// `(TEXT literal / URL astring ...)` of CATENATE (RFC 4469 §5).
     fn catenate_parts(&mut self) -> Result<Vec<CatPart>> {
         self.expect(b'(')?;
@@ -1156,6 +1184,39 @@ pub fn parse(buf: &[u8]) -> Result<Command> {
         "SEARCH" => p.search()?,
         "SORT" => p.sort()?,
         "THREAD" => p.thread()?,
+        "GENURLAUTH" => {
+            let mut pairs = Vec::new();
+            while p.eat(b' ') {
+                let url = p.astring()?;
+                p.sp()?;
+                pairs.push((url, p.upper_atom()?));
+            }
+            if pairs.is_empty() {
+                return Err("GENURLAUTH needs a URL and a mechanism".into());
+            }
+            Cmd::GenUrlAuth(pairs)
+        }
+        "RESETKEY" => {
+            let mut mailbox = None;
+            let mut mechanisms = Vec::new();
+            if p.eat(b' ') {
+                mailbox = Some(p.astring()?);
+                while p.eat(b' ') {
+                    mechanisms.push(p.upper_atom()?);
+                }
+            }
+            Cmd::ResetKey { mailbox, mechanisms }
+        }
+        "URLFETCH" => {
+            let mut items = Vec::new();
+            while p.eat(b' ') {
+                items.push(p.url_fetch_item()?);
+            }
+            if items.is_empty() {
+                return Err("URLFETCH needs a URL".into());
+            }
+            Cmd::UrlFetch(items)
+        }
         "CANCELUPDATE" => {
             let mut tags = Vec::new();
             while p.eat(b' ') {
@@ -1252,6 +1313,27 @@ mod tests {
         ));
         assert!(parse(b"a APPEND Drafts CATENATE (TEXT \"x\")").is_err());
         assert!(parse(b"a APPEND Drafts CATENATE ()").is_err());
+        assert_eq!(
+            cmd("a GENURLAUTH \"imap://a@h/INBOX/;uid=1;urlauth=anonymous\" INTERNAL"),
+            Cmd::GenUrlAuth(vec![(
+                "imap://a@h/INBOX/;uid=1;urlauth=anonymous".into(),
+                "INTERNAL".into()
+            )])
+        );
+        assert_eq!(
+            cmd("a RESETKEY"),
+            Cmd::ResetKey {
+                mailbox: None,
+                mechanisms: vec![]
+            }
+        );
+        assert!(
+            matches!(cmd("a URLFETCH u1 (u2 BINARY BODYPARTSTRUCTURE)"), Cmd::UrlFetch(items)
+            if items.len() == 2 && items[0].params.is_none()
+                && items[1].params == Some(UrlFetchParams { body_part_structure: true, binary: true, body: false }))
+        );
+        assert!(parse(b"a URLFETCH (u BINARY BODY)").is_err());
+        assert!(parse(b"a URLFETCH").is_err());
         assert!(matches!(
             cmd("a STORE 1:3 +FLAGS.SILENT (\\Deleted $Junk)"),
             Cmd::Store { op: FlagOp::Add, silent: true, flags, .. } if flags.len() == 2

@@ -867,3 +867,97 @@ async fn live_search_contexts_follow_another_sessions_changes() {
     let r = b.cmd("n", "NOOP", "OK").await;
     assert!(!r.contains("ESEARCH"), "{r}");
 }
+
+/// The quoted URLs of `* GENURLAUTH "u1" "u2"`.
+fn genurlauth_urls(reply: &str) -> Vec<String> {
+    let line = reply
+        .lines()
+        .find(|l| l.starts_with("* GENURLAUTH "))
+        .unwrap_or_else(|| panic!("{reply}"));
+    line["* GENURLAUTH ".len()..]
+        .split('"')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// URLAUTH (RFC 4467) and URLAUTH=BINARY (RFC 5524): alice signs URLs to her messages; each
+/// is fetched only by whom its access identifier names, only with its token intact, only
+/// until it expires or her key is reset; BINARY decodes a base64 part.
+#[tokio::test]
+async fn urlauth_signs_urls_that_only_their_audience_can_fetch() {
+    let s = start_server(|_| {}).await;
+    let msg = "From: a@example.org\r\nSubject: signed\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\
+Content-Transfer-Encoding: base64\r\n\r\naGVsbG8gd29ybGQ=\r\n--b--\r\n";
+    let mut a = raw(s.imap).await;
+    a.login("alice@localhost").await;
+    let r = a.cmd("c0", "CAPABILITY", "OK").await;
+    assert!(r.contains(" URLAUTH URLAUTH=BINARY"), "{r}");
+    a.send(&format!("a1 APPEND INBOX {{{}+}}\r\n{msg}\r\n", msg.len()))
+        .await;
+    a.until("a1").await;
+    let base = "imap://alice%40localhost@mx.test/INBOX/;uid=1";
+    let r = a
+        .cmd(
+            "g1",
+            &format!(
+                "GENURLAUTH \"{base};urlauth=user+alice%40localhost\" INTERNAL \"{base}/;section=1;urlauth=authuser\" INTERNAL \
+\"{base};expire=2001-01-01T00:00:00Z;urlauth=anonymous\" INTERNAL"
+            ),
+            "OK",
+        )
+        .await;
+    let urls = genurlauth_urls(&r);
+    assert_eq!(urls.len(), 3, "{r}");
+    assert!(
+        urls[0].starts_with(&format!("{base};urlauth=user+alice%40localhost:INTERNAL:")),
+        "{r}"
+    );
+    let (own, part, expired) = (&urls[0], &urls[1], &urls[2]);
+    // Her own URL, whole: the message as stored.
+    let r = a.cmd("f1", &format!("URLFETCH \"{own}\""), "OK").await;
+    assert!(
+        r.contains(&format!("* URLFETCH \"{own}\" {{{}}}\r\n{msg}", msg.len())),
+        "{r}"
+    );
+    // The part, decoded, with its structure; the expired one is NIL.
+    let r = a
+        .cmd(
+            "f2",
+            &format!("URLFETCH (\"{part}\" BINARY BODYPARTSTRUCTURE) \"{expired}\""),
+            "OK",
+        )
+        .await;
+    assert!(r.contains("(BODYPARTSTRUCTURE (\"text\" \"plain\""), "{r}");
+    assert!(r.contains("(BINARY {11}\r\nhello world)"), "{r}");
+    assert!(r.contains(&format!("* URLFETCH \"{expired}\" NIL")), "{r}");
+    // A token changed in one digit is worth nothing.
+    let mut forged = own.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == '0' { '1' } else { '0' });
+    let r = a.cmd("f3", &format!("URLFETCH \"{forged}\""), "OK").await;
+    assert!(r.contains(" NIL\r\n"), "{r}");
+    // Bob: the authuser URL is his to fetch, alice's own is not.
+    let mut b = raw(s.imap).await;
+    b.login("bob@localhost").await;
+    let r = b.cmd("f4", &format!("URLFETCH \"{part}\" \"{own}\""), "OK").await;
+    assert!(r.contains(&format!("* URLFETCH \"{part}\" {{")), "{r}");
+    assert!(r.contains(&format!("* URLFETCH \"{own}\" NIL")), "{r}");
+    // ...and he may CATENATE it into his own mailbox.
+    b.cmd("f5", &format!("APPEND Drafts CATENATE (URL \"{part}\")"), "OK")
+        .await;
+    // Only the user a URL names may sign it; INTERNAL is the one mechanism; a URL with a
+    // token already is no rump.
+    b.cmd("g2", &format!("GENURLAUTH \"{base};urlauth=anonymous\" INTERNAL"), "NO")
+        .await;
+    a.cmd("g3", &format!("GENURLAUTH \"{base};urlauth=anonymous\" FANCY"), "NO")
+        .await;
+    a.cmd("g4", &format!("GENURLAUTH \"{own}\" INTERNAL"), "NO").await;
+    // RESETKEY voids every URL of the mailbox.
+    a.cmd("r1", "RESETKEY INBOX", "OK").await;
+    let r = a.cmd("f6", &format!("URLFETCH \"{own}\" \"{part}\""), "OK").await;
+    assert_eq!(r.matches(" NIL\r\n").count(), 2, "{r}");
+    a.cmd("r2", "RESETKEY Nowhere", "NO").await;
+    a.cmd("r3", "RESETKEY", "OK").await;
+}

@@ -99,46 +99,4 @@ impl Session {
         }
         Ok(out)
     }
-
-    /// What a message URL (RFC 5092) names: a message of this user, a section of it, part
-    /// of that.
-    fn url_content(&self, url: &str) -> Result<Vec<u8>, String> {
-        let u = crate::imap::url::parse(url)?;
-        if u.user
-            .as_deref()
-            .is_some_and(|user| !user.eq_ignore_ascii_case(self.account()))
-        {
-            return Err("the URL names another user's mailbox".into());
-        }
-        let name = canonical_inbox(u.mailbox.trim_end_matches(DELIM));
-        let store = &self.shared.store;
-        let mb = store
-            .mailbox(self.account(), &name)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no mailbox {name}"))?;
-        if u.uidvalidity.is_some_and(|v| v != mb.uidvalidity) {
-            return Err(format!("UIDVALIDITY of {name} is {}", mb.uidvalidity));
-        }
-        let m = store
-            .message(mb.id, u.uid)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("no message with UID {} in {name}", u.uid))?;
-        let raw = store
-            .blob(&m.meta.blob)
-            .map_err(|e| e.to_string())?
-            .ok_or("the message's content is missing")?;
-        let data = match &u.section {
-            None => raw,
-            Some(spec) => {
-                let section = crate::imap::parser::parse_section(spec)?;
-                let root = mime::parse(&raw);
-                fetch::section_bytes(&raw, &root, &section)
-                    .ok_or_else(|| format!("the message has no section {spec}"))?
-            }
-        };
-        Ok(match u.partial {
-            None => data,
-            Some((start, len)) => fetch::partial(&data, Some((start, len.unwrap_or(u32::MAX)))).to_vec(),
-        })
-    }
 }

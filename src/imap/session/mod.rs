@@ -38,6 +38,7 @@ mod mailboxes;
 mod searching;
 mod select;
 mod sorting;
+mod urlauth;
 
 const DELIM: char = '/';
 
@@ -312,6 +313,8 @@ impl Session {
                 "BINARY",
                 "MULTIAPPEND",
                 "CATENATE",
+                "URLAUTH",
+                "URLAUTH=BINARY",
                 "STATUS=SIZE",
             ]);
         }
@@ -526,6 +529,9 @@ impl Session {
             (true, _, Cmd::Status { mailbox, items }) => self.status(&mailbox, &items),
             (true, _, Cmd::Append { mailbox, messages }) => self.append(&mailbox, messages).await,
             (true, _, Cmd::Idle) => return self.idle(&tag).await,
+            (true, _, Cmd::GenUrlAuth(pairs)) => self.gen_url_auth(&pairs),
+            (true, _, Cmd::ResetKey { mailbox, mechanisms }) => self.reset_key(mailbox.as_deref(), &mechanisms),
+            (true, _, Cmd::UrlFetch(items)) => self.url_fetch(&items),
             (true, false, _) => bad("No mailbox selected"),
             (true, true, Cmd::Check) => Ok("CHECK completed".into()),
             (true, true, Cmd::Close) => self.close(true).await,
