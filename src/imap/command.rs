@@ -148,6 +148,15 @@ pub struct UrlFetchParams {
     pub body: bool,
 }
 
+/// `QRESYNC (uidvalidity modseq [known-uids [(seqs uids)]])` of SELECT/EXAMINE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QresyncParams {
+    pub uidvalidity: u32,
+    pub modseq: u64,
+    /// The UIDs the client knows of; `None`: all.
+    pub known: Option<SeqSet>,
+}
+
 /// What an APPEND stores: a literal, or CATENATE's parts (RFC 4469) joined in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendData {
@@ -207,6 +216,8 @@ pub enum Cmd {
         mailbox: String,
         read_only: bool,
         condstore: bool,
+        /// QRESYNC's resynchronisation data (RFC 7162 §3.2.5).
+        qresync: Option<QresyncParams>,
     },
     Create(String),
     Delete(String),
@@ -265,6 +276,8 @@ pub enum Cmd {
         set: SeqSet,
         atts: Vec<FetchAtt>,
         changed_since: Option<u64>,
+        /// QRESYNC's VANISHED modifier (RFC 7162 §3.2.6).
+        vanished: bool,
     },
     Store {
         set: SeqSet,

@@ -617,21 +617,6 @@ impl Parser<'_> {
         }
     }
 
-    fn atom_list(&mut self) -> Result<Vec<String>> {
-        self.expect(b'(')?;
-        let mut out = Vec::new();
-        if self.eat(b')') {
-            return Ok(out);
-        }
-        loop {
-            out.push(self.upper_atom()?);
-            if self.eat(b')') {
-                return Ok(out);
-            }
-            self.sp()?;
-        }
-    }
-
     fn list(&mut self) -> Result<Cmd> {
         let mut options = ListOptions::default();
         self.sp()?;
@@ -1017,6 +1002,7 @@ impl Parser<'_> {
         self.sp()?;
         let atts = self.fetch_atts()?;
         let mut changed_since = None;
+        let mut vanished = false;
         if self.eat(b' ') {
             self.expect(b'(')?;
             loop {
@@ -1025,7 +1011,7 @@ impl Parser<'_> {
                         self.sp()?;
                         changed_since = Some(self.number()?);
                     }
-                    "VANISHED" => return Err("VANISHED needs QRESYNC, which is not offered".into()),
+                    "VANISHED" => vanished = true,
                     other => return Err(format!("unknown FETCH modifier {other}")),
                 }
                 if self.eat(b')') {
@@ -1034,10 +1020,14 @@ impl Parser<'_> {
                 self.sp()?;
             }
         }
+        if vanished && changed_since.is_none() {
+            return Err("VANISHED needs CHANGEDSINCE".into());
+        }
         Ok(Cmd::Fetch {
             set,
             atts,
             changed_since,
+            vanished,
         })
     }
 
@@ -1045,19 +1035,66 @@ impl Parser<'_> {
         self.sp()?;
         let mailbox = self.astring()?;
         let mut condstore = false;
+        let mut qresync = None;
         if self.eat(b' ') {
-            for p in self.atom_list()? {
-                match p.as_str() {
+            self.expect(b'(')?;
+            loop {
+                match self.upper_atom()?.as_str() {
                     "CONDSTORE" => condstore = true,
+                    "QRESYNC" => {
+                        self.sp()?;
+                        qresync = Some(self.qresync_params()?);
+                    }
                     other => return Err(format!("unknown SELECT parameter {other}")),
                 }
+                if self.eat(b')') {
+                    break;
+                }
+                self.sp()?;
             }
         }
         Ok(Cmd::Select {
             mailbox,
             read_only,
             condstore,
+            qresync,
         })
+    }
+
+    /// `(uidvalidity mod-sequence [known-uids [(known-sequence-set known-uid-set)]])`.
+    fn qresync_params(&mut self) -> Result<QresyncParams> {
+        self.expect(b'(')?;
+        let uidvalidity = self.nz_number()?;
+        self.sp()?;
+        let modseq = self.nz_number64()?;
+        let mut known = None;
+        if self.eat(b' ') {
+            if self.peek() != Some(b'(') {
+                known = Some(self.seq_set()?);
+                self.eat(b' ');
+            }
+            // The sequence-match data only saves round trips; it is read and not needed.
+            if self.eat(b'(') {
+                self.seq_set()?;
+                self.sp()?;
+                self.seq_set()?;
+                self.expect(b')')?;
+            }
+        }
+        self.expect(b')')?;
+        Ok(QresyncParams {
+            uidvalidity,
+            modseq,
+            known,
+        })
+    }
+
+    fn nz_number64(&mut self) -> Result<u64> {
+        let n = self.number()?;
+        if n == 0 {
+            return Err("expected a number above 0".into());
+        }
+        Ok(n)
     }
 }
 
@@ -1334,6 +1371,25 @@ mod tests {
         );
         assert!(parse(b"a URLFETCH (u BINARY BODY)").is_err());
         assert!(parse(b"a URLFETCH").is_err());
+        assert!(matches!(
+            cmd("a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211,214:541) CONDSTORE)"),
+            Cmd::Select { qresync: Some(q), condstore: true, .. }
+                if q.uidvalidity == 67890007 && q.modseq == 20050715194045000 && q.known.is_some()
+        ));
+        assert!(matches!(
+            cmd("a EXAMINE INBOX (QRESYNC (1 2 (1:5 1:5)))"),
+            Cmd::Select { qresync: Some(q), .. } if q.known.is_none()
+        ));
+        assert!(matches!(
+            cmd("a FETCH 1:* FLAGS (CHANGEDSINCE 5 VANISHED)"),
+            Cmd::Fetch {
+                vanished: true,
+                changed_since: Some(5),
+                ..
+            }
+        ));
+        assert!(parse(b"a FETCH 1:* FLAGS (VANISHED)").is_err());
+        assert!(parse(b"a SELECT INBOX (QRESYNC (0 1))").is_err());
         assert!(matches!(
             cmd("a STORE 1:3 +FLAGS.SILENT (\\Deleted $Junk)"),
             Cmd::Store { op: FlagOp::Add, silent: true, flags, .. } if flags.len() == 2

@@ -961,3 +961,89 @@ Content-Transfer-Encoding: base64\r\n\r\naGVsbG8gd29ybGQ=\r\n--b--\r\n";
     a.cmd("r2", "RESETKEY Nowhere", "NO").await;
     a.cmd("r3", "RESETKEY", "OK").await;
 }
+
+fn number_in(reply: &str, prefix: &str) -> u64 {
+    let at = reply.find(prefix).unwrap_or_else(|| panic!("no {prefix} in {reply}")) + prefix.len();
+    reply[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// QRESYNC (RFC 7162 §3.2): a client that comes back with its UIDVALIDITY and mod-sequence
+/// learns what vanished and which flags changed meanwhile without fetching everything; while
+/// selected it is told VANISHED instead of EXPUNGE.
+#[tokio::test]
+async fn qresync_reports_what_vanished_and_changed_while_away() {
+    let s = start_server(|_| {}).await;
+    for i in 1..=6 {
+        transact(&s, "x@example.org", &["alice@localhost"], &format!("m{i}"), "body").await;
+    }
+    let mut a = raw(s.imap).await;
+    a.login("alice@localhost").await;
+    a.cmd("q0", "SELECT INBOX (QRESYNC (1 1))", "BAD").await;
+    let r = a.cmd("q1", "ENABLE QRESYNC", "OK").await;
+    assert!(r.contains("* ENABLED QRESYNC"), "{r}");
+    let r = a.cmd("q2", "SELECT INBOX", "OK").await;
+    let (uidvalidity, seen) = (number_in(&r, "[UIDVALIDITY "), number_in(&r, "[HIGHESTMODSEQ "));
+    a.cmd("q3", "LOGOUT", "OK").await;
+    // Meanwhile, elsewhere: 2 flagged, 4 and 5 expunged, a new message.
+    let mut b = raw(s.imap).await;
+    b.login("alice@localhost").await;
+    b.cmd("b1", "SELECT INBOX", "OK").await;
+    b.cmd("b2", "STORE 2 +FLAGS.SILENT (\\Flagged)", "OK").await;
+    b.cmd("b3", "STORE 4:5 +FLAGS.SILENT (\\Deleted)", "OK").await;
+    let r = b.cmd("b4", "EXPUNGE", "OK").await;
+    assert!(
+        r.contains("* 5 EXPUNGE") && !r.contains("VANISHED"),
+        "without QRESYNC, EXPUNGE: {r}"
+    );
+    transact(&s, "x@example.org", &["alice@localhost"], "m7", "body").await;
+    // Back again, knowing UIDs 1 to 6.
+    let mut a = raw(s.imap).await;
+    a.login("alice@localhost").await;
+    a.cmd("q4", "ENABLE QRESYNC", "OK").await;
+    let r = a
+        .cmd(
+            "q5",
+            &format!("SELECT INBOX (QRESYNC ({uidvalidity} {seen} 1:6))"),
+            "OK",
+        )
+        .await;
+    assert!(r.contains("* VANISHED (EARLIER) 4:5\r\n"), "{r}");
+    assert!(r.contains("* 2 FETCH (UID 2 FLAGS (\\Flagged"), "{r}");
+    assert!(
+        !r.contains("FETCH (UID 1 ") && !r.contains("UID 7"),
+        "only known, changed ones: {r}"
+    );
+    assert!(r.contains("* 5 EXISTS"), "{r}");
+    // A stale UIDVALIDITY gets a plain SELECT.
+    let r = a.cmd("q6", "EXAMINE INBOX (QRESYNC (1 1))", "OK").await;
+    assert!(r.contains("OK [CLOSED]") && !r.contains("VANISHED"), "{r}");
+    a.cmd("q7", "SELECT INBOX", "OK").await;
+    // Expunged by another session while selected: VANISHED, with the UID.
+    b.cmd("b5", "STORE 1 +FLAGS.SILENT (\\Deleted)", "OK").await;
+    b.cmd("b6", "EXPUNGE", "OK").await;
+    let r = a.cmd("q8", "NOOP", "OK").await;
+    assert!(r.contains("* VANISHED 1\r\n") && !r.contains("EXPUNGE"), "{r}");
+    // UID FETCH with VANISHED: what is gone of the UIDs asked for, then what changed.
+    let r = a
+        .cmd(
+            "q9",
+            &format!("UID FETCH 1:* (FLAGS) (CHANGEDSINCE {seen} VANISHED)"),
+            "OK",
+        )
+        .await;
+    assert!(r.contains("* VANISHED (EARLIER) 1,4:5\r\n"), "{r}");
+    assert!(
+        r.contains("UID 2 ") && r.contains("UID 7 ") && !r.contains("UID 3 "),
+        "{r}"
+    );
+    a.cmd("qa", "FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)", "BAD").await;
+    // Our own EXPUNGE too.
+    a.cmd("qb", "UID STORE 3 +FLAGS.SILENT (\\Deleted)", "OK").await;
+    let r = a.cmd("qc", "EXPUNGE", "OK").await;
+    assert!(r.contains("* VANISHED 3\r\n") && !r.contains(" EXPUNGE\r\n"), "{r}");
+}

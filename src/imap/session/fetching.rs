@@ -36,10 +36,22 @@ impl Session {
         set: &SeqSet,
         mut atts: Vec<FetchAtt>,
         changed_since: Option<u64>,
+        vanished: bool,
         uid: bool,
     ) -> Reply {
+        if vanished && !(uid && self.qresync) {
+            return bad("VANISHED needs UID FETCH and ENABLE QRESYNC");
+        }
         if changed_since.is_some() || atts.contains(&FetchAtt::ModSeq) {
             self.enable_condstore();
+        }
+        if vanished {
+            // Which of the UIDs asked for are gone (RFC 7162 §3.2.6), before the FETCHes.
+            let sel = self.selected();
+            let upto = sel.mailbox.uidnext.max(sel.max_uid() + 1);
+            if let Some(line) = sel.vanished_earlier(Some(set), upto) {
+                self.untagged(&line);
+            }
         }
         if uid && !atts.contains(&FetchAtt::Uid) {
             atts.insert(0, FetchAtt::Uid);

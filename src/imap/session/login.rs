@@ -71,6 +71,12 @@ impl Session {
                     self.condstore = true;
                     enabled.push("CONDSTORE");
                 }
+                // QRESYNC implies CONDSTORE (RFC 7162 §3.2.3).
+                "QRESYNC" => {
+                    self.condstore = true;
+                    self.qresync = true;
+                    enabled.push("QRESYNC");
+                }
                 "IMAP4REV2" => {
                     self.rev2 = true;
                     enabled.push("IMAP4rev2");

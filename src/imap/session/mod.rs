@@ -125,6 +125,8 @@ pub struct Session {
     rev2: bool,
     /// CONDSTORE enabled (RFC 7162 §3.1): MODSEQ in every FETCH with FLAGS.
     condstore: bool,
+    /// QRESYNC enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE.
+    qresync: bool,
     /// A BYE went out (the selected mailbox was deleted under us): close after this command.
     bye: bool,
     cfg: crate::config::Imap,
@@ -260,6 +262,7 @@ impl Session {
             selected: None,
             rev2: false,
             condstore: false,
+            qresync: false,
             bye: false,
             cfg,
         }
@@ -296,6 +299,7 @@ impl Session {
                 "UIDPLUS",
                 "MOVE",
                 "CONDSTORE",
+                "QRESYNC",
                 "CHILDREN",
                 "LIST-EXTENDED",
                 "LIST-STATUS",
@@ -509,8 +513,9 @@ impl Session {
                     mailbox,
                     read_only,
                     condstore,
+                    qresync,
                 },
-            ) => self.select(&mailbox, read_only, condstore),
+            ) => self.select(&mailbox, read_only, condstore, qresync.as_ref()),
             (true, _, Cmd::Create(m)) => self.create(&m),
             (true, _, Cmd::Delete(m)) => self.delete(&m),
             (true, _, Cmd::Rename(a, b)) => self.rename(&a, &b),
@@ -548,8 +553,9 @@ impl Session {
                     set,
                     atts,
                     changed_since,
+                    vanished,
                 },
-            ) => self.fetch(&set, atts, changed_since, uid).await,
+            ) => self.fetch(&set, atts, changed_since, vanished, uid).await,
             (
                 true,
                 true,

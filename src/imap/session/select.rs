@@ -1,6 +1,7 @@
 //! SELECT/EXAMINE, the snapshot and its updates (`sync`), CLOSE/UNSELECT, EXPUNGE.
 
 use super::*;
+use crate::imap::command::STAR;
 
 impl Session {
     pub(super) fn load_snapshot(&self, mailbox: &MailboxMeta) -> Result<Vec<Entry>, Fail> {
@@ -16,7 +17,16 @@ impl Session {
             .collect())
     }
 
-    pub(super) fn select(&mut self, name: &str, read_only: bool, condstore: bool) -> Reply {
+    pub(super) fn select(
+        &mut self,
+        name: &str,
+        read_only: bool,
+        condstore: bool,
+        qresync: Option<&crate::imap::command::QresyncParams>,
+    ) -> Reply {
+        if qresync.is_some() && !self.qresync {
+            return bad("SELECT with QRESYNC needs ENABLE QRESYNC first");
+        }
         if self.selected.take().is_some() {
             self.untagged("OK [CLOSED] Previous mailbox closed");
         }
@@ -66,6 +76,38 @@ impl Session {
         if self.rev2 {
             let name = mailbox.name.clone();
             self.write_mailbox_name("* LIST () \"/\" ", &name, "");
+        }
+        // QRESYNC (RFC 7162 §3.2.5): what the client missed since its mod-sequence, when its
+        // UIDVALIDITY is still ours.
+        if let Some(q) = qresync.filter(|q| q.uidvalidity == sel.mailbox.uidvalidity) {
+            let upto = sel.mailbox.uidnext.max(sel.max_uid() + 1);
+            if let Some(line) = sel.vanished_earlier(q.known.as_ref(), upto) {
+                self.untagged(&line);
+            }
+            let max = sel.max_uid();
+            let known = |u: u32| match &q.known {
+                Some(SeqSet::Ranges(r)) => SeqSet::contains(r, u, max),
+                _ => true,
+            };
+            let rev2 = self.rev2;
+            let lines: Vec<String> = sel
+                .msgs
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.meta.modseq > q.modseq && known(e.uid))
+                .map(|(i, e)| {
+                    format!(
+                        "{} FETCH (UID {} FLAGS {} MODSEQ ({}))",
+                        i + 1,
+                        e.uid,
+                        flag_list(&e.meta, !rev2 && sel.recent.contains(&e.uid)),
+                        e.meta.modseq
+                    )
+                })
+                .collect();
+            for l in lines {
+                self.untagged(&l);
+            }
         }
         let mode = if read_only { "[READ-ONLY]" } else { "[READ-WRITE]" };
         let verb = if read_only { "EXAMINE" } else { "SELECT" };
@@ -202,11 +244,19 @@ impl Session {
             out = sel_changes;
             out.extend(removals);
         }
+        let qresync = self.qresync;
         let sel = self.selected.as_mut().expect("checked above");
         for &i in gone.iter().rev() {
             let e = sel.msgs.remove(i);
             sel.recent.remove(&e.uid);
-            out.push(format!("{} EXPUNGE", i + 1));
+            if !qresync {
+                out.push(format!("{} EXPUNGE", i + 1));
+            }
+        }
+        if qresync && !gone_uids.is_empty() {
+            let mut uids = gone_uids.clone();
+            uids.sort_unstable();
+            out.push(format!("VANISHED {}", search::compress(&uids)));
         }
         let last = sel.max_uid();
         let before = sel.msgs.len();
@@ -307,14 +357,79 @@ impl Session {
         }
         sel.generation += 1;
         let mut lines = self.contexts_forget(uids);
+        let qresync = self.qresync;
         let sel = self.selected();
+        let mut vanished = Vec::new();
         for &i in idx.iter().rev() {
             let e = sel.msgs.remove(i);
             sel.recent.remove(&e.uid);
-            lines.push(format!("{} EXPUNGE", i + 1));
+            if qresync {
+                vanished.push(e.uid);
+            } else {
+                lines.push(format!("{} EXPUNGE", i + 1));
+            }
+        }
+        if !vanished.is_empty() {
+            vanished.sort_unstable();
+            lines.push(format!("VANISHED {}", search::compress(&vanished)));
         }
         for l in lines {
             self.untagged(&l);
         }
     }
+}
+
+impl Selected {
+    /// `VANISHED (EARLIER) uids`: the UIDs in `set` (all when `None`; `*` is the highest
+    /// UID given out) below `upto` that this mailbox does not hold. No expunge history is
+    /// kept, so this is every such UID, whenever it went: RFC 7162 §3.2.5.2 and §3.2.6 let a
+    /// server report UIDs the client may not know of, and clients drop those.
+    pub(super) fn vanished_earlier(&self, set: Option<&SeqSet>, upto: u32) -> Option<String> {
+        let top = u64::from(upto.saturating_sub(1));
+        if top == 0 {
+            return None;
+        }
+        let mut ranges: Vec<(u64, u64)> = match set {
+            None => vec![(1, top)],
+            Some(SeqSet::Ranges(r)) => r
+                .iter()
+                .map(|&(a, b)| {
+                    let a = if a == STAR { top } else { a };
+                    let b = if b == STAR { top } else { b };
+                    (a.min(b), a.max(b).min(top))
+                })
+                .filter(|(a, b)| a <= b)
+                .collect(),
+            Some(SeqSet::Saved) => return None,
+        };
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (a, b) in ranges {
+            match merged.last_mut() {
+                Some(last) if a <= last.1 + 1 => last.1 = last.1.max(b),
+                _ => merged.push((a, b)),
+            }
+        }
+        let mut out: Vec<String> = Vec::new();
+        for (a, b) in merged {
+            // Walk the held UIDs inside [a, b]; the gaps between them vanished.
+            let start = self.msgs.partition_point(|e| u64::from(e.uid) < a);
+            let mut next = a;
+            for e in self.msgs[start..].iter().take_while(|e| u64::from(e.uid) <= b) {
+                let u = u64::from(e.uid);
+                if u > next {
+                    out.push(range_text(next, u - 1));
+                }
+                next = u + 1;
+            }
+            if next <= b {
+                out.push(range_text(next, b));
+            }
+        }
+        (!out.is_empty()).then(|| format!("VANISHED (EARLIER) {}", out.join(",")))
+    }
+}
+
+fn range_text(a: u64, b: u64) -> String {
+    if a == b { a.to_string() } else { format!("{a}:{b}") }
 }
