@@ -157,6 +157,45 @@ pub struct QresyncParams {
     pub known: Option<SeqSet>,
 }
 
+/// `NOTIFY SET [STATUS] (filter events)...` (RFC 5465 §3.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifySpec {
+    /// STATUS: report the non-selected mailboxes' state at once.
+    pub status: bool,
+    pub groups: Vec<NotifyGroup>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyGroup {
+    pub filter: NotifyFilter,
+    /// Empty: `NONE`.
+    pub events: Vec<NotifyEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyFilter {
+    Selected,
+    SelectedDelayed,
+    Inboxes,
+    Personal,
+    Subscribed,
+    /// The mailboxes and everything below them.
+    Subtree(Vec<String>),
+    Mailboxes(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyEvent {
+    /// With the FETCH items to send for each new message (SELECTED only).
+    MessageNew(Vec<FetchAtt>),
+    MessageExpunge,
+    FlagChange,
+    MailboxName,
+    SubscriptionChange,
+    /// Events this server does not offer (AnnotationChange, the METADATA ones, ...).
+    Other(String),
+}
+
 /// What an APPEND stores: a literal, or CATENATE's parts (RFC 4469) joined in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppendData {
@@ -268,6 +307,8 @@ pub enum Cmd {
     },
     /// URLFETCH (RFC 4467 §7.3, with URLAUTH=BINARY's parameters, RFC 5524).
     UrlFetch(Vec<UrlFetchItem>),
+    /// NOTIFY (RFC 5465): `None` is `NOTIFY NONE`.
+    Notify(Option<NotifySpec>),
     Thread {
         algorithm: super::sort::ThreadAlgorithm,
         key: SearchKey,

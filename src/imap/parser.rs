@@ -731,6 +731,88 @@ impl Parser<'_> {
         Ok(Cmd::Append { mailbox, messages })
     }
 
+    /// After `NOTIFY SET`: `[STATUS] 1*(SP event-group)` (RFC 5465 §8).
+    fn notify_set(&mut self) -> Result<NotifySpec> {
+        self.sp()?;
+        let mut status = false;
+        if self.peek() != Some(b'(') {
+            if self.upper_atom()? != "STATUS" {
+                return Err("expected STATUS or an event group".into());
+            }
+            status = true;
+            self.sp()?;
+        }
+        let mut groups = Vec::new();
+        loop {
+            groups.push(self.notify_group()?);
+            if !self.eat(b' ') {
+                return Ok(NotifySpec { status, groups });
+            }
+        }
+    }
+
+    fn notify_group(&mut self) -> Result<NotifyGroup> {
+        self.expect(b'(')?;
+        let filter = match self.upper_atom()?.as_str() {
+            "SELECTED" => NotifyFilter::Selected,
+            "SELECTED-DELAYED" => NotifyFilter::SelectedDelayed,
+            "INBOXES" => NotifyFilter::Inboxes,
+            "PERSONAL" => NotifyFilter::Personal,
+            "SUBSCRIBED" => NotifyFilter::Subscribed,
+            f @ ("SUBTREE" | "MAILBOXES") => {
+                self.sp()?;
+                let mut names = Vec::new();
+                if self.eat(b'(') {
+                    loop {
+                        names.push(self.astring()?);
+                        if self.eat(b')') {
+                            break;
+                        }
+                        self.sp()?;
+                    }
+                } else {
+                    names.push(self.astring()?);
+                }
+                if f == "SUBTREE" {
+                    NotifyFilter::Subtree(names)
+                } else {
+                    NotifyFilter::Mailboxes(names)
+                }
+            }
+            other => return Err(format!("unknown NOTIFY filter {other}")),
+        };
+        self.sp()?;
+        let mut events = Vec::new();
+        if self.eat(b'(') {
+            loop {
+                let name = self.upper_atom()?;
+                events.push(match name.as_str() {
+                    "MESSAGENEW" => {
+                        let mut atts = Vec::new();
+                        if self.peek() == Some(b' ') && self.buf.get(self.pos + 1) == Some(&b'(') {
+                            self.sp()?;
+                            atts = self.fetch_atts()?;
+                        }
+                        NotifyEvent::MessageNew(atts)
+                    }
+                    "MESSAGEEXPUNGE" => NotifyEvent::MessageExpunge,
+                    "FLAGCHANGE" => NotifyEvent::FlagChange,
+                    "MAILBOXNAME" => NotifyEvent::MailboxName,
+                    "SUBSCRIPTIONCHANGE" => NotifyEvent::SubscriptionChange,
+                    _ => NotifyEvent::Other(name),
+                });
+                if self.eat(b')') {
+                    break;
+                }
+                self.sp()?;
+            }
+        } else if self.upper_atom()? != "NONE" {
+            return Err("expected an event list or NONE".into());
+        }
+        self.expect(b')')?;
+        Ok(NotifyGroup { filter, events })
+    }
+
     /// `url` or `(url param...)` of URLFETCH (RFC 5524 §3).
     fn url_fetch_item(&mut self) -> Result<UrlFetchItem> {
         if !self.eat(b'(') {
@@ -1254,6 +1336,14 @@ pub fn parse(buf: &[u8]) -> Result<Command> {
             }
             Cmd::UrlFetch(items)
         }
+        "NOTIFY" => {
+            p.sp()?;
+            match p.upper_atom()?.as_str() {
+                "NONE" => Cmd::Notify(None),
+                "SET" => Cmd::Notify(Some(p.notify_set()?)),
+                other => return Err(format!("NOTIFY takes SET or NONE, not {other}")),
+            }
+        }
         "CANCELUPDATE" => {
             let mut tags = Vec::new();
             while p.eat(b' ') {
@@ -1390,6 +1480,36 @@ mod tests {
         ));
         assert!(parse(b"a FETCH 1:* FLAGS (VANISHED)").is_err());
         assert!(parse(b"a SELECT INBOX (QRESYNC (0 1))").is_err());
+        assert_eq!(cmd("a NOTIFY NONE"), Cmd::Notify(None));
+        let Cmd::Notify(Some(spec)) = cmd(
+            "a NOTIFY SET STATUS (selected (MessageNew (UID FLAGS) MessageExpunge)) (subtree (Lists \"Old Stuff\") (MessageNew MessageExpunge FlagChange)) (personal (MailboxName SubscriptionChange AnnotationChange)) (inboxes NONE)",
+        ) else {
+            panic!()
+        };
+        assert!(spec.status);
+        assert_eq!(spec.groups.len(), 4);
+        assert_eq!(
+            spec.groups[0].events,
+            vec![
+                NotifyEvent::MessageNew(vec![FetchAtt::Uid, FetchAtt::Flags]),
+                NotifyEvent::MessageExpunge
+            ]
+        );
+        assert_eq!(
+            spec.groups[1].filter,
+            NotifyFilter::Subtree(vec!["Lists".into(), "Old Stuff".into()])
+        );
+        assert_eq!(spec.groups[2].events[2], NotifyEvent::Other("ANNOTATIONCHANGE".into()));
+        assert!(spec.groups[3].events.is_empty());
+        for bad in [
+            "NOTIFY",
+            "NOTIFY SET",
+            "NOTIFY SET (bogus (MessageNew))",
+            "NOTIFY SET (selected)",
+            "NOTIFY FOO",
+        ] {
+            assert!(parse(format!("a {bad}").as_bytes()).is_err(), "{bad}");
+        }
         assert!(matches!(
             cmd("a STORE 1:3 +FLAGS.SILENT (\\Deleted $Junk)"),
             Cmd::Store { op: FlagOp::Add, silent: true, flags, .. } if flags.len() == 2

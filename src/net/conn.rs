@@ -269,6 +269,16 @@ impl Conn {
         Ok(())
     }
 
+    /// Waits until input is buffered (or `timeout` passes, or the peer closes), consuming
+    /// nothing. Safe to cancel once output is flushed: a read cut short leaves the input
+    /// buffer as it was.
+    pub async fn wait_input(&mut self, timeout: Duration) -> Result<(), ReadError> {
+        if self.pos < self.inbuf.len() {
+            return Ok(());
+        }
+        self.fill(timeout).await
+    }
+
     /// Reads one line of at most `max` bytes including its line ending. A longer line is
     /// skipped through its end and reported as [`Line::TooLong`], so a flood of bytes without a
     /// newline never grows memory past `max`. `timeout` bounds the whole line, not each read:

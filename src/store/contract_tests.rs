@@ -622,6 +622,23 @@ async fn watchers_hear_of_every_change(f: Fixture) {
     // A change elsewhere says nothing here.
     s.deliver(b"y", 1, &[other]).unwrap();
     assert!(!rx.has_changed().unwrap());
+    // The account's list of mailboxes has its own notice (IMAP NOTIFY's MailboxName and
+    // SubscriptionChange), here and on the other handle.
+    let list = crate::store::locks::mailbox_list_notice("a@x.test");
+    let mut names = s.watch(list);
+    let mut remote_names = second.watch(list);
+    s.create_mailbox("a@x.test", "Lists", None).unwrap();
+    changed(&mut names, "a new mailbox").await;
+    changed(&mut remote_names, "a new mailbox, on the other handle").await;
+    s.set_subscribed("a@x.test", "Lists", true).unwrap();
+    changed(&mut names, "a subscription").await;
+    s.rename_mailbox("a@x.test", "Lists", "Groups", '/').unwrap();
+    changed(&mut names, "a rename").await;
+    s.delete_mailbox("a@x.test", "Groups").unwrap();
+    changed(&mut names, "a deletion").await;
+    changed(&mut remote_names, "a deletion, on the other handle").await;
+    s.deliver(b"z", 1, &[inbox]).unwrap();
+    assert!(!names.has_changed().unwrap(), "mail is no change to the list");
 }
 
 async fn concurrent_deliveries_get_distinct_consecutive_uids(f: Fixture) {

@@ -19,6 +19,17 @@ impl MaildropLock {
     }
 }
 
+/// The notice id for changes to `account`'s list of mailboxes (created, deleted, renamed,
+/// subscribed or not): watched like a mailbox ([`crate::store::Mailboxes::watch`]). Mailbox
+/// ids never reach 2^63, so these never meet one; two accounts sharing one only wake each
+/// other's watchers needlessly.
+pub fn mailbox_list_notice(account: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    account.to_ascii_lowercase().hash(&mut h);
+    (1 << 63) | (h.finish() >> 1)
+}
+
 /// Change notices per mailbox, kept only for mailboxes someone watches
 /// ([`crate::store::Mailboxes::watch`]); every backend's.
 #[derive(Default)]

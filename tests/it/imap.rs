@@ -1047,3 +1047,110 @@ async fn qresync_reports_what_vanished_and_changed_while_away() {
     let r = a.cmd("qc", "EXPUNGE", "OK").await;
     assert!(r.contains("* VANISHED 3\r\n") && !r.contains(" EXPUNGE\r\n"), "{r}");
 }
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    /// Lines the server sends unasked, up to and including the first that contains `want`.
+    async fn until_line(&mut self, want: &str) -> String {
+        let mut all = String::new();
+        loop {
+            let l = self.line().await;
+            assert!(!l.is_empty(), "closed while waiting for {want:?}; got {all}");
+            all.push_str(&l);
+            if l.contains(want) {
+                return all;
+            }
+        }
+    }
+}
+
+/// NOTIFY (RFC 5465): with nothing asked, a session hears of new mail and flag changes in the
+/// selected mailbox (with the FETCH items it named), of mail in its other mailboxes as
+/// STATUS, and of mailboxes created, renamed, deleted and subscribed elsewhere as LIST.
+#[tokio::test]
+async fn notify_tells_a_waiting_session_what_others_do() {
+    let s = start_server(|_| {}).await;
+    let mut a = raw(s.imap).await;
+    a.login("alice@localhost").await;
+    let r = a.cmd("a0", "CAPABILITY", "OK").await;
+    assert!(r.contains(" NOTIFY"), "{r}");
+    a.cmd("a1", "SELECT INBOX", "OK").await;
+    a.cmd("a2", "NOTIFY SET (SELECTED (MessageNew (FLAGS)))", "BAD").await;
+    a.cmd(
+        "a3",
+        "NOTIFY SET (PERSONAL (MessageNew MessageExpunge AnnotationChange))",
+        "NO",
+    )
+    .await;
+    a.cmd("a4", "NOTIFY SET (PERSONAL (MessageNew (UID) MessageExpunge))", "BAD")
+        .await;
+    let r = a
+        .cmd(
+            "a5",
+            "NOTIFY SET STATUS (SELECTED (MessageNew (UID FLAGS) MessageExpunge FlagChange)) \
+(PERSONAL (MessageNew MessageExpunge FlagChange MailboxName SubscriptionChange))",
+            "OK",
+        )
+        .await;
+    assert!(r.contains("* STATUS Drafts (MESSAGES 0 UIDNEXT 1 UIDVALIDITY "), "{r}");
+    assert!(
+        !r.contains("STATUS INBOX"),
+        "the selected mailbox has its own notices: {r}"
+    );
+    // New mail in the selected mailbox, told unasked, with the FETCH items asked for.
+    transact(&s, "x@example.org", &["alice@localhost"], "pushed", "body").await;
+    let got = a.until_line(" FETCH (").await;
+    assert!(got.contains("* 1 EXISTS\r\n"), "{got}");
+    assert!(got.contains("* 1 FETCH (UID 1 FLAGS ("), "{got}");
+    // Another session's doings.
+    let mut b = raw(s.imap).await;
+    b.login("alice@localhost").await;
+    let msg = "Subject: draft\r\n\r\nx\r\n";
+    b.send(&format!("b1 APPEND Drafts {{{}+}}\r\n{msg}\r\n", msg.len()))
+        .await;
+    b.until("b1").await;
+    let got = a.until_line("STATUS Drafts").await;
+    assert!(
+        got.contains("* STATUS Drafts (MESSAGES 1 UIDNEXT 2 UIDVALIDITY "),
+        "{got}"
+    );
+    assert!(
+        got.contains(" HIGHESTMODSEQ "),
+        "FlagChange asks for HIGHESTMODSEQ: {got}"
+    );
+    b.cmd("b2", "CREATE Projects", "OK").await;
+    let got = a.until_line("Projects").await;
+    assert!(got.contains("* LIST () \"/\" Projects\r\n"), "{got}");
+    b.cmd("b3", "SUBSCRIBE Projects", "OK").await;
+    let got = a.until_line("Projects").await;
+    assert!(got.contains("* LIST (\\Subscribed) \"/\" Projects\r\n"), "{got}");
+    b.cmd("b4", "RENAME Projects Work", "OK").await;
+    let got = a.until_line("OLDNAME").await;
+    assert!(
+        got.contains("* LIST () \"/\" Work (\"OLDNAME\" (Projects))\r\n"),
+        "{got}"
+    );
+    b.cmd("b5", "DELETE Work", "OK").await;
+    let got = a.until_line("NonExistent").await;
+    assert!(got.contains("* LIST (\\NonExistent) \"/\" Work\r\n"), "{got}");
+    // Flags and expunges in the selected mailbox.
+    b.cmd("b6", "SELECT INBOX", "OK").await;
+    b.cmd("b7", "STORE 1 +FLAGS.SILENT (\\Flagged)", "OK").await;
+    let got = a.until_line("FETCH").await;
+    assert!(got.contains("* 1 FETCH (UID 1 FLAGS (\\Flagged"), "{got}");
+    b.cmd("b8", "STORE 1 +FLAGS.SILENT (\\Deleted)", "OK").await;
+    b.cmd("b9", "EXPUNGE", "OK").await;
+    let got = a.until_line("EXPUNGE").await;
+    assert!(got.contains("* 1 EXPUNGE\r\n"), "{got}");
+    // Its own CREATE is not told back to it; another's after it is.
+    a.cmd("a6", "CREATE Own", "OK").await;
+    b.cmd("c1", "CREATE Other", "OK").await;
+    let got = a.until_line("Other").await;
+    assert!(!got.contains("Own"), "{got}");
+    // NOTIFY NONE: quiet again until asked.
+    a.cmd("a7", "NOTIFY NONE", "OK").await;
+    b.send(&format!("c2 APPEND Drafts {{{}+}}\r\n{msg}\r\n", msg.len()))
+        .await;
+    b.until("c2").await;
+    let r = a.cmd("a8", "NOOP", "OK").await;
+    assert!(!r.contains("STATUS"), "{r}");
+}

@@ -13,6 +13,13 @@ impl Session {
             if self.conn.flush().await.is_err() {
                 return Flow::Close;
             }
+            let signal = self.notify_signal();
+            let notified = async {
+                match signal {
+                    Some(s) => s.await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             let mut watch = self.selected.as_ref().map(|s| s.watch.clone());
             let changed = async {
                 match watch.as_mut() {
@@ -43,6 +50,7 @@ impl Session {
                     }
                 }
                 _ = changed => {}
+                _ = notified => self.notify_deliver().await,
                 _ = shutdown.changed() => {
                     self.untagged("BYE Server shutting down");
                     return Flow::Close;

@@ -35,6 +35,7 @@ mod flags;
 mod idle;
 mod login;
 mod mailboxes;
+mod notify;
 mod searching;
 mod select;
 mod sorting;
@@ -127,6 +128,8 @@ pub struct Session {
     condstore: bool,
     /// QRESYNC enabled (RFC 7162 §3.2): VANISHED instead of EXPUNGE.
     qresync: bool,
+    /// What NOTIFY (RFC 5465) asked for.
+    notify: Option<notify::State>,
     /// A BYE went out (the selected mailbox was deleted under us): close after this command.
     bye: bool,
     cfg: crate::config::Imap,
@@ -263,6 +266,7 @@ impl Session {
             rev2: false,
             condstore: false,
             qresync: false,
+            notify: None,
             bye: false,
             cfg,
         }
@@ -319,6 +323,7 @@ impl Session {
                 "CATENATE",
                 "URLAUTH",
                 "URLAUTH=BINARY",
+                "NOTIFY",
                 "STATUS=SIZE",
             ]);
         }
@@ -361,6 +366,36 @@ impl Session {
         self.untagged(&greeting);
         let mut shutdown = self.shared.shutdown.clone();
         loop {
+            // With NOTIFY, changes are told between commands as they happen: wait for input
+            // or a change, whichever comes first (consuming no input, so nothing of a
+            // command can be lost to a notice).
+            if let Some(signal) = self.notify_signal().filter(|_| self.conn.buffered().is_empty()) {
+                if self.conn.flush().await.is_err() {
+                    break;
+                }
+                let wait = self.timeout();
+                tokio::select! {
+                    r = self.conn.wait_input(wait) => match r {
+                        Ok(()) => {}
+                        Err(ReadError::Timeout) => {
+                            self.untagged("BYE Autologout; idle for too long");
+                            break;
+                        }
+                        Err(_) => break,
+                    },
+                    _ = signal => {
+                        self.notify_deliver().await;
+                        if self.bye {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ = shutdown.changed() => {
+                        self.untagged("BYE Server shutting down");
+                        break;
+                    }
+                }
+            }
             let input = tokio::select! {
                 r = self.read_command() => r,
                 _ = shutdown.changed() => {
@@ -480,6 +515,10 @@ impl Session {
         if uid && self.selected.is_some() {
             self.sync(true);
         }
+        let list_change = matches!(
+            c.cmd,
+            Cmd::Create(_) | Cmd::Delete(_) | Cmd::Rename(..) | Cmd::Subscribe(_) | Cmd::Unsubscribe(_)
+        );
         let result = match (self.user.is_some(), self.selected.is_some(), c.cmd) {
             (_, _, Cmd::Capability) => {
                 let caps = self.capabilities();
@@ -537,6 +576,7 @@ impl Session {
             (true, _, Cmd::GenUrlAuth(pairs)) => self.gen_url_auth(&pairs),
             (true, _, Cmd::ResetKey { mailbox, mechanisms }) => self.reset_key(mailbox.as_deref(), &mechanisms),
             (true, _, Cmd::UrlFetch(items)) => self.url_fetch(&items),
+            (true, _, Cmd::Notify(spec)) => self.notify_command(spec),
             (true, false, _) => bad("No mailbox selected"),
             (true, true, Cmd::Check) => Ok("CHECK completed".into()),
             (true, true, Cmd::Close) => self.close(true).await,
@@ -573,6 +613,9 @@ impl Session {
         if self.selected.is_some() {
             self.sync(expunge_ok);
             self.refresh_contexts();
+        }
+        if list_change {
+            self.notify_own_list_change();
         }
         match result {
             Ok(text) => self.conn.write(format!("{tag} OK {text}\r\n").as_bytes()),

@@ -4,6 +4,7 @@
 //! ascending id order, so concurrent transactions from any node cannot deadlock.
 
 use super::*;
+use crate::store::locks::mailbox_list_notice;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
@@ -427,7 +428,10 @@ impl Mailboxes for PgStore {
             if query!(t, "SELECT 1 FROM accounts WHERE address = $1 FOR SHARE", &[&account])?.is_empty() {
                 return Err(StoreError::NotFound(format!("account {account}")));
             }
-            Ok((new_mailbox(t, account, name, special_use).await?, Vec::new()))
+            Ok((
+                new_mailbox(t, account, name, special_use).await?,
+                vec![mailbox_list_notice(account)],
+            ))
         })
     }
 
@@ -446,7 +450,7 @@ impl Mailboxes for PgStore {
             };
             let mailbox = row.get::<_, i64>(0) as u64;
             remove_mailbox(t, mailbox).await?;
-            Ok(((), vec![mailbox]))
+            Ok(((), vec![mailbox, mailbox_list_notice(account)]))
         })
     }
 
@@ -488,7 +492,7 @@ impl Mailboxes for PgStore {
                 let mut inbox = source.clone();
                 inbox.highestmodseq += 1;
                 save_mailbox(t, &inbox).await?;
-                return Ok(((), vec![source.id]));
+                return Ok(((), vec![source.id, mailbox_list_notice(account)]));
             }
             let prefix = format!("{}{delimiter}", source.name);
             let sql = format!("SELECT {MAILBOX_COLUMNS} FROM mailboxes WHERE account = $1 ORDER BY id FOR UPDATE");
@@ -510,7 +514,7 @@ impl Mailboxes for PgStore {
                     Err(e) => return Err(pg(e)),
                 }
             }
-            Ok(((), Vec::new()))
+            Ok(((), vec![mailbox_list_notice(account)]))
         })
     }
 
@@ -541,7 +545,7 @@ impl Mailboxes for PgStore {
                     &[&account, &name]
                 )?;
             }
-            Ok(((), Vec::new()))
+            Ok(((), vec![mailbox_list_notice(account)]))
         })
     }
 

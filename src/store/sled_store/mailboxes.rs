@@ -1,6 +1,7 @@
 //! Mailboxes, subscriptions and change notices.
 
 use super::*;
+use crate::store::locks::mailbox_list_notice;
 
 impl Mailboxes for SledStore {
     fn mailbox(&self, account: &str, name: &str) -> Result<Option<MailboxMeta>> {
@@ -45,6 +46,7 @@ impl Mailboxes for SledStore {
         let id = self.reserve_ids(&mut batch, "mailbox", 1)?;
         let meta = Inner::new_mailbox(&mut batch, id, account, name, special_use);
         self.apply(batch)?;
+        self.notify([mailbox_list_notice(account)]);
         Ok(meta)
     }
 
@@ -62,7 +64,7 @@ impl Mailboxes for SledStore {
         let changes: Vec<_> = unref.into_iter().map(|b| (b, -1)).collect();
         let gone = self.adjust_refs(&mut batch, &changes)?;
         self.apply_with(batch, gone)?;
-        self.notify([meta.id]);
+        self.notify([meta.id, mailbox_list_notice(account)]);
         Ok(())
     }
 
@@ -96,7 +98,7 @@ impl Mailboxes for SledStore {
             batch.insert(keys::mailbox(id), json(&target));
             batch.insert(keys::mailbox(inbox.id), json(&inbox));
             self.apply(batch)?;
-            self.notify([source.id]);
+            self.notify([source.id, mailbox_list_notice(account)]);
             return Ok(());
         }
         let prefix = format!("{}{delimiter}", source.name);
@@ -116,7 +118,9 @@ impl Mailboxes for SledStore {
             mb.name = new_name;
             batch.insert(keys::mailbox(mb.id), json(&mb));
         }
-        self.apply(batch)
+        self.apply(batch)?;
+        self.notify([mailbox_list_notice(account)]);
+        Ok(())
     }
 
     fn subscriptions(&self, account: &str) -> Result<Vec<String>> {
@@ -142,7 +146,9 @@ impl Mailboxes for SledStore {
         } else {
             batch.remove(keys::subscription(account, name));
         }
-        self.apply(batch)
+        self.apply(batch)?;
+        self.notify([mailbox_list_notice(account)]);
+        Ok(())
     }
 
     fn watch(&self, mailbox: MailboxId) -> tokio::sync::watch::Receiver<u64> {
