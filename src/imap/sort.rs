@@ -72,7 +72,10 @@ pub struct Keys {
     /// The Date header, or INTERNALDATE when it has none that parses (RFC 5256 §2.2).
     pub sent: i64,
     pub size: u64,
+    /// The base subject.
     pub subject: String,
+    /// The subject is a reply or forward (it had `Re:`, `Fwd:`, ... taken off).
+    pub reply: bool,
     /// addr-mailbox of the first address of each field (RFC 5256 §3).
     pub from: String,
     pub to: String,
@@ -94,6 +97,14 @@ pub fn casemap(s: &str) -> String {
 
 /// The base subject (RFC 5256 §2.1) of an already decoded subject, case-folded.
 pub fn base_subject(subject: &str) -> String {
+    base_subject_reply(subject).0
+}
+
+/// The base subject, and whether getting it took away a reply or forward mark (`Re:`,
+/// `Fwd:`, a `(fwd)` trailer, a `[fwd: ...]` wrapper): what THREAD REFERENCES step 5 calls a
+/// reply (RFC 5256 §2.1 and §4).
+pub fn base_subject_reply(subject: &str) -> (String, bool) {
+    let mut reply = false;
     // (1) Whitespace runs become one space.
     let mut s: String = subject.split_whitespace().collect::<Vec<_>>().join(" ");
     loop {
@@ -103,6 +114,7 @@ pub fn base_subject(subject: &str) -> String {
             let lower = t.to_ascii_lowercase();
             if lower.ends_with("(fwd)") {
                 s = t[..t.len() - 5].to_string();
+                reply = true;
             } else {
                 s = t.to_string();
                 break;
@@ -111,7 +123,9 @@ pub fn base_subject(subject: &str) -> String {
         // (3)-(5) Leading "re:", "fw:", "fwd:" (with optional [blob]s) and [blob]s.
         loop {
             let before = s.clone();
-            s = strip_leader(&s);
+            let stripped = strip_leader(&s);
+            reply |= stripped != s;
+            s = stripped;
             if let Some(rest) = strip_blob(&s)
                 && !rest.trim().is_empty()
             {
@@ -125,11 +139,12 @@ pub fn base_subject(subject: &str) -> String {
         let lower = s.to_ascii_lowercase();
         if lower.starts_with("[fwd:") && s.ends_with(']') {
             s = s[5..s.len() - 1].trim().to_string();
+            reply = true;
             continue;
         }
         break;
     }
-    casemap(&s)
+    (casemap(&s), reply)
 }
 
 /// `[blob]` at the start: the rest after it.
@@ -422,70 +437,77 @@ pub fn references(items: &[(u32, &Keys)]) -> Vec<Thread> {
         n.and_then(|n| keys_of.get(&n))
             .map_or(String::new(), |k| k.subject.clone())
     };
-    let is_reply = |t: &Thread| -> bool {
-        t.msg
-            .and_then(|n| keys_of.get(&n))
-            .is_some_and(|k| !k.references.is_empty())
-    };
-    let mut by_subject: HashMap<String, usize> = HashMap::new();
-    let mut merged: Vec<Thread> = Vec::new();
-    for t in threads {
-        let subject = subject_of(&t);
-        if subject.is_empty() {
-            merged.push(t);
+    let is_reply = |t: &Thread| -> bool { t.msg.and_then(|n| keys_of.get(&n)).is_some_and(|k| k.reply) };
+    // (4) The roots by sent date (a placeholder by its first child's), before they gather.
+    threads.sort_by_key(|t| date(t));
+    // (5B) Per base subject, the root the others gather under: a placeholder before a
+    // message, a message that is not a reply before one that is.
+    let subjects: Vec<String> = threads.iter().map(&subject_of).collect();
+    let mut table: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in threads.iter().enumerate() {
+        if subjects[i].is_empty() {
             continue;
         }
-        match by_subject.get(&subject).copied() {
+        match table.get(subjects[i].as_str()).copied() {
             None => {
-                by_subject.insert(subject, merged.len());
-                merged.push(t);
+                table.insert(&subjects[i], i);
             }
-            Some(i) => {
-                let old = std::mem::replace(
-                    &mut merged[i],
-                    Thread {
-                        msg: None,
-                        children: Vec::new(),
-                    },
-                );
-                merged[i] = match (old.msg.is_none(), t.msg.is_none()) {
-                    // Both placeholders: one holds the other's children.
-                    (true, true) => {
-                        let mut o = old;
-                        o.children.extend(t.children);
-                        o
-                    }
-                    // One placeholder: the other becomes its child.
-                    (true, false) => {
-                        let mut o = old;
-                        o.children.push(t);
-                        o
-                    }
-                    (false, true) => {
-                        let mut n = t;
-                        n.children.push(old);
-                        n
-                    }
-                    // A reply ("Re:") goes under the original.
-                    (false, false) if is_reply(&t) && !is_reply(&old) => {
-                        let mut o = old;
-                        o.children.push(t);
-                        o
-                    }
-                    (false, false) if is_reply(&old) && !is_reply(&t) => {
-                        let mut n = t;
-                        n.children.push(old);
-                        n
-                    }
-                    // Otherwise both go under a new placeholder.
-                    (false, false) => Thread {
-                        msg: None,
-                        children: vec![old, t],
-                    },
-                };
-                sort_children(&mut merged[i], &date);
+            Some(j) => {
+                let cur = &threads[j];
+                let better = (cur.msg.is_some() && t.msg.is_none())
+                    || (cur.msg.is_some() && t.msg.is_some() && is_reply(cur) && !is_reply(t));
+                if better {
+                    table.insert(&subjects[i], i);
+                }
             }
         }
+    }
+    // (5C) Every other root with that subject joins it.
+    let mut slots: Vec<Option<Thread>> = threads.into_iter().map(Some).collect();
+    for i in 0..slots.len() {
+        let Some(&j) = table.get(subjects[i].as_str()) else {
+            continue;
+        };
+        if i == j {
+            continue;
+        }
+        let Some(t) = slots[i].take() else { continue };
+        let Some(target) = slots[j].take() else { continue };
+        let joined = match (target.msg.is_none(), t.msg.is_none()) {
+            // Both placeholders: one holds the other's children.
+            (true, true) => {
+                let mut o = target;
+                o.children.extend(t.children);
+                o
+            }
+            // A placeholder takes the message as one more child.
+            (true, false) => {
+                let mut o = target;
+                o.children.push(t);
+                o
+            }
+            (false, true) => {
+                let mut n = t;
+                n.children.push(target);
+                n
+            }
+            // A reply goes under the message it replies to (by subject).
+            (false, false) if is_reply(&t) && !is_reply(&target) => {
+                let mut o = target;
+                o.children.push(t);
+                o
+            }
+            // Otherwise both go under a new placeholder, as siblings.
+            (false, false) => Thread {
+                msg: None,
+                children: vec![target, t],
+            },
+        };
+        slots[j] = Some(joined);
+    }
+    let mut merged: Vec<Thread> = slots.into_iter().flatten().collect();
+    for t in &mut merged {
+        sort_children(t, &date);
     }
     // (6) Roots by sent date.
     merged.sort_by_key(|t| date(t));
@@ -513,9 +535,11 @@ mod tests {
     }
 
     fn k(sent: i64, subject: &str, id: &str, refs: &[&str]) -> Keys {
+        let (subject, reply) = base_subject_reply(subject);
         Keys {
             sent,
-            subject: base_subject(subject),
+            subject,
+            reply,
             message_id: id.into(),
             references: refs.iter().map(|s| s.to_string()).collect(),
             ..Keys::default()
@@ -576,5 +600,21 @@ mod tests {
         let items = [(1, &a), (2, &b)];
         let out = render(&references(&items));
         assert!(out.contains('1') && out.contains('2'), "{out}");
+    }
+
+    /// RFC 5256 REFERENCES steps 4 and 5: roots gather by subject in sent-date order, under
+    /// the first non-reply; replies ("Fwd:" counts, References or not) become its children,
+    /// another non-reply makes a placeholder of siblings. Dovecot threads the same way.
+    #[test]
+    fn subject_gathering_goes_by_date_and_reply_marks() {
+        let m1 = k(1, "x", "1@x", &[]);
+        let m2 = k(9, "Fwd: x", "2@x", &[]);
+        let m3 = k(10, "[list] x", "3@x", &[]);
+        let m4 = k(5, "Fwd: x", "4@x", &[]);
+        let items = [(1, &m1), (2, &m2), (3, &m3), (4, &m4)];
+        assert_eq!(render(&references(&items)), "((1 (4)(2))(3))");
+        assert_eq!(base_subject_reply("[list] x"), ("x".into(), false));
+        assert_eq!(base_subject_reply("x (fwd)"), ("x".into(), true));
+        assert_eq!(base_subject_reply("[fwd: x]"), ("x".into(), true));
     }
 }

@@ -37,6 +37,7 @@ fn keys_of(raw: &[u8], meta: &MessageMeta) -> Keys {
             .map(|l| l.iter().map(|s| s.trim_matches(['<', '>']).to_string()).collect())
             .unwrap_or_default()
     };
+    let (subject, reply) = sort::base_subject_reply(m.subject().unwrap_or(""));
     let mut references = ids(m.references());
     if references.is_empty() {
         references = ids(m.in_reply_to()).into_iter().take(1).collect();
@@ -45,7 +46,8 @@ fn keys_of(raw: &[u8], meta: &MessageMeta) -> Keys {
         arrival: meta.internal_date,
         sent: m.date().map_or(meta.internal_date, |d| d.to_timestamp()),
         size: meta.size,
-        subject: sort::base_subject(m.subject().unwrap_or("")),
+        subject,
+        reply,
         from,
         to,
         cc,
