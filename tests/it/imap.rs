@@ -374,6 +374,14 @@ async fn concurrent_sessions_see_expunge_only_where_allowed() {
     // A FETCH by sequence number must not carry the EXPUNGE; message 3 is still number 3.
     let r = a.cmd("a2", "FETCH 3 (UID)", "OK").await;
     assert!(!r.contains("EXPUNGE") && r.contains("* 3 FETCH (UID 3)"), "{r}");
+    // The content of the expunged message 2 is gone: the client is told so (RFC 5530), and
+    // what is still there comes back.
+    let r = a.cmd("a2b", "FETCH 1:3 (BODY.PEEK[])", "NO").await;
+    assert!(
+        r.contains("NO [EXPUNGEISSUED]") && r.contains("* 1 FETCH") && r.contains("* 3 FETCH"),
+        "{r}"
+    );
+    assert!(!r.contains("* 2 FETCH"), "{r}");
     let r = a.cmd("a3", "NOOP", "OK").await;
     assert!(r.contains("* 2 EXPUNGE"), "{r}");
     let r = a.cmd("a4", "FETCH 2 (UID)", "OK").await;

@@ -110,6 +110,7 @@ impl Session {
             )
         });
         let mut failed = false;
+        let mut vanished = false;
         for i in idx {
             let (uid_i, meta) = {
                 let e = &self.selected().msgs[i];
@@ -119,7 +120,7 @@ impl Session {
                 match self.blob(&meta) {
                     Some(r) => Some(r),
                     None => {
-                        failed = true; // expunged meanwhile (RFC 2180 §4.1.2)
+                        vanished = true; // expunged meanwhile by another session
                         continue;
                     }
                 }
@@ -161,7 +162,16 @@ impl Session {
             }
         }
         if failed {
-            return no("Some messages could not be fetched (expunged or withheld)");
+            return no("Some messages could not be fetched (withheld by policy)");
+        }
+        // Expunged by another session while we read (RFC 2180 §4.1, RFC 5530): by UID the
+        // message is simply gone (the EXPUNGE follows this command); by sequence number the
+        // client named a message it cannot have, and is told so.
+        if vanished && !uid {
+            return no("[EXPUNGEISSUED] Some of the messages were expunged meanwhile");
+        }
+        if vanished {
+            return Ok("[EXPUNGEISSUED] UID FETCH completed; some messages were expunged meanwhile".into());
         }
         Ok(if uid { "UID FETCH completed" } else { "FETCH completed" }.into())
     }
