@@ -89,10 +89,30 @@ pub struct Keys {
     pub references: Vec<String>,
 }
 
-/// i;unicode-casemap, as near as a simple full case fold gets: lowercase, then titlecase
-/// distinctions gone.
+/// The i;unicode-casemap collation key (RFC 5051 §2): each character to its (simple)
+/// titlecase, then the whole string decomposed (NFKD). Strings compare by these keys' bytes.
 pub fn casemap(s: &str) -> String {
-    s.chars().flat_map(char::to_lowercase).collect()
+    use unicode_normalization::UnicodeNormalization;
+    s.chars().map(titlecase).collect::<String>().nfkd().collect()
+}
+
+/// The simple titlecase mapping: uppercase, except the digraphs that have a titlecase form
+/// of their own, and characters whose uppercase is more than one character (ß), which have
+/// no simple mapping and stay.
+fn titlecase(c: char) -> char {
+    match c {
+        '\u{1C4}'..='\u{1C6}' => '\u{1C5}',
+        '\u{1C7}'..='\u{1C9}' => '\u{1C8}',
+        '\u{1CA}'..='\u{1CC}' => '\u{1CB}',
+        '\u{1F1}'..='\u{1F3}' => '\u{1F2}',
+        _ => {
+            let mut up = c.to_uppercase();
+            match (up.next(), up.next()) {
+                (Some(u), None) => u,
+                _ => c,
+            }
+        }
+    }
 }
 
 /// The base subject (RFC 5256 §2.1) of an already decoded subject, case-folded.
@@ -521,17 +541,31 @@ mod tests {
     #[test]
     fn base_subjects() {
         for (raw, base) in [
-            ("Re: hello", "hello"),
-            ("RE:  Re: [list] Fwd: hello (fwd)", "hello"),
-            ("[fwd: Re: hello]", "hello"),
-            ("Fw[2]: Hello  World", "hello world"),
-            ("[PATCH] fix", "fix"),
-            ("[only a blob]", "[only a blob]"),
+            ("Re: hello", "HELLO"),
+            ("RE:  Re: [list] Fwd: hello (fwd)", "HELLO"),
+            ("[fwd: Re: hello]", "HELLO"),
+            ("Fw[2]: Hello  World", "HELLO WORLD"),
+            ("[PATCH] fix", "FIX"),
+            ("[only a blob]", "[ONLY A BLOB]"),
             ("Re: ", ""),
-            ("Grüße", "grüße"),
         ] {
             assert_eq!(base_subject(raw), base, "{raw}");
         }
+    }
+
+    /// i;unicode-casemap (RFC 5051): titlecase then NFKD, so case and composition do not
+    /// matter, and `_` sorts after letters as in Dovecot (uppercase keys), not before.
+    #[test]
+    fn unicode_casemap() {
+        assert_eq!(casemap("Grüße"), casemap("GRU\u{308}ßE"));
+        assert_eq!(casemap("ǆemal"), casemap("Ǆemal"));
+        assert_eq!(
+            casemap("ﬁ"),
+            "fi",
+            "a compatibility ligature decomposes (after titlecasing)"
+        );
+        assert_ne!(casemap("ß"), casemap("ss"), "no full case folding in RFC 5051");
+        assert!(casemap("ab") < casemap("a_b"));
     }
 
     fn k(sent: i64, subject: &str, id: &str, refs: &[&str]) -> Keys {
@@ -613,8 +647,8 @@ mod tests {
         let m4 = k(5, "Fwd: x", "4@x", &[]);
         let items = [(1, &m1), (2, &m2), (3, &m3), (4, &m4)];
         assert_eq!(render(&references(&items)), "((1 (4)(2))(3))");
-        assert_eq!(base_subject_reply("[list] x"), ("x".into(), false));
-        assert_eq!(base_subject_reply("x (fwd)"), ("x".into(), true));
-        assert_eq!(base_subject_reply("[fwd: x]"), ("x".into(), true));
+        assert_eq!(base_subject_reply("[list] x"), ("X".into(), false));
+        assert_eq!(base_subject_reply("x (fwd)"), ("X".into(), true));
+        assert_eq!(base_subject_reply("[fwd: x]"), ("X".into(), true));
     }
 }
