@@ -82,6 +82,8 @@ pub struct Server {
     /// How long a write to a client may make no progress (a client that stopped reading)
     /// before the session ends and its slot and locks are released.
     pub write_timeout_secs: u64,
+    /// How long a client's TLS handshake may take (implicit TLS or STARTTLS).
+    pub tls_handshake_timeout_secs: u64,
 }
 
 impl Default for Server {
@@ -93,6 +95,7 @@ impl Default for Server {
             shutdown_grace_secs: 30,
             recipient_delimiter: "+".into(),
             write_timeout_secs: 300,
+            tls_handshake_timeout_secs: 30,
         }
     }
 }
@@ -607,6 +610,10 @@ impl Config {
         let p = &self.pop3;
         for (key, v) in [
             ("server.write_timeout_secs", self.server.write_timeout_secs),
+            (
+                "server.tls_handshake_timeout_secs",
+                self.server.tls_handshake_timeout_secs,
+            ),
             ("pop3.idle_timeout_secs", p.idle_timeout_secs),
             ("pop3.max_bad_commands", p.max_bad_commands as u64),
             ("imap.max_bad_commands", self.imap.max_bad_commands as u64),

@@ -107,6 +107,7 @@ pub struct Conn {
     outbuf: Vec<u8>,
     scratch: Box<[u8]>,
     write_timeout: Duration,
+    handshake_timeout: Duration,
     /// A write failed or timed out: every later one fails at once (the session is ending;
     /// it must not wait out the timeout again for its goodbye).
     write_failed: bool,
@@ -134,6 +135,7 @@ impl Conn {
             outbuf: Vec::with_capacity(1024),
             scratch: vec![0; READ_CHUNK].into_boxed_slice(),
             write_timeout: WRITE_TIMEOUT,
+            handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             write_failed: false,
         }
     }
@@ -142,6 +144,11 @@ impl Conn {
     /// session, which ends on a failed write, with it).
     pub fn set_write_timeout(&mut self, d: Duration) {
         self.write_timeout = d;
+    }
+
+    /// How long a TLS handshake (implicit TLS or STARTTLS) may take before the session ends.
+    pub fn set_handshake_timeout(&mut self, d: Duration) {
+        self.handshake_timeout = d;
     }
 
     pub fn is_tls(&self) -> bool {
@@ -172,7 +179,7 @@ impl Conn {
                 return Err(io::Error::other("TLS is not available on this stream"));
             }
         };
-        let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        let tls = tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         self.stream = Stream::Tls(Box::new(tls));

@@ -271,6 +271,7 @@ async fn accept_loop(
             let _alive = alive;
             let mut conn = Conn::plain(tcp);
             conn.set_write_timeout(Duration::from_secs(shared.config.server.write_timeout_secs));
+            conn.set_handshake_timeout(Duration::from_secs(shared.config.server.tls_handshake_timeout_secs));
             let Ok(permit) = permit else {
                 conn.write(match protocol {
                     Protocol::Pop3 => b"-ERR [SYS/TEMP] Too many connections, try again later\r\n",

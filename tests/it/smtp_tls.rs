@@ -112,3 +112,78 @@ async fn no_starttls_on_a_plain_listener() {
     assert!(!ehlo.contains("STARTTLS"));
     c.cmd("STARTTLS", "454 4.7.0").await;
 }
+
+/// Reads until the peer closes; what it sent on the way (a refusal, say).
+async fn read_to_close(t: &mut TcpStream, within: std::time::Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(within, async {
+        let mut buf = [0u8; 512];
+        loop {
+            match t.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection");
+    got
+}
+
+/// A TLS handshake flood: connections that start a handshake and stall hold a slot only
+/// until `tls_handshake_timeout_secs`; past `max_connections_per_ip` more are refused at once;
+/// a client from elsewhere is served meanwhile, and the flooding address gets its slots back.
+#[tokio::test]
+async fn stalled_tls_handshakes_are_cut_off_and_starve_no_one() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let s = start_server(|c| {
+        for l in &mut c.listeners {
+            if l.protocol == Protocol::Imap {
+                l.tls = TlsMode::Implicit;
+            }
+        }
+        c.imap.max_connections_per_ip = 4;
+        c.server.tls_handshake_timeout_secs = 1;
+    })
+    .await;
+    // Twelve connections that send the start of a ClientHello and nothing more.
+    let mut stalled = Vec::new();
+    for _ in 0..12 {
+        let mut t = TcpStream::connect(s.imap).await.unwrap();
+        t.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+        stalled.push(t);
+    }
+    // Another address is served at once, handshake and all.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = sock.connect(s.imap).await.unwrap();
+    let tls = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connector(&s.cert_path()).connect("localhost".try_into().unwrap(), tcp),
+    )
+    .await
+    .expect("handshake while the flood lasts")
+    .unwrap();
+    let mut other = BufReader::new(tls);
+    let mut greeting = String::new();
+    other.read_line(&mut greeting).await.unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+    // Every stalled connection is closed: eight at once with a refusal, four by the timeout.
+    let mut refused = 0;
+    for t in &mut stalled {
+        let got = read_to_close(t, std::time::Duration::from_secs(10)).await;
+        refused += usize::from(got.starts_with(b"* BYE [UNAVAILABLE]"));
+    }
+    assert_eq!(refused, 8);
+    // The slots are free again for the flooding address.
+    let tcp = TcpStream::connect(s.imap).await.unwrap();
+    let tls = connector(&s.cert_path())
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("a slot is free again");
+    let mut again = BufReader::new(tls);
+    let mut greeting = String::new();
+    again.read_line(&mut greeting).await.unwrap();
+    assert!(greeting.starts_with("* OK"), "{greeting}");
+}
