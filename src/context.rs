@@ -25,8 +25,8 @@ pub struct Shared {
     pub verifier: crate::queue::verify::Verifier,
     /// SPF/DKIM/DMARC checks (when there is DNS).
     pub origin: Option<Arc<crate::spam::origin::Origin>>,
-    /// SORT/THREAD keys read from stored headers, for every IMAP session.
-    pub sort_keys: Arc<crate::imap::sort::KeyCache>,
+    /// What a protocol keeps for the whole server (IMAP's SORT/THREAD keys), by type.
+    pub state: ServerState,
     /// Which messages are still `\Recent` to IMAP sessions.
     pub recent: crate::store::locks::RecentClaims,
     /// Junk/not-Junk judgements from IMAP moves, for the spam filter's training.
@@ -35,6 +35,24 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Where data-stage chains run (`[policies] threads`).
     pub chains: crate::hooks::threads::Chains,
+}
+
+/// State a protocol keeps for the whole server, one value per type, made on first use: a
+/// layer above this one hangs its own state here without this layer knowing its types.
+#[derive(Default)]
+pub struct ServerState(
+    std::sync::Mutex<std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>,
+);
+
+impl ServerState {
+    /// The server's `T`.
+    pub fn get<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        entry.clone().downcast::<T>().unwrap_or_else(|_| Arc::new(T::default()))
+    }
 }
 
 /// Opens the store `config` names: sled in `server.data_dir`, or the PostgreSQL database of

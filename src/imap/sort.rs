@@ -35,7 +35,7 @@ pub enum ThreadAlgorithm {
 /// Sort keys of messages any session has sorted, by (mailbox id, UID): a stored message never
 /// changes and a UID is never reused in a mailbox, so a key read once holds for every session
 /// of the server and every later SORT or THREAD. Bounded: past [`KeyCache::MAX`] entries it
-/// starts over. One per server (`Shared::sort_keys`), like the store whose ids it uses.
+/// starts over. One per server (in `Shared::state`), like the store whose ids it uses.
 #[derive(Default)]
 pub struct KeyCache(std::sync::Mutex<std::collections::HashMap<(u64, u32), std::sync::Arc<Keys>>>);
 

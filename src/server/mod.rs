@@ -100,7 +100,7 @@ pub async fn start(config: Config) -> Result<Running> {
         queue: Default::default(),
         verifier: crate::queue::verify::Verifier::new(config.clone(), resolver.clone()),
         origin,
-        sort_keys: Default::default(),
+        state: Default::default(),
         recent: crate::store::locks::RecentClaims::new(crate::store::now_secs()),
         learn: crate::spam::learn_sink(),
         shutdown: shutdown_rx.clone(),

@@ -63,7 +63,7 @@ impl Session {
     /// from the stored header.
     fn sort_keys(&mut self, idx: &[usize]) -> Vec<Arc<Keys>> {
         let store = self.shared.store.clone();
-        let cache = self.shared.sort_keys.clone();
+        let cache = self.shared.state.get::<sort::KeyCache>();
         let sel = self.selected();
         let mailbox = sel.mailbox.id;
         let mut out = cache.get(mailbox, idx.iter().map(|&i| sel.msgs[i].uid));
