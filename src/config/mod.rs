@@ -203,6 +203,9 @@ pub struct Dns {
     pub servers: Vec<SocketAddr>,
     /// Per lookup.
     pub timeout_ms: u64,
+    /// Everything one message looks up at the end of DATA (SPF/DKIM/DMARC and every policy's
+    /// lookups) together; past it lookups are temporary failures and the message goes on.
+    pub message_budget_ms: u64,
 }
 
 impl Default for Dns {
@@ -210,6 +213,7 @@ impl Default for Dns {
         Dns {
             servers: Vec::new(),
             timeout_ms: 2000,
+            message_budget_ms: 8000,
         }
     }
 }

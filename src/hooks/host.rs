@@ -153,17 +153,28 @@ impl HostServices {
         };
         let timeout = self.dns_timeout;
         let what = format!("DNS {kind} {name}");
-        self.dns_cache
-            .get(&kind, name, || async move {
-                match tokio::time::timeout(timeout, lookup).await {
-                    Ok(a) => a,
-                    Err(_) => Answer {
-                        result: Err(format!("{what}: timed out")),
-                        until: until(FAILURE_TTL),
-                    },
-                }
-            })
-            .await
+        // The message's shared DNS time bounds the wait, not the query: a lookup others
+        // share runs on for them and for the cache.
+        let deadline = super::dns_budget::deadline();
+        if deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+            return Err(super::dns_budget::spent(&what));
+        }
+        let what_spent = what.clone();
+        let answer = self.dns_cache.get(&kind, name, || async move {
+            match tokio::time::timeout(timeout, lookup).await {
+                Ok(a) => a,
+                Err(_) => Answer {
+                    result: Err(format!("{what}: timed out")),
+                    until: until(FAILURE_TTL),
+                },
+            }
+        });
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, answer)
+                .await
+                .unwrap_or_else(|_| Err(super::dns_budget::spent(&what_spent))),
+            None => answer.await,
+        }
     }
 
     fn kv_key(plugin: &str, key: &str) -> String {

@@ -10,6 +10,7 @@
 
 pub mod analyzers;
 pub mod contract;
+pub mod dns_budget;
 pub mod dns_cache;
 pub mod host;
 pub mod lua;

@@ -34,20 +34,21 @@ impl Chains {
 
     /// Parses `raw` into `event.message` and runs `set`'s chain for `hook` over `event`, here
     /// or on the next chain thread (the parser's code and tables stay warm there too, and the
-    /// I/O worker is spared it). Gives `raw` back.
+    /// I/O worker is spared it), within the message's DNS deadline. Gives `raw` back.
     pub async fn parse_and_run(
         &self,
         set: &Arc<PolicySet>,
         hook: Hook,
         event: &mut Event,
         raw: Vec<u8>,
+        dns_deadline: Option<tokio::time::Instant>,
     ) -> (Outcome, Vec<u8>) {
         match self {
             Chains::Inline => {
                 event.message = Some(Arc::new(parse_message(&raw)));
-                (set.run(hook, event).await, raw)
+                (super::dns_budget::within(dns_deadline, set.run(hook, event)).await, raw)
             }
-            Chains::Threads(t) => t.parse_and_run(set.clone(), hook, event, raw).await,
+            Chains::Threads(t) => t.parse_and_run(set.clone(), hook, event, raw, dns_deadline).await,
         }
     }
 }
@@ -82,12 +83,13 @@ impl ChainThreads {
         hook: Hook,
         event: &mut Event,
         raw: Vec<u8>,
+        dns_deadline: Option<tokio::time::Instant>,
     ) -> (Outcome, Vec<u8>) {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.runtimes.len();
         let mut ev = std::mem::take(event);
         let task = self.runtimes[i].spawn(async move {
             ev.message = Some(Arc::new(parse_message(&raw)));
-            let out = set.run(hook, &mut ev).await;
+            let out = super::dns_budget::within(dns_deadline, set.run(hook, &mut ev)).await;
             (ev, out, raw)
         });
         match task.await {

@@ -75,6 +75,8 @@ struct HostState {
     limits: StoreLimits,
     plugin: Arc<Shared>,
     dns_left: u32,
+    /// The message's shared DNS deadline, taken when the call began ([`super::dns_budget`]).
+    dns_deadline: Option<tokio::time::Instant>,
     /// The message of the event being handled, for the analyzer imports.
     message: Option<Arc<contract::Message>>,
 }
@@ -143,13 +145,13 @@ impl mailgate::policy::host::Host for HostState {
     fn dns(&mut self, kind: String, name: String) -> Result<Vec<String>, String> {
         self.take_dns_budget()?;
         let host = self.plugin.host.clone();
-        self.block_on(host.dns(&kind, &name))?
+        self.block_on(super::dns_budget::within(self.dns_deadline, host.dns(&kind, &name)))?
     }
 
     fn dnsbl(&mut self, target: String, zone: String) -> Result<Vec<String>, String> {
         self.take_dns_budget()?;
         let host = self.plugin.host.clone();
-        self.block_on(host.dnsbl(&target, &zone))?
+        self.block_on(super::dns_budget::within(self.dns_deadline, host.dnsbl(&target, &zone)))?
     }
 
     fn bayes(&mut self) -> Option<String> {
@@ -240,6 +242,7 @@ impl Inner {
                 .build(),
             plugin: self.shared.clone(),
             dns_left: m.dns_lookups,
+            dns_deadline: None,
             message: None,
         };
         let mut store = Store::new(engine(), state);
@@ -256,6 +259,7 @@ impl Inner {
     fn invoke<T>(
         &self,
         message: Option<Arc<contract::Message>>,
+        dns_deadline: Option<tokio::time::Instant>,
         f: impl FnOnce(&Policy, &mut Store<HostState>) -> wasmtime::Result<T>,
     ) -> Result<T, PluginError> {
         let reused = if self.manifest.fresh_instance {
@@ -279,6 +283,7 @@ impl Inner {
             }
         };
         inst.store.data_mut().message = message;
+        inst.store.data_mut().dns_deadline = dns_deadline;
         // A host function that panics unwinds through the guest to here. The one known
         // case: wasmtime-wasi's blocking stream calls (a guest writing to stdout or stderr,
         // as a Rust guest does when it panics) `block_on` the current tokio runtime, which
@@ -391,7 +396,7 @@ impl WasmPlugin {
             }),
         });
         let described = inner
-            .invoke(None, |p, s| p.call_describe(s))
+            .invoke(None, None, |p, s| p.call_describe(s))
             .map_err(|e| format!("{shown}: describe() failed: {e}"))?;
         let d: Description =
             serde_json::from_str(&described).map_err(|e| format!("{shown}: describe() returned bad JSON: {e}"))?;
@@ -433,7 +438,13 @@ impl WasmPlugin {
         let record = event.message.as_ref().map(|m| cache.get(m, self.message_fields));
         let inner = self.inner.clone();
         let message = event.message.clone();
-        let run = move || inner.invoke(message, |p, s| p.call_handle(s, &record_event, record.as_deref()));
+        // Taken here, in the chain's task: the call may run on the blocking pool.
+        let dns_deadline = super::dns_budget::deadline();
+        let run = move || {
+            inner.invoke(message, dns_deadline, |p, s| {
+                p.call_handle(s, &record_event, record.as_deref())
+            })
+        };
         // On the multi-threaded runtime the call simply runs here: it is bounded by fuel and
         // the epoch deadline, and most calls take microseconds, less than any hand-off (a
         // DNS host call, which waits, moves the worker's other tasks away first). On other

@@ -293,7 +293,10 @@ impl Context<'_> {
     /// header edits. `helo` and the scope's envelope are what SPF is checked against.
     pub async fn data(&self, session: &Session, scope: &mut Scope, raw: Vec<u8>) -> Result<Accepted, Refusal> {
         let mut raw = raw;
-        let auth_header = self.authenticate(session, scope, &raw).await;
+        // One DNS deadline for everything this message looks up (`[dns] message_budget_ms`).
+        let dns_deadline =
+            Some(tokio::time::Instant::now() + std::time::Duration::from_millis(self.config.dns.message_budget_ms));
+        let auth_header = crate::hooks::dns_budget::within(dns_deadline, self.authenticate(session, scope, &raw)).await;
         // Parsed already by a caller that needed it too (`decide`'s callers), or not yet.
         let mut message = scope.event.message.take();
         if self.wants(scope, Stage::Data) {
@@ -304,7 +307,9 @@ impl Context<'_> {
             ev.recipient = None;
             let out = match self.chains {
                 Some(chains) => {
-                    let (out, back) = chains.parse_and_run(self.policies, Hook::Receive, ev, raw).await;
+                    let (out, back) = chains
+                        .parse_and_run(self.policies, Hook::Receive, ev, raw, dns_deadline)
+                        .await;
                     raw = back;
                     out
                 }
@@ -314,7 +319,7 @@ impl Context<'_> {
                             .take()
                             .unwrap_or_else(|| Arc::new(crate::mail::parse_message(&raw))),
                     );
-                    self.policies.run(Hook::Receive, ev).await
+                    crate::hooks::dns_budget::within(dns_deadline, self.policies.run(Hook::Receive, ev)).await
                 }
             };
             message = ev.message.take();

@@ -110,7 +110,9 @@ impl Origin {
             None => sender.helo,
         }
         .to_ascii_lowercase();
-        let deadline = tokio::time::Instant::now() + self.timeout;
+        // Our own limit, or the message's DNS time if that ends first.
+        let own = tokio::time::Instant::now() + self.timeout;
+        let deadline = crate::hooks::dns_budget::deadline().map_or(own, |d| d.min(own));
         // Decide: skip (failing), check (answering), wait for a probe, or be the probe.
         let probe = loop {
             let now = std::time::Instant::now();

@@ -115,3 +115,46 @@ end
     // Three messages, one query: the timeout is remembered (30 s), not waited for again.
     assert_eq!(queries.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// One message's DNS time is shared (`[dns] message_budget_ms`): with a name server that
+/// drops every query, a policy asking three lists in a row waits for the budget once; the
+/// lookups after it fail at once as temporary failures, and are not even sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_spends_its_dns_time_once_across_lookups() {
+    use crate::common::*;
+    let (dns, queries) = silent_dns();
+    let policy = r#"
+stages = { "data" }
+function on_receive(e)
+  local spent = 0
+  for _, zone in ipairs({ "one.test", "two.test", "three.test" }) do
+    local ok, err = pcall(mailgate.dnsbl, "192.0.2.7", zone)
+    if not ok and string.find(tostring(err), "message_budget_ms", 1, true) then
+      spent = spent + 1
+    end
+  end
+  return { score = 0.1, symbol = "BUDGET_SPENT_" .. spent }
+end
+"#;
+    // Per lookup 5 s, per plugin call 20 s: only the message's 300 ms can end them early.
+    let manifest = "timeout_ms = 20000\n";
+    let s = start_with_policies(&[("10-lists.lua", policy), ("10-lists.toml", manifest)], |c| {
+        c.dns.servers = vec![dns];
+        c.dns.timeout_ms = 5000;
+        c.dns.message_budget_ms = 300;
+    })
+    .await;
+    let mut c = greeted(s.smtp).await;
+    let r = send_mail(
+        &mut c,
+        "a@example.org",
+        &["alice@localhost"],
+        "Subject: lists\r\n\r\nx\r\n",
+    )
+    .await;
+    assert!(r.starts_with("250"), "{r}");
+    let texts = s.texts("alice@localhost", "INBOX");
+    assert!(texts[0].contains("BUDGET_SPENT_3"), "{}", texts[0]);
+    // The first lookup went out (and waits on for the cache); the others never did.
+    assert_eq!(queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -492,10 +492,10 @@ end"#,
         };
         let (mut inline_ev, mut threaded_ev) = (bare(), bare());
         let (inline, inline_back) = Chains::Inline
-            .parse_and_run(&set, Hook::Receive, &mut inline_ev, raw.clone())
+            .parse_and_run(&set, Hook::Receive, &mut inline_ev, raw.clone(), None)
             .await;
         let (threaded, back) = threads
-            .parse_and_run(&set, Hook::Receive, &mut threaded_ev, raw.clone())
+            .parse_and_run(&set, Hook::Receive, &mut threaded_ev, raw.clone(), None)
             .await;
         assert_eq!(threaded.action, action, "{subject}");
         assert_eq!(
