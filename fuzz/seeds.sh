@@ -12,6 +12,9 @@ done
 for f in "$root"/tests/transcripts/imap/*.txt; do
   grep '^C: ' "$f" | sed 's/^C: //' | while IFS= read -r l; do seed imap_command "$l\r\n"; done
 done
+for f in "$root"/tests/transcripts/pop3/*.txt; do
+  grep '^C: ' "$f" | sed 's/^C: //' | while IFS= read -r l; do seed pop3_command "$l"; done
+done
 # DATA streams: a limit byte, two cut bytes, then the stream.
 seed smtp_data '\x40\x03\x09Subject: a\r\n\r\n..dot\r\nbody\r\n.\r\n'
 seed smtp_data '\x40\x01\x02line\n.\r\n'

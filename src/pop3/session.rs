@@ -171,33 +171,36 @@ impl Session {
     }
 
     async fn command(&mut self, line: &str) -> Flow {
-        let (verb, args) = match line.split_once(' ') {
-            Some((v, a)) => (v.to_ascii_uppercase(), a),
-            None => (line.to_ascii_uppercase(), ""),
+        use super::command::Command as C;
+        let cmd = match super::command::parse(line) {
+            Ok(c) => c,
+            Err(why) => {
+                self.err(&why);
+                return Flow::Continue;
+            }
         };
-        match (&self.state, verb.as_str()) {
-            (_, "CAPA") => self.capa(),
-            (_, "QUIT") => return self.quit().await,
-            (State::Authorization { .. }, "USER") => self.user(args),
-            (State::Authorization { .. }, "PASS") => self.pass(args).await,
-            (State::Authorization { .. }, "AUTH") => self.auth(args).await,
-            (State::Authorization { .. }, "STLS") => return self.stls().await,
-            (State::Authorization { .. }, "APOP") => {
+        let authorization = matches!(self.state, State::Authorization { .. });
+        match cmd {
+            C::Capa => self.capa(),
+            C::Quit => return self.quit().await,
+            C::User(name) if authorization => self.user(&name),
+            C::Pass(password) if authorization => self.pass(&password).await,
+            C::Auth { mechanism, initial } if authorization => self.auth(mechanism, initial).await,
+            C::Stls if authorization => return self.stls().await,
+            C::Apop if authorization => {
                 self.err("APOP is not supported (passwords are stored hashed); use USER/PASS or AUTH over TLS")
             }
-            (State::Authorization { .. }, "STAT" | "LIST" | "RETR" | "DELE" | "NOOP" | "RSET" | "TOP" | "UIDL") => {
-                self.err("Not logged in yet")
-            }
-            (State::Transaction(_), "STAT") => self.stat(),
-            (State::Transaction(_), "LIST") => self.list(args),
-            (State::Transaction(_), "UIDL") => self.uidl(args),
-            (State::Transaction(_), "RETR") => self.retr(args).await,
-            (State::Transaction(_), "TOP") => self.top(args).await,
-            (State::Transaction(_), "DELE") => self.dele(args),
-            (State::Transaction(_), "NOOP") => self.ok(""),
-            (State::Transaction(_), "RSET") => self.rset(),
-            (State::Transaction(_), "USER" | "PASS" | "AUTH" | "STLS" | "APOP") => self.err("Already logged in"),
-            _ => self.err("Unknown command"),
+            C::User(_) | C::Pass(_) | C::Auth { .. } | C::Stls | C::Apop => self.err("Already logged in"),
+            C::Unknown(_) => self.err("Unknown command"),
+            _ if authorization => self.err("Not logged in yet"),
+            C::Stat => self.stat(),
+            C::List(n) => self.list(n),
+            C::Uidl(n) => self.uidl(n),
+            C::Retr(n) => self.retr(n).await,
+            C::Top(n, lines) => self.top(n, lines).await,
+            C::Dele(n) => self.dele(n),
+            C::Noop => self.ok(""),
+            C::Rset => self.rset(),
         }
         Flow::Continue
     }
@@ -228,16 +231,13 @@ impl Session {
         self.shared.auth.plaintext_allowed(self.conn.is_tls(), self.peer.ip())
     }
 
-    fn user(&mut self, args: &str) {
+    fn user(&mut self, name: &str) {
         if !self.plaintext_ok() {
             self.conn.write(PLAINTEXT_REFUSED.as_bytes());
             return;
         }
-        if args.trim().is_empty() {
-            return self.err("Syntax: USER name");
-        }
         self.state = State::Authorization {
-            user: Some(args.trim().to_string()),
+            user: Some(name.to_string()),
         };
         self.ok("Send PASS");
     }
@@ -256,13 +256,11 @@ impl Session {
     }
 
     /// AUTH (RFC 5034): PLAIN or LOGIN, with an optional initial response.
-    async fn auth(&mut self, args: &str) {
-        let mut parts = args.split_whitespace();
-        let Some(mech) = parts.next().map(str::to_ascii_uppercase) else {
+    async fn auth(&mut self, mechanism: Option<String>, initial: Option<String>) {
+        let Some(mech) = mechanism else {
             self.conn.write(b"+OK Mechanisms follow\r\nPLAIN\r\nLOGIN\r\n.\r\n");
             return;
         };
-        let initial = parts.next().map(str::to_string);
         if !matches!(mech.as_str(), "PLAIN" | "LOGIN") {
             return self.err("Unsupported authentication mechanism");
         }
@@ -379,14 +377,13 @@ impl Session {
         }
     }
 
-    /// Resolves a message-number argument to an index, or replies with the error.
-    fn msg_index(&mut self, arg: &str) -> Option<usize> {
+    /// Resolves a message number to an index, or replies with the error.
+    fn msg_index(&mut self, n: usize) -> Option<usize> {
         let d = self.maildrop();
-        let result = match arg.trim().parse::<usize>() {
-            Ok(n) if n >= 1 && n <= d.msgs.len() && d.deleted[n - 1] => Err(format!("Message {n} already deleted")),
-            Ok(n) if n >= 1 && n <= d.msgs.len() => Ok(n - 1),
-            Ok(n) => Err(format!("No such message {n}")),
-            Err(_) => Err("Syntax: a message number is needed".into()),
+        let result = match n {
+            n if n >= 1 && n <= d.msgs.len() && d.deleted[n - 1] => Err(format!("Message {n} already deleted")),
+            n if n >= 1 && n <= d.msgs.len() => Ok(n - 1),
+            n => Err(format!("No such message {n}")),
         };
         match result {
             Ok(i) => Some(i),
@@ -405,9 +402,9 @@ impl Session {
     }
 
     /// LIST and UIDL share their shape: one message, or all undeleted ones.
-    fn listing(&mut self, args: &str, item: impl Fn(&Maildrop, usize) -> String) {
-        if !args.trim().is_empty() {
-            if let Some(i) = self.msg_index(args) {
+    fn listing(&mut self, one: Option<usize>, item: impl Fn(&Maildrop, usize) -> String) {
+        if let Some(n) = one {
+            if let Some(i) = self.msg_index(n) {
                 let text = format!("{} {}", i + 1, item(self.maildrop(), i));
                 self.ok(&text);
             }
@@ -422,13 +419,13 @@ impl Session {
         self.conn.write(out.as_bytes());
     }
 
-    fn list(&mut self, args: &str) {
-        self.listing(args, |d, i| d.msgs[i].size.to_string());
+    fn list(&mut self, one: Option<usize>) {
+        self.listing(one, |d, i| d.msgs[i].size.to_string());
     }
 
-    fn uidl(&mut self, args: &str) {
+    fn uidl(&mut self, one: Option<usize>) {
         // Unique and stable across sessions and restarts: UIDVALIDITY and UID (RFC 1939 §7).
-        self.listing(args, |d, i| format!("{:08x}{:08x}", d.uidvalidity, d.msgs[i].uid));
+        self.listing(one, |d, i| format!("{:08x}{:08x}", d.uidvalidity, d.msgs[i].uid));
     }
 
     /// The message as the client may see it: `on_fetch` policies can hide it or add headers.
@@ -472,8 +469,8 @@ impl Session {
         }
     }
 
-    async fn retr(&mut self, args: &str) {
-        let Some(i) = self.msg_index(args) else { return };
+    async fn retr(&mut self, n: usize) {
+        let Some(i) = self.msg_index(n) else { return };
         let Some(raw) = self.body(i).await else { return };
         self.maildrop().msgs[i].retrieved = true;
         let status = format!("+OK {} octets\r\n", raw.len());
@@ -483,14 +480,7 @@ impl Session {
         });
     }
 
-    async fn top(&mut self, args: &str) {
-        let mut it = args.split_whitespace();
-        let (Some(n), Some(lines), None) = (it.next(), it.next(), it.next()) else {
-            return self.err("Syntax: TOP msg lines");
-        };
-        let Ok(lines) = lines.parse::<usize>() else {
-            return self.err("Syntax: TOP msg lines (lines must be a number)");
-        };
+    async fn top(&mut self, n: usize, lines: usize) {
         let Some(i) = self.msg_index(n) else { return };
         let Some(raw) = self.body(i).await else { return };
         self.conn.write_with(|out| {
@@ -499,8 +489,8 @@ impl Session {
         });
     }
 
-    fn dele(&mut self, args: &str) {
-        let Some(i) = self.msg_index(args) else { return };
+    fn dele(&mut self, n: usize) {
+        let Some(i) = self.msg_index(n) else { return };
         self.maildrop().deleted[i] = true;
         self.ok(&format!("Message {} deleted", i + 1));
     }
