@@ -238,6 +238,9 @@ pub struct Smtp {
     pub command_timeout_secs: u64,
     /// Idle time allowed between two reads inside DATA/BDAT (RFC 5321 §4.5.3.2.5: 3 minutes).
     pub data_timeout_secs: u64,
+    /// Bytes per second a DATA transfer must average (0: no minimum; BDAT chunks have their
+    /// size announced and keep the per-read timeout).
+    pub min_data_rate: u64,
     /// Concurrent SMTP connections over all listeners (421 4.7.0 above it).
     pub max_connections: usize,
     /// Concurrent connections from one client IP (421 4.7.0 above it).
@@ -265,6 +268,7 @@ impl Default for Smtp {
             junk_command_limit: 100,
             command_timeout_secs: 300,
             data_timeout_secs: 180,
+            min_data_rate: 500,
             max_connections: 1000,
             max_connections_per_ip: 50,
             banner: "ESMTP mailgate".into(),

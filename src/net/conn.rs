@@ -322,19 +322,49 @@ impl Conn {
 
     /// Hands buffered input to `sink` (which returns how much it consumed and whether it is
     /// done), reading more as needed.
-    pub async fn read_with<F>(&mut self, timeout: Duration, mut sink: F) -> Result<(), ReadError>
+    pub async fn read_with<F>(&mut self, timeout: Duration, sink: F) -> Result<(), ReadError>
     where
         F: FnMut(&[u8]) -> (usize, bool),
     {
+        self.read_with_rate(timeout, None, sink).await
+    }
+
+    /// [`Conn::read_with`], and with `min_rate` (bytes per second) the whole read must also
+    /// keep up that average: its deadline is `timeout` after the start plus one second per
+    /// `min_rate` bytes received (Postfix's `smtpd_min_data_rate`), so a client trickling a
+    /// byte before each read timeout cannot hold the session for ever.
+    pub async fn read_with_rate<F>(
+        &mut self,
+        timeout: Duration,
+        min_rate: Option<u64>,
+        mut sink: F,
+    ) -> Result<(), ReadError>
+    where
+        F: FnMut(&[u8]) -> (usize, bool),
+    {
+        let start = tokio::time::Instant::now();
+        let mut received: u64 = 0;
         loop {
             if self.pos < self.inbuf.len() {
                 let (used, done) = sink(&self.inbuf[self.pos..]);
                 self.pos += used;
+                received += used as u64;
                 if done {
                     return Ok(());
                 }
             }
-            self.fill(timeout).await?;
+            let wait = match min_rate.filter(|&r| r > 0) {
+                None => timeout,
+                Some(rate) => {
+                    let earned = Duration::from_secs_f64(received as f64 / rate as f64);
+                    let left = (start + timeout + earned).saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(ReadError::Timeout);
+                    }
+                    left.min(timeout)
+                }
+            };
+            self.fill(wait).await?;
         }
     }
 
@@ -404,5 +434,58 @@ mod tests {
         client.write_all(b"NOOP at once\r\n").await.unwrap();
         let r = conn.read_line(512, Duration::from_secs(5)).await.unwrap();
         assert_eq!(r, Line::Ok(b"NOOP at once".to_vec()));
+    }
+
+    /// A read with a minimum rate (DATA): a byte every 4 s never trips the 5 s read timeout,
+    /// but at 10 bytes/s the whole read's deadline is 5 s plus 0.1 s per byte received.
+    #[tokio::test(start_paused = true)]
+    async fn a_trickled_read_is_cut_at_its_minimum_rate() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = Conn::over(server);
+        let trickle = tokio::spawn(async move {
+            for _ in 0..100 {
+                if client.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            }
+        });
+        let start = tokio::time::Instant::now();
+        let mut got = 0;
+        let r = conn
+            .read_with_rate(Duration::from_secs(5), Some(10), |b| {
+                got += b.len();
+                (b.len(), false)
+            })
+            .await;
+        assert!(matches!(r, Err(ReadError::Timeout)), "{r:?}");
+        // Two bytes (at 0 s and 4 s) earn 0.2 s: cut at 5.2 s, before the third at 8 s.
+        assert_eq!(got, 2);
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(5200) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+        drop(conn);
+        trickle.await.unwrap();
+        // Without a rate, the same trickle goes on as long as each byte comes within 5 s.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut conn = Conn::over(server);
+        let feeder = tokio::spawn(async move {
+            for _ in 0..5 {
+                client.write_all(b"x").await.unwrap();
+                tokio::time::sleep(Duration::from_secs(4)).await;
+            }
+            client.write_all(b".").await.unwrap();
+        });
+        let mut seen = Vec::new();
+        conn.read_with(Duration::from_secs(5), |b| {
+            seen.extend_from_slice(b);
+            (b.len(), seen.ends_with(b"."))
+        })
+        .await
+        .unwrap();
+        assert_eq!(seen, b"xxxxx.");
+        feeder.await.unwrap();
     }
 }

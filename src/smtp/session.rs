@@ -711,9 +711,10 @@ impl Session {
         let timeout = Duration::from_secs(self.cfg().data_timeout_secs);
         let mut receiver = DataReceiver::new(limit);
         let mut bare = false;
+        let min_rate = Some(self.cfg().min_data_rate);
         let read = self
             .conn
-            .read_with(timeout, |buf| match receiver.feed(buf) {
+            .read_with_rate(timeout, min_rate, |buf| match receiver.feed(buf) {
                 Progress::NeedMore => (buf.len(), false),
                 Progress::Done { consumed } => (consumed, true),
                 Progress::BareLineEnding => {
