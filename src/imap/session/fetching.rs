@@ -47,9 +47,7 @@ impl Session {
         }
         if vanished {
             // Which of the UIDs asked for are gone (RFC 7162 §3.2.6), before the FETCHes.
-            let sel = self.selected();
-            let upto = sel.mailbox.uidnext.max(sel.max_uid() + 1);
-            if let Some(line) = sel.vanished_earlier(Some(set), upto) {
+            if let Some(line) = self.selected().vanished_earlier(Some(set)) {
                 self.untagged(&line);
             }
         }

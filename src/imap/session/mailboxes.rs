@@ -224,6 +224,16 @@ impl Session {
 
     pub(super) fn status_line(&self, mb: &MailboxMeta, items: &[StatusItem]) -> Result<String, Fail> {
         let msgs = self.shared.store.messages(mb.id)?;
+        Ok(self.status_of(mb, &msgs, items))
+    }
+
+    /// The STATUS items of a mailbox whose messages are `msgs`.
+    pub(super) fn status_of(
+        &self,
+        mb: &MailboxMeta,
+        msgs: &[crate::store::StoredMessage],
+        items: &[StatusItem],
+    ) -> String {
         let mut parts = Vec::new();
         for it in items {
             parts.push(match it {
@@ -248,7 +258,7 @@ impl Session {
                 StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highestmodseq),
             });
         }
-        Ok(parts.join(" "))
+        parts.join(" ")
     }
 
     pub(super) fn status(&mut self, name: &str, items: &[StatusItem]) -> Reply {

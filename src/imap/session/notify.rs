@@ -248,24 +248,25 @@ impl Session {
         let Some(mb) = self.shared.store.mailbox_by_id(id)? else {
             return Ok(());
         };
-        let count = self.shared.store.messages(id)?.len();
+        let msgs = self.shared.store.messages(id)?;
         let state = self.notify_state();
         let Some(w) = state.watched.get_mut(&id) else {
             return Ok(());
         };
-        let now = (count, mb.uidnext, mb.highestmodseq);
+        let now = (msgs.len(), mb.uidnext, mb.highestmodseq);
         let messages_changed = now.0 != w.last.0 || now.1 != w.last.1;
         let report = always || (w.events.messages && messages_changed) || (w.events.flags && now.2 != w.last.2);
         w.last = now;
         if !report {
             return Ok(());
         }
-        let mut items = format!("MESSAGES {} UIDNEXT {} UIDVALIDITY {}", now.0, now.1, mb.uidvalidity);
+        let mut items = vec![StatusItem::Messages, StatusItem::UidNext, StatusItem::UidValidity];
         if w.events.flags {
-            items.push_str(&format!(" HIGHESTMODSEQ {}", now.2));
+            items.push(StatusItem::HighestModSeq);
         }
         let name = w.name.clone();
-        self.write_mailbox_name("* STATUS ", &name, &format!(" ({items})"));
+        let line = self.status_of(&mb, &msgs, &items);
+        self.write_mailbox_name("* STATUS ", &name, &format!(" ({line})"));
         Ok(())
     }
 

@@ -80,8 +80,7 @@ impl Session {
         // QRESYNC (RFC 7162 §3.2.5): what the client missed since its mod-sequence, when its
         // UIDVALIDITY is still ours.
         if let Some(q) = qresync.filter(|q| q.uidvalidity == sel.mailbox.uidvalidity) {
-            let upto = sel.mailbox.uidnext.max(sel.max_uid() + 1);
-            if let Some(line) = sel.vanished_earlier(q.known.as_ref(), upto) {
+            if let Some(line) = sel.vanished_earlier(q.known.as_ref()) {
                 self.untagged(&line);
             }
             let max = sel.max_uid();
@@ -212,10 +211,9 @@ impl Session {
             sel.pending = true; // reported at the next point where EXPUNGE is allowed
             return;
         }
-        if !changed.is_empty() || !gone.is_empty() || fresh.last().is_some_and(|f| f.uid > sel.max_uid()) {
+        if !changed.is_empty() || fresh.last().is_some_and(|f| f.uid > sel.max_uid()) {
             sel.generation += 1;
         }
-        let gone_uids: Vec<u32> = gone.iter().map(|&i| sel.msgs[i].uid).collect();
         let mut out = Vec::new();
         let mut new_keyword = false;
         for (_, meta) in &changed {
@@ -237,27 +235,8 @@ impl Session {
                 flag_list(&e.meta, recent)
             ));
         }
-        if !gone_uids.is_empty() {
-            // Live searches drop them first, by the numbers the client still has.
-            let sel_changes = std::mem::take(&mut out);
-            let removals = self.contexts_forget(&gone_uids);
-            out = sel_changes;
-            out.extend(removals);
-        }
-        let qresync = self.qresync;
+        out.extend(self.take_out_of_view(&gone));
         let sel = self.selected.as_mut().expect("checked above");
-        for &i in gone.iter().rev() {
-            let e = sel.msgs.remove(i);
-            sel.recent.remove(&e.uid);
-            if !qresync {
-                out.push(format!("{} EXPUNGE", i + 1));
-            }
-        }
-        if qresync && !gone_uids.is_empty() {
-            let mut uids = gone_uids.clone();
-            uids.sort_unstable();
-            out.push(format!("VANISHED {}", search::compress(&uids)));
-        }
         let last = sel.max_uid();
         let before = sel.msgs.len();
         let arrived: Vec<Entry> = fresh
@@ -352,40 +331,46 @@ impl Session {
         let sel = self.selected();
         let mut idx: Vec<usize> = uids.iter().filter_map(|&u| sel.seq_of_uid(u)).collect();
         idx.sort_unstable();
-        if idx.is_empty() {
-            return;
+        for l in self.take_out_of_view(&idx) {
+            self.untagged(&l);
         }
+    }
+
+    /// Takes messages (snapshot indexes, ascending) out of the view and gives the lines that
+    /// say so: live searches' REMOVEFROM first, while the numbers still mean what the client
+    /// thinks, then EXPUNGE from the highest number down (no number needs adjusting), or one
+    /// VANISHED under QRESYNC.
+    fn take_out_of_view(&mut self, idx: &[usize]) -> Vec<String> {
+        if idx.is_empty() {
+            return Vec::new();
+        }
+        let sel = self.selected();
         sel.generation += 1;
-        let mut lines = self.contexts_forget(uids);
+        let uids: Vec<u32> = idx.iter().map(|&i| sel.msgs[i].uid).collect();
+        let mut lines = self.contexts_forget(&uids);
         let qresync = self.qresync;
         let sel = self.selected();
-        let mut vanished = Vec::new();
         for &i in idx.iter().rev() {
             let e = sel.msgs.remove(i);
             sel.recent.remove(&e.uid);
-            if qresync {
-                vanished.push(e.uid);
-            } else {
+            if !qresync {
                 lines.push(format!("{} EXPUNGE", i + 1));
             }
         }
-        if !vanished.is_empty() {
-            vanished.sort_unstable();
-            lines.push(format!("VANISHED {}", search::compress(&vanished)));
+        if qresync {
+            lines.push(format!("VANISHED {}", search::compress(&uids)));
         }
-        for l in lines {
-            self.untagged(&l);
-        }
+        lines
     }
 }
 
 impl Selected {
     /// `VANISHED (EARLIER) uids`: the UIDs in `set` (all when `None`; `*` is the highest
-    /// UID given out) below `upto` that this mailbox does not hold. No expunge history is
+    /// UID given out) below UIDNEXT that this mailbox does not hold. No expunge history is
     /// kept, so this is every such UID, whenever it went: RFC 7162 §3.2.5.2 and §3.2.6 let a
     /// server report UIDs the client may not know of, and clients drop those.
-    pub(super) fn vanished_earlier(&self, set: Option<&SeqSet>, upto: u32) -> Option<String> {
-        let top = u64::from(upto.saturating_sub(1));
+    pub(super) fn vanished_earlier(&self, set: Option<&SeqSet>) -> Option<String> {
+        let top = u64::from(self.mailbox.uidnext.max(self.max_uid() + 1) - 1);
         if top == 0 {
             return None;
         }
