@@ -85,9 +85,15 @@ pub async fn commit(
         .deliveries(session, scope, &accepted, envelope.accounts)
         .await
         .inspect_err(refused)?;
-    let storage_failed = |what: &str, e: &dyn std::fmt::Display| {
+    let storage_failed = |what: &str, e: anyhow::Error| {
         tracing::error!(id, "{what} failed: {e}");
-        Refusal::new(451, "4.3.0", "Temporary storage failure, try again later")
+        match e.downcast_ref::<crate::store::StoreError>() {
+            // Postfix's answer when its queue file system is full (RFC 3463 X.3.1).
+            Some(crate::store::StoreError::NoSpace(_)) => {
+                Refusal::new(452, "4.3.1", "Insufficient system storage, try again later")
+            }
+            _ => Refusal::new(451, "4.3.0", "Temporary storage failure, try again later"),
+        }
     };
     let mut raw = Vec::with_capacity(envelope.trace.len() + accepted.raw.len() + 512);
     raw.extend_from_slice(envelope.trace.as_bytes());
@@ -111,7 +117,7 @@ pub async fn commit(
             accepted.quarantine,
             envelope.dsn.clone(),
         )
-        .map_err(|e| storage_failed("queueing", &e))?;
+        .map_err(|e| storage_failed("queueing", e.into()))?;
     }
     if !envelope.notify_delivered.is_empty() && !envelope.mail_from.is_empty() && !deliveries.is_empty() {
         success_notice(ctx, store, wake, &envelope, &raw).await;
@@ -119,7 +125,7 @@ pub async fn commit(
     // The local copies, then one flush for them, the queue entry and any notice.
     let mailboxes = store_local(store, &raw, &deliveries)
         .await
-        .map_err(|e| storage_failed("delivery", &e))?;
+        .map_err(|e| storage_failed("delivery", e))?;
     if queued {
         wake.wake();
     }

@@ -241,6 +241,10 @@ pub struct Smtp {
     /// Bytes per second a DATA transfer must average (0: no minimum; BDAT chunks have their
     /// size announced and keep the per-read timeout).
     pub min_data_rate: u64,
+    /// Bytes that must stay free on the data directory's file system (sled store): below it,
+    /// or below it plus 1.5 × a declared `SIZE`, MAIL FROM gets `452 4.3.1` (Postfix's
+    /// `queue_minfree` check), so intake stops before the disk is full.
+    pub min_free_space: u64,
     /// Concurrent SMTP connections over all listeners (421 4.7.0 above it).
     pub max_connections: usize,
     /// Concurrent connections from one client IP (421 4.7.0 above it).
@@ -269,6 +273,7 @@ impl Default for Smtp {
             command_timeout_secs: 300,
             data_timeout_secs: 180,
             min_data_rate: 500,
+            min_free_space: 64 * 1024 * 1024,
             max_connections: 1000,
             max_connections_per_ip: 50,
             banner: "ESMTP mailgate".into(),

@@ -499,6 +499,25 @@ impl Session {
         self.shared.tls.is_some() && self.tls_mode == TlsMode::Starttls && !self.conn.is_tls()
     }
 
+    /// Whether the embedded store's file system has `min_free_space` free, plus 1.5 × the
+    /// size the client declared (Postfix's check at MAIL FROM). A file system that cannot be
+    /// asked does not stop intake; a write that fails for space is refused at its end anyway.
+    fn room_for(&self, declared: usize) -> bool {
+        let config = &self.shared.config;
+        if config.store.backend != crate::config::StoreBackend::Sled {
+            return true;
+        }
+        let Some(free) = crate::store::free_space(&config.server.data_dir) else {
+            return true;
+        };
+        let needed = self.cfg().min_free_space.saturating_add(declared as u64 / 2 * 3);
+        if free < needed {
+            tracing::warn!(free, needed, "refusing mail: too little free space for the store");
+            return false;
+        }
+        true
+    }
+
     async fn mail(&mut self, from: MailFrom<String>) -> Flow {
         if self.helo.is_none() {
             return self.refuse(503, "5.5.1", "Send EHLO/HELO first");
@@ -518,6 +537,9 @@ impl Session {
         }
         if self.submission && self.auth_user.is_none() {
             return self.refuse(530, "5.7.0", "Authentication required");
+        }
+        if !self.room_for(from.size) {
+            return self.refuse(452, "4.3.1", "Insufficient system storage");
         }
         let address = from.address.trim().to_string();
         if !address.is_empty() {

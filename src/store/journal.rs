@@ -423,7 +423,24 @@ impl Journal {
             self.rotate(&mut seg)?;
         }
         let start = seg.len;
-        (&*seg.file).write_all(&rec).map_err(|e| self.fail(e))?;
+        if let Err(e) = (&*seg.file).write_all(&rec) {
+            // A write that failed (the disk filled up, say) may have left part of the
+            // record: cut it off, so the segment ends where the last whole record ends and
+            // the next append can follow it once space returns. Only if that fails too is
+            // the journal given up on (replay would stop at the torn part).
+            return Err(match seg.file.set_len(start) {
+                Ok(()) => {
+                    tracing::warn!("journal write failed, change set not written: {e}");
+                    e
+                }
+                Err(cut) => {
+                    self.fail(io::Error::other(format!(
+                        "{e}; cutting the torn record off failed: {cut}"
+                    )));
+                    e
+                }
+            });
+        }
         seg.len += rec.len() as u64;
         self.written.store(seq, Ordering::SeqCst);
         let ptrs: Vec<_> = ws
@@ -451,8 +468,9 @@ impl Journal {
     /// Starts a new segment; the old one is made durable first (sync only covers the current).
     fn rotate(&self, seg: &mut Segment) -> io::Result<()> {
         seg.file.sync_data().map_err(|e| self.fail(e))?;
-        let next = create_segment(&self.dir, seg.number + 1).map_err(|e| self.fail(e))?;
-        *seg = next;
+        // A new segment that cannot be made (no space for it) leaves the current one in use:
+        // it is whole and synced, so writing on after a later success is safe.
+        *seg = create_segment(&self.dir, seg.number + 1)?;
         Ok(())
     }
 

@@ -134,7 +134,24 @@ pub enum StoreError {
     NotFound(String),
     Exists(String),
     Invalid(String),
+    /// The storage cannot take writes now: the disk or a quota is full, or the file system is
+    /// read-only. Nothing was written; the same change may succeed once space returns
+    /// (SMTP answers `452 4.3.1`, IMAP `NO [LIMIT]`).
+    NoSpace(String),
     Backend(String),
+}
+
+impl StoreError {
+    /// A store's I/O error, with the out-of-space kinds told apart from other failures.
+    pub fn io(what: &str, e: &std::io::Error) -> StoreError {
+        use std::io::ErrorKind::*;
+        match e.kind() {
+            StorageFull | QuotaExceeded | ReadOnlyFilesystem | FileTooLarge => {
+                StoreError::NoSpace(format!("{what}: {e}"))
+            }
+            _ => StoreError::Backend(format!("{what}: {e}")),
+        }
+    }
 }
 
 impl fmt::Display for StoreError {
@@ -143,6 +160,7 @@ impl fmt::Display for StoreError {
             StoreError::NotFound(s) => write!(f, "{s} not found"),
             StoreError::Exists(s) => write!(f, "{s} already exists"),
             StoreError::Invalid(s) => f.write_str(s),
+            StoreError::NoSpace(s) => write!(f, "storage full or read-only: {s}"),
             StoreError::Backend(s) => write!(f, "store error: {s}"),
         }
     }
@@ -152,7 +170,10 @@ impl std::error::Error for StoreError {}
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        match e {
+            sled::Error::Io(e) => StoreError::io("sled", &e),
+            e => StoreError::Backend(e.to_string()),
+        }
     }
 }
 
@@ -430,4 +451,20 @@ pub fn now_secs() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// Bytes free for unprivileged writers on the file system holding `dir` (`statvfs`), or `None`
+/// when it cannot be asked.
+pub fn free_space(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is NUL-terminated and `st` is a buffer of the right type, which
+    // statvfs fills completely when it returns 0.
+    if unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: initialised by the successful call above.
+    let st = unsafe { st.assume_init() };
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }

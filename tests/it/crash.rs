@@ -424,3 +424,126 @@ fn kill_9_never_brings_back_what_pop3_deleted() {
         assert!(!present.contains(s), "{s} was deleted at QUIT (+OK) and came back");
     }
 }
+
+/// A small tmpfs mounted on a directory for one test (unmounted on drop), or `None` with the
+/// reason printed where this process may not mount (not root, or no mount(8)).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a small file system needs root");
+            return None;
+        }
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            eprintln!("skipped: cannot mount a tmpfs here ({status:?})");
+            return None;
+        }
+        Some(SmallDisk(at.to_path_buf()))
+    }
+
+    /// Writes a file until the file system is full; its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The data directory's file system fills up: MAIL FROM with a SIZE that does not fit and a
+/// message that does not fit get `452 4.3.1`, APPEND gets `NO [LIMIT]`, nothing partly
+/// written shows; once space returns the same server takes mail again without a restart,
+/// and after a kill -9 and restart exactly the acknowledged messages are there.
+#[test]
+fn a_full_disk_refuses_mail_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("data"), "24m") else {
+        return;
+    };
+    let cfg = config_with_alice(dir.path(), "imap");
+    // No reserve, so that a message too big for what is left reaches the store's writes.
+    let text = std::fs::read_to_string(&cfg).unwrap() + "\n[smtp]\nmin_free_space = 0\n";
+    std::fs::write(&cfg, text).unwrap();
+    let server = ChildServer::start(&cfg);
+    let imap = server
+        .others
+        .iter()
+        .find(|(p, _)| p == "imap")
+        .expect("imap listener")
+        .1;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let send = |subject: &'static str, lines: usize| async move {
+            let mut c = greeted(server.smtp).await;
+            c.cmd("MAIL FROM:<sender@example.org>", "250").await;
+            c.cmd("RCPT TO:<alice@localhost>", "250").await;
+            c.cmd("DATA", "354").await;
+            c.send(message(subject, &"a body line\r\n".repeat(lines)).as_bytes())
+                .await;
+            c.send(b".\r\n").await;
+            c.reply().await
+        };
+        let append = |subject: &'static str, size: usize| async move {
+            let mut c = Imap::connect(imap).await.unwrap();
+            c.cmd(b"LOGIN alice@localhost pw").await.unwrap();
+            let msg = message(subject, &"an appended line\r\n".repeat(size / 18));
+            let mut cmd = format!("APPEND INBOX {{{}+}}\r\n", msg.len()).into_bytes();
+            cmd.extend_from_slice(msg.as_bytes());
+            c.cmd(&cmd).await.unwrap().0
+        };
+        assert!(send("before", 10).await.starts_with("250 "));
+        assert!(append("appended-before", 1000).await.contains(" OK "));
+
+        let filler = disk.fill();
+        let mut c = greeted(server.smtp).await;
+        c.cmd("MAIL FROM:<sender@example.org> SIZE=300000", "452 4.3.1").await;
+        c.cmd("QUIT", "221").await;
+        let reply = send("while-full", 20_000).await;
+        assert!(reply.starts_with("452 4.3.1 "), "{reply}");
+        let reply = append("appended-while-full", 300_000).await;
+        assert!(reply.contains(" NO [LIMIT]"), "{reply}");
+        // The server goes on answering, and what it refused is not there.
+        let mut c = Imap::connect(imap).await.unwrap();
+        c.cmd(b"LOGIN alice@localhost pw").await.unwrap();
+        let (ok, lines) = c.cmd(b"STATUS INBOX (MESSAGES)").await.unwrap();
+        assert!(ok.contains(" OK "), "{ok}");
+        assert!(lines[0].contains("(MESSAGES 2)"), "{lines:?}");
+
+        std::fs::remove_file(filler).unwrap();
+        let reply = send("after", 20_000).await;
+        assert!(reply.starts_with("250 "), "the same server takes mail again: {reply}");
+        assert!(append("appended-after", 300_000).await.contains(" OK "));
+    });
+    server.kill9();
+    let server = ChildServer::start(&cfg);
+    assert!(server.terminate().success());
+    let store = SledStore::open(&dir.path().join("data/store"), 16).unwrap();
+    let mut seen = Vec::new();
+    for m in inbox_of(&store, "alice@localhost") {
+        let raw = store
+            .blob(&m.meta.blob)
+            .unwrap()
+            .expect("every listed message has its body");
+        assert_eq!(raw.len() as u64, m.meta.size, "uid {} is whole", m.uid);
+        seen.push(subject_of(&raw));
+    }
+    assert_eq!(seen, ["before", "appended-before", "after", "appended-after"]);
+    drop(store);
+    drop(disk);
+}

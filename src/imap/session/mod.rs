@@ -156,6 +156,10 @@ fn store_fail(e: StoreError) -> Fail {
         StoreError::NotFound(s) => Fail::No(format!("[NONEXISTENT] {s} not found")),
         StoreError::Exists(s) => Fail::No(format!("[ALREADYEXISTS] {s} already exists")),
         StoreError::Invalid(s) => Fail::No(format!("[CANNOT] {s}")),
+        StoreError::NoSpace(s) => {
+            tracing::error!("IMAP store error: {s}");
+            Fail::No("[LIMIT] Insufficient system storage; try again later".into())
+        }
         StoreError::Backend(s) => {
             tracing::error!("IMAP store error: {s}");
             Fail::No("[SERVERBUG] Internal error; try again later".into())

@@ -203,7 +203,17 @@ struct Inner {
     node: String,
 }
 
-fn pg(e: impl std::fmt::Display) -> StoreError {
+fn pg(e: impl std::error::Error + 'static) -> StoreError {
+    // PostgreSQL's "disk full" (53100) may come wrapped, by the pool for instance.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(c) = cause {
+        if let Some(e) = c.downcast_ref::<tokio_postgres::Error>()
+            && e.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL)
+        {
+            return StoreError::NoSpace(format!("postgresql: {e}"));
+        }
+        cause = c.source();
+    }
     StoreError::Backend(format!("postgresql: {e}"))
 }
 
@@ -341,7 +351,7 @@ impl PgStore {
             for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > have) {
                 t.batch_execute(sql)
                     .await
-                    .map_err(|e| pg(format!("migration {version}: {e}")))?;
+                    .map_err(|e| StoreError::Backend(format!("postgresql: migration {version}: {e}")))?;
                 t.execute("INSERT INTO mailgate_schema (version) VALUES ($1)", &[version])
                     .await
                     .map_err(pg)?;

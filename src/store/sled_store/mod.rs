@@ -278,7 +278,7 @@ impl Inner {
     }
 
     fn io(e: std::io::Error) -> StoreError {
-        StoreError::Backend(format!("journal: {e}"))
+        StoreError::io("journal", &e)
     }
 
     /// Reserves `n` consecutive values of a counter in `batch`; returns the first.
@@ -410,10 +410,7 @@ impl MailStore for SledStore {
     fn sync(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             let target = self.journal.written();
-            self.journal
-                .sync(target)
-                .await
-                .map_err(|e| StoreError::Backend(format!("journal: {e}")))
+            self.journal.sync(target).await.map_err(Inner::io)
         })
     }
 }
