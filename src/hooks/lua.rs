@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod verdict;
+/// Public for the `policy_verdict` fuzz target.
+pub mod verdict;
 mod view;
 
 /// Instructions between two budget checks.

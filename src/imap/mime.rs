@@ -186,33 +186,42 @@ fn split_comments(s: &str) -> (String, Vec<String>) {
     (out, comments)
 }
 
-/// Splits `value; a=b; c="d"` into the value and its parameters.
+/// Splits `value; a=b; c="d"` into the value and its parameters. A quoted value is kept
+/// exactly (spaces, `;`, `=` and parentheses inside the quotes included); whitespace outside
+/// quotes around names and values is not part of them.
 pub fn parse_params(v: &str) -> (String, Vec<(String, String)>) {
     let v = strip_comments(v);
-    let mut parts = Vec::new();
-    let (mut cur, mut quoted, mut escaped) = (String::new(), false, false);
+    // Each part as (character, whether it was inside quotes or escaped).
+    let mut parts: Vec<Vec<(char, bool)>> = vec![Vec::new()];
+    let (mut quoted, mut escaped) = (false, false);
     for c in v.chars() {
+        let cur = parts.last_mut().expect("never empty");
         if escaped {
-            cur.push(c);
+            cur.push((c, true));
             escaped = false;
         } else if c == '\\' && quoted {
             escaped = true;
         } else if c == '"' {
             quoted = !quoted;
         } else if c == ';' && !quoted {
-            parts.push(std::mem::take(&mut cur));
+            parts.push(Vec::new());
         } else {
-            cur.push(c);
+            cur.push((c, quoted));
         }
     }
-    parts.push(cur);
+    fn text(chars: &[(char, bool)]) -> String {
+        let bare_space = |&(c, q): &(char, bool)| c.is_whitespace() && !q;
+        let start = chars.iter().position(|c| !bare_space(c)).unwrap_or(chars.len());
+        let end = chars.iter().rposition(|c| !bare_space(c)).map_or(start, |i| i + 1);
+        chars[start..end].iter().map(|(c, _)| c).collect()
+    }
     let mut it = parts.into_iter();
-    let value = it.next().unwrap_or_default().trim().to_string();
+    let value = text(&it.next().unwrap_or_default());
     let params = it
         .filter_map(|p| {
-            let (n, v) = p.split_once('=')?;
-            let n = n.trim().to_ascii_lowercase();
-            (!n.is_empty()).then(|| (n, v.trim().to_string()))
+            let eq = p.iter().position(|&(c, q)| c == '=' && !q)?;
+            let n = text(&p[..eq]).to_ascii_lowercase();
+            (!n.is_empty()).then(|| (n, text(&p[eq + 1..])))
         })
         .collect();
     (value, params)

@@ -117,6 +117,66 @@ fn xtext(s: &str) -> String {
     out
 }
 
+/// An address as an SMTP path writes it (RFC 5321 §4.1.2): the local part as it is when it
+/// is a dot-string, else quoted. Addresses reach the queue decoded (`"a b"@x` arrives as
+/// `a b@x`), so this is where the quotes come back.
+fn path(address: &str) -> std::borrow::Cow<'_, str> {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return address.into();
+    };
+    let atext = |c: char| c.is_ascii_alphanumeric() || !c.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    if !local.is_empty() && local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext)) {
+        return address.into();
+    }
+    let mut quoted = String::with_capacity(address.len() + 4);
+    quoted.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push_str("\"@");
+    quoted.push_str(domain);
+    quoted.into()
+}
+
+/// MAIL FROM and one RCPT TO per recipient, with the parameters `ext` lets us send.
+fn envelope_commands(env: &Envelope<'_>, ext: &Extensions, needs_utf8: bool) -> Vec<String> {
+    let mut mail = format!("MAIL FROM:<{}>", path(env.sender));
+    if ext.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", env.body.len()));
+    }
+    if ext.eight_bit && env.body.iter().any(|b| *b >= 0x80) {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if needs_utf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if ext.dsn {
+        if let Some(ret) = env.ret {
+            mail.push_str(&format!(" RET={ret}"));
+        }
+        if let Some(id) = env.env_id {
+            mail.push_str(&format!(" ENVID={}", xtext(id)));
+        }
+    }
+    let mut commands = vec![mail];
+    for (i, r) in env.recipients.iter().enumerate() {
+        let mut rcpt = format!("RCPT TO:<{}>", path(r));
+        if let Some((notify, orcpt)) = env.rcpt_dsn.get(i).filter(|_| ext.dsn) {
+            if !notify.is_empty() {
+                rcpt.push_str(&format!(" NOTIFY={}", notify.join(",")));
+            }
+            if let Some(o) = orcpt {
+                rcpt.push_str(&format!(" ORCPT={}", xtext(o)));
+            }
+        }
+        commands.push(rcpt);
+    }
+    commands
+}
+
 impl Connection {
     /// Connects, reads the greeting, says EHLO (HELO if refused) and upgrades to TLS as
     /// `tls` says. A 5xx greeting or EHLO is a reply (permanent for this host); anything
@@ -227,37 +287,7 @@ impl Connection {
             );
             return Ok(env.recipients.iter().map(|_| Outcome::Failed(r.clone())).collect());
         }
-        let mut mail = format!("MAIL FROM:<{}>", env.sender);
-        if self.ext.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", env.body.len()));
-        }
-        if self.ext.eight_bit && env.body.iter().any(|b| *b >= 0x80) {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if needs_utf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        if self.ext.dsn {
-            if let Some(ret) = env.ret {
-                mail.push_str(&format!(" RET={ret}"));
-            }
-            if let Some(id) = env.env_id {
-                mail.push_str(&format!(" ENVID={}", xtext(id)));
-            }
-        }
-        let mut commands = vec![mail];
-        for (i, r) in env.recipients.iter().enumerate() {
-            let mut rcpt = format!("RCPT TO:<{r}>");
-            if let Some((notify, orcpt)) = env.rcpt_dsn.get(i).filter(|_| self.ext.dsn) {
-                if !notify.is_empty() {
-                    rcpt.push_str(&format!(" NOTIFY={}", notify.join(",")));
-                }
-                if let Some(o) = orcpt {
-                    rcpt.push_str(&format!(" ORCPT={}", xtext(o)));
-                }
-            }
-            commands.push(rcpt);
-        }
+        let commands = envelope_commands(env, &self.ext, needs_utf8);
         // With PIPELINING, MAIL and every RCPT go in one write (RFC 2920); DATA waits.
         let replies = if self.ext.pipelining {
             let mut batch = String::new();
@@ -492,6 +522,123 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// parse ∘ write = id for the envelope commands we send: the SMTP parser our own
+        /// server uses (smtp-proto, Stalwart's) reads back the addresses and every DSN and
+        /// size parameter we meant.
+        #[test]
+        fn envelope_commands_read_back_as_written(
+            sender in proptest::option::of(address()),
+            rcpts in proptest::collection::vec(
+                (address(), proptest::option::of(notify()), proptest::option::of(ascii_address())), 1..4),
+            ret in proptest::option::of(proptest::prop_oneof!["FULL", "HDRS"]),
+            // RFC 3461 §4.4: printable US-ASCII (xtext carries bytes; a parser may read
+            // each `+HH` as one character, as smtp-proto does).
+            env_id in proptest::option::of("[ -~]{1,30}"),
+            eight_bit_body in proptest::prelude::any::<bool>(),
+            ext in (proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>(), proptest::prelude::any::<bool>()),
+        ) {
+            use proptest::prop_assert_eq;
+            // Addresses as the queue holds them: as our server's parser stored them.
+            let stored = |raw: &str| {
+                let line = format!("RCPT TO:<{raw}>\r\n");
+                match smtp_proto::Request::parse(&mut line.as_bytes().iter()) {
+                    Ok(smtp_proto::Request::Rcpt { to }) => Some(to.address.into_owned()),
+                    _ => None,
+                }
+            };
+            let sender = sender.as_deref().map_or(Some(String::new()), stored);
+            let recipients: Option<Vec<String>> = rcpts.iter().map(|r| stored(&r.0)).collect();
+            let (Some(sender), Some(recipients)) = (sender, recipients) else {
+                return Ok(()); // not an address our server would have taken
+            };
+            let rcpt_dsn: Vec<(Vec<String>, Option<String>)> = rcpts
+                .iter()
+                .map(|(_, n, o)| (n.clone().unwrap_or_default(), o.as_ref().map(|o| format!("rfc822;{o}"))))
+                .collect();
+            let body: &[u8] = if eight_bit_body { "caf\u{e9}\r\n".as_bytes() } else { b"cafe\r\n" };
+            let env = Envelope {
+                sender: &sender,
+                recipients: &recipients,
+                body,
+                ret: ret.as_deref(),
+                env_id: env_id.as_deref(),
+                rcpt_dsn: &rcpt_dsn,
+            };
+            let (size, dsn, eight_bit) = ext;
+            let ext = Extensions { size: size.then_some(1 << 20), dsn, eight_bit, smtputf8: true, ..Default::default() };
+            let needs_utf8 = !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
+            let commands = envelope_commands(&env, &ext, needs_utf8);
+            prop_assert_eq!(commands.len(), 1 + recipients.len());
+            let parse = |c: &str| {
+                let line = format!("{c}\r\n");
+                smtp_proto::Request::parse(&mut line.as_bytes().iter()).map(|r| r.into_owned())
+            };
+            let Ok(smtp_proto::Request::Mail { from }) = parse(&commands[0]) else {
+                panic!("{:?} does not parse", commands[0]);
+            };
+            prop_assert_eq!(&from.address, &sender);
+            prop_assert_eq!(from.size, if size { body.len() } else { 0 });
+            prop_assert_eq!(from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0, eight_bit && eight_bit_body);
+            prop_assert_eq!(from.flags & smtp_proto::MAIL_SMTPUTF8 != 0, needs_utf8);
+            let ret_flag = match from.flags & (smtp_proto::MAIL_RET_FULL | smtp_proto::MAIL_RET_HDRS) {
+                smtp_proto::MAIL_RET_FULL => Some("FULL"),
+                smtp_proto::MAIL_RET_HDRS => Some("HDRS"),
+                _ => None,
+            };
+            prop_assert_eq!(ret_flag, ret.as_deref().filter(|_| dsn));
+            prop_assert_eq!(from.env_id.as_deref(), env_id.as_deref().filter(|_| dsn));
+            for ((c, address), (_, notify, orcpt)) in commands[1..].iter().zip(&recipients).zip(&rcpts) {
+                let Ok(smtp_proto::Request::Rcpt { to }) = parse(c) else { panic!("{c:?} does not parse") };
+                prop_assert_eq!(&to.address, address);
+                let flags = [
+                    ("SUCCESS", smtp_proto::RCPT_NOTIFY_SUCCESS),
+                    ("FAILURE", smtp_proto::RCPT_NOTIFY_FAILURE),
+                    ("DELAY", smtp_proto::RCPT_NOTIFY_DELAY),
+                    ("NEVER", smtp_proto::RCPT_NOTIFY_NEVER),
+                ];
+                let read: Vec<&str> = flags.iter().filter(|(_, f)| to.flags & f != 0).map(|(n, _)| *n).collect();
+                let mut sent: Vec<&str> = notify.iter().flatten().map(String::as_str).filter(|_| dsn).collect();
+                sent.sort_by_key(|n| flags.iter().position(|(f, _)| f == n));
+                prop_assert_eq!(read, sent);
+                prop_assert_eq!(to.orcpt.as_ref(), orcpt.as_ref().filter(|_| dsn));
+            }
+        }
+    }
+
+    /// Addresses as they reach the queue: dot-atoms with the characters RFC 5321 allows,
+    /// quoted local parts with spaces and specials, UTF-8 (RFC 6531).
+    fn address() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy;
+        let local = proptest::prop_oneof![
+            "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,12}(\\.[a-zA-Z0-9+_-]{1,6}){0,2}",
+            "\"([a-zA-Z0-9 ;,@()<>.]|\\\\\"|\\\\\\\\){1,12}\"",
+            "[a-z\u{e9}\u{fc}\u{4e2d}]{1,8}",
+        ];
+        let domain = proptest::prop_oneof![
+            "[a-z0-9]{1,10}(\\.[a-z0-9-]{1,8}){0,2}\\.[a-z]{2,6}",
+            "[a-z\u{e9}]{1,8}\\.example"
+        ];
+        (local, domain).prop_map(|(l, d)| format!("{l}@{d}"))
+    }
+
+    /// An ORCPT address of type `rfc822` (an SMTPUTF8 one would be `utf-8`, RFC 6533).
+    fn ascii_address() -> impl proptest::strategy::Strategy<Value = String> {
+        "[a-zA-Z0-9!#$%&'*+/=?^_`{|}~.-]{1,12}@[a-z0-9.-]{1,12}"
+    }
+
+    /// A NOTIFY list as the session keeps it: NEVER alone, or some of the other three.
+    fn notify() -> impl proptest::strategy::Strategy<Value = Vec<String>> {
+        use proptest::strategy::Strategy;
+        proptest::prop_oneof![
+            proptest::strategy::Just(vec!["NEVER".to_string()]),
+            proptest::sample::subsequence(vec!["SUCCESS", "FAILURE", "DELAY"], 1..=3)
+                .prop_map(|v| v.into_iter().map(String::from).collect()),
+        ]
+    }
 
     #[test]
     fn dot_stuffing_and_line_endings() {

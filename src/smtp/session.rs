@@ -24,6 +24,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// An ORCPT as RFC 3461 writes it, with its address type: the codec accepts only `rfc822`
+/// and gives the decoded address alone (which may itself hold a `;`).
+fn typed_orcpt(orcpt: &Option<String>) -> Option<String> {
+    orcpt.as_ref().map(|o| format!("rfc822;{o}"))
+}
+
 /// MAIL FROM flags we advertise and therefore accept.
 const ACCEPTED_MAIL_FLAGS: u64 = MAIL_BODY_7BIT | MAIL_BODY_8BITMIME | MAIL_SMTPUTF8 | MAIL_RET_FULL | MAIL_RET_HDRS;
 /// RCPT flags we advertise (DSN, RFC 3461) and therefore accept.
@@ -644,11 +650,7 @@ impl Session {
         match routed {
             Ok(Destination::Local(found)) => {
                 if notify.iter().any(|n| n == "SUCCESS") && !found.accounts.is_empty() {
-                    let orcpt = to
-                        .orcpt
-                        .clone()
-                        .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") });
-                    tx.notify_delivered.push((given.clone(), orcpt));
+                    tx.notify_delivered.push((given.clone(), typed_orcpt(&to.orcpt)));
                 }
                 for a in found.accounts {
                     if !tx.accounts.contains(&a) {
@@ -670,10 +672,7 @@ impl Session {
                 let tx = self.tx.as_mut().expect("checked above");
                 tx.remote.push(crate::queue::Outgoing {
                     notify,
-                    // The codec gives the address without its type; RFC 3461 ORCPT has one.
-                    orcpt: to
-                        .orcpt
-                        .map(|o| if o.contains(';') { o } else { format!("rfc822;{o}") }),
+                    orcpt: typed_orcpt(&to.orcpt),
                     ..crate::queue::Outgoing::new(&self.shared.config, &given, hop)
                 })
             }
