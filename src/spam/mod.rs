@@ -124,15 +124,16 @@ impl Spam {
             return Ok(learned);
         }
         counts.prune(max_tokens);
-        // Counts first: a crash between the two leaves a message learned but unmarked, so a
-        // repeat judgement counts it twice rather than never.
+        // The counts and the marks of what they learned in one atomic change: after a crash
+        // a judgement is either wholly learned or not at all, never counted without its mark
+        // (which a repeat of it would count again).
+        let marks: Vec<(String, Option<Vec<u8>>)> = now
+            .into_iter()
+            .map(|(key, spam)| (key, Some(if spam { b"s".to_vec() } else { b"h".to_vec() })))
+            .collect();
         store
-            .kv_set_large(MODEL_KEY, Some(&counts.encode()))
+            .kv_set_large_with(MODEL_KEY, Some(&counts.encode()), &marks)
             .map_err(|e| e.to_string())?;
-        for (key, spam) in &now {
-            let mark: &[u8] = if *spam { b"s" } else { b"h" };
-            store.kv_set(key, Some(mark)).map_err(|e| e.to_string())?;
-        }
         match Model::new(counts) {
             Ok(m) => self.set_model(Some(m)),
             Err(e) => tracing::debug!("Bayes model not ready yet: {e}"),

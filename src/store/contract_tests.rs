@@ -589,6 +589,16 @@ async fn key_value_state(f: Fixture) {
     assert_eq!(s.kv_get_large("old").unwrap(), Some(Vec::new()));
     s.kv_set_large("old", None).unwrap();
     assert_eq!(s.kv_get_large("old").unwrap(), None);
+    // With small entries in the same change: set and removed together with the value.
+    s.kv_set("mark/gone", Some(b"x")).unwrap();
+    let small = [
+        ("mark/a".to_string(), Some(b"s".to_vec())),
+        ("mark/gone".to_string(), None),
+    ];
+    s.kv_set_large_with("counts", Some(&big[..100_000]), &small).unwrap();
+    assert_eq!(s.kv_get_large("counts").unwrap().map(|v| v.len()), Some(100_000));
+    assert_eq!(s.kv_get("mark/a").unwrap().as_deref(), Some(&b"s"[..]));
+    assert_eq!(s.kv_get("mark/gone").unwrap(), None);
     drop(s);
     let f = f.reopen().await;
     assert_eq!(

@@ -403,7 +403,13 @@ pub trait KeyValue {
     /// written together atomically. A large value stored whole by `kv_set` reads back too.
     fn kv_get_large(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Sets (`Some`) or removes (`None`) a value `kv_get_large` reads.
-    fn kv_set_large(&self, key: &str, value: Option<&[u8]>) -> Result<()>;
+    fn kv_set_large(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        self.kv_set_large_with(key, value, &[])
+    }
+    /// [`kv_set_large`](Self::kv_set_large) and a `kv_set` of each of `small`, as one atomic
+    /// change: after a crash either all of them are there or none (the Bayes counts and the
+    /// marks of the messages they learned, which must never disagree).
+    fn kv_set_large_with(&self, key: &str, value: Option<&[u8]>, small: &[(String, Option<Vec<u8>>)]) -> Result<()>;
 }
 
 /// The storage contract, by what it keeps ([`Directory`], [`Mailboxes`], [`Messages`],

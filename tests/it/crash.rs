@@ -1,7 +1,7 @@
 //! kill -9 while mail streams in: every message answered 250 is stored exactly once.
 
 use crate::common::*;
-use mailgate::store::{Messages, SledStore};
+use mailgate::store::{Mailboxes, Messages, SledStore};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -546,4 +546,150 @@ fn a_full_disk_refuses_mail_and_recovers_when_space_returns() {
     assert_eq!(seen, ["before", "appended-before", "after", "appended-after"]);
     drop(store);
     drop(disk);
+}
+
+/// The Bayes counts and the learned marks of one store.
+fn learned_state(store: &SledStore, blobs: &[mailgate::store::BlobId]) -> ([u64; 2], [u64; 2]) {
+    use mailgate::store::KeyValue;
+    let raw = store
+        .kv_get_large(mailgate::spam::MODEL_KEY)
+        .unwrap()
+        .expect("the model is there");
+    let counts = mailgate::spam::bayes::Counts::decode(&raw).expect("the model is whole");
+    let mut marks = [0u64; 2];
+    for b in blobs {
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        match store.kv_get(&format!("spam/bayes/learned/{hex}")).unwrap().as_deref() {
+            Some(b"s") => marks[mailgate::spam::bayes::SPAM] += 1,
+            Some(b"h") => marks[mailgate::spam::bayes::HAM] += 1,
+            None => {}
+            Some(other) => panic!("mark {other:?}"),
+        }
+    }
+    (counts.docs, marks)
+}
+
+/// kill -9 while users move mail in and out of Junk and the server learns from it: after the
+/// restart the model loads, and it has counted exactly the messages it marked as learned
+/// (each once, in its last direction): a judgement is wholly learned or not at all. The
+/// judgements still queued at the kill (not yet learned) are the only ones missing.
+#[test]
+fn kill_9_while_learning_from_junk_moves_keeps_the_model_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_alice(dir.path(), "imap");
+    crate::spam::write_corpus(&dir.path().join("corpus"), 30);
+    let (spam, ham) = (dir.path().join("corpus/spam"), dir.path().join("corpus/ham"));
+    let args = [
+        "spam",
+        "train",
+        "--spam",
+        spam.to_str().unwrap(),
+        "--ham",
+        ham.to_str().unwrap(),
+    ];
+    let (code, out, err) = cli(&cfg, &args, "");
+    assert_eq!(code, 0, "{out}{err}");
+    let store_path = dir.path().join("data/store");
+    let trained = learned_state(&SledStore::open(&store_path, 16).unwrap(), &[]).0;
+
+    let server = ChildServer::start(&cfg);
+    let imap = server
+        .others
+        .iter()
+        .find(|(p, _)| p == "imap")
+        .expect("imap listener")
+        .1;
+    let log = cfg.with_extension("log");
+    const CLIENTS: usize = 3;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = greeted(server.smtp).await;
+        for i in 0..CLIENTS * 4 {
+            let m = if i % 2 == 0 {
+                crate::spam::spam_msg(200 + i)
+            } else {
+                crate::spam::ham_msg(200 + i)
+            };
+            let m = m.replace("Subject: ", &format!("Subject: c{}- ", i % CLIENTS));
+            assert!(
+                send_mail(&mut c, "x@example.org", &["alice@localhost"], &m)
+                    .await
+                    .starts_with("250")
+            );
+        }
+        let moves = Arc::new(tokio::sync::watch::Sender::new(0usize));
+        let mut tasks = Vec::new();
+        for k in 0..CLIENTS {
+            let moves = moves.clone();
+            tasks.push(tokio::spawn(async move {
+                let Some(mut c) = Imap::connect(imap).await else { return };
+                if c.cmd(b"LOGIN alice@localhost pw").await.is_none() {
+                    return;
+                }
+                // This client's messages go to Junk and back, one at a time.
+                for round in 0.. {
+                    let (from, to) = if round % 2 == 0 {
+                        ("INBOX", "Junk")
+                    } else {
+                        ("Junk", "INBOX")
+                    };
+                    let Some((ok, _)) = c.cmd(format!("SELECT {from}").as_bytes()).await else {
+                        return;
+                    };
+                    assert!(ok.contains(" OK "), "{ok}");
+                    let Some((_, found)) = c.cmd(format!("UID SEARCH SUBJECT \"c{k}-\"").as_bytes()).await else {
+                        return;
+                    };
+                    let uids: Vec<&str> = found
+                        .iter()
+                        .filter(|l| l.starts_with("* SEARCH"))
+                        .flat_map(|l| l.split_whitespace().skip(2))
+                        .collect();
+                    for uid in uids {
+                        let Some((r, _)) = c.cmd(format!("UID MOVE {uid} {to}").as_bytes()).await else {
+                            return;
+                        };
+                        assert!(r.contains(" OK "), "{r}");
+                        moves.send_modify(|n| *n += 1);
+                    }
+                }
+            }));
+        }
+        // Killed once the learner has learned something and moves go on after it. (The
+        // child's log is the only sign of learning; it is looked at every 50 ms.)
+        let mut waited = 0;
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("learned from a Junk move")
+        {
+            assert!(waited < 400, "nothing learned in 20 s");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        let seen = *moves.borrow();
+        moves.subscribe().wait_for(|n| *n >= seen + 30).await.unwrap();
+        server.kill9();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let server = ChildServer::start(&cfg);
+    assert!(server.terminate().success());
+    let store = SledStore::open(&store_path, 16).unwrap();
+    let mut blobs = Vec::new();
+    for folder in ["INBOX", "Junk"] {
+        let id = store.mailbox("alice@localhost", folder).unwrap().expect("mailbox").id;
+        blobs.extend(store.messages(id).unwrap().into_iter().map(|m| m.meta.blob));
+    }
+    assert_eq!(blobs.len(), CLIENTS * 4, "every message is in INBOX or Junk, once");
+    let (docs, marks) = learned_state(&store, &blobs);
+    assert!(
+        marks.iter().sum::<u64>() > 0,
+        "some judgements were learned before the kill"
+    );
+    assert_eq!(
+        [docs[0] - trained[0], docs[1] - trained[1]],
+        marks,
+        "counted exactly what is marked learned"
+    );
 }

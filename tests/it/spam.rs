@@ -47,13 +47,13 @@ pub(crate) fn spam_msg(i: usize) -> String {
     synthetic(&SPAM_WORDS, i, "Offer")
 }
 
-fn ham_msg(i: usize) -> String {
+pub(crate) fn ham_msg(i: usize) -> String {
     synthetic(&HAM_WORDS, i, "Hello")
 }
 
 /// A corpus of `n` synthetic messages of each kind in `dir/spam` and `dir/ham` (LF endings,
 /// one with an mbox From line, as real corpora have).
-fn write_corpus(dir: &Path, n: usize) {
+pub(crate) fn write_corpus(dir: &Path, n: usize) {
     for (kind, make) in [("spam", spam_msg as fn(usize) -> String), ("ham", ham_msg)] {
         std::fs::create_dir_all(dir.join(kind)).unwrap();
         for i in 0..n {

@@ -967,9 +967,20 @@ impl KeyValue for PgStore {
         }
     }
 
-    fn kv_set_large(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+    fn kv_set_large_with(&self, key: &str, value: Option<&[u8]>, small: &[(String, Option<Vec<u8>>)]) -> Result<()> {
         let key = key.as_bytes();
         self.inner.write(async |t: &Transaction<'_>| {
+            for (k, v) in small {
+                let k = k.as_bytes();
+                match v {
+                    Some(v) => execute!(
+                        t,
+                        "INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        &[&k, v]
+                    )?,
+                    None => execute!(t, "DELETE FROM kv WHERE key = $1", &[&k])?,
+                };
+            }
             match value {
                 Some(v) => execute!(
                     t,

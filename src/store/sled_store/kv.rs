@@ -47,33 +47,48 @@ impl KeyValue for SledStore {
         Ok(Some(v))
     }
 
-    fn kv_set_large(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
-        let old = match self.large.get(key.as_bytes())? {
-            Some(head) => large_head(&head)?.0,
-            None => 0,
-        };
-        let mut batch = sled::Batch::default();
-        let mut chunks: u32 = 0;
-        match value {
-            Some(v) => {
-                for (i, c) in v.chunks(LARGE_CHUNK).enumerate() {
-                    batch.insert(large_chunk_key(key, i as u32), c);
-                    chunks += 1;
+    fn kv_set_large_with(&self, key: &str, value: Option<&[u8]>, small: &[(String, Option<Vec<u8>>)]) -> Result<()> {
+        use sled::Transactional;
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        // One transaction over both trees: the chunks, their head, a whole value an older
+        // version stored (it goes: the head wins from now on) and the small entries.
+        let r = (&self.large, &self.kv).transaction(|(large, kv)| {
+            let old = match large.get(key.as_bytes())? {
+                Some(head) => large_head(&head).map_err(ConflictableTransactionError::Abort)?.0,
+                None => 0,
+            };
+            let mut chunks: u32 = 0;
+            match value {
+                Some(v) => {
+                    for (i, c) in v.chunks(LARGE_CHUNK).enumerate() {
+                        large.insert(large_chunk_key(key, i as u32), c)?;
+                        chunks += 1;
+                    }
+                    let mut head = chunks.to_le_bytes().to_vec();
+                    head.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                    large.insert(key.as_bytes(), head)?;
                 }
-                let mut head = chunks.to_le_bytes().to_vec();
-                head.extend_from_slice(&(v.len() as u64).to_le_bytes());
-                batch.insert(key.as_bytes(), head);
+                None => {
+                    large.remove(key.as_bytes())?;
+                }
             }
-            None => batch.remove(key.as_bytes()),
+            for i in chunks..old {
+                large.remove(large_chunk_key(key, i))?;
+            }
+            kv.remove(key.as_bytes())?;
+            for (k, v) in small {
+                match v {
+                    Some(v) => kv.insert(k.as_bytes(), v.as_slice())?,
+                    None => kv.remove(k.as_bytes())?,
+                };
+            }
+            Ok(())
+        });
+        match r {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(e)) => Err(e),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
         }
-        for i in chunks..old {
-            batch.remove(large_chunk_key(key, i));
-        }
-        self.large.apply_batch(batch)?;
-        // A whole value an older version stored goes once the chunks are in (a crash between
-        // the two leaves it unread: the head wins).
-        self.kv.remove(key.as_bytes())?;
-        Ok(())
     }
 }
 
