@@ -100,6 +100,18 @@ fn same(a: &Verdict, b: &Verdict) -> bool {
     format!("{a:?}") == format!("{b:?}")
 }
 
+/// Whether the raw reader read what serde read. Where they differ by design: a list with
+/// holes (`{ [1] = a, [3] = b }`) is all its elements in index order for the raw reader, and
+/// up to the first hole for mlua's serde (so serde's list is a prefix of ours).
+fn agree(ours: &Verdict, serde: &Verdict) -> bool {
+    let mut cut = ours.clone();
+    cut.symbols.truncate(serde.symbols.len());
+    cut.flags.truncate(serde.flags.len());
+    cut.add_headers.truncate(serde.add_headers.len());
+    cut.remove_headers.truncate(serde.remove_headers.len());
+    same(&cut, serde)
+}
+
 fuzz_target!(|data: &[u8]| {
     let lua = Lua::new();
     let mut inp = Input(data);
@@ -109,8 +121,14 @@ fuzz_target!(|data: &[u8]| {
     if plain {
         let theirs: mlua::Result<Verdict> = lua.from_value(v);
         match (&ours, &theirs) {
-            (Ok(a), Ok(b)) => assert!(same(a, b), "read differently: {a:?} vs serde {b:?}"),
+            (Ok(a), Ok(b)) => assert!(agree(a, b), "read differently: {a:?} vs serde {b:?}"),
             (Err(_), Err(_)) => {}
+            // Stricter by design: a table with other keys where a list belongs is refused
+            // (mlua's serde reads its index part and drops the rest without a word).
+            (Err(e), Ok(_)) if e.contains("expected a list, found key") => {}
+            // More lenient by design: an integer-valued float where an integer belongs
+            // (`code = 550.0`; Lua 5.4 numbers are either) is read as the integer.
+            (Ok(_), Err(e)) if e.to_string().contains("invalid type: floating point") => {}
             _ => panic!("one reader accepts, the other not: {ours:?} vs serde {theirs:?}"),
         }
     }

@@ -144,7 +144,11 @@ impl Outcome {
         let code = self.code.filter(|c| (400..600).contains(c)).unwrap_or(code);
         // Keep the class of the enhanced code in step with the reply code.
         let class = (code / 100).to_string();
-        let enh = match self.enhanced.clone().filter(|e| e.starts_with(&class)) {
+        let enh = match self
+            .enhanced
+            .clone()
+            .filter(|e| e.starts_with(&class) && enhanced_code(e))
+        {
             Some(e) => e,
             None => format!("{class}{}", enh.get(1..).unwrap_or(".0.0")),
         };
@@ -158,6 +162,15 @@ impl Outcome {
             .collect();
         (code, enh, text)
     }
+}
+
+/// Whether `e` is an RFC 3463 enhanced status code: class `.` subject `.` detail, the class
+/// 2, 4 or 5, the others of one to three digits. Anything else a policy gave (spaces, line
+/// breaks) never reaches a reply line.
+fn enhanced_code(e: &str) -> bool {
+    let parts: Vec<&str> = e.split('.').collect();
+    let digits = |p: &str| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    matches!(parts[..], [class, subject, detail] if ["2", "4", "5"].contains(&class) && digits(subject) && digits(detail))
 }
 
 /// Policies loaded from the directory at one moment.
@@ -526,6 +539,30 @@ mod tests {
             !text.contains('\r') && !text.contains('\n'),
             "no reply-line injection: {text:?}"
         );
+        // An enhanced code that is not one (found by the policy_verdict fuzz target: a line
+        // break in it went into the reply line) gives way to the default.
+        for given in [
+            "5tf\r\u{b}\r,",
+            "5.7.1\r\n250 x",
+            "5.7",
+            "5.7.1.1",
+            "5.1234.1",
+            "5..1",
+            "6.1.1",
+        ] {
+            let out = Outcome {
+                code: Some(550),
+                enhanced: Some(given.into()),
+                ..Outcome::default()
+            };
+            assert_eq!(out.reply_or(550, "5.7.1", "x").1, "5.7.1", "{given:?}");
+        }
+        let kept = Outcome {
+            code: Some(554),
+            enhanced: Some("5.7.26".into()),
+            ..Outcome::default()
+        };
+        assert_eq!(kept.reply_or(550, "5.7.1", "x").1, "5.7.26");
         let bad = Outcome {
             code: Some(250),
             ..Outcome::default()

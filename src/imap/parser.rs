@@ -1610,3 +1610,118 @@ mod tests {
         assert_eq!(parse_date("31-Foo-2024"), None);
     }
 }
+
+/// parse ∘ write = id for commands as a real client writes them: imap-proto's command
+/// builders (quoted strings with their escapes, sequence sets, FETCH items and modifiers)
+/// read back by our parser as the values they were built from.
+#[cfg(test)]
+mod a_client_command_reads_as_built {
+    use super::*;
+    use imap_proto::builders::command::{Attribute, Command as Built, CommandBuilder};
+    use proptest::prelude::*;
+
+    fn parsed(c: Built) -> Command {
+        let mut line = b"t1 ".to_vec();
+        line.extend_from_slice(&c.args);
+        line.extend_from_slice(b"\r\n");
+        parse(&line).unwrap_or_else(|e| panic!("{:?}: {e:?}", String::from_utf8_lossy(&line)))
+    }
+
+    // Strings: printable ASCII with IMAP's specials, and UTF-8 (IMAP4rev2 quoted strings).
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn selects(name in "[ -~\u{e9}\u{4e2d}]{1,20}", examine in any::<bool>(), condstore in any::<bool>()) {
+            let b = if examine { CommandBuilder::examine(&name) } else { CommandBuilder::select(&name) };
+            let c: Built = if condstore { b.cond_store().into() } else { b.into() };
+            let Cmd::Select { mailbox, read_only, condstore: cs, qresync } = parsed(c).cmd else { panic!("not SELECT") };
+            prop_assert_eq!((mailbox, read_only, cs, qresync), (name, examine, condstore, None));
+        }
+
+        #[test]
+        fn logins(user in "[ -~\u{e9}\u{4e2d}]{1,20}", password in "[ -~\u{e9}\u{4e2d}]{0,20}") {
+            let Cmd::Login { user: u, password: p } = parsed(CommandBuilder::login(&user, &password)).cmd else {
+                panic!("not LOGIN")
+            };
+            prop_assert_eq!((u, p), (user, password));
+        }
+
+        #[test]
+        fn lists(reference in "[ -~\u{e9}\u{4e2d}]{0,10}", pattern in "[ -~\u{e9}\u{4e2d}]{0,10}") {
+            let Cmd::List { reference: r, patterns, .. } = parsed(CommandBuilder::list(&reference, &pattern)).cmd else {
+                panic!("not LIST")
+            };
+            prop_assert_eq!((r, patterns), (reference, vec![pattern]));
+        }
+
+        #[test]
+        fn fetches(
+            parts in proptest::collection::vec((1u32..100_000, 0u32..50, 0u8..3), 1..5),
+            atts in proptest::sample::subsequence(vec![0usize, 1, 2, 3, 4, 5, 6, 7, 8], 1..=9),
+            changed_since in proptest::option::of(1u64..1 << 62),
+            uid in any::<bool>(),
+        ) {
+            let b = if uid { CommandBuilder::uid_fetch() } else { CommandBuilder::fetch() };
+            let mut want = Vec::new();
+            let (first, rest) = parts.split_first().unwrap();
+            let add = |(lo, len, kind): (u32, u32, u8)| -> (u64, u64) {
+                let (lo, hi) = (u64::from(lo), u64::from(lo + len));
+                match kind {
+                    0 => (lo, lo),
+                    1 => (lo, hi),
+                    _ => (lo, STAR),
+                }
+            };
+            let mut messages = {
+                let r = add(*first);
+                want.push(r);
+                match r {
+                    (lo, hi) if hi == STAR => b.range_from(lo as u32..),
+                    (lo, hi) if lo == hi => b.num(lo as u32),
+                    (lo, hi) => b.range(lo as u32..=hi as u32),
+                }
+            };
+            for p in rest {
+                let r = add(*p);
+                want.push(r);
+                messages = match r {
+                    (lo, hi) if hi == STAR => messages.range_from(lo as u32..),
+                    (lo, hi) if lo == hi => messages.num(lo as u32),
+                    (lo, hi) => messages.range(lo as u32..=hi as u32),
+                };
+            }
+            let att = |i: usize| match i {
+                0 => (Attribute::Body, FetchAtt::Body),
+                1 => (Attribute::Envelope, FetchAtt::Envelope),
+                2 => (Attribute::Flags, FetchAtt::Flags),
+                3 => (Attribute::InternalDate, FetchAtt::InternalDate),
+                4 => (Attribute::ModSeq, FetchAtt::ModSeq),
+                5 => (Attribute::Rfc822, FetchAtt::Rfc822),
+                6 => (Attribute::Rfc822Size, FetchAtt::Rfc822Size),
+                7 => (Attribute::Rfc822Text, FetchAtt::Rfc822Text),
+                _ => (Attribute::Uid, FetchAtt::Uid),
+            };
+            let (first_att, more) = atts.split_first().unwrap();
+            let mut with = messages.attr(att(*first_att).0);
+            for &a in more {
+                with = with.attr(att(a).0);
+            }
+            let built: Built = match changed_since {
+                Some(m) => with.changed_since(m).into(),
+                None => with.into(),
+            };
+            let c = parsed(built);
+            prop_assert_eq!(c.uid, uid);
+            let Cmd::Fetch { set, atts: got, changed_since: cs, .. } = c.cmd else { panic!("not FETCH") };
+            prop_assert_eq!(set, SeqSet::Ranges(want));
+            let expected: Vec<FetchAtt> = atts.iter().map(|&a| att(a).1).collect();
+            prop_assert_eq!(got.len(), expected.len(), "{:?} vs {:?}", got, expected);
+            for e in &expected {
+                prop_assert!(got.contains(e), "{:?} missing from {:?}", e, got);
+            }
+            prop_assert_eq!(cs, changed_since);
+        }
+    }
+}

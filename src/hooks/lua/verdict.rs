@@ -6,7 +6,10 @@
 //! table, a reference per key and value). This walks the table once with `lua_next`, with the
 //! same rules as `Verdict`'s serde form: unknown fields, wrong types and unknown action or
 //! route names are errors, `nil` fields are absent, an integer-valued float is accepted where
-//! an integer is expected (Lua 5.4 has both).
+//! an integer is expected (Lua 5.4 has both). Lists differ on purpose: a table with other keys
+//! where a list belongs is an error (serde read its index part and dropped the rest), and a
+//! list with holes gives all its elements in index order (serde stopped at the first hole).
+//! The `policy_verdict` fuzz target holds the two readers to exactly this.
 //!
 //! Nothing here can raise a Lua error (no metamethods, no conversions: strings are read only
 //! when they are strings, numbers only when they are numbers, `lua_checkstack` reports
