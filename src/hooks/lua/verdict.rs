@@ -7,9 +7,9 @@
 //! same rules as `Verdict`'s serde form: unknown fields, wrong types and unknown action or
 //! route names are errors, `nil` fields are absent, an integer-valued float is accepted where
 //! an integer is expected (Lua 5.4 has both). Lists differ on purpose: a table with other keys
-//! where a list belongs is an error (serde read its index part and dropped the rest), and a
-//! list with holes gives all its elements in index order (serde stopped at the first hole).
-//! The `policy_verdict` fuzz target holds the two readers to exactly this.
+//! where a list belongs is an error (serde read its index part and dropped the rest without a
+//! word), and a list ends at its first hole, as `ipairs` (and serde) read it. The
+//! `policy_verdict` fuzz target holds the two readers to exactly this.
 //!
 //! Nothing here can raise a Lua error (no metamethods, no conversions: strings are read only
 //! when they are strings, numbers only when they are numbers, `lua_checkstack` reports
@@ -108,21 +108,28 @@ fn code(v: At) -> Result<u16> {
     }
 }
 
-/// A Lua sequence (`{ a, b }`; `{}` is empty), each element read by `item`.
+/// A Lua sequence (`{ a, b }`; `{}` is empty), each element read by `item`: elements 1, 2, …
+/// up to the first missing index, as `ipairs` walks it (what follows a hole is not part of
+/// the list, and is not read). Keys other than positive integers are an error.
 fn list<T>(field: &str, v: At, mut item: impl FnMut(At) -> Result<T>) -> Result<Vec<T>> {
     if !v.is_table() {
         return Err(format!("{field}: expected a list, got {}", v.kind()));
     }
+    // Read in table order; an element's error counts only if it is inside the sequence.
     let mut out = Vec::new();
     v.pairs(field, |k, v| {
         match k.integer() {
-            Some(i) if i >= 1 => out.push((i, item(v)?)),
+            Some(i) if i >= 1 => out.push((i, item(v))),
             _ => return Err(format!("{field}: expected a list, found key of type {}", k.kind())),
         }
         Ok(())
     })?;
     out.sort_by_key(|(i, _)| *i);
-    Ok(out.into_iter().map(|(_, x)| x).collect())
+    out.into_iter()
+        .enumerate()
+        .take_while(|(n, (i, _))| *i == *n as i64 + 1)
+        .map(|(_, (_, x))| x)
+        .collect()
 }
 
 /// The fields of a record-like table (`{ name = ..., value = ... }`), each handed to `field`.
@@ -315,5 +322,21 @@ mod tests {
             let e = read(src).unwrap_err();
             assert!(e.contains(says), "{src}: {e}");
         }
+    }
+
+    /// A list ends at its first hole, as `ipairs` reads it; what follows is not read (the
+    /// fuzz target found the two readers disagreeing on `{ [2] = 'x' }` before).
+    #[test]
+    fn lists_end_at_their_first_hole() {
+        let v = read("{ flags = { '\\\\Seen', nil, 'x' }, remove_headers = { [2] = 'X-A' } }").unwrap();
+        assert_eq!(v.flags, ["\\Seen"]);
+        assert!(v.remove_headers.is_empty());
+        assert!(
+            read("{ add_headers = { [2] = 'not a header' } }")
+                .unwrap()
+                .add_headers
+                .is_empty()
+        );
+        assert!(read("{ add_headers = { 'not a header' } }").is_err());
     }
 }
