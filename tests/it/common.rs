@@ -349,6 +349,12 @@ impl ChildServer {
         }
     }
 
+    /// The address of the child's `protocol` listener.
+    pub fn listener(&self, protocol: &str) -> SocketAddr {
+        let found = self.others.iter().find(|(p, _)| p == protocol);
+        found.unwrap_or_else(|| panic!("no {protocol} listener")).1
+    }
+
     pub fn kill9(mut self) {
         self.proc.kill().unwrap(); // SIGKILL
         self.proc.wait().unwrap();

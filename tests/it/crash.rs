@@ -217,12 +217,7 @@ fn kill_9_keeps_appends_and_expunges() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with_alice(dir.path(), "imap");
     let server = ChildServer::start(&cfg);
-    let imap = server
-        .others
-        .iter()
-        .find(|(p, _)| p == "imap")
-        .expect("imap listener")
-        .1;
+    let imap = server.listener("imap");
     let appended = Arc::new(Mutex::new(Vec::<String>::new()));
     let expunged = Arc::new(Mutex::new(Vec::<String>::new()));
     let count = Arc::new(AtomicUsize::new(0));
@@ -330,12 +325,7 @@ fn kill_9_never_brings_back_what_pop3_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config_with_alice(dir.path(), "pop3");
     let server = ChildServer::start(&cfg);
-    let pop3 = server
-        .others
-        .iter()
-        .find(|(p, _)| p == "pop3")
-        .expect("pop3 listener")
-        .1;
+    let pop3 = server.listener("pop3");
     let smtp = server.smtp;
     let deleted = Arc::new(Mutex::new(Vec::<String>::new()));
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -481,12 +471,7 @@ fn a_full_disk_refuses_mail_and_recovers_when_space_returns() {
     let text = std::fs::read_to_string(&cfg).unwrap() + "\n[smtp]\nmin_free_space = 0\n";
     std::fs::write(&cfg, text).unwrap();
     let server = ChildServer::start(&cfg);
-    let imap = server
-        .others
-        .iter()
-        .find(|(p, _)| p == "imap")
-        .expect("imap listener")
-        .1;
+    let imap = server.listener("imap");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let send = |subject: &'static str, lines: usize| async move {
@@ -593,12 +578,7 @@ fn kill_9_while_learning_from_junk_moves_keeps_the_model_whole() {
     let trained = learned_state(&SledStore::open(&store_path, 16).unwrap(), &[]).0;
 
     let server = ChildServer::start(&cfg);
-    let imap = server
-        .others
-        .iter()
-        .find(|(p, _)| p == "imap")
-        .expect("imap listener")
-        .1;
+    let imap = server.listener("imap");
     let log = cfg.with_extension("log");
     const CLIENTS: usize = 3;
     let rt = tokio::runtime::Runtime::new().unwrap();
