@@ -470,7 +470,8 @@ async def main():
     )
     await rep
     problems = await verify(addrs["imap"], st)
-    proc.terminate()
+    # SOAK_KILL9: end the server with SIGKILL (a heap profiler then shows what it held).
+    proc.kill() if os.environ.get("SOAK_KILL9") else proc.terminate()
     proc.wait()
     print("\ntotals:", dict(st.total))
     print("messages acknowledged:", len(st.acked), "cut off:", len(st.aborted))

@@ -49,7 +49,8 @@ impl Input<'_> {
 }
 
 /// Builds a value; `plain` is cleared when a metatable is set (mlua's serde reader may run
-/// metamethods, which the raw reader never does, so only plain values are compared).
+/// metamethods, which the raw reader never does) or a table has holes (below), so that only
+/// values both readers define alike are compared.
 fn value(lua: &Lua, inp: &mut Input, depth: u32, plain: &mut bool) -> mlua::Result<Value> {
     Ok(match inp.byte() % 12 {
         0 => Value::Nil,
@@ -80,6 +81,21 @@ fn value(lua: &Lua, inp: &mut Input, depth: u32, plain: &mut bool) -> mlua::Resu
                 }
                 let v = value(lua, inp, depth + 1, plain)?;
                 t.raw_set(key, v)?;
+            }
+            // A table with holes in its positive integer keys has no defined length in Lua
+            // (`#t` may be any border), and mlua's serde walks to the border it gets: only
+            // proper sequences are compared (the raw reader's rule, ipairs, is unit-tested).
+            let mut ints: Vec<i64> = Vec::new();
+            for pair in t.pairs::<Value, Value>() {
+                if let Ok((Value::Integer(i), _)) = pair
+                    && i >= 1
+                {
+                    ints.push(i);
+                }
+            }
+            ints.sort_unstable();
+            if ints.iter().enumerate().any(|(n, &i)| i != n as i64 + 1) {
+                *plain = false;
             }
             if inp.byte() % 16 == 0 {
                 let meta = lua.create_table()?;

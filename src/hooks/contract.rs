@@ -164,6 +164,7 @@ pub struct LetterFinding {
 
 /// A named score contribution with its reason.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Symbol {
     pub name: String,
     pub score: f64,

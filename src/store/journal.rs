@@ -428,18 +428,17 @@ impl Journal {
             // record: cut it off, so the segment ends where the last whole record ends and
             // the next append can follow it once space returns. Only if that fails too is
             // the journal given up on (replay would stop at the torn part).
-            return Err(match seg.file.set_len(start) {
-                Ok(()) => {
-                    tracing::warn!("journal write failed, change set not written: {e}");
-                    e
-                }
+            // (A file system turned read-only refuses the write whole: nothing to cut.)
+            let untouched = seg.file.metadata().is_ok_and(|m| m.len() == start);
+            match if untouched { Ok(()) } else { seg.file.set_len(start) } {
+                Ok(()) => tracing::warn!("journal write failed, change set not written: {e}"),
                 Err(cut) => {
                     self.fail(io::Error::other(format!(
                         "{e}; cutting the torn record off failed: {cut}"
                     )));
-                    e
                 }
-            });
+            }
+            return Err(e);
         }
         seg.len += rec.len() as u64;
         self.written.store(seq, Ordering::SeqCst);
