@@ -453,26 +453,37 @@ async def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--accounts", type=int, default=ACCOUNTS)
     ap.add_argument("--config", default="", help="more config text (TOML; \\n for newlines)")
+    ap.add_argument("--connect", help="use a running server: smtp=HOST:PORT,imap=HOST:PORT,pop3=HOST:PORT")
+    ap.add_argument("--pid", type=int, help="its process id (for RSS), with --connect")
     ap.add_argument("--mix", default="60,25,15", help="SMTP,IMAP,POP3 session weights")
     args = ap.parse_args()
     mix = [int(w) for w in args.mix.split(",")]
     ACCOUNTS = args.accounts
     workdir = tempfile.mkdtemp(prefix="mailgate-soak-")
-    proc, addrs = start_server(args.bin, workdir, args.clients, args.config)
-    print(f"server pid {proc.pid}, data in {workdir}; {args.clients} clients for {args.minutes} min")
+    if args.connect:
+        # A server started by hand (under a profiler, say), with the accounts in place.
+        pid, addrs = args.pid, {}
+        for part in args.connect.split(","):
+            proto, host, port = part.replace("=", ":").split(":")
+            addrs[proto] = (host, int(port))
+        proc = None
+    else:
+        proc, addrs = start_server(args.bin, workdir, args.clients, args.config)
+        pid = proc.pid
+    print(f"server pid {pid}, data in {workdir}; {args.clients} clients for {args.minutes} min")
     st = Stats()
     ids = iter(range(10**12))
     deadline = time.monotonic() + args.minutes * 60
     samples = []
-    rep = asyncio.create_task(reporter(proc.pid, st, deadline, samples))
+    rep = asyncio.create_task(reporter(pid, st, deadline, samples))
     await asyncio.gather(
         *(worker(addrs, st, random.Random(args.seed * 1000 + i), ids, deadline, mix) for i in range(args.clients))
     )
     await rep
     problems = await verify(addrs["imap"], st)
-    # SOAK_KILL9: end the server with SIGKILL (a heap profiler then shows what it held).
-    proc.kill() if os.environ.get("SOAK_KILL9") else proc.terminate()
-    proc.wait()
+    if proc:
+        proc.terminate()
+        proc.wait()
     print("\ntotals:", dict(st.total))
     print("messages acknowledged:", len(st.acked), "cut off:", len(st.aborted))
     print("intentional drops and locks:", dict(st.events))
