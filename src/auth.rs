@@ -7,6 +7,7 @@ use crate::store::MailStore;
 use base64::Engine as _;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,13 @@ pub struct Authenticator {
     config: AuthConfig,
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
     cache: LoginCache,
+    /// Turns for password checks ([`AuthConfig::max_parallel_checks`]): each argon2 check
+    /// holds ~19 MiB while it runs, so a flood of logins (real or not) must queue rather than
+    /// run by the hundred on the blocking pool. Unbounded, the memory allocator kept the
+    /// high-water mark of concurrent checks, and the server's RSS crept up under load.
+    checks: Arc<tokio::sync::Semaphore>,
+    /// Checks running now, and the most seen running at once.
+    running_checks: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 /// Logins that succeeded lately (Dovecot's auth cache): a client that reconnects with the
@@ -99,9 +107,32 @@ impl Authenticator {
         Authenticator {
             store,
             cache: LoginCache::new(Duration::from_secs(config.cache_ttl_secs)),
+            checks: Arc::new(tokio::sync::Semaphore::new(config.parallel_checks())),
+            running_checks: Arc::default(),
             config,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Checks `password` against `phc` off the async threads, when a turn is free.
+    async fn verify(&self, password: &str, phc: &str) -> Option<bool> {
+        let turn = self.checks.clone().acquire_owned().await.ok()?;
+        let (pw, phc, count) = (password.to_string(), phc.to_string(), self.running_checks.clone());
+        tokio::task::spawn_blocking(move || {
+            let now = count.0.fetch_add(1, Ordering::SeqCst) + 1;
+            count.1.fetch_max(now, Ordering::SeqCst);
+            let ok = verify_password(&pw, &phc);
+            count.0.fetch_sub(1, Ordering::SeqCst);
+            drop(turn);
+            ok
+        })
+        .await
+        .ok()
+    }
+
+    /// The most password checks that have run at once.
+    pub fn peak_parallel_checks(&self) -> usize {
+        self.running_checks.1.load(Ordering::SeqCst)
     }
 
     /// May a plaintext password be sent on this connection?
@@ -162,8 +193,7 @@ impl Authenticator {
             Ok(Some(a)) => a,
             Ok(None) => {
                 // Spend the same time as a real check so timing does not reveal accounts.
-                let pw = password.to_string();
-                let _ = tokio::task::spawn_blocking(move || verify_password(&pw, dummy_hash())).await;
+                let _ = self.verify(password, dummy_hash()).await;
                 return Outcome::Failed;
             }
             Err(e) => {
@@ -175,15 +205,13 @@ impl Authenticator {
         if self.cache.hit(&address, &digest) {
             return Outcome::Ok(address);
         }
-        let pw = password.to_string();
-        let hash = account.password_hash.clone();
-        match tokio::task::spawn_blocking(move || verify_password(&pw, &hash)).await {
-            Ok(true) => {
+        match self.verify(password, &account.password_hash).await {
+            Some(true) => {
                 self.cache.insert(&address, digest);
                 Outcome::Ok(address)
             }
-            Ok(false) => Outcome::Failed,
-            Err(_) => Outcome::TempFail,
+            Some(false) => Outcome::Failed,
+            None => Outcome::TempFail,
         }
     }
 }
@@ -248,6 +276,46 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of logins (right, wrong, unknown users; no cache) runs at most
+    /// `max_parallel_checks` argon2 checks at once, and each gets its right answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn password_checks_take_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn MailStore> = Arc::new(crate::store::SledStore::open(dir.path(), 16).unwrap());
+        store
+            .create_account("a@localhost", &hash_password("right").unwrap())
+            .unwrap();
+        let config = AuthConfig {
+            max_parallel_checks: 2,
+            cache_ttl_secs: 0,
+            failure_delay_ms: 0,
+            max_failures_per_ip: 1000,
+            ..AuthConfig::default()
+        };
+        let auth = Arc::new(Authenticator::new(store, config));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let logins = (0..12).map(|i| {
+            let auth = auth.clone();
+            tokio::spawn(async move {
+                let (user, pw, ok) = match i % 3 {
+                    0 => ("a@localhost", "right", true),
+                    1 => ("a@localhost", "wrong", false),
+                    _ => ("nobody@localhost", "right", false),
+                };
+                let outcome = auth.login(ip, user, pw).await;
+                assert_eq!(matches!(outcome, Outcome::Ok(_)), ok, "{user} {pw}: {outcome:?}");
+            })
+        });
+        for l in logins.collect::<Vec<_>>() {
+            l.await.unwrap();
+        }
+        assert_eq!(
+            auth.peak_parallel_checks(),
+            2,
+            "two at a time, and two did run together"
+        );
+    }
 
     #[test]
     fn plain_decoding() {

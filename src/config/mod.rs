@@ -309,6 +309,19 @@ pub struct Auth {
     /// A successful login is remembered this long: the same password again skips the
     /// argon2 check (0: every login is checked in full).
     pub cache_ttl_secs: u64,
+    /// Password checks (argon2, about 19 MiB of memory and tens of milliseconds of CPU each)
+    /// running at once; more wait their turn. 0: one per CPU core.
+    pub max_parallel_checks: usize,
+}
+
+impl Auth {
+    /// [`Auth::max_parallel_checks`] with 0 resolved to the number of cores.
+    pub fn parallel_checks(&self) -> usize {
+        match self.max_parallel_checks {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for Auth {
@@ -319,6 +332,7 @@ impl Default for Auth {
             max_failures_per_ip: 20,
             failure_window_secs: 600,
             cache_ttl_secs: 300,
+            max_parallel_checks: 0,
         }
     }
 }
