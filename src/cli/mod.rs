@@ -33,7 +33,15 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     init_logging(matches!(cli.command, Command::Serve), config.log.format);
-    let rt = match tokio::runtime::Runtime::new() {
+    // Blocking threads capped (tokio's default is 512): sled frees its log buffers through
+    // epoch reclamation, whose deferred frees wait in per-thread bags until that thread
+    // runs again; hundreds of mostly idle pool threads held them back, and RSS crept up
+    // under load (docs/performance.md, "Soak").
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(config.server.blocking_threads)
+        .build();
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mailgate: cannot start runtime: {e}");

@@ -84,6 +84,8 @@ pub struct Server {
     pub write_timeout_secs: u64,
     /// How long a client's TLS handshake may take (implicit TLS or STARTTLS).
     pub tls_handshake_timeout_secs: u64,
+    /// Threads for blocking work (store writes, fsyncs, password checks) at most.
+    pub blocking_threads: usize,
 }
 
 impl Default for Server {
@@ -96,6 +98,7 @@ impl Default for Server {
             recipient_delimiter: "+".into(),
             write_timeout_secs: 300,
             tls_handshake_timeout_secs: 30,
+            blocking_threads: 32,
         }
     }
 }
@@ -641,6 +644,7 @@ impl Config {
                 "server.tls_handshake_timeout_secs",
                 self.server.tls_handshake_timeout_secs,
             ),
+            ("server.blocking_threads", self.server.blocking_threads as u64),
             ("pop3.idle_timeout_secs", p.idle_timeout_secs),
             ("pop3.max_bad_commands", p.max_bad_commands as u64),
             ("imap.max_bad_commands", self.imap.max_bad_commands as u64),
