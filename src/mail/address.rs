@@ -91,6 +91,30 @@ pub fn is_valid_domain(d: &str) -> bool {
     })
 }
 
+/// An address as an SMTP path writes it (RFC 5321 §4.1.2): the local part as it is when it
+/// is a dot-string, else quoted. Addresses reach the queue decoded (`"a b"@x` arrives as
+/// `a b@x`), so this is where the quotes come back.
+pub fn smtp_path(address: &str) -> std::borrow::Cow<'_, str> {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return address.into();
+    };
+    let atext = |c: char| c.is_ascii_alphanumeric() || !c.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    if !local.is_empty() && local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext)) {
+        return address.into();
+    }
+    let mut quoted = String::with_capacity(address.len() + 4);
+    quoted.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push_str("\"@");
+    quoted.push_str(domain);
+    quoted.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

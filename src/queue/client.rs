@@ -117,33 +117,9 @@ fn xtext(s: &str) -> String {
     out
 }
 
-/// An address as an SMTP path writes it (RFC 5321 §4.1.2): the local part as it is when it
-/// is a dot-string, else quoted. Addresses reach the queue decoded (`"a b"@x` arrives as
-/// `a b@x`), so this is where the quotes come back.
-fn path(address: &str) -> std::borrow::Cow<'_, str> {
-    let Some((local, domain)) = address.rsplit_once('@') else {
-        return address.into();
-    };
-    let atext = |c: char| c.is_ascii_alphanumeric() || !c.is_ascii() || "!#$%&'*+-/=?^_`{|}~".contains(c);
-    if !local.is_empty() && local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(atext)) {
-        return address.into();
-    }
-    let mut quoted = String::with_capacity(address.len() + 4);
-    quoted.push('"');
-    for c in local.chars() {
-        if c == '"' || c == '\\' {
-            quoted.push('\\');
-        }
-        quoted.push(c);
-    }
-    quoted.push_str("\"@");
-    quoted.push_str(domain);
-    quoted.into()
-}
-
 /// MAIL FROM and one RCPT TO per recipient, with the parameters `ext` lets us send.
 fn envelope_commands(env: &Envelope<'_>, ext: &Extensions, needs_utf8: bool) -> Vec<String> {
-    let mut mail = format!("MAIL FROM:<{}>", path(env.sender));
+    let mut mail = format!("MAIL FROM:<{}>", crate::mail::address::smtp_path(env.sender));
     if ext.size.is_some() {
         mail.push_str(&format!(" SIZE={}", env.body.len()));
     }
@@ -163,7 +139,7 @@ fn envelope_commands(env: &Envelope<'_>, ext: &Extensions, needs_utf8: bool) -> 
     }
     let mut commands = vec![mail];
     for (i, r) in env.recipients.iter().enumerate() {
-        let mut rcpt = format!("RCPT TO:<{}>", path(r));
+        let mut rcpt = format!("RCPT TO:<{}>", crate::mail::address::smtp_path(r));
         if let Some((notify, orcpt)) = env.rcpt_dsn.get(i).filter(|_| ext.dsn) {
             if !notify.is_empty() {
                 rcpt.push_str(&format!(" NOTIFY={}", notify.join(",")));

@@ -505,15 +505,11 @@ impl Session {
         self.shared.tls.is_some() && self.tls_mode == TlsMode::Starttls && !self.conn.is_tls()
     }
 
-    /// Whether the embedded store's file system has `min_free_space` free, plus 1.5 × the
-    /// size the client declared (Postfix's check at MAIL FROM). A file system that cannot be
-    /// asked does not stop intake; a write that fails for space is refused at its end anyway.
+    /// Whether the store has `min_free_space` free, plus 1.5 × the size the client declared
+    /// (Postfix's check at MAIL FROM). A store that cannot say does not stop intake; a write
+    /// that fails for space is refused at its end anyway.
     fn room_for(&self, declared: usize) -> bool {
-        let config = &self.shared.config;
-        if config.store.backend != crate::config::StoreBackend::Sled {
-            return true;
-        }
-        let Some(free) = crate::store::free_space(&config.server.data_dir) else {
+        let Some(free) = self.shared.store.free_space() else {
             return true;
         };
         let needed = self.cfg().min_free_space.saturating_add(declared as u64 / 2 * 3);

@@ -396,6 +396,11 @@ impl Journal {
         Ok((journal, last))
     }
 
+    /// Where the segments are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn segment(&self) -> std::sync::MutexGuard<'_, Segment> {
         self.current.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -434,6 +434,13 @@ pub trait MailStore: Directory + Mailboxes + Messages + KeyValue + Queue + Send 
     /// trims the journal; run at shutdown and periodically.
     fn checkpoint(&self) -> BoxFuture<'_, Result<()>>;
 
+    /// Bytes free for new mail where this store keeps its files, when it keeps them on a
+    /// local file system (the embedded store); `None` for a store elsewhere (a database
+    /// server watches its own disk) or when it cannot be asked.
+    fn free_space(&self) -> Option<u64> {
+        None
+    }
+
     /// Takes the POP3 maildrop lock of `account` (RFC 1939 §8) for as long as the guard
     /// lives, against every session on every node sharing the store; `None` while another
     /// session holds it.
@@ -461,7 +468,7 @@ pub fn now_secs() -> i64 {
 
 /// Bytes free for unprivileged writers on the file system holding `dir` (`statvfs`), or `None`
 /// when it cannot be asked.
-pub fn free_space(dir: &std::path::Path) -> Option<u64> {
+pub fn free_space_at(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();

@@ -285,13 +285,8 @@ fn kill_9_keeps_appends_and_expunges() {
     assert!(server.terminate().success());
     let store = SledStore::open(&dir.path().join("data/store"), 16).unwrap();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for m in inbox_of(&store, "alice@localhost") {
-        let raw = store
-            .blob(&m.meta.blob)
-            .unwrap()
-            .expect("every listed message has its body");
-        assert_eq!(raw.len() as u64, m.meta.size, "uid {} is whole", m.uid);
-        *seen.entry(subject_of(&raw)).or_default() += 1;
+    for subject in whole_subjects(&store, "alice@localhost") {
+        *seen.entry(subject).or_default() += 1;
     }
     let appended = appended.lock().unwrap().clone();
     let expunged = expunged.lock().unwrap().clone();
@@ -307,6 +302,22 @@ fn kill_9_keeps_appends_and_expunges() {
         assert_eq!(seen.get(s), Some(&1), "appended {s} kept exactly once");
     }
     assert!(seen.values().all(|&n| n == 1), "no duplicates");
+}
+
+/// The subjects of `account`'s INBOX, in UID order, checking each message is whole (its
+/// body there, of its recorded size).
+fn whole_subjects(store: &SledStore, account: &str) -> Vec<String> {
+    inbox_of(store, account)
+        .into_iter()
+        .map(|m| {
+            let raw = store
+                .blob(&m.meta.blob)
+                .unwrap()
+                .expect("every listed message has its body");
+            assert_eq!(raw.len() as u64, m.meta.size, "uid {} is whole", m.uid);
+            subject_of(&raw)
+        })
+        .collect()
 }
 
 /// A POP3 command's first reply line, or None when the server went away.
@@ -519,15 +530,7 @@ fn a_full_disk_refuses_mail_and_recovers_when_space_returns() {
     let server = ChildServer::start(&cfg);
     assert!(server.terminate().success());
     let store = SledStore::open(&dir.path().join("data/store"), 16).unwrap();
-    let mut seen = Vec::new();
-    for m in inbox_of(&store, "alice@localhost") {
-        let raw = store
-            .blob(&m.meta.blob)
-            .unwrap()
-            .expect("every listed message has its body");
-        assert_eq!(raw.len() as u64, m.meta.size, "uid {} is whole", m.uid);
-        seen.push(subject_of(&raw));
-    }
+    let seen = whole_subjects(&store, "alice@localhost");
     assert_eq!(seen, ["before", "appended-before", "after", "appended-after"]);
     drop(store);
     drop(disk);

@@ -395,6 +395,10 @@ impl MailStore for SledStore {
         Box::pin(self.inner.clone().checkpoint_now())
     }
 
+    fn free_space(&self) -> Option<u64> {
+        super::free_space_at(self.inner.journal.dir())
+    }
+
     fn write_turn(&self) -> BoxFuture<'_, WriteTurn<'_>> {
         Box::pin(async move { WriteTurn(Some(self.turn.lock().await)) })
     }
