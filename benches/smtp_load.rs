@@ -238,7 +238,11 @@ fn spawn_server(policies: Option<&str>, store_url: Option<&str>, dns: Option<Soc
     assert!(add.wait().unwrap().success() || store_url.is_some());
     let mut child = std::process::Command::new(&bin)
         .args(["--config", cfg.to_str().unwrap(), "serve"])
-        .env("RUST_LOG", "warn")
+        // MAILGATE_BENCH_LOG=info shows, among others, the store's counters at the end.
+        .env(
+            "RUST_LOG",
+            std::env::var("MAILGATE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

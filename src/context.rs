@@ -68,7 +68,11 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn MailStore>, crate::store::S
             let url = config.store.postgres.url.as_deref().ok_or_else(|| {
                 crate::store::StoreError::Invalid("store.backend = \"postgres\" needs store.postgres.url".into())
             })?;
-            Arc::new(crate::store::PgStore::open(url, config.store.postgres.pool_size)?)
+            Arc::new(crate::store::PgStore::open(
+                url,
+                config.store.postgres.pool_size,
+                config.store.postgres.delivery_writers,
+            )?)
         }
     })
 }

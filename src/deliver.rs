@@ -10,13 +10,9 @@ use crate::hooks::contract::Session;
 use crate::mail::edit_headers;
 use crate::pipeline::{Context, Delivery, Refusal, Scope};
 use crate::queue::{Dsn, Outgoing, Wake};
-use crate::store::{MailStore, Target, now_secs};
+use crate::store::{FolderTarget, MailStore, now_secs};
 use std::borrow::Cow;
 use std::sync::Arc;
-
-/// Messages above this size are stored from a blocking thread (hashing and copying a large
-/// body would otherwise stall other sessions on the same worker).
-const BLOCKING_DELIVERY_SIZE: usize = 256 * 1024;
 
 static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -190,27 +186,11 @@ async fn success_notice(
 /// when the folder does not exist, nothing when the account has gone since RCPT — and
 /// waits until it is on disk. Returns how many mailboxes got it.
 pub async fn store_local(store: &Arc<dyn MailStore>, raw: &[u8], deliveries: &[Delivery]) -> anyhow::Result<usize> {
-    let mut groups: Vec<(&[crate::mail::Header], Vec<Target>)> = Vec::new();
+    let mut groups: Vec<(&[crate::mail::Header], Vec<FolderTarget>)> = Vec::new();
     for d in deliveries.iter().filter(|d| !d.discarded) {
-        let mailbox = match store.mailbox(&d.account, &d.folder)? {
-            Some(m) => m,
-            None => {
-                tracing::warn!(
-                    account = d.account,
-                    folder = d.folder,
-                    "no such folder; delivering to INBOX"
-                );
-                match store.mailbox(&d.account, "INBOX")? {
-                    Some(m) => m,
-                    None => {
-                        tracing::warn!(account = d.account, "account vanished since RCPT; skipped");
-                        continue;
-                    }
-                }
-            }
-        };
-        let target = Target {
-            mailbox: mailbox.id,
+        let target = FolderTarget {
+            account: d.account.clone(),
+            folder: d.folder.clone(),
             flags: d.flags,
             keywords: d.keywords.clone(),
         };
@@ -230,14 +210,21 @@ pub async fn store_local(store: &Arc<dyn MailStore>, raw: &[u8], deliveries: &[D
         };
         // One body per group, however many mailboxes share it.
         crate::metrics::get().stored_bytes.inc_by(copy.len() as u64);
-        let _turn = store.write_turn().await;
-        if copy.len() >= BLOCKING_DELIVERY_SIZE {
-            let (s, t, copy) = (store.clone(), targets.clone(), copy.into_owned());
-            tokio::task::spawn_blocking(move || s.deliver_to(&copy, now, &t)).await??;
-        } else {
-            store.deliver_to(&copy, now, &targets)?;
+        let placed = store.deliver_to_folders(&copy, now, &targets).await?;
+        for (t, p) in targets.iter().zip(&placed) {
+            match p {
+                None => tracing::warn!(account = t.account, "account vanished since RCPT; skipped"),
+                Some(p) if p.inbox_instead => {
+                    tracing::warn!(
+                        account = t.account,
+                        folder = t.folder,
+                        "no such folder; delivered to INBOX"
+                    )
+                }
+                Some(_) => {}
+            }
         }
-        delivered += targets.len();
+        delivered += placed.iter().flatten().count();
     }
     store.sync().await?;
     Ok(delivered)

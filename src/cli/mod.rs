@@ -304,7 +304,7 @@ fn store_migrate(config: &Config) -> Result<(), String> {
                 .as_deref()
                 .ok_or("store.backend = \"postgres\" needs store.postgres.url")?;
             // Opening applies what is missing (under a lock other nodes also take).
-            let store = crate::store::PgStore::open(url, 1).map_err(|e| e.to_string())?;
+            let store = crate::store::PgStore::open(url, 1, 1).map_err(|e| e.to_string())?;
             let applied = store.migrations_applied();
             println!(
                 "schema version {} (this mailgate's latest: {}); applied now: {}",

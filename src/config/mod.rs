@@ -465,6 +465,9 @@ pub struct StorePostgres {
     pub url: Option<String>,
     /// Connections each node keeps at most.
     pub pool_size: usize,
+    /// Transactions of joined deliveries a node writes at the same time (each holds one of
+    /// the pool's connections; docs/performance.md).
+    pub delivery_writers: usize,
 }
 
 impl Default for StorePostgres {
@@ -472,6 +475,7 @@ impl Default for StorePostgres {
         StorePostgres {
             url: None,
             pool_size: 16,
+            delivery_writers: 1,
         }
     }
 }
@@ -674,6 +678,10 @@ impl Config {
         }
         if self.store.postgres.pool_size == 0 {
             return Err("store.postgres.pool_size must be at least 1".into());
+        }
+        let pg = &self.store.postgres;
+        if pg.delivery_writers == 0 || pg.delivery_writers >= pg.pool_size.max(2) {
+            return Err("store.postgres.delivery_writers must be at least 1 and less than pool_size".into());
         }
         let t = &self.spam.thresholds;
         if !(t.tag <= t.quarantine && t.quarantine <= t.reject) {

@@ -63,7 +63,7 @@ pub fn sled() -> Option<Fixture> {
 
 pub fn postgres() -> Option<Fixture> {
     let url = pg_store::harness::database()?;
-    let open = move || -> Arc<dyn MailStore> { Arc::new(PgStore::open(&url, 8).unwrap()) };
+    let open = move || -> Arc<dyn MailStore> { Arc::new(PgStore::open(&url, 8, 1).unwrap()) };
     Some(Fixture {
         store: open(),
         open: Box::new(open),
@@ -108,7 +108,70 @@ contract!(
     one_pop3_session_per_maildrop,
     directory_changes_reach_every_node,
     exclusive_locks_keep_read_modify_writes_whole,
+    deliveries_by_folder_name_fall_back_to_inbox,
+    concurrent_folder_deliveries_from_two_nodes_get_consecutive_uids,
 );
+
+/// A store call from a task that has used up tokio's cooperative budget gets its answer
+/// (it spun for ever: every tokio resource the blocking call polled said "yield").
+#[test]
+fn a_task_out_of_budget_still_gets_answers() {
+    let Some(f) = postgres() else { return };
+    let (done, answered) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            f.store.create_account("a@x.test", "h").unwrap();
+            let permits = tokio::sync::Semaphore::new(1 << 20);
+            while tokio::task::coop::has_budget_remaining() {
+                permits.acquire().await.unwrap().forget();
+            }
+            let inbox = f.store.mailbox("a@x.test", "INBOX").unwrap();
+            done.send(inbox.is_some()).unwrap();
+        });
+    });
+    let found = answered
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the store call came back");
+    assert!(found);
+}
+
+/// One delivery that fails among many joined into one PostgreSQL transaction fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_delivery_does_not_fail_the_ones_joined_with_it() {
+    let Some(f) = postgres() else { return };
+    let s = f.store.clone();
+    s.create_account("a@x.test", "h").unwrap();
+    let deliveries: Vec<_> = (0..40)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let t = FolderTarget {
+                    account: "a@x.test".into(),
+                    folder: "INBOX".into(),
+                    // PostgreSQL's text cannot hold NUL: this one delivery fails there.
+                    keywords: if i == 17 { vec!["bad\0".into()] } else { Vec::new() },
+                    ..FolderTarget::default()
+                };
+                s.deliver_to_folders(format!("message {i}").as_bytes(), 0, &[t]).await
+            })
+        })
+        .collect();
+    let mut uids = Vec::new();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        match d.await.unwrap() {
+            Ok(p) if i != 17 => uids.push(p[0].unwrap().uid),
+            Err(StoreError::Backend(_)) if i == 17 => {}
+            other => panic!("delivery {i}: {other:?}"),
+        }
+    }
+    uids.sort_unstable();
+    assert_eq!(uids, (1..=39).collect::<Vec<u32>>());
+    assert_eq!(s.blob_count().unwrap(), 39, "the failed one left no body");
+}
 
 /// Two stores on one PostgreSQL database (two nodes): queue leases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -680,6 +743,128 @@ async fn concurrent_deliveries_get_distinct_consecutive_uids(f: Fixture) {
     modseqs.sort_unstable();
     modseqs.dedup();
     assert_eq!(modseqs.len(), 100, "each delivery its own MODSEQ");
+}
+
+fn to_folder(account: &str, folder: &str) -> FolderTarget {
+    FolderTarget {
+        account: account.into(),
+        folder: folder.into(),
+        ..FolderTarget::default()
+    }
+}
+
+async fn deliveries_by_folder_name_fall_back_to_inbox(f: Fixture) {
+    let s = f.store.clone();
+    s.create_account("a@x.test", "h").unwrap();
+    s.create_account("b@x.test", "h").unwrap();
+    let work = s.create_mailbox("a@x.test", "Work", None).unwrap();
+    let a_inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+    let b_inbox = s.mailbox("b@x.test", "INBOX").unwrap().unwrap();
+    let targets = [
+        FolderTarget {
+            flags: Flags(Flags::SEEN),
+            ..to_folder("a@x.test", "Work")
+        },
+        to_folder("a@x.test", "No such folder"),
+        to_folder("gone@x.test", "INBOX"),
+        FolderTarget {
+            keywords: vec!["$Junk".into()],
+            ..to_folder("b@x.test", "inbox")
+        },
+        to_folder("a@x.test", "Work"),
+    ];
+    let raw = b"Subject: filed\r\n\r\nbody\r\n";
+    let placed = s.deliver_to_folders(raw, 7, &targets).await.unwrap();
+    let at = |mailbox, uid, inbox_instead| {
+        Some(Placed {
+            mailbox,
+            uid,
+            inbox_instead,
+        })
+    };
+    assert_eq!(
+        placed,
+        [
+            at(work.id, 1, false),
+            at(a_inbox.id, 1, true),
+            None,
+            at(b_inbox.id, 1, false),
+            at(work.id, 2, false),
+        ]
+    );
+    let f = f.reopen().await;
+    let s = &f.store;
+    let filed = s.message(work.id, 1).unwrap().unwrap().meta;
+    assert_eq!((filed.flags, filed.internal_date), (Flags(Flags::SEEN), 7));
+    assert_eq!(s.blob(&filed.blob).unwrap().unwrap(), raw);
+    assert_eq!(s.message(b_inbox.id, 1).unwrap().unwrap().meta.keywords, ["$Junk"]);
+    let work_now = s.mailbox_by_id(work.id).unwrap().unwrap();
+    assert_eq!((work_now.uidnext, work_now.highestmodseq), (3, 3));
+    assert_eq!(s.blob_count().unwrap(), 1, "one body for all");
+    // Counted once per copy: the body goes with the last of them.
+    s.delete_account("a@x.test").unwrap();
+    assert_eq!(s.blob_count().unwrap(), 1);
+    s.delete_account("b@x.test").unwrap();
+    assert_eq!(s.blob_count().unwrap(), 0);
+    let nowhere = s
+        .deliver_to_folders(b"x", 8, &[to_folder("b@x.test", "INBOX")])
+        .await
+        .unwrap();
+    assert_eq!(nowhere, [None], "an account that has gone");
+    assert_eq!(s.blob_count().unwrap(), 0, "and no body kept for it");
+}
+
+async fn concurrent_folder_deliveries_from_two_nodes_get_consecutive_uids(f: Fixture) {
+    let s = f.store.clone();
+    s.create_account("a@x.test", "h").unwrap();
+    s.create_account("b@x.test", "h").unwrap();
+    let nodes = [s.clone(), f.second()];
+    // 120 deliveries at once, half through each node, some of them the same body (as a
+    // list's copies are), each to a's INBOX and some to b's as well.
+    let deliveries: Vec<_> = (0..120)
+        .map(|i| {
+            let node = nodes[i % 2].clone();
+            tokio::spawn(async move {
+                let mut targets = vec![to_folder("a@x.test", "INBOX")];
+                if i % 3 == 0 {
+                    targets.push(to_folder("b@x.test", "INBOX"));
+                }
+                let raw = format!("message {}", i % 40);
+                let placed = node.deliver_to_folders(raw.as_bytes(), 0, &targets).await.unwrap();
+                node.sync().await.unwrap();
+                placed
+            })
+        })
+        .collect();
+    let mut uids: [Vec<u32>; 2] = Default::default();
+    for d in deliveries {
+        for (k, p) in d.await.unwrap().into_iter().enumerate() {
+            uids[k].push(p.unwrap().uid);
+        }
+    }
+    for (k, mut u) in uids.into_iter().enumerate() {
+        u.sort_unstable();
+        let n = if k == 0 { 120 } else { 40 };
+        assert_eq!(u, (1..=n).collect::<Vec<u32>>(), "no gaps, no repeats");
+    }
+    let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+    assert_eq!((inbox.uidnext, inbox.highestmodseq), (121, 121));
+    let mut modseqs: Vec<u64> = s
+        .messages(inbox.id)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.meta.modseq)
+        .collect();
+    modseqs.sort_unstable();
+    modseqs.dedup();
+    assert_eq!(modseqs.len(), 120, "each message its own MODSEQ");
+    assert_eq!(s.blob_count().unwrap(), 40, "one body per distinct message");
+    // The bodies' counts are right: removing every copy removes every body.
+    let uids: Vec<u32> = (1..=120).collect();
+    s.expunge(inbox.id, &uids).unwrap();
+    assert_eq!(s.blob_count().unwrap(), 40, "b still holds some");
+    s.delete_account("b@x.test").unwrap();
+    assert_eq!(s.blob_count().unwrap(), 0);
 }
 
 async fn one_pop3_session_per_maildrop(f: Fixture) {

@@ -121,6 +121,38 @@ pub struct Target {
     pub keywords: Vec<String>,
 }
 
+/// Where one copy of a delivered message goes by name: the account's folder (its INBOX
+/// when the folder does not exist), with which flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FolderTarget {
+    pub account: String,
+    pub folder: String,
+    pub flags: Flags,
+    pub keywords: Vec<String>,
+}
+
+/// Where a [`FolderTarget`] was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub mailbox: MailboxId,
+    pub uid: u32,
+    /// The folder did not exist and the account's INBOX took the message.
+    pub inbox_instead: bool,
+}
+
+/// Deliveries at least this large are written with the runtime worker handed over
+/// ([`blocking`]), so a long write does not hold up the worker's other sessions.
+const BLOCKING_DELIVERY_SIZE: usize = 256 * 1024;
+
+/// Runs `f`, which may block for a while, without holding up the other tasks of a
+/// multi-threaded runtime's worker (`block_in_place`); inline elsewhere.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// One message as listed: where it is and what it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
@@ -429,6 +461,62 @@ pub trait MailStore: Directory + Mailboxes + Messages + KeyValue + Queue + Send 
     /// Waits until every write made before the call is on disk. Concurrent callers share one
     /// flush.
     fn sync(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Delivers `raw` into each target's folder — its account's INBOX when the folder does
+    /// not exist, nowhere when the account has no INBOX (it has gone) — atomically, as
+    /// [`Messages::deliver_to`] does; gives where each target went (`None`: nowhere). Not
+    /// durable until [`MailStore::sync`]. Async, unlike the other changes, because it is
+    /// the intake's hot path: a store across the network does it without holding the
+    /// caller's thread and joins concurrent deliveries into one transaction. Callers do not
+    /// take [`MailStore::write_turn`]; this does, where the store needs it.
+    fn deliver_to_folders<'a>(
+        &'a self,
+        raw: &'a [u8],
+        internal_date: i64,
+        targets: &'a [FolderTarget],
+    ) -> BoxFuture<'a, Result<Vec<Option<Placed>>>> {
+        Box::pin(async move {
+            let mut resolved = Vec::with_capacity(targets.len());
+            for t in targets {
+                resolved.push(match self.mailbox(&t.account, &t.folder)? {
+                    Some(m) => Some((m.id, false)),
+                    None => self.mailbox(&t.account, "INBOX")?.map(|m| (m.id, true)),
+                });
+            }
+            let to: Vec<Target> = targets
+                .iter()
+                .zip(&resolved)
+                .filter_map(|(t, r)| {
+                    r.map(|(mailbox, _)| Target {
+                        mailbox,
+                        flags: t.flags,
+                        keywords: t.keywords.clone(),
+                    })
+                })
+                .collect();
+            if to.is_empty() {
+                return Ok(vec![None; targets.len()]);
+            }
+            let _turn = self.write_turn().await;
+            let uids = if raw.len() >= BLOCKING_DELIVERY_SIZE {
+                blocking(|| self.deliver_to(raw, internal_date, &to))?
+            } else {
+                self.deliver_to(raw, internal_date, &to)?
+            };
+            let mut uids = uids.into_iter();
+            Ok(resolved
+                .into_iter()
+                .map(|r| {
+                    let (mailbox, inbox_instead) = r?;
+                    Some(Placed {
+                        mailbox,
+                        uid: uids.next()?,
+                        inbox_instead,
+                    })
+                })
+                .collect())
+        })
+    }
 
     /// Makes everything durable in the backing store itself (not only the journal) and
     /// trims the journal; run at shutdown and periodically.

@@ -27,6 +27,7 @@
 //! Schema: versioned migrations ([`MIGRATIONS`]), run at open under an advisory lock so two
 //! nodes starting together do not race, and by `mailgate store migrate`.
 
+mod batch;
 mod ops;
 
 use super::*;
@@ -124,6 +125,90 @@ END
 $$;
 "#,
     ),
+    (
+        4,
+        r#"
+-- Bodies compressed with LZ4 rather than pglz: a fifth of the database's CPU per
+-- delivered message went into pglz (docs/performance.md). Servers built without LZ4 (or
+-- older than PostgreSQL 14) keep pglz.
+DO $lz4$ BEGIN
+    ALTER TABLE blobs ALTER COLUMN body SET COMPRESSION lz4;
+EXCEPTION WHEN OTHERS THEN
+    RAISE NOTICE 'blobs.body stays with the default compression: %', SQLERRM;
+END $lz4$;
+-- Several messages' deliveries by account and folder name in one statement (the
+-- deliveries joined into one transaction, batch.rs): p_message[n] says which message
+-- target n gets (an index into the per-message arrays). Each target goes to its folder,
+-- else to its account's INBOX, else nowhere (the account has gone); the result row says
+-- where, with its UID, and whether INBOX stood in for a missing folder. Mailbox rows are
+-- locked in ascending id order (the store's lock order), then the bodies (one row per
+-- distinct body, its reference count raised by the targets that got it), then the
+-- message rows are inserted. A mailbox deleted between resolving and locking raises
+-- serialization_failure (the caller tries again and resolves anew).
+CREATE FUNCTION mailgate_deliver_folders(p_channel text, p_node text,
+        p_account text[], p_folder text[], p_message integer[], p_flags smallint[], p_keywords text[],
+        p_blob bytea[], p_body bytea[], p_size bigint[], p_date bigint[])
+RETURNS TABLE (target integer, mailbox bigint, uid bigint, inbox_instead boolean) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    resolved bigint[];
+    instead boolean[];
+    mb record;
+    first_uid bigint;
+    base_modseq bigint;
+    a_box bigint[] := '{}';
+    a_uid bigint[] := '{}';
+    a_modseq bigint[] := '{}';
+BEGIN
+    SELECT array_agg(coalesce(f.id, i.id) ORDER BY u.n), array_agg(f.id IS NULL AND i.id IS NOT NULL ORDER BY u.n)
+        INTO resolved, instead
+        FROM unnest(p_account, p_folder) WITH ORDINALITY AS u(a, f, n)
+        LEFT JOIN mailboxes f ON f.account = u.a AND f.name = u.f
+        LEFT JOIN mailboxes i ON i.account = u.a AND i.name = 'INBOX';
+    FOR mb IN SELECT x AS id, count(*) AS n FROM unnest(resolved) AS x
+               WHERE x IS NOT NULL GROUP BY x ORDER BY x LOOP
+        UPDATE mailboxes SET uidnext = uidnext + mb.n, highestmodseq = highestmodseq + mb.n
+            WHERE id = mb.id
+            RETURNING uidnext - mb.n, highestmodseq - mb.n INTO first_uid, base_modseq;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'mailbox % went away during delivery', mb.id USING ERRCODE = 'serialization_failure';
+        END IF;
+        IF first_uid + mb.n > 4294967295 THEN
+            RAISE EXCEPTION 'uid space exhausted' USING ERRCODE = 'numeric_value_out_of_range';
+        END IF;
+        a_box := a_box || mb.id;
+        a_uid := a_uid || first_uid;
+        a_modseq := a_modseq || base_modseq;
+        PERFORM pg_notify(p_channel, p_node || ' ' || mb.id);
+    END LOOP;
+    INSERT INTO blobs AS b (id, body, refs)
+        SELECT p_blob[g.m], p_body[g.m], g.refs
+        FROM (SELECT min(p_message[n]) AS m, count(*) AS refs
+              FROM generate_subscripts(p_message, 1) AS n
+              WHERE resolved[n] IS NOT NULL GROUP BY p_blob[p_message[n]]) AS g
+        ORDER BY p_blob[g.m]
+        ON CONFLICT (id) DO UPDATE SET refs = b.refs + EXCLUDED.refs;
+    RETURN QUERY
+        WITH r AS (
+            SELECT n, resolved[n] AS mbx, row_number() OVER (PARTITION BY resolved[n] ORDER BY n) AS k
+            FROM generate_subscripts(p_message, 1) AS n WHERE resolved[n] IS NOT NULL
+        ), placed AS (
+            SELECT r.n, r.mbx, a.uid0 + r.k - 1 AS uid, a.modseq0 + r.k AS modseq
+            FROM r JOIN unnest(a_box, a_uid, a_modseq) AS a(mbx, uid0, modseq0) ON a.mbx = r.mbx
+        ), stored AS (
+            INSERT INTO messages (mailbox, uid, blob, size, internal_date, modseq, flags, keywords)
+            SELECT p.mbx, p.uid, p_blob[p_message[p.n]], p_size[p_message[p.n]], p_date[p_message[p.n]],
+                   p.modseq, p_flags[p.n], p_keywords[p.n]
+            FROM placed AS p
+        )
+        SELECT n::integer, p.mbx, p.uid, instead[n] FROM placed AS p
+        UNION ALL
+        SELECT n::integer, NULL, NULL, false FROM generate_subscripts(p_message, 1) AS n
+            WHERE resolved[n] IS NULL;
+END
+$$;
+"#,
+    ),
 ];
 
 /// The advisory lock migrations run under (any fixed number; "mailgate" in ASCII).
@@ -181,13 +266,19 @@ pub struct PgStore {
 struct Inner {
     pool: Pool,
     handle: tokio::runtime::Handle,
-    /// Through which count of `transactions` the log is known flushed; held while a
-    /// flush runs, so callers that arrive meanwhile share the next one.
-    flushed: tokio::sync::Mutex<u64>,
-    /// Change notices per watched mailbox.
+    /// Through which count of `transactions` the log is known flushed.
+    durable: AtomicU64,
+    /// Held while a `sync` flush runs, so callers that arrive meanwhile share the next one.
+    flushing: tokio::sync::Mutex<()>,
+    /// Deliveries waiting to be joined into a transaction (batch.rs).
+    deliveries: tokio::sync::mpsc::Sender<batch::Request>,
+    /// Change notices per watched mailmb.
     watchers: super::locks::Watchers,
     transactions: AtomicU64,
     syncs: AtomicU64,
+    /// Joined-delivery transactions written, and the deliveries in them.
+    batches: AtomicU64,
+    batched: AtomicU64,
     /// For the connection that holds this node's POP3 maildrop locks.
     config: tokio_postgres::Config,
     /// That connection (session-level advisory locks live as long as it does: a node that
@@ -238,8 +329,9 @@ fn node_name() -> String {
 
 impl PgStore {
     /// Connects to `url` (a `postgres://` URL or key=value string) with at most `pool_size`
-    /// connections and brings the schema up to date.
-    pub fn open(url: &str, pool_size: usize) -> Result<PgStore> {
+    /// connections, `delivery_writers` of them at a time writing joined deliveries
+    /// (batch.rs), and brings the schema up to date.
+    pub fn open(url: &str, pool_size: usize, delivery_writers: usize) -> Result<PgStore> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Invalid(format!("store.postgres.url: {e}")))?;
@@ -272,13 +364,18 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(pg)?;
+        let (deliveries, waiting) = batch::channel();
         let inner = Arc::new(Inner {
             pool,
             handle: rt.handle().clone(),
-            flushed: tokio::sync::Mutex::new(0),
+            durable: AtomicU64::new(0),
+            flushing: tokio::sync::Mutex::new(()),
+            deliveries,
             watchers: Default::default(),
             transactions: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batched: AtomicU64::new(0),
             config: config.clone(),
             lock_client: tokio::sync::Mutex::new(None),
             maildrops: Default::default(),
@@ -286,6 +383,7 @@ impl PgStore {
             names: Default::default(),
             node: node_name(),
         });
+        rt.spawn(batch::run(Arc::downgrade(&inner), waiting, delivery_writers));
         let mut store = PgStore {
             inner,
             applied: Vec::new(),
@@ -380,10 +478,13 @@ impl Drop for PgStore {
 
 impl Inner {
     /// Runs `f` to completion on the calling thread, inside the pool runtime's context (so
-    /// new connections are spawned there).
+    /// new connections are spawned there). Outside tokio's cooperative budget: a caller's
+    /// task that has used up its budget would otherwise have every tokio resource `f`
+    /// polls answer "yield" and wake at once, and `block_on`, which never yields to the
+    /// caller's scheduler to refill it, would spin forever.
     fn block<T>(&self, f: impl AsyncFnOnce(&Inner) -> Result<T>) -> Result<T> {
         let _context = self.handle.enter();
-        futures_executor::block_on(f(self))
+        futures_executor::block_on(tokio::task::unconstrained(f(self)))
     }
 
     /// Runs `f` in one transaction, committed without waiting for the flush (see the
@@ -532,9 +633,11 @@ async fn listen(
 impl MailStore for PgStore {
     fn stats(&self) -> String {
         format!(
-            "{} transactions, {} syncs",
+            "{} transactions, {} syncs, {} deliveries in {} joined transactions",
             self.inner.transactions.load(Ordering::Relaxed),
-            self.inner.syncs.load(Ordering::Relaxed)
+            self.inner.syncs.load(Ordering::Relaxed),
+            self.inner.batched.load(Ordering::Relaxed),
+            self.inner.batches.load(Ordering::Relaxed)
         )
     }
 
@@ -546,9 +649,13 @@ impl MailStore for PgStore {
     fn sync(&self) -> BoxFuture<'_, Result<()>> {
         let inner = self.inner.clone();
         let want = inner.transactions.load(Ordering::SeqCst);
+        if inner.durable.load(Ordering::SeqCst) >= want {
+            // Nothing committed since the last flush (deliveries commit with their own).
+            return Box::pin(std::future::ready(Ok(())));
+        }
         let done = self.inner.handle.spawn(async move {
-            let mut flushed = inner.flushed.lock().await;
-            if *flushed >= want {
+            let _flushing = inner.flushing.lock().await;
+            if inner.durable.load(Ordering::SeqCst) >= want {
                 return Ok(()); // a flush that started after our changes has covered them
             }
             let upto = inner.transactions.load(Ordering::SeqCst);
@@ -560,11 +667,32 @@ impl MailStore for PgStore {
                 .batch_execute("BEGIN; SET LOCAL synchronous_commit = on; SELECT pg_current_xact_id(); COMMIT")
                 .await
                 .map_err(pg)?;
-            *flushed = upto;
+            inner.durable.fetch_max(upto, Ordering::SeqCst);
             inner.syncs.fetch_add(1, Ordering::Relaxed);
             Ok(())
         });
         Box::pin(async move { done.await.map_err(pg)? })
+    }
+
+    fn deliver_to_folders<'a>(
+        &'a self,
+        raw: &'a [u8],
+        internal_date: i64,
+        targets: &'a [FolderTarget],
+    ) -> BoxFuture<'a, Result<Vec<Option<Placed>>>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = batch::Request {
+            raw: raw.to_vec(),
+            internal_date,
+            targets: targets.to_vec(),
+            reply,
+        };
+        let waiting = self.inner.deliveries.clone();
+        Box::pin(async move {
+            let gone = || StoreError::Backend("postgresql: the delivery writer has stopped".into());
+            waiting.send(request).await.map_err(|_| gone())?;
+            answer.await.map_err(|_| gone())?
+        })
     }
 
     fn checkpoint(&self) -> BoxFuture<'_, Result<()>> {

@@ -62,7 +62,7 @@ fn message_of(r: &Row) -> Result<(u32, MessageMeta)> {
     ))
 }
 
-fn inbox_name(name: &str) -> &str {
+pub(super) fn inbox_name(name: &str) -> &str {
     if name.eq_ignore_ascii_case("INBOX") {
         "INBOX"
     } else {
