@@ -13,6 +13,9 @@
 //! server's resolver at a loopback name server that answers NXDOMAIN at once, or that drops
 //! every query.
 //!
+//! `--accounts N` spreads the messages over N recipient accounts (load0..@localhost) instead
+//! of sending them all to alice@localhost.
+//!
 //! `--store-url` runs the spawned servers on that PostgreSQL database (`store.backend =
 //! "postgres"`); `--nodes N` spawns N of them on it and spreads the sessions over them.
 //!
@@ -48,6 +51,9 @@ struct Args {
     dns: Option<String>,
     /// Messages sent (over the same sessions' count) before the timed run, to warm caches.
     warmup: usize,
+    /// Recipient accounts: 1 sends everything to alice@localhost; N > 1 spreads the
+    /// messages over load0..load{N-1}@localhost, as an MX's mail is spread.
+    accounts: usize,
 }
 
 fn args() -> Args {
@@ -63,6 +69,7 @@ fn args() -> Args {
         domains: 1,
         dns: None,
         warmup: 0,
+        accounts: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -80,6 +87,7 @@ fn args() -> Args {
             "--domains" => a.domains = val.parse().expect("--domains N"),
             "--dns" => a.dns = Some(val),
             "--warmup" => a.warmup = val.parse().expect("--warmup N"),
+            "--accounts" => a.accounts = val.parse().expect("--accounts N"),
             _ => {
                 i += 1; // cargo bench passes --bench; ignore unknown flags
                 continue;
@@ -90,10 +98,19 @@ fn args() -> Args {
     a
 }
 
+/// The recipient of message `n` with `accounts` accounts (`--accounts`).
+fn recipient(n: usize, accounts: usize) -> String {
+    if accounts <= 1 {
+        "alice@localhost".into()
+    } else {
+        format!("load{}@localhost", n % accounts)
+    }
+}
+
 /// A message of about `size` bytes with CRLF lines of 76 characters.
-fn message(size: usize, n: usize) -> Vec<u8> {
+fn message(size: usize, n: usize, to: &str) -> Vec<u8> {
     let mut m = format!(
-        "From: load@example.org\r\nTo: alice@localhost\r\nSubject: load {n}\r\nMessage-ID: <load-{n}@example.org>\r\n\r\n"
+        "From: load@example.org\r\nTo: {to}\r\nSubject: load {n}\r\nMessage-ID: <load-{n}@example.org>\r\n\r\n"
     )
     .into_bytes();
     let line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n";
@@ -146,7 +163,14 @@ fn name_server(answer: bool) -> SocketAddr {
     addr
 }
 
-async fn session(addr: SocketAddr, count: usize, size: usize, first: usize, domains: usize) -> Vec<Duration> {
+async fn session(
+    addr: SocketAddr,
+    count: usize,
+    size: usize,
+    first: usize,
+    domains: usize,
+    accounts: usize,
+) -> Vec<Duration> {
     let mut r = BufReader::new(TcpStream::connect(addr).await.expect("connect"));
     r.get_ref().set_nodelay(true).unwrap();
     let mut line = String::new();
@@ -155,12 +179,13 @@ async fn session(addr: SocketAddr, count: usize, size: usize, first: usize, doma
     read_reply(&mut r, &mut line).await;
     let mut lat = Vec::with_capacity(count);
     for n in first..first + count {
-        let body = message(size, n);
+        let to = recipient(n, accounts);
+        let body = message(size, n, &to);
         let t = Instant::now();
         // Sender domains interleave as real traffic does (not every session in step).
         let domain = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
         let envelope = format!(
-            "MAIL FROM:<load@d{}.example>\r\nRCPT TO:<alice@localhost>\r\nDATA\r\n",
+            "MAIL FROM:<load@d{}.example>\r\nRCPT TO:<{to}>\r\nDATA\r\n",
             domain % domains.max(1) as u64
         );
         r.get_mut().write_all(envelope.as_bytes()).await.unwrap();
@@ -205,7 +230,7 @@ struct Spawned {
     _dir: tempfile::TempDir,
 }
 
-fn spawn_server(policies: Option<&str>, store_url: Option<&str>, dns: Option<SocketAddr>) -> Spawned {
+fn spawn_server(policies: Option<&str>, store_url: Option<&str>, dns: Option<SocketAddr>, accounts: usize) -> Spawned {
     // MAILGATE_BIN: another build to measure (a saved binary of an earlier commit, say).
     let bin = std::env::var("MAILGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mailgate").to_string());
     let dir = tempfile::tempdir().unwrap();
@@ -221,21 +246,19 @@ fn spawn_server(policies: Option<&str>, store_url: Option<&str>, dns: Option<Soc
         }) + &dns.map_or(String::new(), |d| format!("[dns]\nservers = [\"{d}\"]\n")),
     )
     .unwrap();
-    let mut add = std::process::Command::new(&bin)
-        .args([
-            "--config",
-            cfg.to_str().unwrap(),
-            "user",
-            "add",
-            "alice@localhost",
-            "--password-stdin",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    add.stdin.take().unwrap().write_all(b"bench").unwrap();
-    // On a shared database the account may be there already (another node, an earlier run).
-    assert!(add.wait().unwrap().success() || store_url.is_some());
+    for n in 0..accounts.max(1) {
+        let mut add = std::process::Command::new(&bin)
+            .args(["--config", cfg.to_str().unwrap(), "user", "add"])
+            .arg(recipient(n, accounts))
+            .arg("--password-stdin")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        add.stdin.take().unwrap().write_all(b"bench").unwrap();
+        // On a shared database the account may be there already (another node, an earlier run).
+        assert!(add.wait().unwrap().success() || store_url.is_some());
+    }
     let mut child = std::process::Command::new(&bin)
         .args(["--config", cfg.to_str().unwrap(), "serve"])
         // MAILGATE_BENCH_LOG=info shows, among others, the store's counters at the end.
@@ -268,7 +291,7 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
                     "drop" => name_server(false),
                     other => panic!("--dns nxdomain|drop, not {other}"),
                 });
-                spawn_server(policies, a.store_url.as_deref(), dns)
+                spawn_server(policies, a.store_url.as_deref(), dns, a.accounts)
             })
             .collect()
     } else {
@@ -291,6 +314,7 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
                     a.size,
                     1_000_000 + i * per,
                     a.domains,
+                    a.accounts,
                 ))
             })
             .collect();
@@ -320,6 +344,7 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
             a.size,
             first,
             a.domains,
+            a.accounts,
         )));
         first += n;
     }

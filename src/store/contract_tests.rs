@@ -797,6 +797,13 @@ async fn deliveries_by_folder_name_fall_back_to_inbox(f: Fixture) {
     let filed = s.message(work.id, 1).unwrap().unwrap().meta;
     assert_eq!((filed.flags, filed.internal_date), (Flags(Flags::SEEN), 7));
     assert_eq!(s.blob(&filed.blob).unwrap().unwrap(), raw);
+    let bodies = s.blobs(&[filed.blob, blob_id(b"never stored"), filed.blob]).unwrap();
+    assert_eq!(
+        bodies,
+        [Some(raw.to_vec()), None, Some(raw.to_vec())],
+        "in order, repeats too"
+    );
+    assert!(s.blobs(&[]).unwrap().is_empty());
     assert_eq!(s.message(b_inbox.id, 1).unwrap().unwrap().meta.keywords, ["$Junk"]);
     let work_now = s.mailbox_by_id(work.id).unwrap().unwrap();
     assert_eq!((work_now.uidnext, work_now.highestmodseq), (3, 3));

@@ -312,6 +312,12 @@ pub trait Messages {
 
     fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>>;
 
+    /// [`Messages::blob`] of several bodies, in order: one round trip for a store across
+    /// the network (a FETCH of many messages reads ahead with it).
+    fn blobs(&self, ids: &[BlobId]) -> Result<Vec<Option<Vec<u8>>>> {
+        ids.iter().map(|id| self.blob(id)).collect()
+    }
+
     /// Number of stored blobs (distinct message bodies), for checks and status.
     fn blob_count(&self) -> Result<usize>;
 }

@@ -2,14 +2,31 @@
 
 use super::*;
 
+/// Bodies a FETCH reads from the store at once, and about how many bytes of them.
+const READ_AHEAD: usize = 64;
+const READ_AHEAD_BYTES: u64 = 4 << 20;
+
 impl Session {
-    pub(super) fn blob(&self, meta: &MessageMeta) -> Option<Arc<Vec<u8>>> {
-        match self.shared.store.blob(&meta.blob) {
-            Ok(Some(b)) => Some(Arc::new(b)),
-            Ok(None) => None,
+    /// The bodies of the next messages of a FETCH (`next`, indices into the selected
+    /// view), read from the store at once: up to [`READ_AHEAD`] of them or about
+    /// [`READ_AHEAD_BYTES`], at least one. `None` for a body that is gone.
+    fn read_ahead(&mut self, next: &[usize]) -> std::collections::VecDeque<Option<Arc<Vec<u8>>>> {
+        let sel = self.selected();
+        let mut ids = Vec::new();
+        let mut bytes = 0;
+        for &i in next.iter().take(READ_AHEAD) {
+            if !ids.is_empty() && bytes >= READ_AHEAD_BYTES {
+                break;
+            }
+            let meta = &sel.msgs[i].meta;
+            bytes += meta.size;
+            ids.push(meta.blob);
+        }
+        match self.shared.store.blobs(&ids) {
+            Ok(bodies) => bodies.into_iter().map(|b| b.map(Arc::new)).collect(),
             Err(e) => {
-                tracing::error!("IMAP: reading a message: {e}");
-                None
+                tracing::error!("IMAP: reading messages: {e}");
+                ids.iter().map(|_| None).collect()
             }
         }
     }
@@ -109,13 +126,17 @@ impl Session {
         });
         let mut failed = false;
         let mut vanished = false;
-        for i in idx {
+        let mut ahead = std::collections::VecDeque::new();
+        for (at, &i) in idx.iter().enumerate() {
             let (uid_i, meta) = {
                 let e = &self.selected().msgs[i];
                 (e.uid, e.meta.clone())
             };
             let raw = if needs_body {
-                match self.blob(&meta) {
+                if ahead.is_empty() {
+                    ahead = self.read_ahead(&idx[at..]);
+                }
+                match ahead.pop_front().flatten() {
                     Some(r) => Some(r),
                     None => {
                         vanished = true; // expunged meanwhile by another session

@@ -797,6 +797,28 @@ impl Messages for PgStore {
         })
     }
 
+    fn blobs(&self, ids: &[BlobId]) -> Result<Vec<Option<Vec<u8>>>> {
+        let keys: Vec<&[u8]> = ids.iter().map(|b| &b[..]).collect();
+        let mut found: HashMap<Vec<u8>, Vec<u8>> = self.inner.read(async |c: &deadpool_postgres::Client| {
+            Ok(query!(c, "SELECT id, body FROM blobs WHERE id = ANY($1)", &[&keys])?
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1)))
+                .collect())
+        })?;
+        // The same body twice (a message copied within the mailbox) is asked for twice.
+        Ok(ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                if ids[i + 1..].contains(id) {
+                    found.get(&id[..]).cloned()
+                } else {
+                    found.remove(&id[..])
+                }
+            })
+            .collect())
+    }
+
     fn blob_count(&self) -> Result<usize> {
         self.inner.read(async |c: &deadpool_postgres::Client| {
             Ok(query!(c, "SELECT count(*) FROM blobs", &[])?[0].get::<_, i64>(0) as usize)
