@@ -452,7 +452,9 @@ pub trait KeyValue {
 
 /// The storage contract, by what it keeps ([`Directory`], [`Mailboxes`], [`Messages`],
 /// [`KeyValue`], [`Queue`]) and how it is made durable. Methods are synchronous and fast
-/// (in-memory tree operations); only [`MailStore::sync`], which waits for the disk, is async.
+/// (in-memory tree operations, or one round trip to a database); async are only
+/// [`MailStore::sync`], which waits for the disk, and the intake's
+/// [`MailStore::deliver_to_folders`].
 pub trait MailStore: Directory + Mailboxes + Messages + KeyValue + Queue + Send + Sync + 'static {
     /// One line of counters for logs (writes, flushes).
     fn stats(&self) -> String;
