@@ -819,6 +819,22 @@ async fn deliveries_by_folder_name_fall_back_to_inbox(f: Fixture) {
         .unwrap();
     assert_eq!(nowhere, [None], "an account that has gone");
     assert_eq!(s.blob_count().unwrap(), 0, "and no body kept for it");
+    // A large message (written alone on PostgreSQL, from the caller's bytes).
+    s.create_account("c@x.test", "h").unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| b'a' + (i % 23) as u8).collect();
+    let placed = s
+        .deliver_to_folders(
+            &big,
+            9,
+            &[to_folder("c@x.test", "INBOX"), to_folder("c@x.test", "Sent")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(placed.iter().map(|p| p.unwrap().uid).collect::<Vec<u32>>(), [1, 1]);
+    s.sync().await.unwrap();
+    let m = s.message(placed[1].unwrap().mailbox, 1).unwrap().unwrap().meta;
+    assert_eq!((m.size, m.internal_date), (big.len() as u64, 9));
+    assert!(s.blob(&m.blob).unwrap().unwrap() == big);
 }
 
 async fn concurrent_folder_deliveries_from_two_nodes_get_consecutive_uids(f: Fixture) {

@@ -14,11 +14,15 @@
 //! connection: for a database on more cores than ours; on this two-core machine one
 //! writer was fastest (docs/performance.md).
 //!
+//! A message of [`ALONE_BYTES`] or more is not joined: it is written alone, from the
+//! caller's task with the caller's bytes (a batch holds a copy of each of its messages).
+//!
 //! A batch that fails is not allowed to fail its neighbours: its deliveries are tried
 //! again one by one, and one that meets a deadlock or a mailbox deleted under it
 //! (serialization failure) is tried again a few times before its error is given.
 
 use super::*;
+use std::borrow::Cow;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
@@ -29,11 +33,20 @@ const MAX_BYTES: usize = 8 << 20;
 /// Attempts for one delivery that meets a deadlock or a mailbox removed under it.
 const ATTEMPTS: usize = 3;
 
-/// One caller's delivery, waiting to be written.
-pub(super) struct Request {
-    pub raw: Vec<u8>,
+/// Messages at least this large are written alone, from the caller's task with the
+/// caller's bytes: joining them saves little, and a batch holds a copy of each message.
+pub(super) const ALONE_BYTES: usize = 1 << 20;
+
+/// One delivery: a message and where it goes.
+pub(super) struct Delivery<'a> {
+    pub raw: Cow<'a, [u8]>,
     pub internal_date: i64,
-    pub targets: Vec<FolderTarget>,
+    pub targets: Cow<'a, [FolderTarget]>,
+}
+
+/// One caller's delivery, waiting to be joined with others.
+pub(super) struct Request {
+    pub delivery: Delivery<'static>,
     pub reply: oneshot::Sender<Result<Vec<Option<Placed>>>>,
 }
 
@@ -52,12 +65,12 @@ pub(super) async fn run(inner: std::sync::Weak<Inner>, mut waiting: mpsc::Receiv
             return;
         };
         let Some(first) = waiting.recv().await else { return };
-        let mut bytes = first.raw.len();
+        let mut bytes = first.delivery.raw.len();
         let mut batch = vec![first];
         while batch.len() < MAX_DELIVERIES && bytes < MAX_BYTES {
             match waiting.try_recv() {
                 Ok(r) => {
-                    bytes += r.raw.len();
+                    bytes += r.delivery.raw.len();
                     batch.push(r);
                 }
                 Err(_) => break,
@@ -74,8 +87,8 @@ pub(super) async fn run(inner: std::sync::Weak<Inner>, mut waiting: mpsc::Receiv
 /// Writes a batch and answers its callers.
 async fn write(inner: &Inner, batch: Vec<Request>) {
     if batch.len() > 1 {
-        let requests: Vec<&Request> = batch.iter().collect();
-        if let Ok(placed) = transaction(inner, &requests).await {
+        let deliveries: Vec<&Delivery<'_>> = batch.iter().map(|r| &r.delivery).collect();
+        if let Ok(placed) = transaction(inner, &deliveries).await {
             for (r, p) in batch.into_iter().zip(placed) {
                 let _ = r.reply.send(Ok(p));
             }
@@ -84,15 +97,21 @@ async fn write(inner: &Inner, batch: Vec<Request>) {
     }
     // Alone (or again alone, after its batch failed).
     for r in batch {
-        let mut attempt = 1;
-        let out = loop {
-            match transaction(inner, &[&r]).await {
-                Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
-                Err(e) => break Err(e.into_store()),
-                Ok(mut placed) => break Ok(placed.pop().unwrap_or_default()),
-            }
-        };
+        let out = alone(inner, &r.delivery).await;
         let _ = r.reply.send(out);
+    }
+}
+
+/// Writes one delivery in a transaction of its own, trying again after a deadlock or a
+/// mailbox deleted under it. Callable from any runtime.
+pub(super) async fn alone(inner: &Inner, delivery: &Delivery<'_>) -> Result<Vec<Option<Placed>>> {
+    let mut attempt = 1;
+    loop {
+        match transaction(inner, &[delivery]).await {
+            Err(e) if attempt < ATTEMPTS && retryable(&e) => attempt += 1,
+            Err(e) => return Err(e.into_store()),
+            Ok(mut placed) => return Ok(placed.pop().unwrap_or_default()),
+        }
     }
 }
 
@@ -126,13 +145,16 @@ fn retryable(e: &Failed) -> bool {
 
 /// Writes `requests` as one transaction in one round trip, committed with a flush; gives
 /// where each request's targets went.
-async fn transaction(inner: &Inner, requests: &[&Request]) -> std::result::Result<Vec<Vec<Option<Placed>>>, Failed> {
+async fn transaction(
+    inner: &Inner,
+    requests: &[&Delivery<'_>],
+) -> std::result::Result<Vec<Vec<Option<Placed>>>, Failed> {
     // The arrays of `mailgate_deliver_folders`: per target, then per message.
     let (mut account, mut folder, mut message, mut flags, mut keywords) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut blob, mut body, mut size, mut date) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (i, r) in requests.iter().enumerate() {
-        for t in &r.targets {
+        for t in r.targets.iter() {
             account.push(t.account.as_str());
             folder.push(ops::inbox_name(&t.folder));
             message.push(i as i32 + 1);
@@ -140,11 +162,18 @@ async fn transaction(inner: &Inner, requests: &[&Request]) -> std::result::Resul
             keywords.push(t.keywords.join(" "));
         }
         blob.push(blob_id(&r.raw).to_vec());
-        body.push(r.raw.as_slice());
+        body.push(&r.raw[..]);
         size.push(r.raw.len() as i64);
         date.push(r.internal_date);
     }
-    let client = inner.pool.get().await.map_err(Failed::Pool)?;
+    // Taken on the pool's runtime, where a new connection's task must run.
+    let pool = inner.pool.clone();
+    let client = inner
+        .handle
+        .spawn(async move { pool.get().await })
+        .await
+        .map_err(|e| Failed::Store(pg(e)))?
+        .map_err(Failed::Pool)?;
     let deliver = client
         .prepare_cached("SELECT target, mailbox, uid, inbox_instead FROM mailgate_deliver_folders($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)")
         .await

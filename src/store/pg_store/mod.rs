@@ -680,11 +680,24 @@ impl MailStore for PgStore {
         internal_date: i64,
         targets: &'a [FolderTarget],
     ) -> BoxFuture<'a, Result<Vec<Option<Placed>>>> {
+        if raw.len() >= batch::ALONE_BYTES {
+            let inner = self.inner.clone();
+            return Box::pin(async move {
+                let delivery = batch::Delivery {
+                    raw: raw.into(),
+                    internal_date,
+                    targets: targets.into(),
+                };
+                batch::alone(&inner, &delivery).await
+            });
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = batch::Request {
-            raw: raw.to_vec(),
-            internal_date,
-            targets: targets.to_vec(),
+            delivery: batch::Delivery {
+                raw: raw.to_vec().into(),
+                internal_date,
+                targets: targets.to_vec().into(),
+            },
             reply,
         };
         let waiting = self.inner.deliveries.clone();
