@@ -16,7 +16,10 @@
 //! sequence number of the last change set before the checkpoint position, so after a crash
 //! [`Journal::open`] re-applies, from the last checkpoint position, every change set sled
 //! may lack (or have only part of); ones it already has are re-applied harmlessly. A checkpoint flushes sled, records the position, and deletes old
-//! segments that hold no live body. Segments are rotated at [`SEGMENT_SIZE`].
+//! segments that hold no live body. Segments are rotated at [`SEGMENT_SIZE`]. An old
+//! segment that is mostly dead is compacted first: the store writes its few live bodies
+//! again (as new records, made durable before anything is deleted), so that it holds none
+//! and the checkpoint can delete it (`SledStore`'s `compact`).
 //!
 //! Record: `magic "MGJ1" | len u32 | crc32(payload) u32 | payload`, payload:
 //! `seq u64 | n u32 | n × (kind u8 | klen u32 | key | [vlen u32 | value])`; kind 1 put, 0 remove,
@@ -576,6 +579,16 @@ impl Journal {
         self.finish(r, covered)
     }
 
+    /// Flushes the current segment now, on this thread, outside the group commit: for a
+    /// writer holding the store's lock, which must not wait for the async flush leader (that
+    /// leader may need a runtime worker, and the workers may be waiting for that lock).
+    pub fn sync_now(&self) -> io::Result<()> {
+        self.check()?;
+        let (file, covered) = self.flush_target();
+        let r = file.sync_data();
+        self.finish(r, covered)
+    }
+
     fn flush_target(&self) -> (Arc<File>, u64) {
         // Read `written` under the segment lock: every record up to it is in this file (a
         // rotation syncs the old file before switching).
@@ -606,6 +619,19 @@ impl Journal {
             .into_iter()
             .filter(|n| *n < before && live.get(n).copied().unwrap_or(0) == 0)
             .collect())
+    }
+
+    /// The length of each segment file before segment `before`.
+    pub fn segment_lengths(&self, before: u64) -> io::Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for n in segments(&self.dir)?.into_iter().filter(|n| *n < before) {
+            match std::fs::metadata(segment_path(&self.dir, n)) {
+                Ok(m) => out.push((n, m.len())),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {} // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// Checkpoint, part 1 (caller holds the store's writer lock): the position and a snapshot

@@ -177,9 +177,18 @@ impl Messages for SledStore {
     }
 
     fn blob(&self, id: &BlobId) -> Result<Option<Vec<u8>>> {
-        match self.tree.get(keys::blob(id))?.and_then(|v| BodyPtr::decode(&v)) {
-            Some(ptr) => self.journal.read(&ptr).map(Some).map_err(Inner::io),
-            None => Ok(None),
+        let ptr_of =
+            || -> Result<Option<BodyPtr>> { Ok(self.tree.get(keys::blob(id))?.and_then(|v| BodyPtr::decode(&v))) };
+        let Some(ptr) = ptr_of()? else { return Ok(None) };
+        match self.journal.read(&ptr) {
+            // Its segment deleted between the lookup and the read: the body was removed, or
+            // moved by a compaction, meanwhile. Look again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match ptr_of()? {
+                Some(moved) if moved != ptr => self.journal.read(&moved).map(Some).map_err(Inner::io),
+                Some(_) => Err(Inner::io(e)),
+                None => Ok(None),
+            },
+            r => r.map(Some).map_err(Inner::io),
         }
     }
 
