@@ -167,6 +167,10 @@ impl Session {
             }
         }
         drop(permit);
+        // The maildrop lock goes before the connection does: a client that sees the close
+        // (or the QUIT reply, flushed by it) and logs in again at once, here or on another
+        // node, must find the maildrop free.
+        self.state = State::Authorization { user: None };
         self.conn.close().await;
     }
 
