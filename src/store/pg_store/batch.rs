@@ -44,6 +44,17 @@ pub(super) struct Delivery<'a> {
     pub targets: Cow<'a, [FolderTarget]>,
 }
 
+impl Delivery<'_> {
+    /// A copy that owns its bytes, to wait in the queue.
+    pub fn into_owned(self) -> Delivery<'static> {
+        Delivery {
+            raw: Cow::Owned(self.raw.into_owned()),
+            internal_date: self.internal_date,
+            targets: Cow::Owned(self.targets.into_owned()),
+        }
+    }
+}
+
 /// One caller's delivery, waiting to be joined with others.
 pub(super) struct Request {
     pub delivery: Delivery<'static>,

@@ -272,7 +272,7 @@ struct Inner {
     flushing: tokio::sync::Mutex<()>,
     /// Deliveries waiting to be joined into a transaction (batch.rs).
     deliveries: tokio::sync::mpsc::Sender<batch::Request>,
-    /// Change notices per watched mailmb.
+    /// Change notices per watched mailbox.
     watchers: super::locks::Watchers,
     transactions: AtomicU64,
     syncs: AtomicU64,
@@ -680,24 +680,18 @@ impl MailStore for PgStore {
         internal_date: i64,
         targets: &'a [FolderTarget],
     ) -> BoxFuture<'a, Result<Vec<Option<Placed>>>> {
+        let delivery = batch::Delivery {
+            raw: raw.into(),
+            internal_date,
+            targets: targets.into(),
+        };
         if raw.len() >= batch::ALONE_BYTES {
             let inner = self.inner.clone();
-            return Box::pin(async move {
-                let delivery = batch::Delivery {
-                    raw: raw.into(),
-                    internal_date,
-                    targets: targets.into(),
-                };
-                batch::alone(&inner, &delivery).await
-            });
+            return Box::pin(async move { batch::alone(&inner, &delivery).await });
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = batch::Request {
-            delivery: batch::Delivery {
-                raw: raw.to_vec().into(),
-                internal_date,
-                targets: targets.to_vec().into(),
-            },
+            delivery: delivery.into_owned(),
             reply,
         };
         let waiting = self.inner.deliveries.clone();
