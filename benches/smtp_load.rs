@@ -19,6 +19,9 @@
 //! `--store-url` runs the spawned servers on that PostgreSQL database (`store.backend =
 //! "postgres"`); `--nodes N` spawns N of them on it and spreads the sessions over them.
 //!
+//! `--node-cpu CORES` caps each spawned server at that much CPU (a cgroup of its own; needs
+//! root): nodes as on machines of their own, for scale-out figures on one small machine.
+//!
 //! Without `--addr` it starts the release `mailgate` binary (or `$MAILGATE_BIN`, another build
 //! to compare) on a fresh data dir (loopback, port 0, account alice@localhost) and also
 //! reports that process's CPU time. Each message is one
@@ -54,6 +57,9 @@ struct Args {
     /// Recipient accounts: 1 sends everything to alice@localhost; N > 1 spreads the
     /// messages over load0..load{N-1}@localhost, as an MX's mail is spread.
     accounts: usize,
+    /// Caps each spawned node's CPU at this many cores (a cgroup of its own), as if it ran
+    /// on a machine of that size; the database and the load generator are not capped.
+    node_cpu: Option<f64>,
 }
 
 fn args() -> Args {
@@ -70,6 +76,7 @@ fn args() -> Args {
         dns: None,
         warmup: 0,
         accounts: 1,
+        node_cpu: None,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -88,6 +95,7 @@ fn args() -> Args {
             "--dns" => a.dns = Some(val),
             "--warmup" => a.warmup = val.parse().expect("--warmup N"),
             "--accounts" => a.accounts = val.parse().expect("--accounts N"),
+            "--node-cpu" => a.node_cpu = Some(val.parse().expect("--node-cpu CORES")),
             _ => {
                 i += 1; // cargo bench passes --bench; ignore unknown flags
                 continue;
@@ -281,6 +289,32 @@ fn spawn_server(policies: Option<&str>, store_url: Option<&str>, dns: Option<Soc
     Spawned { child, addr, _dir: dir }
 }
 
+/// Puts process `pid` in a CPU cgroup of its own (`mailgate-bench-node{index}`, cgroup v2 or
+/// v1's `cpu` controller) that lets it use `cores` cores at most.
+fn cap_cpu(pid: u32, index: usize, cores: f64) {
+    let period: u64 = 100_000;
+    let quota = (cores * period as f64) as u64;
+    let name = format!("mailgate-bench-node{index}");
+    let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let dir = if v2 {
+        format!("/sys/fs/cgroup/{name}")
+    } else {
+        format!("/sys/fs/cgroup/cpu/{name}")
+    };
+    let write = |file: &str, value: String| {
+        std::fs::write(format!("{dir}/{file}"), value)
+            .unwrap_or_else(|e| panic!("--node-cpu needs a writable cgroup: {dir}/{file}: {e}"))
+    };
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("--node-cpu needs a writable cgroup: {dir}: {e}"));
+    if v2 {
+        write("cpu.max", format!("{quota} {period}"));
+    } else {
+        write("cpu.cfs_period_us", period.to_string());
+        write("cpu.cfs_quota_us", quota.to_string());
+    }
+    write("cgroup.procs", pid.to_string());
+}
+
 /// One load run; its msgs/s.
 async fn run(a: &Args, policies: Option<&str>) -> f64 {
     let spawned: Vec<Spawned> = if a.addr.is_none() {
@@ -292,6 +326,13 @@ async fn run(a: &Args, policies: Option<&str>) -> f64 {
                     other => panic!("--dns nxdomain|drop, not {other}"),
                 });
                 spawn_server(policies, a.store_url.as_deref(), dns, a.accounts)
+            })
+            .enumerate()
+            .map(|(i, s)| {
+                if let Some(cores) = a.node_cpu {
+                    cap_cpu(s.child.id(), i, cores);
+                }
+                s
             })
             .collect()
     } else {

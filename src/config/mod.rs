@@ -465,8 +465,8 @@ pub struct StorePostgres {
     pub url: Option<String>,
     /// Connections each node keeps at most.
     pub pool_size: usize,
-    /// Transactions of joined deliveries a node writes at the same time (each holds one of
-    /// the pool's connections; docs/performance.md).
+    /// Transactions of joined deliveries a node writes at the same time, each on a
+    /// connection of its own beside the pool (docs/performance.md).
     pub delivery_writers: usize,
 }
 
@@ -680,8 +680,8 @@ impl Config {
             return Err("store.postgres.pool_size must be at least 1".into());
         }
         let pg = &self.store.postgres;
-        if pg.delivery_writers == 0 || pg.delivery_writers >= pg.pool_size.max(2) {
-            return Err("store.postgres.delivery_writers must be at least 1 and less than pool_size".into());
+        if !(1..=64).contains(&pg.delivery_writers) {
+            return Err("store.postgres.delivery_writers must be from 1 to 64".into());
         }
         let t = &self.spam.thresholds;
         if !(t.tag <= t.quarantine && t.quarantine <= t.reject) {

@@ -173,6 +173,51 @@ async fn a_failing_delivery_does_not_fail_the_ones_joined_with_it() {
     assert_eq!(s.blob_count().unwrap(), 39, "the failed one left no body");
 }
 
+/// A mailbox whose UID space is used up refuses its deliveries, and only those: the ones
+/// joined with them for other mailboxes go in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_uid_space_fails_only_its_own_deliveries() {
+    let Some(url) = pg_store::harness::database() else {
+        return;
+    };
+    let s: Arc<dyn MailStore> = Arc::new(PgStore::open(&url, 8, 1).unwrap());
+    s.create_account("full@x.test", "h").unwrap();
+    s.create_account("room@x.test", "h").unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            "UPDATE mailboxes SET uidnext = 4294967295 WHERE account = 'full@x.test' AND name = 'INBOX'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let deliveries: Vec<_> = (0..40)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let to = if i % 2 == 0 { "full@x.test" } else { "room@x.test" };
+                s.deliver_to_folders(format!("message {i}").as_bytes(), 0, &[to_folder(to, "INBOX")])
+                    .await
+            })
+        })
+        .collect();
+    let mut uids = Vec::new();
+    for (i, d) in deliveries.into_iter().enumerate() {
+        match d.await.unwrap() {
+            Ok(p) if i % 2 == 1 => uids.push(p[0].unwrap().uid),
+            Err(StoreError::Invalid(e)) if i % 2 == 0 => assert_eq!(e, "uid space exhausted"),
+            other => panic!("delivery {i}: {other:?}"),
+        }
+    }
+    uids.sort_unstable();
+    assert_eq!(uids, (1..=20).collect::<Vec<u32>>());
+    let full = s.mailbox("full@x.test", "INBOX").unwrap().unwrap();
+    assert_eq!(full.uidnext, 4294967295, "nothing taken");
+    assert!(s.messages(full.id).unwrap().is_empty());
+    assert_eq!(s.blob_count().unwrap(), 20, "the refused ones left no body");
+}
+
 /// Two stores on one PostgreSQL database (two nodes): queue leases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_leases_keep_nodes_apart_and_expire() {

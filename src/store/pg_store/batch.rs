@@ -3,10 +3,11 @@
 //! [`MailStore::deliver_to_folders`] hands its delivery to a task on the store's runtime
 //! and awaits the answer without holding the caller's thread. The task takes whatever
 //! deliveries are waiting — many under load, one when idle — and writes them as one
-//! transaction in one round trip (`BEGIN`, one `mailgate_deliver_folders()` call that
-//! resolves the folders, takes UIDs, stores the bodies and sends the change notices,
-//! `COMMIT`), committed with `synchronous_commit = on`: one flush for the whole batch, and
-//! every message in it is durable when its caller hears back. While one batch is written
+//! transaction in one round trip: one `mailgate_deliver_folders()` call that resolves the
+//! folders, takes UIDs, stores the bodies and sends the change notices, outside `BEGIN`
+//! (PostgreSQL's implicit transaction), on a writer connection that commits with
+//! `synchronous_commit = on`: one flush for the whole batch, and every message in it is
+//! durable when its caller hears back. While one batch is written
 //! the next gathers, so batches grow with the load (group commit). Under load this turns
 //! N transactions, N mailbox-row updates (all on one row when the mail is for one mailbox,
 //! which serialised them) and N flushes into one of each. `[store.postgres]
@@ -36,6 +37,9 @@ const ATTEMPTS: usize = 3;
 /// Messages at least this large are written alone, from the caller's task with the
 /// caller's bytes: joining them saves little, and a batch holds a copy of each message.
 pub(super) const ALONE_BYTES: usize = 1 << 20;
+
+/// Writer connections beyond `delivery_writers`, for messages written alone.
+pub(super) const ALONE_WRITERS: usize = 4;
 
 /// One delivery: a message and where it goes.
 pub(super) struct Delivery<'a> {
@@ -178,7 +182,7 @@ async fn transaction(
         date.push(r.internal_date);
     }
     // Taken on the pool's runtime, where a new connection's task must run.
-    let pool = inner.pool.clone();
+    let pool = inner.writers.clone();
     let client = inner
         .handle
         .spawn(async move { pool.get().await })
@@ -205,15 +209,12 @@ async fn transaction(
     // Every change committed before this one is flushed with it (the log is written in
     // order), so `sync` callers need not flush those again.
     let before = inner.transactions.load(Ordering::SeqCst);
-    let (begin, rows, commit) = futures_util::join!(
-        client.batch_execute("BEGIN; SET LOCAL synchronous_commit = on"),
-        client.query(&deliver, &params),
-        client.batch_execute("COMMIT"),
-    );
-    begin.map_err(Failed::Db)?;
-    let rows = rows.map_err(Failed::Db)?;
-    // A failed statement makes COMMIT roll back; it has been reported above.
-    commit.map_err(Failed::Db)?;
+    // One statement outside `BEGIN`: PostgreSQL runs it as a transaction of its own and
+    // commits it (on this connection, with the flush) before it says it is ready, which
+    // is when the rows are handed over. One message each way, one flush of the answer:
+    // `BEGIN`/`COMMIT` around it cost a third of a batch's database time (pgbench,
+    // docs/performance.md).
+    let rows = client.query(&deliver, &params).await.map_err(Failed::Db)?;
     inner.durable.fetch_max(before, Ordering::SeqCst);
     inner.batches.fetch_add(1, Ordering::Relaxed);
     inner.batched.fetch_add(requests.len() as u64, Ordering::Relaxed);

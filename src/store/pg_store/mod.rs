@@ -16,7 +16,9 @@
 //!   waits until the write-ahead log is flushed past it, and so past every change made
 //!   before the call (the log is written in order). That is our journal's group commit,
 //!   done by PostgreSQL: concurrent callers' flushes are merged by its WAL writer, and the
-//!   waiting happens on the pool's runtime, not the caller's.
+//!   waiting happens on the pool's runtime, not the caller's. Incoming mail is the
+//!   exception: it is joined into batches that commit with the flush (batch.rs), on
+//!   connections of their own.
 //! - UIDs and MODSEQs come from the mailbox row, updated in the delivering transaction
 //!   (`UPDATE … RETURNING`): the row lock orders concurrent deliveries from any node, and a
 //!   transaction that fails gives its numbers back, so there are no gaps and no repeats.
@@ -209,6 +211,82 @@ END
 $$;
 "#,
     ),
+    (
+        5,
+        r#"
+-- mailgate_deliver_folders() again, with a fixed number of statements however many
+-- mailboxes a batch reaches: migration 4 locked and advanced each mailbox and sent its
+-- notice with statements of their own (three per mailbox), so a batch for ten recipients
+-- ran thirty. Now the batch's mailboxes are locked by one statement (ascending id order,
+-- the store's lock order, then the bodies as before), advanced by one, and told by one.
+-- What each call answers is unchanged.
+CREATE OR REPLACE FUNCTION mailgate_deliver_folders(p_channel text, p_node text,
+        p_account text[], p_folder text[], p_message integer[], p_flags smallint[], p_keywords text[],
+        p_blob bytea[], p_body bytea[], p_size bigint[], p_date bigint[])
+RETURNS TABLE (target integer, mailbox bigint, uid bigint, inbox_instead boolean) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    resolved bigint[];
+    instead boolean[];
+    ids bigint[];
+    counts bigint[];
+    a_box bigint[];
+    a_uid bigint[];
+    a_modseq bigint[];
+    top bigint;
+BEGIN
+    SELECT array_agg(coalesce(f.id, i.id) ORDER BY u.n), array_agg(f.id IS NULL AND i.id IS NOT NULL ORDER BY u.n)
+        INTO resolved, instead
+        FROM unnest(p_account, p_folder) WITH ORDINALITY AS u(a, f, n)
+        LEFT JOIN mailboxes f ON f.account = u.a AND f.name = u.f
+        LEFT JOIN mailboxes i ON i.account = u.a AND i.name = 'INBOX';
+    SELECT array_agg(x ORDER BY x), array_agg(c ORDER BY x) INTO ids, counts
+        FROM (SELECT x, count(*) AS c FROM unnest(resolved) AS x WHERE x IS NOT NULL GROUP BY x) AS g;
+    IF ids IS NOT NULL THEN
+        PERFORM 1 FROM mailboxes WHERE id = ANY(ids) ORDER BY id FOR NO KEY UPDATE;
+        WITH advanced AS (
+            UPDATE mailboxes AS m SET uidnext = m.uidnext + w.n, highestmodseq = m.highestmodseq + w.n
+                FROM unnest(ids, counts) AS w(id, n) WHERE m.id = w.id
+                RETURNING m.id, m.uidnext - w.n AS uid0, m.highestmodseq - w.n AS modseq0, m.uidnext AS next
+        )
+        SELECT array_agg(a.id), array_agg(a.uid0), array_agg(a.modseq0), max(a.next)
+            INTO a_box, a_uid, a_modseq, top FROM advanced AS a;
+        IF coalesce(cardinality(a_box), 0) < cardinality(ids) THEN
+            RAISE EXCEPTION 'a mailbox went away during delivery' USING ERRCODE = 'serialization_failure';
+        END IF;
+        IF top > 4294967295 THEN
+            RAISE EXCEPTION 'uid space exhausted' USING ERRCODE = 'numeric_value_out_of_range';
+        END IF;
+        PERFORM pg_notify(p_channel, p_node || ' ' || x) FROM unnest(ids) AS x;
+    END IF;
+    INSERT INTO blobs AS b (id, body, refs)
+        SELECT p_blob[g.m], p_body[g.m], g.refs
+        FROM (SELECT min(p_message[n]) AS m, count(*) AS refs
+              FROM generate_subscripts(p_message, 1) AS n
+              WHERE resolved[n] IS NOT NULL GROUP BY p_blob[p_message[n]]) AS g
+        ORDER BY p_blob[g.m]
+        ON CONFLICT (id) DO UPDATE SET refs = b.refs + EXCLUDED.refs;
+    RETURN QUERY
+        WITH r AS (
+            SELECT n, resolved[n] AS mbx, row_number() OVER (PARTITION BY resolved[n] ORDER BY n) AS k
+            FROM generate_subscripts(p_message, 1) AS n WHERE resolved[n] IS NOT NULL
+        ), placed AS (
+            SELECT r.n, r.mbx, a.uid0 + r.k - 1 AS uid, a.modseq0 + r.k AS modseq
+            FROM r JOIN unnest(a_box, a_uid, a_modseq) AS a(mbx, uid0, modseq0) ON a.mbx = r.mbx
+        ), stored AS (
+            INSERT INTO messages (mailbox, uid, blob, size, internal_date, modseq, flags, keywords)
+            SELECT p.mbx, p.uid, p_blob[p_message[p.n]], p_size[p_message[p.n]], p_date[p_message[p.n]],
+                   p.modseq, p_flags[p.n], p_keywords[p.n]
+            FROM placed AS p
+        )
+        SELECT n::integer, p.mbx, p.uid, instead[n] FROM placed AS p
+        UNION ALL
+        SELECT n::integer, NULL, NULL, false FROM generate_subscripts(p_message, 1) AS n
+            WHERE resolved[n] IS NULL;
+END
+$$;
+"#,
+    ),
 ];
 
 /// The advisory lock migrations run under (any fixed number; "mailgate" in ASCII).
@@ -265,6 +343,9 @@ pub struct PgStore {
 
 struct Inner {
     pool: Pool,
+    /// Connections that commit with the flush (`synchronous_commit = on`), for the
+    /// delivery writers (batch.rs).
+    writers: Pool,
     handle: tokio::runtime::Handle,
     /// Through which count of `transactions` the log is known flushed.
     durable: AtomicU64,
@@ -340,12 +421,19 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
-        // Every change commits without waiting for the flush; `sync` waits for it.
-        let options = match config.get_options() {
-            Some(o) => format!("{o} -c synchronous_commit=off"),
-            None => "-c synchronous_commit=off".to_string(),
+        // Every change commits without waiting for the flush; `sync` waits for it. The
+        // delivery writers' connections (batch.rs) commit with the flush instead: a joined
+        // delivery is one statement in an implicit transaction, answered once durable.
+        let with_commit = |mode: &str| {
+            let mut c = config.clone();
+            c.options(&match config.get_options() {
+                Some(o) => format!("{o} -c synchronous_commit={mode}"),
+                None => format!("-c synchronous_commit={mode}"),
+            });
+            c
         };
-        config.options(&options);
+        let writers_config = with_commit("on");
+        config = with_commit("off");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mailgate-pg")
@@ -364,9 +452,21 @@ impl PgStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(pg)?;
+        let writers = Pool::builder(Manager::from_config(
+            writers_config,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        ))
+        .max_size(delivery_writers.max(1) + batch::ALONE_WRITERS)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(pg)?;
         let (deliveries, waiting) = batch::channel();
         let inner = Arc::new(Inner {
             pool,
+            writers,
             handle: rt.handle().clone(),
             durable: AtomicU64::new(0),
             flushing: tokio::sync::Mutex::new(()),
