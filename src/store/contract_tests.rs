@@ -339,7 +339,7 @@ async fn a_recreated_account_gets_a_new_uidvalidity(f: Fixture) {
     assert_ne!(first.uidvalidity, second.uidvalidity);
 }
 
-fn queued(recipients: &[&str]) -> QueuedMessage {
+pub(crate) fn queued(recipients: &[&str]) -> QueuedMessage {
     QueuedMessage {
         id: 0,
         sender: "a@example.org".into(),

@@ -103,6 +103,11 @@ pub fn message(mailbox: u64, uid: u32) -> Vec<u8> {
     k
 }
 
+/// The mailbox a message key belongs to.
+pub fn mailbox_of_message_key(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.get(1..9)?.try_into().ok()?))
+}
+
 /// The uid at the end of a message key.
 pub fn uid_of_message_key(k: &[u8]) -> Option<u32> {
     let tail: [u8; 8] = k.get(9..17)?.try_into().ok()?;
