@@ -86,6 +86,10 @@ pub struct Server {
     pub tls_handshake_timeout_secs: u64,
     /// Threads for blocking work (store writes, fsyncs, password checks) at most.
     pub blocking_threads: usize,
+    /// Where mail for `postmaster@` a local domain goes when that domain has no account or
+    /// alias of that name (RFC 5321 §4.5.1 requires every domain to take it). Unset: such
+    /// mail is refused as for any unknown user, and `serve` warns at start.
+    pub postmaster: Option<String>,
 }
 
 impl Default for Server {
@@ -99,6 +103,7 @@ impl Default for Server {
             write_timeout_secs: 300,
             tls_handshake_timeout_secs: 30,
             blocking_threads: 32,
+            postmaster: None,
         }
     }
 }
@@ -597,6 +602,17 @@ impl Config {
         }
         if s.recipient_delimiter.chars().count() > 1 {
             return Err("server.recipient_delimiter: must be one character or empty".into());
+        }
+        if let Some(p) = &mut s.postmaster {
+            match crate::mail::address::Address::parse(p.trim()) {
+                Ok(a) if !a.has_routing_syntax() && !a.local.eq_ignore_ascii_case("postmaster") => *p = a.to_string(),
+                Ok(_) => {
+                    return Err(format!(
+                        "server.postmaster: {p:?} must be a mailbox other than postmaster@ itself"
+                    ));
+                }
+                Err(e) => return Err(format!("server.postmaster: {p:?}: {e}")),
+            }
         }
         for (i, r) in self.relays.iter_mut().enumerate() {
             r.domain = r.domain.trim().trim_end_matches('.').to_ascii_lowercase();

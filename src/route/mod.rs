@@ -57,6 +57,8 @@ pub struct Router {
     config_domains: Arc<Vec<String>>,
     delimiter: Option<char>,
     relays: Arc<Vec<Relay>>,
+    /// `server.postmaster`: where `postmaster@` a local domain goes when nothing else takes it.
+    postmaster: Option<String>,
 }
 
 impl Router {
@@ -66,6 +68,7 @@ impl Router {
             config_domains: Arc::new(config.server.local_domains.clone()),
             delimiter: config.server.recipient_delimiter.chars().next(),
             relays: Arc::new(config.relays.clone()),
+            postmaster: config.server.postmaster.clone(),
         }
     }
 
@@ -87,11 +90,38 @@ impl Router {
         }
         let mut found = Expansion::default();
         self.expand(rcpt, 0, true, &mut found)?;
+        // RFC 5321 §4.5.1: every domain takes mail for its postmaster; without an account or
+        // alias of that name (or a catch-all), it goes to `server.postmaster`.
+        if found.is_empty()
+            && rcpt.local.eq_ignore_ascii_case("postmaster")
+            && let Some(p) = &self.postmaster
+        {
+            self.expand_targets("server.postmaster", std::slice::from_ref(p), 0, true, &mut found)?;
+        }
         Ok(if found.is_empty() {
             Route::UnknownUser
         } else {
             Route::Local(found)
         })
+    }
+
+    /// Warns of each local domain whose `postmaster@` nothing would take (no account, alias,
+    /// catch-all or `server.postmaster`), which RFC 5321 §4.5.1 requires.
+    pub fn warn_of_missing_postmasters(&self) {
+        let mut domains: Vec<String> = self.config_domains.to_vec();
+        domains.extend(self.store.domains().unwrap_or_default());
+        domains.sort();
+        domains.dedup();
+        for d in domains {
+            let Ok(address) = Address::parse(&format!("postmaster@{d}")) else {
+                continue;
+            };
+            if matches!(self.route(&address, false), Ok(Route::UnknownUser)) {
+                tracing::warn!(
+                    "{address} has no account or alias and server.postmaster is not set: mail for it is refused (RFC 5321 §4.5.1 asks every domain to take it)"
+                );
+            }
+        }
     }
 
     /// Whether `account` may send as `sender` (submission's sender check, Postfix's
@@ -201,6 +231,48 @@ mod tests {
 
     fn a(s: &str) -> Address {
         Address::parse(s).unwrap()
+    }
+
+    /// RFC 5321 §4.5.1: `postmaster@` every local domain is taken, by `server.postmaster`
+    /// when nothing else of that name exists; an account or alias of its own comes first.
+    #[test]
+    fn postmaster_of_every_local_domain_is_taken() {
+        let (_d, s, plain) = router();
+        s.create_account("admin@localhost", "h").unwrap();
+        s.add_domain("other.test").unwrap();
+        let with = |postmaster: &str| {
+            let mut config = crate::config::Config::default();
+            config.server.local_domains = vec!["localhost".into()];
+            config.server.postmaster = Some(postmaster.into());
+            Router::new(s.clone(), &config)
+        };
+        let r = with("admin@localhost");
+        assert_eq!(
+            plain.route(&a("postmaster@other.test"), false).unwrap(),
+            Route::UnknownUser
+        );
+        for rcpt in ["postmaster@localhost", "PostMaster@other.test"] {
+            assert_eq!(
+                r.route(&a(rcpt), false).unwrap(),
+                Route::Local(Expansion::accounts(vec!["admin@localhost".into()])),
+                "{rcpt}"
+            );
+        }
+        assert_eq!(r.route(&a("nobody@localhost"), false).unwrap(), Route::UnknownUser);
+        // Somewhere else: forwarded.
+        let Route::Local(e) = with("ops@elsewhere.example")
+            .route(&a("postmaster@localhost"), false)
+            .unwrap()
+        else {
+            panic!("not local");
+        };
+        assert_eq!(e.forward, [("ops@elsewhere.example".to_string(), NextHop::Mx)]);
+        // A domain's own postmaster account wins.
+        s.create_account("postmaster@other.test", "h").unwrap();
+        assert_eq!(
+            r.route(&a("postmaster@other.test"), false).unwrap(),
+            Route::Local(Expansion::accounts(vec!["postmaster@other.test".into()]))
+        );
     }
 
     #[test]

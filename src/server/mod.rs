@@ -87,6 +87,7 @@ pub async fn start(config: Config) -> Result<Running> {
             .map_err(|e| anyhow::anyhow!("policies: {e}"))?,
     );
     let router = Router::new(store.clone(), &config);
+    router.warn_of_missing_postmasters();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let chains = crate::hooks::threads::Chains::start(config.policies.threads)?;
     let shared = Arc::new(Shared {

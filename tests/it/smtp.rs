@@ -108,6 +108,25 @@ async fn postmaster_without_domain_is_routed() {
     assert!(raw.contains(" with SMTP id "), "HELO gives protocol SMTP: {raw}");
 }
 
+/// `server.postmaster` takes every local domain's postmaster that has no account or alias
+/// of its own (RFC 5321 §4.5.1); other unknown users are still refused.
+#[tokio::test]
+async fn server_postmaster_takes_every_domains_postmaster() {
+    let s = start_server(|c| c.server.postmaster = Some("bob@localhost".into())).await;
+    s.store().add_domain("other.test").unwrap();
+    let mut c = connect(s.smtp).await;
+    c.cmd("EHLO client.test", "250").await;
+    c.cmd("MAIL FROM:<>", "250").await;
+    c.cmd("RCPT TO:<POSTMASTER@other.test>", "250").await;
+    c.cmd("RCPT TO:<Postmaster>", "250").await;
+    c.cmd("RCPT TO:<nobody@other.test>", "550 5.1.1").await;
+    c.cmd("DATA", "354").await;
+    c.send(message("bounce", "x").as_bytes()).await;
+    c.cmd(".", "250").await;
+    c.cmd("QUIT", "221").await;
+    assert_eq!(s.inbox("bob@localhost").len(), 1, "one copy for both postmasters");
+}
+
 #[tokio::test]
 async fn pipelined_transaction_gets_replies_in_order() {
     let s = start_server(|_| {}).await;
