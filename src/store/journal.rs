@@ -309,6 +309,23 @@ impl Drop for Leader<'_> {
     }
 }
 
+/// Whether the body `ptr` points at in `dir` is there, whole: its bytes hash to its id
+/// (bodies are content-addressed). For a pointer past where its segment's records stop
+/// parsing: torn by a power cut, or after a damaged record that bytes further on survived.
+fn intact(dir: &Path, ptr: &BodyPtr, id: &BlobId) -> bool {
+    let Ok(file) = File::open(segment_path(dir, ptr.seg)) else {
+        return false;
+    };
+    let whole = file
+        .metadata()
+        .is_ok_and(|m| ptr.off.checked_add(ptr.len).is_some_and(|end| end <= m.len()));
+    let (true, Ok(len)) = (whole, usize::try_from(ptr.len)) else {
+        return false;
+    };
+    let mut body = vec![0; len];
+    file.read_exact_at(&mut body, ptr.off).is_ok() && super::blob_id(&body) == *id
+}
+
 impl Journal {
     /// Opens the journal in `dir`: re-applies to `tree` every record newer than sled's
     /// `applied` mark, counts live bodies, and starts a fresh segment (a torn tail stays behind
@@ -380,7 +397,8 @@ impl Journal {
         // sled flushes itself every second, so after a power cut it may hold a change set
         // whose journal record never reached the disk (a journal record is flushed before
         // its change is acknowledged, but sled may write first): a body pointer past what
-        // the journal holds. Such bodies are lost; the store removes what refers to them.
+        // the journal holds. Such bodies, unless their bytes are there whole after all, are
+        // lost; the store removes what refers to them.
         let mut live: HashMap<u64, u64> = HashMap::new();
         let mut lost = Vec::new();
         for item in tree.scan_prefix([keys::BLOB]) {
@@ -389,6 +407,7 @@ impl Journal {
                 *live.entry(p.seg).or_default() += p.len;
                 if readable.get(&p.seg).is_none_or(|&end| p.off + p.len > end)
                     && let Ok(id) = BlobId::try_from(&k[1..])
+                    && !intact(dir, &p, &id)
                 {
                     lost.push(id);
                 }

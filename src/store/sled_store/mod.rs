@@ -803,6 +803,43 @@ mod tests {
         assert_eq!(s.messages(inbox.id).unwrap().len(), 2);
     }
 
+    /// A damaged record stops the journal's parsing, but bodies further on whose bytes
+    /// survived are not taken for lost: nothing is removed.
+    #[test]
+    fn bodies_past_a_damaged_record_that_survived_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let segment = {
+            let s = SledStore::open_with(&path, 16, false).unwrap();
+            s.create_account("a@x.test", "h").unwrap();
+            let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+            s.deliver(b"first", 1, &[inbox.id]).unwrap();
+            s.deliver(b"second", 2, &[inbox.id]).unwrap();
+            s.flush_blocking().unwrap();
+            s.db.flush().unwrap();
+            std::fs::read_dir(path.with_extension("journal"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+                .max()
+                .unwrap()
+        };
+        // The first record's magic damaged: nothing in the segment parses any more.
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[0] ^= 0xff;
+        std::fs::write(&segment, bytes).unwrap();
+        let s = reopen(&path);
+        assert!(s.journal.lost().is_empty());
+        let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
+        let bodies: Vec<Vec<u8>> = s
+            .messages(inbox.id)
+            .unwrap()
+            .iter()
+            .map(|m| s.blob(&m.meta.blob).unwrap().unwrap())
+            .collect();
+        assert_eq!(bodies, [b"first".to_vec(), b"second".to_vec()]);
+    }
+
     #[test]
     fn journal_replays_what_sled_lacks_and_only_that() {
         let dir = tempfile::tempdir().unwrap();
