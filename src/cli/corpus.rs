@@ -191,6 +191,9 @@ pub struct Run {
     /// The weights chosen on inner folds (`--nested`, `--lockbox`): one line per outer fold
     /// or for the lockbox, with the inner figures they were chosen by.
     pub chosen: Vec<(String, Params)>,
+    /// What the default thresholds did with each message: `[ham, spam]` ×
+    /// `[inbox, tagged, junk folder, rejected]`.
+    pub actions: [[usize; 4]; 2],
     table: Option<String>,
     aside: Aside,
 }
@@ -224,6 +227,12 @@ impl Run {
                     ));
                 });
             }
+            let t = &config.spam.thresholds;
+            let action = [t.tag, t.quarantine, t.reject]
+                .iter()
+                .filter(|&&at| r.score >= at)
+                .count();
+            self.actions[usize::from(is_spam)][action] += 1;
             let said = r.score >= config.spam.thresholds.tag;
             if said != is_spam {
                 let symbols: Vec<String> = r.symbols.iter().map(|s| format!("{}={:+}", s.name, s.score)).collect();
@@ -460,6 +469,8 @@ pub async fn eval(
         if let Some(n) = folds {
             v["folds"] = n.into();
         }
+        let named = |a: &[usize; 4]| serde_json::json!({"inbox": a[0], "tagged": a[1], "junk": a[2], "rejected": a[3]});
+        v["actions"] = serde_json::json!({"ham": named(&run.actions[0]), "spam": named(&run.actions[1])});
         if !run.chosen.is_empty() {
             v["chosen"] = run
                 .chosen
@@ -494,6 +505,16 @@ pub async fn eval(
         "confusion: spam->spam {} spam->ham {} ham->spam {} ham->ham {}",
         m.true_positives, m.false_negatives, m.false_positives, m.true_negatives
     );
+    for (class, a) in ["ham", "spam"].iter().zip(&run.actions) {
+        println!(
+            "actions: {class} inbox {} tagged {} junk {} rejected {}",
+            a[0], a[1], a[2], a[3]
+        );
+    }
+    // A good message in the Junk folder or refused, the harm a false positive does.
+    let [ham, _] = &run.actions;
+    let hams: usize = ham.iter().sum();
+    println!("fpr_junked {:.4}", (ham[2] + ham[3]) as f64 / hams.max(1) as f64);
     println!("msgs_per_s {:.0}\ncpu_ms_per_msg {:.3}", m.msgs_per_s, m.cpu_ms_per_msg);
     for x in &run.misses {
         println!("{x}");
@@ -557,13 +578,27 @@ mod tests {
         };
         let (run, table) = judge(&config, &[spam], &[ham], &parts, true).await.unwrap();
         assert_eq!(run.metrics.messages, 24, "each message judged exactly once");
-        assert_eq!(table.unwrap().lines().count(), 25, "a header and one line a message");
+        let table = table.unwrap();
+        assert_eq!(table.lines().count(), 25, "a header and one line a message");
         assert!(
             run.metrics.recall > 0.9,
             "the shared spam words carry it: {:?}",
             run.misses
         );
         assert_eq!(run.metrics.false_positives, 0, "{:?}", run.misses);
+        // What the thresholds did agrees with the verdicts, and with each score in the table.
+        let [ham, spam] = run.actions;
+        assert_eq!((ham.iter().sum::<usize>(), spam.iter().sum::<usize>()), (12, 12));
+        assert_eq!(ham[0], run.metrics.true_negatives);
+        assert_eq!(spam[1] + spam[2] + spam[3], run.metrics.true_positives);
+        let t = &config.spam.thresholds;
+        let junked = table
+            .lines()
+            .skip(1)
+            .filter(|l| l.starts_with("spam\t"))
+            .filter(|l| l.split('\t').nth(1).unwrap().parse::<f64>().unwrap() >= t.quarantine)
+            .count();
+        assert_eq!(spam[2] + spam[3], junked);
     }
 
     /// Nested cross-validation chooses each outer fold's weights without that fold: turning
