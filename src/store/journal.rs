@@ -405,7 +405,9 @@ impl Journal {
             let (k, v) = item.map_err(sled_err)?;
             if let Some(p) = BodyPtr::decode(&v) {
                 *live.entry(p.seg).or_default() += p.len;
-                if readable.get(&p.seg).is_none_or(|&end| p.off + p.len > end)
+                if readable
+                    .get(&p.seg)
+                    .is_none_or(|&end| p.off.saturating_add(p.len) > end)
                     && let Ok(id) = BlobId::try_from(&k[1..])
                     && !intact(dir, &p, &id)
                 {
@@ -565,12 +567,12 @@ impl Journal {
         self.written.load(Ordering::SeqCst)
     }
 
-    /// How many change sets opening the journal re-applied to sled.
     /// Bodies sled points at that the journal does not hold (see [`Journal::open`]).
     pub fn lost(&self) -> &[BlobId] {
         &self.lost
     }
 
+    /// How many change sets opening the journal re-applied to sled.
     pub fn replayed(&self) -> u64 {
         self.replayed
     }

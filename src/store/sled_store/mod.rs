@@ -236,16 +236,24 @@ impl SledStore {
             .filter(|q| lost.contains(&q.blob))
             .map(|q| q.id)
             .collect();
+        // A repair that fails leaves those entries as they were (unreadable), not the store
+        // closed: the rest of the mail is served, and the next start tries again.
         let mut removed = 0;
         for (mailbox, uids) in &messages {
-            removed += self.expunge(*mailbox, uids)?.len();
+            match self.expunge(*mailbox, uids) {
+                Ok(gone) => removed += gone.len(),
+                Err(e) => tracing::error!("journal: removing mailbox {mailbox}'s messages with lost bodies: {e}"),
+            }
         }
+        let mut dequeued = 0;
         for id in &queued {
-            self.remove_queued(*id)?;
+            match self.remove_queued(*id) {
+                Ok(_) => dequeued += 1,
+                Err(e) => tracing::error!("journal: removing queued message {id} with a lost body: {e}"),
+            }
         }
         tracing::error!(
-            "journal: removed {removed} messages and {} queued messages whose bodies a power cut took (never acknowledged)",
-            queued.len()
+            "journal: removed {removed} messages and {dequeued} queued messages whose bodies a power cut took (never acknowledged)"
         );
         Ok(())
     }
