@@ -1071,6 +1071,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     }
 }
 
+/// NOTIFY's INBOXES is every mailbox mail may be delivered to, and policies deliver into any
+/// folder (Junk, at the least), so it is every personal mailbox (RFC 5465 §6.2).
+#[tokio::test]
+async fn notify_inboxes_covers_the_folders_policies_deliver_to() {
+    let s = start_server(|_| {}).await;
+    let mut a = raw(s.imap).await;
+    a.login("alice@localhost").await;
+    let r = a
+        .cmd("a1", "NOTIFY SET STATUS (INBOXES (MessageNew MessageExpunge))", "OK")
+        .await;
+    for name in ["INBOX", "Junk", "Drafts"] {
+        assert!(r.contains(&format!("* STATUS {name} (MESSAGES 0 ")), "{name}: {r}");
+    }
+    let mut b = raw(s.imap).await;
+    b.login("alice@localhost").await;
+    let msg = "Subject: filed\r\n\r\nx\r\n";
+    b.send(&format!("b1 APPEND Junk {{{}+}}\r\n{msg}\r\n", msg.len())).await;
+    b.until("b1").await;
+    let got = a.until_line("STATUS Junk").await;
+    assert!(got.contains("* STATUS Junk (MESSAGES 1 UIDNEXT 2 "), "{got}");
+}
+
 /// NOTIFY (RFC 5465): with nothing asked, a session hears of new mail and flag changes in the
 /// selected mailbox (with the FETCH items it named), of mail in its other mailboxes as
 /// STATUS, and of mailboxes created, renamed, deleted and subscribed elsewhere as LIST.

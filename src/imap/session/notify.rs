@@ -410,8 +410,10 @@ impl Session {
 
 fn filter_matches(f: &NotifyFilter, name: &str, subscribed: &HashSet<String>) -> bool {
     match f {
-        NotifyFilter::Inboxes => name == "INBOX",
-        NotifyFilter::Personal => true,
+        // RFC 5465 §6.2: the mailboxes a delivery agent may deliver to, or, for a server that
+        // "cannot easily compute this set", PERSONAL. Policies file mail into any folder
+        // (`on_deliver`'s `folder`; the spam thresholds into Junk), so it is all of them.
+        NotifyFilter::Inboxes | NotifyFilter::Personal => true,
         NotifyFilter::Subscribed => subscribed.contains(name),
         NotifyFilter::Subtree(roots) => roots.iter().any(|r| {
             name == r
