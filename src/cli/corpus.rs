@@ -199,6 +199,13 @@ pub struct Run {
 }
 
 impl Run {
+    /// The share of good messages put in the Junk folder or refused: the harm a false
+    /// positive does (a tagged message still reaches the inbox).
+    pub fn fpr_junked(&self) -> f64 {
+        let [ham, _] = &self.actions;
+        (ham[2] + ham[3]) as f64 / ham.iter().sum::<usize>().max(1) as f64
+    }
+
     /// Judges the messages of one corpus file with the model the chain holds now.
     async fn judge_messages(
         &mut self,
@@ -233,7 +240,7 @@ impl Run {
                 .filter(|&&at| r.score >= at)
                 .count();
             self.actions[usize::from(is_spam)][action] += 1;
-            let said = r.score >= config.spam.thresholds.tag;
+            let said = action > 0;
             if said != is_spam {
                 let symbols: Vec<String> = r.symbols.iter().map(|s| format!("{}={:+}", s.name, s.score)).collect();
                 self.misses.push(format!(
@@ -471,6 +478,7 @@ pub async fn eval(
         }
         let named = |a: &[usize; 4]| serde_json::json!({"inbox": a[0], "tagged": a[1], "junk": a[2], "rejected": a[3]});
         v["actions"] = serde_json::json!({"ham": named(&run.actions[0]), "spam": named(&run.actions[1])});
+        v["fpr_junked"] = run.fpr_junked().into();
         if !run.chosen.is_empty() {
             v["chosen"] = run
                 .chosen
@@ -511,10 +519,7 @@ pub async fn eval(
             a[0], a[1], a[2], a[3]
         );
     }
-    // A good message in the Junk folder or refused, the harm a false positive does.
-    let [ham, _] = &run.actions;
-    let hams: usize = ham.iter().sum();
-    println!("fpr_junked {:.4}", (ham[2] + ham[3]) as f64 / hams.max(1) as f64);
+    println!("fpr_junked {:.4}", run.fpr_junked());
     println!("msgs_per_s {:.0}\ncpu_ms_per_msg {:.3}", m.msgs_per_s, m.cpu_ms_per_msg);
     for x in &run.misses {
         println!("{x}");

@@ -440,29 +440,18 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Backend(format!("starting the PostgreSQL runtime: {e}")))?;
-        let manager = Manager::from_config(
-            config.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(pg)?;
-        let writers = Pool::builder(Manager::from_config(
-            writers_config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        ))
-        .max_size(delivery_writers.max(1) + batch::ALONE_WRITERS)
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(pg)?;
+        // A pool of at most `size` connections made with `config`.
+        let pool = |config: tokio_postgres::Config, size: usize| {
+            let recycling_method = RecyclingMethod::Fast;
+            let manager = Manager::from_config(config, tokio_postgres::NoTls, ManagerConfig { recycling_method });
+            Pool::builder(manager)
+                .max_size(size.max(1))
+                .runtime(Runtime::Tokio1)
+                .build()
+                .map_err(pg)
+        };
+        let writers = pool(writers_config, delivery_writers.max(1) + batch::ALONE_WRITERS)?;
+        let pool = pool(config.clone(), pool_size)?;
         let (deliveries, waiting) = batch::channel();
         let inner = Arc::new(Inner {
             pool,

@@ -590,17 +590,12 @@ impl Inner {
         let now = now_secs().max(0) as u64;
         if now >= self.compact_at.load(Ordering::Relaxed) {
             let me = self.clone();
-            let more = match tokio::task::spawn_blocking(move || me.compact(COMPACT_MIN_DEAD)).await {
-                Ok(Ok(moved)) => moved >= COMPACT_BYTES,
-                Ok(Err(e)) => {
-                    tracing::warn!("journal compaction: {e}");
-                    false
-                }
-                Err(e) => {
-                    tracing::warn!("journal compaction: {e}");
-                    false
-                }
-            };
+            let compacted = tokio::task::spawn_blocking(move || me.compact(COMPACT_MIN_DEAD))
+                .await
+                .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())));
+            let more = compacted
+                .inspect_err(|e| tracing::warn!("journal compaction: {e}"))
+                .is_ok_and(|moved| moved >= COMPACT_BYTES);
             let wait = if more { 0 } else { COMPACT_EVERY.as_secs() };
             self.compact_at.store(now + wait, Ordering::Relaxed);
         }
@@ -754,6 +749,16 @@ mod tests {
         );
     }
 
+    /// The store's newest journal segment that holds anything.
+    fn newest_segment(store: &std::path::Path) -> std::path::PathBuf {
+        std::fs::read_dir(store.with_extension("journal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+            .max()
+            .unwrap()
+    }
+
     /// sled flushes itself every second, so after a power cut it may hold a delivery whose
     /// journal record never reached the disk. The next open removes what refers to such a
     /// body (as an expunge); acknowledged mail, and a lost message's twin whose body was
@@ -762,19 +767,13 @@ mod tests {
     fn what_a_power_cut_took_from_the_journal_is_removed_at_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let journal = path.with_extension("journal");
         let (segment, flushed, modseq) = {
             let s = SledStore::open_with(&path, 16, false).unwrap();
             s.create_account("a@x.test", "h").unwrap();
             let inbox = s.mailbox("a@x.test", "INBOX").unwrap().unwrap();
             s.deliver(b"acknowledged", 1, &[inbox.id]).unwrap();
             s.flush_blocking().unwrap();
-            let segment = std::fs::read_dir(&journal)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
-                .max()
-                .unwrap();
+            let segment = newest_segment(&path);
             let flushed = std::fs::metadata(&segment).unwrap().len();
             // Written but not flushed when the power goes: two deliveries, one of them a
             // body already stored, and a queued message.
@@ -825,12 +824,7 @@ mod tests {
             s.deliver(b"second", 2, &[inbox.id]).unwrap();
             s.flush_blocking().unwrap();
             s.db.flush().unwrap();
-            std::fs::read_dir(path.with_extension("journal"))
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
-                .max()
-                .unwrap()
+            newest_segment(&path)
         };
         // The first record's magic damaged: nothing in the segment parses any more.
         let mut bytes = std::fs::read(&segment).unwrap();
