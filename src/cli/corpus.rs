@@ -227,10 +227,12 @@ impl Run {
                     let (p, d) =
                         crate::spam::bayes(&chain.spam, &m).map_or((-1.0, 0.0), |j| (j.probability, j.log_odds));
                     let label = if is_spam { "spam" } else { "ham" };
+                    let symbols: Vec<String> = r.symbols.iter().map(|s| format!("{}={:+}", s.name, s.score)).collect();
                     t.push_str(&format!(
-                        "{label}\t{:.3}\t{p:.6}\t{d:.2}\t{}\n",
+                        "{label}\t{:.3}\t{p:.6}\t{d:.2}\t{}\t{}\n",
                         r.score,
-                        path.display()
+                        path.display(),
+                        symbols.join(",")
                     ));
                 });
             }
@@ -276,7 +278,7 @@ pub async fn judge(
 ) -> Result<(Run, Option<String>), String> {
     let chain = Chain::load(config, matches!(parts, Parts::HeldOut(_))).await?;
     let mut run = Run {
-        table: scores.then(|| String::from("label\tscore\tbayes\tlog_odds\tfile\n")),
+        table: scores.then(|| String::from("label\tscore\tbayes\tlog_odds\tfile\tsymbols\n")),
         ..Run::default()
     };
     let (wall, cpu) = (std::time::Instant::now(), process_cpu_secs());

@@ -15,15 +15,16 @@ pub struct Finding {
     pub example: String,
 }
 
-/// Characters used in place of letters (leetspeak), and the letter each stands for.
+/// Characters used in place of letters (leetspeak), and the letter each stands for. `+` and
+/// `|` join words far more often than they stand in for `t` and `l` (`DVD+RW`, `sh|file`).
 fn deleet(c: char) -> Option<char> {
     Some(match c {
         '0' => 'o',
-        '1' | '!' | '|' => 'i',
+        '1' | '!' => 'i',
         '3' => 'e',
         '4' | '@' => 'a',
         '5' | '$' => 's',
-        '7' | '+' => 't',
+        '7' => 't',
         _ => return None,
     })
 }
@@ -74,37 +75,67 @@ impl Tally {
     }
 }
 
-/// A word that becomes plain letters once leetspeak is undone, with at least one
-/// substitution inside it (not a number, not `e-mail`).
+/// A Latin word in disguise: plain letters once leetspeak is undone, with a substitution
+/// between letters (`V1@gr@`, `c1al1s`, `m0rtgage`). What only looks like one is not:
+/// - a number with a unit or an ordinal (`10GB`, `400MHz`, `17th`): the substitution must
+///   have a letter on each side;
+/// - a product code (`DVD100i`, `P45s`, `MP3s`): a run of two or more digits is a number,
+///   not letters, and a word in disguise still reads as one word once undone (all lower
+///   case, Capitalised, or ALL CAPS: `MPEs` is none of them);
+/// - other scripts (`10月5日`): leetspeak stands in for Latin letters only;
+/// - an address, `e-mail`, punctuation at a word's end (`win!`, `$100`).
 fn obfuscated(word: &str) -> bool {
     // Punctuation around a word ("online!!!", "$100", "NEW!!") is emphasis, not disguise: the
     // punctuation-run symbols count it.
     let word = word.trim_matches(|c: char| !c.is_alphanumeric());
-    // An address ("newsletter@example") is not a word in disguise.
-    if let Some((local, domain)) = word.split_once('@') {
-        let letters = |s: &str| s.chars().filter(|c| c.is_alphabetic()).count();
-        if !domain.contains('@') && letters(local) >= 3 && letters(domain) >= 3 {
-            let only_letters = |s: &str| s.chars().all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'));
-            if only_letters(local) && only_letters(domain) {
-                return false;
-            }
-        }
+    // An address ("newsletter@example", or cut short: "forteana@y") is not a word in
+    // disguise; `vi@gra` has two letters before its `@`.
+    if let Some((local, _)) = word.split_once('@')
+        && local.chars().filter(|c| c.is_alphabetic()).count() >= 3
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return false;
     }
     let chars: Vec<char> = word.chars().collect();
     if chars.len() < 4 || chars.len() > 20 {
         return false;
     }
-    let letters = chars.iter().filter(|c| c.is_alphabetic()).count();
-    let subs = chars
-        .iter()
-        .filter(|c| !c.is_alphabetic() && deleet(**c).is_some())
-        .count();
-    if subs == 0 || letters < 2 || letters + subs != chars.len() {
+    // Every character an ASCII letter or a stand-in for one.
+    if !chars.iter().all(|c| c.is_ascii_alphabetic() || deleet(*c).is_some()) {
         return false;
     }
-    // A substitution at an end only ("win!", "$100") is punctuation, not disguise.
-    let inner = chars[1..chars.len() - 1].iter().any(|c| !c.is_alphabetic());
-    inner && letters * 2 >= chars.len()
+    let letters: Vec<char> = chars.iter().copied().filter(char::is_ascii_alphabetic).collect();
+    if letters.len() < 2 || letters.len() * 2 < chars.len() {
+        return false;
+    }
+    // A number, or a hexadecimal one (`C0C0C0`, `1E0E`).
+    if chars.windows(2).any(|w| w[0].is_ascii_digit() && w[1].is_ascii_digit())
+        || chars.iter().all(char::is_ascii_hexdigit)
+    {
+        return false;
+    }
+    let (first, rest) = (letters[0], &letters[1..]);
+    let lower = rest.iter().all(char::is_ascii_lowercase);
+    let caps = first.is_ascii_uppercase() && rest.iter().all(char::is_ascii_uppercase);
+    // A run of stand-ins with a letter on each side. In capitals, digits and `!` between
+    // letters are codes and names (`PERL5LIB`, `WC1R`, `NEW!CNET`); `@` and `$` still count.
+    let mut inside = false;
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_ascii_alphabetic() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && !chars[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let counts = !caps || chars[start..i].iter().any(|c| matches!(c, '@' | '$'));
+        inside |= start > 0 && i < chars.len() && counts;
+    }
+    inside && (lower || caps)
 }
 
 /// Runs the letter analyses over the subject and body text.
@@ -200,6 +231,27 @@ mod tests {
         assert!(!names("NEW!! online!!!", "write to newsletter@example now!!").contains(&"OBFUSCATED_WORD"));
         assert!(!names("NEW!! online!!!", clean).contains(&"OBFUSCATED_SUBJECT"));
         assert!(names("x", "cheap vi@gra and c@sino").contains(&"OBFUSCATED_WORD"));
+        assert!(names("x", "VI@GRA and m0rtgage").contains(&"OBFUSCATED_WORD"));
+        assert!(names("x", "V!agra").contains(&"OBFUSCATED_WORD"));
+        // Numbers with units, ordinals, product codes and other scripts only look like it.
+        for plain in [
+            "a 10GB disk at 400MHz",
+            "the 17th",
+            "7200rpm",
+            "MP3s and P45s",
+            "the DVD100i",
+            "DAVC450",
+            "10月5日に",
+            "Win2000 and B2B",
+            "DVD+RW",
+            "sh|file",
+            "NEW!CNET",
+            "PERL5LIB",
+            "#C0C0C0",
+            "forteana@y",
+        ] {
+            assert!(!names("x", plain).contains(&"OBFUSCATED_WORD"), "{plain}");
+        }
         assert!(names("x", "free m\u{200B}oney").contains(&"INVISIBLE_CHARS"));
         assert!(names("x", "your p\u{0430}ypal account").contains(&"MIXED_SCRIPTS"));
         assert!(names("ACT NOW AND WIN BIG", clean).contains(&"CAPS_SUBJECT"));

@@ -252,20 +252,26 @@ fn spam_cli_trains_evaluates_and_classifies() {
     let n = m["messages"].as_u64().unwrap();
     assert!(n > 0 && n < 80, "only the held-out part is scored: {m}");
     assert_eq!(m["f1"].as_f64(), Some(1.0), "{m}");
-    // --scores: a header, then one line per judged message with its label, probability and
-    // log-odds (the probability's logit, where it has not saturated).
+    // --scores: a header, then one line per judged message with its label, probability,
+    // log-odds (the probability's logit, where it has not saturated) and the symbols scored.
     let table = std::fs::read_to_string(&scores).unwrap();
     let mut lines = table.lines();
-    assert_eq!(lines.next(), Some("label\tscore\tbayes\tlog_odds\tfile"));
+    assert_eq!(lines.next(), Some("label\tscore\tbayes\tlog_odds\tfile\tsymbols"));
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
     assert_eq!(rows.len() as u64, n, "{table}");
     for r in &rows {
         let (p, d): (f64, f64) = (r[2].parse().unwrap(), r[3].parse().unwrap());
         match r[0] {
-            "spam" => assert!(p > 0.5 && d > 0.0, "{r:?}"),
-            "ham" => assert!(p < 0.5 && d < 0.0, "{r:?}"),
+            "spam" => assert!(p > 0.5 && d > 0.0 && r[5].contains("BAYES_99"), "{r:?}"),
+            "ham" => assert!(p < 0.5 && d < 0.0 && !r[5].contains("BAYES_9"), "{r:?}"),
             other => panic!("label {other}"),
         }
+        let total: f64 = r[1].parse().unwrap();
+        let summed: f64 = r[5]
+            .split(',')
+            .filter_map(|s| s.split_once('=').map(|(_, v)| v.parse::<f64>().unwrap()))
+            .sum();
+        assert!((total - summed).abs() < 1e-3, "the symbols add up to the score: {r:?}");
         if (0.001..0.999).contains(&p) {
             assert!((1.0 / (1.0 + (-d).exp()) - p).abs() < 1e-3, "{r:?}");
         }
