@@ -227,12 +227,11 @@ impl Run {
                     let (p, d) =
                         crate::spam::bayes(&chain.spam, &m).map_or((-1.0, 0.0), |j| (j.probability, j.log_odds));
                     let label = if is_spam { "spam" } else { "ham" };
-                    let symbols: Vec<String> = r.symbols.iter().map(|s| format!("{}={:+}", s.name, s.score)).collect();
                     t.push_str(&format!(
                         "{label}\t{:.3}\t{p:.6}\t{d:.2}\t{}\t{}\n",
                         r.score,
                         path.display(),
-                        symbols.join(",")
+                        symbol_list(&r)
                     ));
                 });
             }
@@ -244,18 +243,24 @@ impl Run {
             self.actions[usize::from(is_spam)][action] += 1;
             let said = action > 0;
             if said != is_spam {
-                let symbols: Vec<String> = r.symbols.iter().map(|s| format!("{}={:+}", s.name, s.score)).collect();
                 self.misses.push(format!(
                     "{} {:.2} {} {}",
                     if is_spam { "FN" } else { "FP" },
                     r.score,
                     path.display(),
-                    symbols.join(",")
+                    symbol_list(&r)
                 ));
             }
             self.metrics.add(is_spam, said);
         }
     }
+}
+
+/// The symbols a message scored, as `NAME=+score`, comma-separated (`spam eval`'s misjudged
+/// lines and `--scores` table).
+fn symbol_list(r: &Report) -> String {
+    let symbols: Vec<String> = r.symbols.iter().map(|s| format!("{}={:+}", s.name, s.score)).collect();
+    symbols.join(",")
 }
 
 /// A corpus file in cross-validation: its messages, read once, and their features.

@@ -117,6 +117,7 @@ fn obfuscated(word: &str) -> bool {
         return false;
     }
     let (first, rest) = (letters[0], &letters[1..]);
+    // Lower case or Capitalised; or ALL CAPS.
     let lower = rest.iter().all(char::is_ascii_lowercase);
     let caps = first.is_ascii_uppercase() && rest.iter().all(char::is_ascii_uppercase);
     // A run of stand-ins with a letter on each side. In capitals, digits and `!` between

@@ -271,12 +271,19 @@ pub fn read_messages(f: &Path) -> Result<Vec<Vec<u8>>, String> {
 }
 
 /// Messages of a corpus: every file under `dirs` (recursively), in name order. A file is one
-/// `.eml` message or an mbox of several.
+/// `.eml` message or an mbox of several. Hidden files and folders (`.DS_Store`, a maildir's
+/// `.Junk`, `.git`) and a maildir's `tmp` (deliveries not yet finished) are not mail of the
+/// corpus and are skipped.
 pub fn corpus_files(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for entry in rd {
             let p = entry.map_err(|e| e.to_string())?.path();
+            let name = p.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let maildir_tmp = name == "tmp" && dir.join("cur").is_dir() && dir.join("new").is_dir();
+            if name.starts_with('.') || maildir_tmp {
+                continue;
+            }
             if p.is_dir() {
                 walk(&p, out)?;
             } else if p.is_file() {
@@ -500,6 +507,21 @@ mod tests {
         assert_eq!(here, there);
         let out = here.iter().filter(|h| **h).count();
         assert!((40..=80).contains(&out), "about 30 % held out: {out}");
+        // Hidden files and a maildir's tmp are not part of a corpus; cur and new are.
+        let dir = tempfile::tempdir().unwrap();
+        let md = dir.path().join("spam");
+        for sub in ["cur", "new", "tmp", ".git"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        for f in ["a.eml", ".DS_Store", "cur/1:2,S", "new/2", "tmp/3", ".git/HEAD"] {
+            std::fs::write(md.join(f), "Subject: x\n\ny\n").unwrap();
+        }
+        let found: Vec<PathBuf> = corpus_files(std::slice::from_ref(&md))
+            .unwrap()
+            .into_iter()
+            .map(|p| p.strip_prefix(&md).unwrap().to_path_buf())
+            .collect();
+        assert_eq!(found, ["a.eml", "cur/1:2,S", "new/2"].map(PathBuf::from));
         let mut m = Metrics::default();
         for (s, said) in [(true, true), (true, false), (false, false), (false, true)] {
             m.add(s, said);
