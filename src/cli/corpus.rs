@@ -82,6 +82,13 @@ impl Chain {
         }
         let offline = Offline::new(config, spam.clone());
         let set = Arc::new(PolicySet::load(&config.policies.dir, &offline.host, 1)?);
+        if set.plugins.is_empty() {
+            // Every message would pass unscored: figures of nothing.
+            return Err(format!(
+                "no policies in {}: messages are judged by the policies (the shipped ones are the policies/ folder of mailgate's source); run where that folder is, or set [policies] dir in --config",
+                crate::hooks::absolute(&config.policies.dir).display()
+            ));
+        }
         Ok(Chain {
             set,
             spam,

@@ -173,6 +173,12 @@ fn enhanced_code(e: &str) -> bool {
     matches!(parts[..], [class, subject, detail] if ["2", "4", "5"].contains(&class) && digits(subject) && digits(detail))
 }
 
+/// `dir` as an absolute path, for messages (a relative one is resolved against the working
+/// directory, which is what an operator most often has wrong).
+pub fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
 /// Policies loaded from the directory at one moment.
 pub struct PolicySet {
     pub version: String,
@@ -425,6 +431,12 @@ impl Engine {
     pub fn new(dir: &Path, host: Arc<HostServices>, states: usize) -> Result<Engine, String> {
         let set = PolicySet::load(dir, &host, states)?;
         tracing::info!(version = %set.version, plugins = set.plugins.len(), dir = %dir.display(), "policies loaded");
+        if set.plugins.is_empty() {
+            tracing::warn!(
+                "no policies in {}: mail is accepted with no spam checks (the shipped ones are the policies/ folder of mailgate's source; set [policies] dir)",
+                absolute(dir).display()
+            );
+        }
         let (version, _) = tokio::sync::watch::channel(set.version.clone());
         Ok(Engine {
             dir: dir.to_path_buf(),

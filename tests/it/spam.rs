@@ -221,13 +221,16 @@ async fn greylisting_tempfails_a_new_triplet_then_lets_the_retry_through() {
 fn spam_cli_trains_evaluates_and_classifies() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_child_config(dir.path());
-    write_policies(
-        &dir.path().join("policies"),
-        &[("50-bayes.lua", BAYES_LUA), ("50-bayes.toml", BAYES_TOML)],
-    );
     write_corpus(&dir.path().join("corpus"), 40);
     let (spam, ham) = (dir.path().join("corpus/spam"), dir.path().join("corpus/ham"));
     let (spam, ham) = (spam.to_str().unwrap(), ham.to_str().unwrap());
+    // No policies where the config points: judging would pass every message unscored, so
+    // eval refuses, naming the folder it looked in.
+    let (code, out, err) = cli(&config, &["spam", "eval", "--spam", spam, "--ham", ham], "");
+    assert_ne!(code, 0, "{out}");
+    let looked = dir.path().join("policies");
+    assert!(err.contains(&format!("no policies in {}", looked.display())), "{err}");
+    write_policies(&looked, &[("50-bayes.lua", BAYES_LUA), ("50-bayes.toml", BAYES_TOML)]);
     let split = ["--holdout", "0.25", "--seed", "7"];
     let mut args = vec!["spam", "train", "--spam", spam, "--ham", ham, "--features", "16384"];
     args.extend(split);
