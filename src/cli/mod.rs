@@ -33,6 +33,22 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     init_logging(matches!(cli.command, Command::Serve), config.log.format);
+    let mut config = config;
+    let judges = matches!(
+        cli.command,
+        Command::Serve
+            | Command::Policy(PolicyCmd::Check { .. } | PolicyCmd::Test { .. })
+            | Command::Spam(SpamCmd::Classify | SpamCmd::Eval { .. })
+    );
+    if judges {
+        match crate::hooks::shipped::resolve(&config.policies.dir, &config.server.data_dir) {
+            Ok(dir) => config.policies.dir = dir,
+            Err(e) => {
+                eprintln!("mailgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     // Blocking threads capped (tokio's default is 512): sled frees its log buffers through
     // epoch reclamation, whose deferred frees wait in per-thread bags until that thread
     // runs again; hundreds of mostly idle pool threads held them back, and RSS crept up

@@ -15,6 +15,7 @@ pub mod dns_cache;
 pub mod host;
 pub mod lua;
 pub mod manifest;
+pub mod shipped;
 pub mod threads;
 pub mod wasm;
 

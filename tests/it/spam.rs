@@ -434,3 +434,36 @@ fn training_keeps_the_model_within_its_token_bound() {
     let judge = |raw: &str| model.judge(&mailgate::mail::parse_message(raw.as_bytes())).probability;
     assert!(judge(&spam_msg(100)) > 0.5 && judge(&ham_msg(101)) < 0.5);
 }
+
+/// Run outside the source tree on the embedded defaults (no ./policies there), the binary
+/// judges with the shipped policies it carries, written under the data directory, and
+/// leaves the working directory without a policies folder of its own.
+#[test]
+fn the_shipped_policies_judge_wherever_mailgate_runs() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = std::process::Command::new(bin())
+        .args(["spam", "classify"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let message = "From: a@example.org\r\nSubject: cheap pills\r\n\r\nBuy viagra and cialis now.\r\n";
+    p.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("PHARMA_WORDS"), "{stdout}");
+    let shipped = dir.path().join("mailgate-data/policies.shipped");
+    assert_eq!(
+        std::fs::read_to_string(shipped.join("30-keywords.lua")).unwrap(),
+        include_str!("../../policies/30-keywords.lua")
+    );
+    assert!(shipped.join("keywords/00-shipped.toml").exists());
+    assert!(!dir.path().join("policies").exists());
+}
