@@ -154,8 +154,8 @@ pub enum PolicyCmd {
         file: PathBuf,
         #[arg(long, default_value = "sender@example.org")]
         from: String,
-        /// Recipient (repeatable).
-        #[arg(long = "to", default_value = "postmaster@localhost")]
+        /// Recipient (repeatable) [default: postmaster@localhost].
+        #[arg(long = "to")]
         to: Vec<String>,
         #[arg(long, default_value = "192.0.2.1")]
         ip: String,

@@ -178,14 +178,25 @@ async fn policy_check(config: &Config, dir: &Path) -> Result<String, String> {
     ))
 }
 
+/// `policy test`'s recipient when `--to` gives none.
+const DEFAULT_TEST_RCPT: &str = "postmaster@localhost";
+
 /// A command for the admin socket (or the store), and what to print of its answer.
 async fn admin_command(config: &Config, cmd: Command) -> Result<(), String> {
     let json = matches!(cmd, Command::Policy(PolicyCmd::Test { json: true, .. }));
     let is_test = matches!(cmd, Command::Policy(PolicyCmd::Test { .. }));
+    let default_rcpt = matches!(&cmd, Command::Policy(PolicyCmd::Test { to, .. }) if to.is_empty());
     let out = admin::client::run(config, request(cmd)?).await?;
     if is_test && !json {
         let report: crate::pipeline::Report = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
         print!("{}", report.render());
+        // Refused at RCPT, the message never reaches the content checks: say why, and how
+        // to test it against a recipient this configuration takes.
+        if default_rcpt && report.deliveries.is_empty() && !report.refused_recipients.is_empty() {
+            eprintln!(
+                "mailgate: the default recipient {DEFAULT_TEST_RCPT} is not taken here, so the message went no further than RCPT; pass --to with an address of one of your accounts (or set server.postmaster)"
+            );
+        }
     } else if is_test {
         let v: serde_json::Value = serde_json::from_slice(&out).map_err(|e| e.to_string())?;
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
@@ -239,7 +250,11 @@ fn request(cmd: Command) -> Result<Request, String> {
                 client_ip: ip,
                 helo,
                 mail_from: from,
-                rcpt_to: to,
+                rcpt_to: if to.is_empty() {
+                    vec![DEFAULT_TEST_RCPT.to_string()]
+                } else {
+                    to
+                },
             },
             dir: dir.map(|d| absolute(vec![d])).transpose()?.map(|mut d| d.remove(0)),
         },

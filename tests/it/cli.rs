@@ -183,6 +183,21 @@ fn policy_check_and_test_offline() {
         "an unknown user is refused, as the server refuses it"
     );
     assert!(v["reply"].as_str().unwrap().starts_with("550 5.1.1"), "{v}");
+    // Without --to, the recipient is postmaster@localhost, which nothing takes here: the
+    // trace ends at RCPT, and the tool says why and what to pass.
+    let (code, out, err) = cli(&cfg, &["policy", "test", eml.to_str().unwrap()], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("refused   postmaster@localhost 550 5.1.1"), "{out}");
+    assert!(
+        err.contains("pass --to with an address of one of your accounts"),
+        "{err}"
+    );
+    let (_, _, err) = cli(
+        &cfg,
+        &["policy", "test", eml.to_str().unwrap(), "--to", "nobody@localhost"],
+        "",
+    );
+    assert!(!err.contains("pass --to"), "no hint for a recipient given: {err}");
 
     write_policies(
         &policies,
