@@ -85,7 +85,7 @@ impl Chain {
         if set.plugins.is_empty() {
             // Every message would pass unscored: figures of nothing.
             return Err(format!(
-                "no policies in {}: messages are judged by the policies (the shipped ones are the policies/ folder of mailgate's source); run where that folder is, or set [policies] dir in --config",
+                "no policies in {}: messages are judged by the policies (leave [policies] dir unset for the shipped set, or point it at a folder of policies)",
                 crate::hooks::absolute(&config.policies.dir).display()
             ));
         }

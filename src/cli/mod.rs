@@ -25,7 +25,7 @@ pub fn run(cli: Cli) -> ExitCode {
     if let Command::Send { args } = &cli.command {
         return send::run(args, cli.config);
     }
-    let config = match Config::load(cli.config.as_deref()) {
+    let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mailgate: config error: {e}");
@@ -33,7 +33,6 @@ pub fn run(cli: Cli) -> ExitCode {
         }
     };
     init_logging(matches!(cli.command, Command::Serve), config.log.format);
-    let mut config = config;
     let judges = matches!(
         cli.command,
         Command::Serve

@@ -434,7 +434,7 @@ impl Engine {
         tracing::info!(version = %set.version, plugins = set.plugins.len(), dir = %dir.display(), "policies loaded");
         if set.plugins.is_empty() {
             tracing::warn!(
-                "no policies in {}: mail is accepted with no spam checks (the shipped ones are the policies/ folder of mailgate's source; set [policies] dir)",
+                "no policies in {}: mail is accepted with no spam checks (leave [policies] dir unset for the shipped set, or point it at a folder of policies)",
                 absolute(dir).display()
             );
         }
