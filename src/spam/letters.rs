@@ -88,53 +88,57 @@ fn obfuscated(word: &str) -> bool {
     // Punctuation around a word ("online!!!", "$100", "NEW!!") is emphasis, not disguise: the
     // punctuation-run symbols count it.
     let word = word.trim_matches(|c: char| !c.is_alphanumeric());
+    // Leetspeak stands in for ASCII letters with ASCII characters; most words are plain
+    // letters and stop here, before anything is counted (this runs for every body word).
+    let b = word.as_bytes();
+    if !word.is_ascii() || b.iter().all(u8::is_ascii_alphabetic) || !(4..=20).contains(&b.len()) {
+        return false;
+    }
     // An address ("newsletter@example", or cut short: "forteana@y") is not a word in
     // disguise; `vi@gra` has two letters before its `@`.
     if let Some((local, _)) = word.split_once('@')
-        && local.chars().filter(|c| c.is_alphabetic()).count() >= 3
+        && local.bytes().filter(u8::is_ascii_alphabetic).count() >= 3
         && local
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
     {
-        return false;
-    }
-    let chars: Vec<char> = word.chars().collect();
-    if chars.len() < 4 || chars.len() > 20 {
         return false;
     }
     // Every character an ASCII letter or a stand-in for one.
-    if !chars.iter().all(|c| c.is_ascii_alphabetic() || deleet(*c).is_some()) {
-        return false;
-    }
-    let letters: Vec<char> = chars.iter().copied().filter(char::is_ascii_alphabetic).collect();
-    if letters.len() < 2 || letters.len() * 2 < chars.len() {
-        return false;
-    }
-    // A number, or a hexadecimal one (`C0C0C0`, `1E0E`).
-    if chars.windows(2).any(|w| w[0].is_ascii_digit() && w[1].is_ascii_digit())
-        || chars.iter().all(char::is_ascii_hexdigit)
+    if !b
+        .iter()
+        .all(|&c| c.is_ascii_alphabetic() || deleet(char::from(c)).is_some())
     {
         return false;
     }
-    let (first, rest) = (letters[0], &letters[1..]);
+    let mut letters = b.iter().copied().filter(u8::is_ascii_alphabetic);
+    let n = letters.clone().count();
+    if n < 2 || n * 2 < b.len() {
+        return false;
+    }
+    // A number, or a hexadecimal one (`C0C0C0`, `1E0E`).
+    if b.windows(2).any(|w| w[0].is_ascii_digit() && w[1].is_ascii_digit()) || b.iter().all(u8::is_ascii_hexdigit) {
+        return false;
+    }
+    let first = letters.next().unwrap_or_default();
     // Lower case or Capitalised; or ALL CAPS.
-    let lower = rest.iter().all(char::is_ascii_lowercase);
-    let caps = first.is_ascii_uppercase() && rest.iter().all(char::is_ascii_uppercase);
+    let lower = letters.clone().all(|c| c.is_ascii_lowercase());
+    let caps = first.is_ascii_uppercase() && letters.all(|c| c.is_ascii_uppercase());
     // A run of stand-ins with a letter on each side. In capitals, digits and `!` between
     // letters are codes and names (`PERL5LIB`, `WC1R`, `NEW!CNET`); `@` and `$` still count.
     let mut inside = false;
     let mut i = 0;
-    while i < chars.len() {
-        if chars[i].is_ascii_alphabetic() {
+    while i < b.len() {
+        if b[i].is_ascii_alphabetic() {
             i += 1;
             continue;
         }
         let start = i;
-        while i < chars.len() && !chars[i].is_ascii_alphabetic() {
+        while i < b.len() && !b[i].is_ascii_alphabetic() {
             i += 1;
         }
-        let counts = !caps || chars[start..i].iter().any(|c| matches!(c, '@' | '$'));
-        inside |= start > 0 && i < chars.len() && counts;
+        let counts = !caps || b[start..i].iter().any(|c| matches!(c, b'@' | b'$'));
+        inside |= start > 0 && i < b.len() && counts;
     }
     inside && (lower || caps)
 }

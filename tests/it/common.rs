@@ -370,11 +370,22 @@ impl ChildServer {
 
 /// Runs the CLI with `--config`, feeding `stdin`; returns (exit code, stdout, stderr).
 pub fn cli(config: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("--config").arg(config).args(args);
+    run_cli(cmd, stdin)
+}
+
+/// The binary with `args` and no config (the embedded defaults), run in `cwd`.
+pub fn cli_in(cwd: &Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args).current_dir(cwd);
+    run_cli(cmd, stdin)
+}
+
+/// Runs `cmd` with `stdin` fed in; its exit code, stdout and stderr.
+fn run_cli(mut cmd: std::process::Command, stdin: &str) -> (i32, String, String) {
     use std::io::Write;
-    let mut p = std::process::Command::new(bin())
-        .arg("--config")
-        .arg(config)
-        .args(args)
+    let mut p = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -440,24 +440,10 @@ fn training_keeps_the_model_within_its_token_bound() {
 /// leaves the working directory without a policies folder of its own.
 #[test]
 fn the_shipped_policies_judge_wherever_mailgate_runs() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let mut p = std::process::Command::new(bin())
-        .args(["spam", "classify"])
-        .current_dir(dir.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     let message = "From: a@example.org\r\nSubject: cheap pills\r\n\r\nBuy viagra and cialis now.\r\n";
-    p.stdin.take().unwrap().write_all(message.as_bytes()).unwrap();
-    let out = p.wait_with_output().unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}{stderr}");
+    let (code, stdout, stderr) = cli_in(dir.path(), &["spam", "classify"], message);
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("PHARMA_WORDS"), "{stdout}");
     let shipped = dir.path().join("mailgate-data/policies.shipped");
     assert_eq!(
