@@ -134,6 +134,10 @@ pub enum SpamCmd {
         #[arg(long, value_name = "K", default_value_t = 5, requires = "lockbox",
               value_parser = clap::value_parser!(u64).range(2..=20))]
         inner: u64,
+        /// With --folds or --lockbox: keep each sender's mail together (the organisational
+        /// domain of From), so every part is judged by a model that never saw its senders.
+        #[arg(long)]
+        by_sender: bool,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[arg(long)]

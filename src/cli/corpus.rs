@@ -16,7 +16,8 @@ use crate::mail::Message;
 use crate::pipeline::{Context, Envelope, Report, decide};
 use crate::spam::bayes::{Counts, HAM, Model, Params, SPAM};
 use crate::spam::{
-    Metrics, Spam, Split, corpus_files, fold_of, held_out, process_cpu_secs, read_messages, select, tokens,
+    Metrics, Spam, Split, corpus_files, key_point, point_fold, point_held_out, process_cpu_secs, read_messages, select,
+    tokens,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,10 +28,60 @@ pub enum Parts {
     HeldOut(Option<Split>),
     /// Every message, each with a model trained in memory on the other folds; with
     /// `nested`, the weights for each fold chosen by that many inner folds of the others.
-    Folds { n: u64, seed: u64, nested: Option<u64> },
+    Folds {
+        n: u64,
+        seed: u64,
+        nested: Option<u64>,
+        by: Grouping,
+    },
     /// A seeded `fraction` set aside; weights chosen by `inner` folds of the rest, a model
     /// trained on the rest, the lockbox scored once.
-    Lockbox { fraction: f64, seed: u64, inner: u64 },
+    Lockbox {
+        fraction: f64,
+        seed: u64,
+        inner: u64,
+        by: Grouping,
+    },
+}
+
+/// What a cross-validation or lockbox keeps together in one part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    /// Each file on its own (by its name: part 0 of 10 is what `--holdout 0.1` holds out).
+    File,
+    /// Every file of one sender (the organisational domain of its first message's From) in
+    /// one part, so each part is judged by a model that never saw its senders: what a
+    /// newsletter from a sender no training message had meets.
+    Sender,
+}
+
+impl Grouping {
+    /// Said after a part that left a class with nothing to train on.
+    fn hint(self) -> &'static str {
+        match self {
+            Grouping::File => "",
+            Grouping::Sender => {
+                " (--by-sender cuts the parts as whole senders: one sender holds too much of the corpus for this many parts)"
+            }
+        }
+    }
+
+    /// The key a file is split by.
+    fn key(self, path: &Path, first: Option<&Message>) -> String {
+        let name = || {
+            path.file_name()
+                .unwrap_or(path.as_os_str())
+                .to_string_lossy()
+                .into_owned()
+        };
+        match (self, first) {
+            (Grouping::Sender, Some(m)) if m.from.contains('@') => {
+                let domain = m.from.rsplit('@').next().unwrap_or_default();
+                format!("sender:{}", crate::hooks::contract::org_domain(domain))
+            }
+            _ => name(),
+        }
+    }
 }
 
 /// What a false positive costs against a missed spam when weights are chosen: a good
@@ -273,6 +324,8 @@ fn symbol_list(r: &Report) -> String {
 /// A corpus file in cross-validation: its messages, read once, and their features.
 struct FoldFile {
     path: PathBuf,
+    /// What its part is drawn by ([`Grouping::key`]).
+    key: String,
     class: usize,
     fold: u64,
     messages: Vec<Vec<u8>>,
@@ -302,40 +355,53 @@ pub async fn judge(
                 }
             }
         }
-        Parts::Folds { n, seed, nested } => {
-            let (files, all) = run.aside.time(|| fold_files(spam, ham, |p| fold_of(p, seed, n)))?;
+        Parts::Folds { n, seed, nested, by } => {
+            let (files, all) = run
+                .aside
+                .time(|| fold_files(spam, ham, by, |key| point_fold(key_point(key, seed), n)))?;
             for fold in 0..n {
                 let params = match nested {
                     None => Params::default(),
                     Some(k) => {
                         let (params, why) = run
                             .tune(&chain, config, &files, &all, |f| f.fold != fold, k, seed)
-                            .await?;
+                            .await
+                            .map_err(|e| format!("fold {fold} of {n}, {e}{}", by.hint()))?;
                         run.chosen.push((format!("fold {fold}: {why}"), params));
                         params
                     }
                 };
                 let model = run
                     .aside
-                    .time(|| model_without(config, &all, &files, |f| f.fold == fold, params))?;
+                    .time(|| model_without(config, &all, &files, |f| f.fold == fold, params))
+                    .map_err(|e| format!("fold {fold} of {n}: {e}{}", by.hint()))?;
                 chain.spam.set_model(Some(model));
                 for f in files.iter().filter(|f| f.fold == fold) {
                     run.judge_messages(&chain, config, &f.path, f.class, &f.messages).await;
                 }
             }
         }
-        Parts::Lockbox { fraction, seed, inner } => {
+        Parts::Lockbox {
+            fraction,
+            seed,
+            inner,
+            by,
+        } => {
             // Fold 1: the lockbox; 0: the rest.
-            let (files, all) = run
-                .aside
-                .time(|| fold_files(spam, ham, |p| u64::from(held_out(p, seed, fraction))))?;
+            let (files, all) = run.aside.time(|| {
+                fold_files(spam, ham, by, |key| {
+                    u64::from(point_held_out(key_point(key, seed), fraction))
+                })
+            })?;
             let (params, why) = run
                 .tune(&chain, config, &files, &all, |f| f.fold == 0, inner, seed)
-                .await?;
+                .await
+                .map_err(|e| format!("outside the lockbox, {e}{}", by.hint()))?;
             run.chosen.push((format!("lockbox: {why}"), params));
             let model = run
                 .aside
-                .time(|| model_without(config, &all, &files, |f| f.fold == 1, params))?;
+                .time(|| model_without(config, &all, &files, |f| f.fold == 1, params))
+                .map_err(|e| format!("outside the lockbox: {e}{}", by.hint()))?;
             chain.spam.set_model(Some(model));
             for f in files.iter().filter(|f| f.fold == 1) {
                 run.judge_messages(&chain, config, &f.path, f.class, &f.messages).await;
@@ -398,7 +464,7 @@ impl Run {
         seed: u64,
     ) -> Result<(Params, String), String> {
         let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
-        let inner_fold = |f: &FoldFile| fold_of(&f.path, inner_seed(seed), k);
+        let inner_fold = |f: &FoldFile| point_fold(key_point(&f.key, inner_seed(seed)), k);
         // The counts of the inside files alone: `all` less everything outside.
         let base = counts_less(all, files, |f| !inside(f));
         // Per inner fold, its files and the counts without them: the same for every grid
@@ -413,8 +479,10 @@ impl Run {
         let mut best: Option<(usize, Params, Metrics)> = None;
         for params in grid() {
             let mut trial = Run::default();
-            for (part, counts) in &folds {
-                chain.spam.set_model(Some(Model::with_params(counts.clone(), params)?));
+            for (j, (part, counts)) in folds.iter().enumerate() {
+                let model =
+                    Model::with_params(counts.clone(), params).map_err(|e| format!("inner fold {j} of {k}: {e}"))?;
+                chain.spam.set_model(Some(model));
                 for f in part {
                     trial.judge_messages(chain, config, &f.path, f.class, &f.messages).await;
                 }
@@ -441,22 +509,23 @@ impl Run {
 fn fold_files(
     spam: &[PathBuf],
     ham: &[PathBuf],
-    part_of: impl Fn(&Path) -> u64,
+    by: Grouping,
+    part_of: impl Fn(&str) -> u64,
 ) -> Result<(Vec<FoldFile>, Counts), String> {
     let (mut files, mut all) = (Vec::new(), Counts::new(0));
     for (class, dirs) in [(SPAM, spam), (HAM, ham)] {
         for path in corpus_files(dirs)? {
             let messages = read_messages(&path)?;
-            let features: Vec<Vec<u64>> = messages
-                .iter()
-                .map(|raw| tokens::features(&crate::mail::parse_message(raw), 0))
-                .collect();
+            let parsed: Vec<Message> = messages.iter().map(|raw| crate::mail::parse_message(raw)).collect();
+            let features: Vec<Vec<u64>> = parsed.iter().map(|m| tokens::features(m, 0)).collect();
             for x in &features {
                 all.learn(class, x, 1);
             }
-            let fold = part_of(&path);
+            let key = by.key(&path, parsed.first());
+            let fold = part_of(&key);
             files.push(FoldFile {
                 path,
+                key,
                 class,
                 fold,
                 messages,
@@ -484,11 +553,24 @@ pub async fn eval(
         Parts::Folds { n, .. } => Some(n),
         Parts::HeldOut(_) | Parts::Lockbox { .. } => None,
     };
+    let by_sender = matches!(
+        parts,
+        Parts::Folds {
+            by: Grouping::Sender,
+            ..
+        } | Parts::Lockbox {
+            by: Grouping::Sender,
+            ..
+        }
+    );
     let m = &run.metrics;
     if json {
         let mut v = serde_json::to_value(m).map_err(|e| e.to_string())?;
         if let Some(n) = folds {
             v["folds"] = n.into();
+        }
+        if by_sender {
+            v["by_sender"] = true.into();
         }
         let named = |a: &[usize; 4]| serde_json::json!({"inbox": a[0], "tagged": a[1], "junk": a[2], "rejected": a[3]});
         v["actions"] = serde_json::json!({"ham": named(&run.actions[0]), "spam": named(&run.actions[1])});
@@ -503,6 +585,9 @@ pub async fn eval(
         }
         println!("{v}");
         return Ok(());
+    }
+    if by_sender {
+        println!("parts by sender (each sender organisation's mail in one part)");
     }
     match parts {
         Parts::Folds { n, nested: None, .. } => {
@@ -544,6 +629,7 @@ pub async fn eval(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spam::{fold_of, held_out};
 
     #[test]
     fn corpus_messages_are_judged_under_their_own_envelope_sender() {
@@ -584,6 +670,45 @@ mod tests {
         (config, spam, ham)
     }
 
+    /// `--by-sender` keeps every file of one sender organisation in one part (a subdomain's
+    /// mail with its parent's), where by file name the same sender's mail spreads over the
+    /// parts; a file with no From address is its own key.
+    #[test]
+    fn sender_grouping_keeps_each_sender_in_one_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, spam, ham) = tiny_corpus(dir.path());
+        let news = "From: News <letter@news.work.example>\r\nSubject: weekly\r\n\r\nthe week\r\n";
+        std::fs::write(ham.join("news.eml"), news).unwrap();
+        std::fs::write(ham.join("nofrom.eml"), "Subject: no sender\r\n\r\nhello\r\n").unwrap();
+        let parts = |by| {
+            let (files, _) = fold_files(std::slice::from_ref(&spam), std::slice::from_ref(&ham), by, |key| {
+                point_fold(key_point(key, 7), 5)
+            })
+            .unwrap();
+            let mut parts: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();
+            for f in files {
+                parts.entry(f.key).or_default().insert(f.fold);
+            }
+            parts
+        };
+        let by_sender = parts(Grouping::Sender);
+        assert_eq!(
+            by_sender.keys().collect::<Vec<_>>(),
+            ["nofrom.eml", "sender:spam.example", "sender:work.example"]
+        );
+        assert!(by_sender.values().all(|folds| folds.len() == 1), "{by_sender:?}");
+        let by_file = parts(Grouping::File);
+        // By file name, as `--holdout` splits: spam/3.eml and ham/3.eml share a key.
+        assert_eq!(by_file.len(), 14, "{by_file:?}");
+        let spam_folds: std::collections::BTreeSet<u64> = (0..12)
+            .flat_map(|i| by_file[&format!("{i}.eml")].iter().copied())
+            .collect();
+        assert!(
+            spam_folds.len() > 1,
+            "by file, one sender's mail spreads over the parts"
+        );
+    }
+
     /// Cross-validation judges every message exactly once, each fold with a model trained on
     /// the others, through the same pipeline as the server.
     #[tokio::test]
@@ -594,6 +719,7 @@ mod tests {
             n: 4,
             seed: 7,
             nested: None,
+            by: Grouping::File,
         };
         let (run, table) = judge(&config, &[spam], &[ham], &parts, true).await.unwrap();
         assert_eq!(run.metrics.messages, 24, "each message judged exactly once");
@@ -632,6 +758,7 @@ mod tests {
             n: 3,
             seed: 7,
             nested: Some(2),
+            by: Grouping::File,
         };
         let (before, _) = judge(&config, &dirs.0, &dirs.1, &parts, false).await.unwrap();
         assert_eq!(before.metrics.messages, 24);
@@ -640,6 +767,7 @@ mod tests {
             fraction: 0.3,
             seed: 7,
             inner: 2,
+            by: Grouping::File,
         };
         let (boxed, _) = judge(&config, &dirs.0, &dirs.1, &lockbox, false).await.unwrap();
         let boxed_files = |d: &Path| {

@@ -88,14 +88,27 @@ pub fn run(cli: Cli) -> ExitCode {
             nested,
             lockbox,
             inner,
+            by_sender,
             seed,
             json,
             scores,
         }) => {
+            let by = if by_sender {
+                corpus::Grouping::Sender
+            } else {
+                corpus::Grouping::File
+            };
             let parts = match (folds, lockbox) {
-                (Some(n), _) => corpus::Parts::Folds { n, seed, nested },
-                (None, Some(fraction)) if fraction > 0.0 && fraction < 1.0 => {
-                    corpus::Parts::Lockbox { fraction, seed, inner }
+                (Some(n), _) => corpus::Parts::Folds { n, seed, nested, by },
+                (None, Some(fraction)) if fraction > 0.0 && fraction < 1.0 => corpus::Parts::Lockbox {
+                    fraction,
+                    seed,
+                    inner,
+                    by,
+                },
+                (None, None) if by_sender => {
+                    eprintln!("mailgate: --by-sender groups the parts of --folds or --lockbox");
+                    return ExitCode::from(2);
                 }
                 (None, Some(f)) => {
                     eprintln!("mailgate: --lockbox {f}: a fraction between 0 and 1");

@@ -19,6 +19,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("05-lists.lua", include_str!("../../policies/05-lists.lua")),
     ("05-lists.toml", include_str!("../../policies/05-lists.toml")),
     ("15-helo.lua", include_str!("../../policies/15-helo.lua")),
+    ("15-helo.toml", include_str!("../../policies/15-helo.toml")),
     ("20-origin.lua", include_str!("../../policies/20-origin.lua")),
     ("20-origin.toml", include_str!("../../policies/20-origin.toml")),
     ("30-keywords.lua", include_str!("../../policies/30-keywords.lua")),

@@ -324,23 +324,35 @@ pub fn messages_in(bytes: &[u8]) -> Vec<Vec<u8>> {
 /// same corpus gives the same split wherever it is stored (the folder it sits in is not
 /// part of the decision).
 pub fn held_out(path: &Path, seed: u64, fraction: f64) -> bool {
-    if fraction <= 0.0 {
-        return false;
-    }
-    (split_point(path, seed) as f64) < fraction * 10_000.0
+    point_held_out(split_point(path, seed), fraction)
+}
+
+/// Whether a point of [`key_point`] falls in the held-out `fraction`.
+pub fn point_held_out(point: u64, fraction: f64) -> bool {
+    fraction > 0.0 && (point as f64) < fraction * 10_000.0
 }
 
 /// Which of `folds` parts a file is in, for cross-validation (`spam eval --folds`): the
 /// same hash as [`held_out`] cut into equal ranges, so part 0 of 10 is exactly what
 /// `--holdout 0.1` with the same seed holds out.
 pub fn fold_of(path: &Path, seed: u64, folds: u64) -> u64 {
-    split_point(path, seed) * folds / 10_000
+    point_fold(split_point(path, seed), folds)
+}
+
+/// Which of `folds` parts a point of [`key_point`] is in.
+pub fn point_fold(point: u64, folds: u64) -> u64 {
+    point * folds / 10_000
 }
 
 /// Where a file falls in 0..10_000, from the seed and its name only.
 fn split_point(path: &Path, seed: u64) -> u64 {
-    let name = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy();
-    tokens::hash(&format!("{seed}:{name}")) % 10_000
+    key_point(&path.file_name().unwrap_or(path.as_os_str()).to_string_lossy(), seed)
+}
+
+/// Where a split key (a file name, or a sender's organisation when whole senders are
+/// kept together) falls in 0..10_000.
+pub fn key_point(key: &str, seed: u64) -> u64 {
+    tokens::hash(&format!("{seed}:{key}")) % 10_000
 }
 
 /// Which files to use: all, or only those in (`held_out` = true) or out of the split.

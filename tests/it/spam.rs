@@ -317,6 +317,60 @@ fn spam_cli_trains_evaluates_and_classifies() {
     ];
     let (code, _, err) = cli(&config, &args, "");
     assert_ne!(code, 0, "--folds with --holdout is refused: {err}");
+    // --by-sender: the parts are cut by sender. Every message here is from example.org, so
+    // one part holds all of them and the others have nothing to train on: refused, saying so.
+    let args = [
+        "spam",
+        "eval",
+        "--spam",
+        spam,
+        "--ham",
+        ham,
+        "--json",
+        "--folds",
+        "4",
+        "--by-sender",
+    ];
+    let (code, out, err) = cli(&config, &args, "");
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("fold") && err.contains("whole senders"), "{err}");
+    // Eight sender organisations: each judged by a model that never saw it; the output says so.
+    for dir in [spam, ham] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let i: usize = text
+                .split("From: sender")
+                .nth(1)
+                .unwrap()
+                .split('@')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let moved = text.replacen(
+                &format!("sender{i}@example.org"),
+                &format!("sender{i}@org{}.test", i % 8),
+                1,
+            );
+            std::fs::write(&path, moved).unwrap();
+        }
+    }
+    let (code, out, err) = cli(&config, &args, "");
+    assert_eq!(code, 0, "{out}{err}");
+    let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (m["by_sender"].as_bool(), m["messages"].as_u64()),
+        (Some(true), Some(80)),
+        "{m}"
+    );
+    let (code, _, err) = cli(
+        &config,
+        &["spam", "eval", "--spam", spam, "--ham", ham, "--by-sender"],
+        "",
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--folds or --lockbox"), "{err}");
 }
 
 #[tokio::test]

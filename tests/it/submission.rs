@@ -199,11 +199,27 @@ end
 
 #[tokio::test]
 async fn shipped_spam_policies_skip_authenticated_mail() {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    // The shipped policies, with loopback clients' HELO judged like anyone's (a test has no
+    // other address to connect from).
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let helo = policies.join("15-helo.toml");
+    let judged = std::fs::read_to_string(&helo)
+        .unwrap()
+        .replace("skip_loopback = true", "skip_loopback = false");
+    assert!(judged.contains("skip_loopback = false"));
+    std::fs::write(&helo, judged).unwrap();
     // An empty zone: every lookup is answered on loopback.
     let dns = start_dns(&[]).await;
     let s = start_server(|c| {
-        c.policies.dir = shipped;
+        c.policies.dir = policies;
         c.dns.servers = vec![dns];
         c.listeners.push(submission(TlsMode::None));
     })
@@ -230,6 +246,34 @@ async fn shipped_spam_policies_skip_authenticated_mail() {
     assert!(outside.contains("spf="), "{outside}");
     assert!(!ours.contains("HELO_NO_DOT"), "{ours}");
     assert!(!ours.contains("spf="), "no SPF/DKIM/DMARC for our own users: {ours}");
+}
+
+/// A client on this host is local software (a content filter handing mail on, a script):
+/// its HELO ("localhost", as Python's smtplib sends it here) names this host and is not
+/// scored, unless 15-helo.toml says `skip_loopback = false`.
+#[tokio::test]
+async fn helo_checks_skip_loopback_clients_unless_told_not_to() {
+    const HELO_LUA: &str = include_str!("../../policies/15-helo.lua");
+    const HELO_TOML: &str = include_str!("../../policies/15-helo.toml");
+    let judged = HELO_TOML.replace("skip_loopback = true", "skip_loopback = false");
+    assert_ne!(judged, HELO_TOML);
+    for (toml, scored) in [(HELO_TOML, false), (judged.as_str(), true)] {
+        let s = start_with_policies(&[("15-helo.lua", HELO_LUA), ("15-helo.toml", toml)], |_| {}).await;
+        let mut c = connect(s.smtp).await;
+        c.cmd("EHLO localhost", "250").await;
+        let msg = "From: carol@example.org\r\nSubject: hello\r\n\r\nHi.\r\n";
+        let r = send_mail(&mut c, "carol@example.org", &["bob@localhost"], msg).await;
+        assert!(r.starts_with("250"), "{r}");
+        let texts = s.texts("bob@localhost", "INBOX");
+        assert_eq!(texts.len(), 1);
+        assert_eq!(
+            texts[0].contains("HELO_NO_DOT"),
+            scored,
+            "skip_loopback {}: {}",
+            !scored,
+            texts[0]
+        );
+    }
 }
 
 /// A config file for the `send` child: the test server's data dir and host name.
