@@ -16,8 +16,8 @@ use crate::mail::Message;
 use crate::pipeline::{Context, Envelope, Report, decide};
 use crate::spam::bayes::{Counts, HAM, Model, Params, SPAM};
 use crate::spam::{
-    Metrics, Spam, Split, corpus_files, key_point, point_fold, point_held_out, process_cpu_secs, read_messages, select,
-    tokens,
+    Metrics, Spam, Split, corpus_files, file_key, key_point, point_fold, point_held_out, process_cpu_secs,
+    read_messages, select, tokens,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,18 +68,21 @@ impl Grouping {
 
     /// The key a file is split by.
     fn key(self, path: &Path, first: Option<&Message>) -> String {
-        let name = || {
-            path.file_name()
-                .unwrap_or(path.as_os_str())
-                .to_string_lossy()
-                .into_owned()
-        };
-        match (self, first) {
-            (Grouping::Sender, Some(m)) if m.from.contains('@') => {
-                let domain = m.from.rsplit('@').next().unwrap_or_default();
+        match (self, first.and_then(|m| m.from.rsplit_once('@'))) {
+            (Grouping::Sender, Some((_, domain))) => {
                 format!("sender:{}", crate::hooks::contract::org_domain(domain))
             }
-            _ => name(),
+            _ => file_key(path),
+        }
+    }
+}
+
+impl Parts {
+    /// How the parts are cut (the held-out split goes by file).
+    fn by(&self) -> Grouping {
+        match *self {
+            Parts::Folds { by, .. } | Parts::Lockbox { by, .. } => by,
+            Parts::HeldOut(_) => Grouping::File,
         }
     }
 }
@@ -553,16 +556,7 @@ pub async fn eval(
         Parts::Folds { n, .. } => Some(n),
         Parts::HeldOut(_) | Parts::Lockbox { .. } => None,
     };
-    let by_sender = matches!(
-        parts,
-        Parts::Folds {
-            by: Grouping::Sender,
-            ..
-        } | Parts::Lockbox {
-            by: Grouping::Sender,
-            ..
-        }
-    );
+    let by_sender = parts.by() == Grouping::Sender;
     let m = &run.metrics;
     if json {
         let mut v = serde_json::to_value(m).map_err(|e| e.to_string())?;

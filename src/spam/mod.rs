@@ -346,7 +346,16 @@ pub fn point_fold(point: u64, folds: u64) -> u64 {
 
 /// Where a file falls in 0..10_000, from the seed and its name only.
 fn split_point(path: &Path, seed: u64) -> u64 {
-    key_point(&path.file_name().unwrap_or(path.as_os_str()).to_string_lossy(), seed)
+    key_point(&file_key(path), seed)
+}
+
+/// What a file is split by: its name alone, so the split is the same wherever the corpus is
+/// stored.
+pub fn file_key(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Where a split key (a file name, or a sender's organisation when whole senders are

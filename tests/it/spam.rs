@@ -303,35 +303,21 @@ fn spam_cli_trains_evaluates_and_classifies() {
     assert_eq!(m["f1"].as_f64(), Some(1.0), "{m}");
     let (_, after, _) = cli(&config, &["spam", "classify"], &spam_msg(500));
     assert_eq!(after, before, "the stored model is untouched by --folds");
-    let args = [
-        "spam",
-        "eval",
-        "--spam",
-        spam,
-        "--ham",
-        ham,
-        "--folds",
-        "4",
-        "--holdout",
-        "0.2",
-    ];
-    let (code, _, err) = cli(&config, &args, "");
+    // `spam eval` of the corpus with more arguments.
+    let eval = |more: &[&str]| {
+        let args: Vec<&str> = ["spam", "eval", "--spam", spam, "--ham", ham]
+            .iter()
+            .chain(more)
+            .copied()
+            .collect();
+        cli(&config, &args, "")
+    };
+    let (code, _, err) = eval(&["--folds", "4", "--holdout", "0.2"]);
     assert_ne!(code, 0, "--folds with --holdout is refused: {err}");
     // --by-sender: the parts are cut by sender. Every message here is from example.org, so
     // one part holds all of them and the others have nothing to train on: refused, saying so.
-    let args = [
-        "spam",
-        "eval",
-        "--spam",
-        spam,
-        "--ham",
-        ham,
-        "--json",
-        "--folds",
-        "4",
-        "--by-sender",
-    ];
-    let (code, out, err) = cli(&config, &args, "");
+    let by_sender = ["--json", "--folds", "4", "--by-sender"];
+    let (code, out, err) = eval(&by_sender);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("fold") && err.contains("whole senders"), "{err}");
     // Eight sender organisations: each judged by a model that never saw it; the output says so.
@@ -356,7 +342,7 @@ fn spam_cli_trains_evaluates_and_classifies() {
             std::fs::write(&path, moved).unwrap();
         }
     }
-    let (code, out, err) = cli(&config, &args, "");
+    let (code, out, err) = eval(&by_sender);
     assert_eq!(code, 0, "{out}{err}");
     let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(
@@ -364,11 +350,7 @@ fn spam_cli_trains_evaluates_and_classifies() {
         (Some(true), Some(80)),
         "{m}"
     );
-    let (code, _, err) = cli(
-        &config,
-        &["spam", "eval", "--spam", spam, "--ham", ham, "--by-sender"],
-        "",
-    );
+    let (code, _, err) = eval(&["--by-sender"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--folds or --lockbox"), "{err}");
 }
