@@ -49,7 +49,11 @@ impl Address {
             return Err(AddressError::TooLong);
         }
         let (local, domain) = s.rsplit_once('@').ok_or(AddressError::NoDomain)?;
-        if local.is_empty() || local.len() > 64 || local.chars().any(|c| c.is_control() || c == ' ') {
+        // No limit of its own on the local part: RFC 5321 §4.5.3.1 names 64 octets as what
+        // every server must take, and asks for no limit where possible; mailing lists'
+        // bounce addresses (VERP, SRS) pass it often, and Postfix and Exim take them. The
+        // whole path's limit above still holds.
+        if local.is_empty() || local.chars().any(|c| c.is_control() || c == ' ') {
             return Err(AddressError::BadLocalPart);
         }
         let domain = domain.to_lowercase();
@@ -127,6 +131,13 @@ mod tests {
         assert_eq!(Address::parse("a@bad..domain"), Err(AddressError::BadDomain));
         assert_eq!(Address::parse("@x.test"), Err(AddressError::BadLocalPart));
         assert!(Address::parse("ünïcode@bücher.test").is_ok());
+        // A list's VERP bounce address, longer than 64 octets before the @.
+        let verp = "focus-virus-return-1680-legit-lists-subscriber=mail1.example.test@lists.example.org";
+        assert_eq!(Address::parse(verp).unwrap().local.len(), 65);
+        let long = format!("{}@lists.example.org", "v".repeat(120));
+        assert_eq!(Address::parse(&long).unwrap().local.len(), 120);
+        let too_long = format!("{}@lists.example.org", "v".repeat(240));
+        assert_eq!(Address::parse(&too_long), Err(AddressError::TooLong));
     }
 
     #[test]
