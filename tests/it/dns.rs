@@ -98,6 +98,7 @@ end
         c.dns.timeout_ms = 300;
     })
     .await;
+    let mut asked = Vec::new();
     for n in 0..3 {
         let mut c = greeted(s.smtp).await;
         let r = send_mail(
@@ -108,12 +109,73 @@ end
         )
         .await;
         assert!(r.starts_with("250"), "{r}");
+        asked.push(queries.load(std::sync::atomic::Ordering::SeqCst));
     }
     let texts = s.texts("alice@localhost", "INBOX");
     assert_eq!(texts.len(), 3);
     assert!(texts.iter().all(|t| t.contains("DNSBL_TEMPFAIL")), "{texts:?}");
-    // Three messages, one query: the timeout is remembered (30 s), not waited for again.
-    assert_eq!(queries.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Three messages, one lookup (its query sent up to four times within the 300 ms): the
+    // timeout is remembered (30 s), not waited for again.
+    assert!((1..=4).contains(&asked[0]), "{asked:?}");
+    assert_eq!(asked[2], asked[0], "{asked:?}");
+}
+
+/// A UDP relay in front of `upstream` that loses the first query for each name and passes
+/// every later one (and the answers): a network or resolver that drops a query now and then.
+fn lossy_dns(upstream: SocketAddr) -> SocketAddr {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let out = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        out.connect(upstream).unwrap();
+        out.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            // The question starts after the 12-byte header; its name is what is counted.
+            let question = buf.get(12..n).unwrap_or_default().to_ascii_lowercase();
+            if seen.insert(question) {
+                continue;
+            }
+            let mut answer = [0u8; 1500];
+            if out.send(&buf[..n]).is_ok()
+                && let Ok(m) = out.recv(&mut answer)
+            {
+                let _ = sock.send_to(&answer[..m], from);
+            }
+        }
+    });
+    addr
+}
+
+/// A lost query is asked again within the lookup's time (`[dns] timeout_ms`): with 2 s per
+/// lookup and the SPF/DKIM/DMARC checks given 1.8 s, a resolver that drops each name's
+/// first query (the HELO's, the SPF record's, then DMARC's) still gives results, not
+/// `temperror`. (On loopback hickory asks again within a few hundred milliseconds even
+/// with one try of the whole 2 s, so this guards the recovery, not the quarter-time tries.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_query_is_asked_again_within_the_lookup_time() {
+    use crate::common::*;
+    let zone = start_dns(&[("good.test.", "TXT", "v=spf1 ip4:127.0.0.1 -all")]).await;
+    let dns = lossy_dns(zone);
+    let s = start_with_policies(
+        &[
+            ("20-origin.lua", include_str!("../../policies/20-origin.lua")),
+            ("20-origin.toml", include_str!("../../policies/20-origin.toml")),
+        ],
+        |c| {
+            c.dns.servers = vec![dns];
+            c.dns.timeout_ms = 2000;
+            c.spam.auth_timeout_ms = 1800;
+        },
+    )
+    .await;
+    let mut c = greeted(s.smtp).await;
+    let msg = "From: a@good.test\r\nSubject: lossy\r\n\r\nHello.\r\n";
+    let r = send_mail(&mut c, "a@good.test", &["alice@localhost"], msg).await;
+    assert!(r.starts_with("250"), "{r}");
+    let texts = s.texts("alice@localhost", "INBOX");
+    assert!(texts[0].contains("spf=pass"), "{}", texts[0]);
 }
 
 /// One message's DNS time is shared (`[dns] message_budget_ms`): with a name server that
