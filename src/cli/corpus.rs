@@ -16,8 +16,8 @@ use crate::mail::Message;
 use crate::pipeline::{Context, Envelope, Report, decide};
 use crate::spam::bayes::{Counts, HAM, Model, Params, SPAM};
 use crate::spam::{
-    Metrics, Spam, Split, corpus_files, file_key, key_point, point_fold, point_held_out, process_cpu_secs,
-    read_messages, select, tokens,
+    Metrics, Spam, Split, corpus_files, file_key, key_fold, key_held_out, process_cpu_secs, read_messages, select,
+    tokens,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -361,7 +361,7 @@ pub async fn judge(
         Parts::Folds { n, seed, nested, by } => {
             let (files, all) = run
                 .aside
-                .time(|| fold_files(spam, ham, by, |key| point_fold(key_point(key, seed), n)))?;
+                .time(|| fold_files(spam, ham, by, |key| key_fold(key, seed, n)))?;
             for fold in 0..n {
                 let params = match nested {
                     None => Params::default(),
@@ -391,11 +391,9 @@ pub async fn judge(
             by,
         } => {
             // Fold 1: the lockbox; 0: the rest.
-            let (files, all) = run.aside.time(|| {
-                fold_files(spam, ham, by, |key| {
-                    u64::from(point_held_out(key_point(key, seed), fraction))
-                })
-            })?;
+            let (files, all) = run
+                .aside
+                .time(|| fold_files(spam, ham, by, |key| u64::from(key_held_out(key, seed, fraction))))?;
             let (params, why) = run
                 .tune(&chain, config, &files, &all, |f| f.fold == 0, inner, seed)
                 .await
@@ -467,7 +465,7 @@ impl Run {
         seed: u64,
     ) -> Result<(Params, String), String> {
         let (w0, c0) = (std::time::Instant::now(), process_cpu_secs());
-        let inner_fold = |f: &FoldFile| point_fold(key_point(&f.key, inner_seed(seed)), k);
+        let inner_fold = |f: &FoldFile| key_fold(&f.key, inner_seed(seed), k);
         // The counts of the inside files alone: `all` less everything outside.
         let base = counts_less(all, files, |f| !inside(f));
         // Per inner fold, its files and the counts without them: the same for every grid
@@ -519,12 +517,18 @@ fn fold_files(
     for (class, dirs) in [(SPAM, spam), (HAM, ham)] {
         for path in corpus_files(dirs)? {
             let messages = read_messages(&path)?;
-            let parsed: Vec<Message> = messages.iter().map(|raw| crate::mail::parse_message(raw)).collect();
-            let features: Vec<Vec<u64>> = parsed.iter().map(|m| tokens::features(m, 0)).collect();
+            // Each message parsed once, for its features; the first also for its sender.
+            let mut key = None;
+            let mut features = Vec::with_capacity(messages.len());
+            for raw in &messages {
+                let m = crate::mail::parse_message(raw);
+                key.get_or_insert_with(|| by.key(&path, Some(&m)));
+                features.push(tokens::features(&m, 0));
+            }
             for x in &features {
                 all.learn(class, x, 1);
             }
-            let key = by.key(&path, parsed.first());
+            let key = key.unwrap_or_else(|| by.key(&path, None));
             let fold = part_of(&key);
             files.push(FoldFile {
                 path,
@@ -676,7 +680,7 @@ mod tests {
         std::fs::write(ham.join("nofrom.eml"), "Subject: no sender\r\n\r\nhello\r\n").unwrap();
         let parts = |by| {
             let (files, _) = fold_files(std::slice::from_ref(&spam), std::slice::from_ref(&ham), by, |key| {
-                point_fold(key_point(key, 7), 5)
+                key_fold(key, 7, 5)
             })
             .unwrap();
             let mut parts: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();

@@ -324,29 +324,25 @@ pub fn messages_in(bytes: &[u8]) -> Vec<Vec<u8>> {
 /// same corpus gives the same split wherever it is stored (the folder it sits in is not
 /// part of the decision).
 pub fn held_out(path: &Path, seed: u64, fraction: f64) -> bool {
-    point_held_out(split_point(path, seed), fraction)
-}
-
-/// Whether a point of [`key_point`] falls in the held-out `fraction`.
-pub fn point_held_out(point: u64, fraction: f64) -> bool {
-    fraction > 0.0 && (point as f64) < fraction * 10_000.0
+    key_held_out(&file_key(path), seed, fraction)
 }
 
 /// Which of `folds` parts a file is in, for cross-validation (`spam eval --folds`): the
 /// same hash as [`held_out`] cut into equal ranges, so part 0 of 10 is exactly what
 /// `--holdout 0.1` with the same seed holds out.
 pub fn fold_of(path: &Path, seed: u64, folds: u64) -> u64 {
-    point_fold(split_point(path, seed), folds)
+    key_fold(&file_key(path), seed, folds)
 }
 
-/// Which of `folds` parts a point of [`key_point`] is in.
-pub fn point_fold(point: u64, folds: u64) -> u64 {
-    point * folds / 10_000
+/// [`held_out`] for a split key: a file name, or a sender's organisation when whole senders
+/// are kept together.
+pub fn key_held_out(key: &str, seed: u64, fraction: f64) -> bool {
+    fraction > 0.0 && (key_point(key, seed) as f64) < fraction * 10_000.0
 }
 
-/// Where a file falls in 0..10_000, from the seed and its name only.
-fn split_point(path: &Path, seed: u64) -> u64 {
-    key_point(&file_key(path), seed)
+/// [`fold_of`] for a split key.
+pub fn key_fold(key: &str, seed: u64, folds: u64) -> u64 {
+    key_point(key, seed) * folds / 10_000
 }
 
 /// What a file is split by: its name alone, so the split is the same wherever the corpus is
@@ -358,9 +354,8 @@ pub fn file_key(path: &Path) -> String {
         .into_owned()
 }
 
-/// Where a split key (a file name, or a sender's organisation when whole senders are
-/// kept together) falls in 0..10_000.
-pub fn key_point(key: &str, seed: u64) -> u64 {
+/// Where a split key falls in 0..10_000, from the seed and the key only.
+fn key_point(key: &str, seed: u64) -> u64 {
     tokens::hash(&format!("{seed}:{key}")) % 10_000
 }
 
