@@ -66,7 +66,9 @@ pub async fn start_with_policies(files: &[(&str, &str)], tweak: impl FnOnce(&mut
 pub fn write_policies(dir: &Path, files: &[(&str, &str)]) {
     std::fs::create_dir_all(dir).unwrap();
     for (name, text) in files {
-        std::fs::write(dir.join(name), text).unwrap();
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
     }
 }
 

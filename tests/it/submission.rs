@@ -203,19 +203,15 @@ async fn shipped_spam_policies_skip_authenticated_mail() {
     // other address to connect from).
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    let helo = policies.join("15-helo.toml");
-    let judged = std::fs::read_to_string(&helo)
+    let judged = mailgate::hooks::shipped::FILES
+        .iter()
+        .find(|(name, _)| *name == "15-helo.toml")
         .unwrap()
+        .1
         .replace("skip_loopback = true", "skip_loopback = false");
     assert!(judged.contains("skip_loopback = false"));
-    std::fs::write(&helo, judged).unwrap();
+    write_policies(&policies, mailgate::hooks::shipped::FILES);
+    write_policies(&policies, &[("15-helo.toml", &judged)]);
     // An empty zone: every lookup is answered on loopback.
     let dns = start_dns(&[]).await;
     let s = start_server(|c| {
